@@ -1,0 +1,1 @@
+"""CLM's shared libraries: the message contracts, the service runtime and (later) the policy core."""

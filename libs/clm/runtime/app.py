@@ -1,0 +1,302 @@
+"""ServiceApp: the runtime one CLM service process is built on.
+
+    app = ServiceApp(name="coordinator", version=__version__, settings=settings,
+                     description="...")
+
+    @app.consumer(RequestMigration, durable="coordinator-requests",
+                  filter_subject=subjects.ALL_MIGRATION_REQUESTS, stream=streams.COMMANDS)
+    async def on_request(command: RequestMigration) -> None: ...
+
+    await app.run()   # until SIGTERM/SIGINT, then drains in-flight messages
+
+Consumers are durable JetStream pull consumers with explicit acks (replicas of a service
+share one durable name, so work spreads across them); the delivery policy (retries with
+backoff, dead letters) lives in `clm.runtime.delivery`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+import orjson
+from faststream import AckPolicy
+from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
+from faststream.specification import AsyncAPI
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+
+from clm.contracts import Message, decode, encode, streams, subjects
+from clm.contracts.streams import StreamSpec
+from clm.runtime import delivery
+from clm.runtime.connection import security
+from clm.runtime.delivery import ConsumerPolicy
+from clm.runtime.http import HealthServer
+from clm.runtime.jetstream import declare_streams
+from clm.runtime.metrics import RuntimeMetrics
+from clm.runtime.settings import ServiceSettings
+
+M = TypeVar("M", bound=Message)
+Handler = Callable[..., Awaitable[None]]
+
+log = logging.getLogger(__name__)
+
+_ADVISORY_MAX_DELIVERIES = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+
+
+class ServiceApp:
+    def __init__(
+        self,
+        *,
+        name: str,
+        version: str,
+        settings: ServiceSettings,
+        description: str,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.settings = settings
+        self.description = description
+        self.metrics = RuntimeMetrics(name, version)
+        self.policies: dict[str, ConsumerPolicy] = {}
+        self._on_start: list[Callable[[], Awaitable[None]]] = []
+        self._stop_requested = asyncio.Event()
+        self._started = False
+        self._advisory_subs: list[Any] = []
+        self.broker = NatsBroker(
+            settings.nats_servers,
+            name=f"clm-{name}",
+            apply_types=False,
+            middlewares=[delivery.delivery_middleware(self)],
+            graceful_timeout=settings.shutdown_grace_seconds,
+            security=security(settings),
+            connect_timeout=max(1, round(settings.nats_connect_timeout_seconds)),
+            max_reconnect_attempts=-1,
+            logger=logging.getLogger(f"clm.{name}.broker"),
+            # FastStream logs every message at INFO; keep that for debugging only.
+            log_level=logging.DEBUG,
+            description=description,
+            disconnected_cb=self._on_disconnect,
+            reconnected_cb=self._on_reconnect,
+        )
+        self.http = HealthServer(
+            host=settings.http_host,
+            port=settings.http_port,
+            registry=self.metrics.registry,
+            readiness=self.readiness,
+        )
+
+    # ----- declaring what the service consumes and publishes -----
+
+    def consumer(
+        self,
+        accepts: type[M] | Iterable[type[M]],
+        *,
+        durable: str,
+        filter_subject: str,
+        stream: StreamSpec,
+        batch_size: int = 16,
+        max_deliver: int | None = None,
+        backoff_seconds: Iterable[float] | None = None,
+        ack_wait_seconds: float | None = None,
+        description: str | None = None,
+    ) -> Callable[[Handler], Handler]:
+        """Register a handler on a durable pull consumer accepting the given message kinds."""
+        models = (accepts,) if isinstance(accepts, type) else tuple(accepts)
+        max_deliver = max_deliver or self.settings.max_deliver
+        policy = ConsumerPolicy(
+            durable=durable,
+            stream=stream.name,
+            filter_subject=filter_subject,
+            max_deliver=max_deliver,
+            backoff_seconds=tuple(backoff_seconds or self.settings.redelivery_backoff_seconds),
+            dead_letter_subject=subjects.dead_letter(durable),
+        )
+        if durable in self.policies:
+            raise ValueError(f"durable consumer {durable!r} is registered twice")
+        self.policies[durable] = policy
+
+        async def decoder(msg: Any) -> Message:
+            return decode(msg.body, models)
+
+        def register(handler: Handler) -> Handler:
+            self.broker.subscriber(
+                filter_subject,
+                stream=JStream(stream.name, declare=False),
+                durable=durable,
+                pull_sub=PullSub(batch_size=batch_size, timeout=1.0),
+                ack_policy=AckPolicy.MANUAL,
+                config=ConsumerConfig(
+                    max_deliver=max_deliver,
+                    ack_wait=ack_wait_seconds or self.settings.ack_wait_seconds,
+                    max_ack_pending=max(batch_size * 4, 64),
+                ),
+                decoder=decoder,
+                title=durable,
+                description=description or handler.__doc__,
+            )(handler)
+            return handler
+
+        return register
+
+    def publishes(self, model: type[Message], subject: str, description: str) -> None:
+        """Document (in the AsyncAPI spec) that this service publishes `model` on `subject`."""
+        self.broker.publisher(subject, schema=model, title=f"{self.name}:{model.__name__}",
+                              description=description)
+
+    def on_start(self, fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """Run `fn` once connected, streams declared and consumers bound."""
+        self._on_start.append(fn)
+        return fn
+
+    # ----- publishing -----
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self.broker.config.connection_state.stream
+
+    async def publish(self, message: Message) -> PubAck:
+        """Publish to JetStream with Nats-Msg-Id = message_id (a retry is stored once)."""
+        subject = message.subject()
+        ack = await self.js.publish(
+            subject,
+            encode(message),
+            stream=streams.stream_for(subject).name,
+            headers={"Nats-Msg-Id": message.message_id, "Clm-Kind": message.kind},
+        )
+        self.metrics.published.labels(message.kind).inc()
+        if ack.duplicate:
+            self.metrics.publish_duplicates.labels(message.kind).inc()
+        return ack
+
+    async def dead_letter(self, raw: Msg, policy: ConsumerPolicy, *, cause: str, reason: str) -> None:
+        """Copy a message to its consumer's dead-letter subject, then stop its delivery."""
+        meta = raw.metadata
+        headers = delivery.dead_letter_headers(
+            policy=policy, cause=cause, reason=reason, subject=raw.subject,
+            stream_seq=meta.sequence.stream, deliveries=meta.num_delivered,
+        )
+        try:
+            await self.js.publish(policy.dead_letter_subject, raw.data, headers=headers,
+                                  stream=streams.DEAD_LETTERS.name)
+        except Exception as exc:
+            # The message is not lost: leave it to be redelivered and moved later.
+            log.error("could not publish dead letter; will retry",
+                      extra={"consumer": policy.durable, "error": repr(exc)})
+            await raw.nak(delay=policy.backoff_seconds[-1])
+            return
+        await raw.term()
+        self.metrics.handled.labels(policy.durable, "dead_letter").inc()
+        self.metrics.dead_letters.labels(policy.durable, cause).inc()
+        log.error(
+            "message dead-lettered",
+            extra={"consumer": policy.durable, "subject": raw.subject, "cause": cause,
+                   "reason": reason, "dead_letter_subject": policy.dead_letter_subject},
+        )
+
+    async def _on_max_deliveries(self, advisory: Msg) -> None:
+        """JetStream gave up redelivering (the handler never finished): dead-letter it."""
+        try:
+            info = decode_json(advisory.data)
+            policy = self.policies[info["consumer"]]
+            seq = int(info["stream_seq"])
+            stored = await self.js.get_msg(policy.stream, seq)
+        except Exception as exc:
+            log.error("could not handle a max-deliveries advisory", extra={"error": repr(exc)})
+            return
+        headers = delivery.dead_letter_headers(
+            policy=policy, cause="max-deliveries",
+            reason=f"no ack after {info.get('deliveries')} deliveries (handler crashed or timed out)",
+            subject=stored.subject, stream_seq=seq, deliveries=int(info.get("deliveries", 0)),
+        )
+        await self.js.publish(policy.dead_letter_subject, stored.data or b"", headers=headers,
+                              stream=streams.DEAD_LETTERS.name)
+        if policy.stream == streams.COMMANDS.name:
+            # A work-queue message nobody will ack again would sit there until max_age.
+            with contextlib.suppress(Exception):
+                await self.broker.connection.jetstream().delete_msg(policy.stream, seq)
+        self.metrics.dead_letters.labels(policy.durable, "max-deliveries").inc()
+        log.error("message dead-lettered after max deliveries",
+                  extra={"consumer": policy.durable, "stream_seq": seq})
+
+    # ----- lifecycle -----
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self._started:
+            return False, "starting: not yet connected to NATS with consumers bound"
+        conn = self.broker._connection
+        if conn is None or not conn.is_connected:
+            return False, "not connected to NATS"
+        return True, f"ready: {len(self.policies)} consumers bound"
+
+    async def _on_disconnect(self) -> None:
+        self.metrics.nats_connected.set(0)
+        log.warning("disconnected from NATS")
+
+    async def _on_reconnect(self) -> None:
+        self.metrics.nats_connected.set(1)
+        log.info("reconnected to NATS")
+
+    async def start(self) -> None:
+        await self.http.start()
+        await self.broker.connect()
+        self.metrics.nats_connected.set(1)
+        await declare_streams(self.js, streams.ALL, replicas=self.settings.stream_replicas)
+        # Listen for give-ups before the first fetch, so none is missed.
+        for policy in self.policies.values():
+            sub = await self.broker.connection.subscribe(
+                f"{_ADVISORY_MAX_DELIVERIES}.{policy.stream}.{policy.durable}",
+                queue=f"clm-advisory-{policy.durable}",
+                cb=self._on_max_deliveries,
+            )
+            self._advisory_subs.append(sub)
+        await self.broker.start()
+        self.metrics.consumers_bound.set(len(self.policies))
+        for fn in self._on_start:
+            await fn()
+        self._started = True
+        log.info("service ready", extra={"http_port": self.http.port, "nats": self.settings.nats_url,
+                                         "consumers": sorted(self.policies)})
+
+    async def stop(self) -> None:
+        """Stop taking messages, let in-flight handlers finish (up to the grace), close."""
+        self._started = False
+        for sub in self._advisory_subs:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        self._advisory_subs.clear()
+        await self.broker.stop()
+        self.metrics.nats_connected.set(0)
+        await self.http.stop()
+        log.info("service stopped")
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+
+    async def run(self) -> None:
+        """Start, serve until SIGTERM or SIGINT, then stop cleanly."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self.start()
+            await self._stop_requested.wait()
+            log.info("stop requested, draining in-flight messages")
+        finally:
+            await self.stop()
+
+    def asyncapi(self) -> AsyncAPI:
+        return AsyncAPI(self.broker, title=f"clm-{self.name}", version=self.version,
+                        description=self.description)
+
+
+def decode_json(data: bytes) -> dict[str, Any]:
+    value = orjson.loads(data)
+    if not isinstance(value, dict):
+        raise ValueError("advisory is not a JSON object")
+    return value

@@ -1,0 +1,1 @@
+"""Test and benchmark helpers (never imported by services)."""

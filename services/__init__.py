@@ -1,0 +1,1 @@
+"""The five CLM services, one package each."""

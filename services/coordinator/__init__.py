@@ -1,0 +1,1 @@
+"""Migration coordinator: owns every Migration (agent answers now; state machine with issue #7)."""

@@ -1,0 +1,38 @@
+"""Shared helpers of the integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from clm.runtime import ServiceApp, ServiceSettings
+
+
+def test_settings(url: str, **overrides: object) -> ServiceSettings:
+    values: dict[str, object] = {
+        "nats_url": url, "http_host": "127.0.0.1", "http_port": 0, "max_deliver": 3,
+        "redelivery_backoff_seconds": [0.1, 0.2], "ack_wait_seconds": 5.0,
+        "shutdown_grace_seconds": 10.0,
+    }
+    values.update(overrides)
+    return ServiceSettings(**values)  # type: ignore[arg-type]
+
+
+def make_app(url: str, name: str = "test", **overrides: object) -> ServiceApp:
+    return ServiceApp(name=name, version="test", settings=test_settings(url, **overrides),
+                      description=f"integration-test app {name}")
+
+
+async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0,
+                     what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)

@@ -1,0 +1,167 @@
+"""Bounded redelivery and dead letters: nothing dropped silently, nothing retried forever."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+import nats
+from nats.js.api import ConsumerConfig
+
+from clm.contracts import NodeCapabilities, streams, subjects
+from clm.runtime.delivery import H_CAUSE, H_DELIVERIES, H_REASON, H_SUBJECT
+from clm.runtime.errors import PermanentError
+from clm.testing.nats_server import NatsServer
+from tests.integration import crashing_consumer
+from tests.integration.support import eventually, make_app
+
+
+async def _dead_letters(url: str, durable: str, count: int, timeout: float = 10.0) -> list:
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        sub = await js.pull_subscribe(subjects.dead_letter(durable), durable=None,
+                                      stream=streams.DEAD_LETTERS.name,
+                                      config=ConsumerConfig(ack_wait=30))
+        got: list = []
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(got) < count and asyncio.get_running_loop().time() < deadline:
+            try:
+                got += await sub.fetch(count - len(got), timeout=1)
+            except TimeoutError:
+                pass
+        return got
+    finally:
+        await nc.close()
+
+
+def _caps(node: str) -> NodeCapabilities:
+    return NodeCapabilities(node=node, agent_version="t", arch="amd64", probe_ok=True)
+
+
+async def test_malformed_payload_is_dead_lettered_and_service_keeps_running(
+    nats_server: NatsServer,
+) -> None:
+    app = make_app(nats_server.url)
+    handled: list[str] = []
+
+    @app.consumer(NodeCapabilities, durable="caps", filter_subject=subjects.ALL_NODE_CAPABILITIES,
+                  stream=streams.EVENTS)
+    async def on_caps(caps: NodeCapabilities) -> None:
+        handled.append(caps.node)
+
+    await app.start()
+    try:
+        bad = [
+            b"{not json",
+            b'{"kind": "NodeCapabilities", "node": "Bad_Name", "agent_version": "1",'
+            b' "arch": "amd64", "probe_ok": true}',
+            b'{"kind": "RequestMigration", "namespace": "a", "pod": "b"}',
+        ]
+        for payload in bad:
+            await app.js.publish(subjects.node_capabilities("n1"), payload)
+        await app.publish(_caps("still-working"))
+
+        letters = await _dead_letters(nats_server.url, "caps", len(bad))
+        assert [m.data for m in letters] == bad  # the original bytes, unchanged
+        reasons = [m.headers[H_REASON] for m in letters]
+        assert "not valid JSON" in reasons[0]
+        assert "invalid NodeCapabilities: node" in reasons[1]
+        assert "'RequestMigration' is not accepted here" in reasons[2]
+        assert {m.headers[H_CAUSE] for m in letters} == {"malformed"}
+        assert all(m.headers[H_SUBJECT] == "clm.events.node.n1.capabilities" for m in letters)
+
+        await eventually(lambda: handled == ["still-working"], what="the valid message")
+        assert app.readiness()[0]
+        dead = app.metrics.dead_letters.labels("caps", "malformed")._value.get()
+        assert dead == 3
+    finally:
+        await app.stop()
+
+
+async def test_failing_handler_is_retried_with_backoff_then_dead_lettered(
+    nats_server: NatsServer,
+) -> None:
+    app = make_app(nats_server.url, max_deliver=3, redelivery_backoff_seconds=[0.2, 0.4])
+    attempts: list[float] = []
+
+    @app.consumer(NodeCapabilities, durable="flaky", filter_subject=subjects.ALL_NODE_CAPABILITIES,
+                  stream=streams.EVENTS)
+    async def on_caps(caps: NodeCapabilities) -> None:
+        attempts.append(asyncio.get_running_loop().time())
+        if caps.node == "recovers" and len(attempts) >= 2:
+            return
+        raise RuntimeError(f"cannot handle {caps.node}")
+
+    await app.start()
+    try:
+        await app.publish(_caps("never-works"))
+        letters = await _dead_letters(nats_server.url, "flaky", 1)
+        assert len(attempts) == 3  # exactly max_deliver tries, not forever
+        gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+        assert gaps[0] >= 0.18 and gaps[1] >= 0.38  # the backoff was honoured
+        assert letters[0].headers[H_CAUSE] == "handler-error"
+        assert letters[0].headers[H_DELIVERIES] == "3"
+        assert "RuntimeError: cannot handle never-works" in letters[0].headers[H_REASON]
+
+        attempts.clear()
+        await app.publish(_caps("recovers"))
+        await eventually(lambda: len(attempts) == 2, what="a retry that succeeds")
+        await asyncio.sleep(0.5)
+        assert len(attempts) == 2  # acked on success: no more deliveries
+    finally:
+        await app.stop()
+
+
+async def test_permanent_error_goes_straight_to_dead_letters(nats_server: NatsServer) -> None:
+    app = make_app(nats_server.url)
+    calls: list[str] = []
+
+    @app.consumer(NodeCapabilities, durable="strict", filter_subject=subjects.ALL_NODE_CAPABILITIES,
+                  stream=streams.EVENTS)
+    async def on_caps(caps: NodeCapabilities) -> None:
+        calls.append(caps.node)
+        raise PermanentError(f"node {caps.node} does not exist")
+
+    await app.start()
+    try:
+        await app.publish(_caps("ghost"))
+        letters = await _dead_letters(nats_server.url, "strict", 1)
+        assert calls == ["ghost"]
+        assert letters[0].headers[H_CAUSE] == "rejected"
+        assert letters[0].headers[H_REASON] == "node ghost does not exist"
+    finally:
+        await app.stop()
+
+
+async def test_handler_that_keeps_crashing_the_process_is_dead_lettered(
+    nats_server: NatsServer,
+) -> None:
+    """The process dies on each delivery; after max_deliver JetStream gives up and the next
+    incarnation turns the server's MAX_DELIVERIES advisory into a dead letter."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    publisher = make_app(nats_server.url, name="publisher")
+    await publisher.start()
+    await publisher.publish(_caps("poison"))
+    for _ in range(crashing_consumer.SETTINGS["max_deliver"]):
+        proc = subprocess.run(
+            [sys.executable, "-m", "tests.integration.crashing_consumer", nats_server.url],
+            env=env, capture_output=True, text=True, timeout=60,
+        )
+        assert proc.returncode == 17, proc.stdout + proc.stderr
+        assert "got poison, crashing" in proc.stdout
+        await asyncio.sleep(1.2)  # ack_wait expires: JetStream would redeliver
+    # A healthy incarnation binds the same durable consumer: it never sees the message
+    # again, but moves it to the dead letters when JetStream gives up.
+    survivor = crashing_consumer.build(nats_server.url)
+    await survivor.start()
+    try:
+        letters = await _dead_letters(nats_server.url, crashing_consumer.DURABLE, 1, timeout=15)
+        assert len(letters) == 1
+        assert letters[0].headers[H_CAUSE] == "max-deliveries"
+        assert NodeCapabilities.model_validate_json(letters[0].data).node == "poison"
+    finally:
+        await survivor.stop()
+        await publisher.stop()
