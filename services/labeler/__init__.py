@@ -1,1 +1,4 @@
-"""Labeler: keeps live.cast.ai/migration-enabled true to the rules (node capabilities now; Kubernetes with issue #8)."""
+"""Labeler: keeps live.cast.ai/migration-enabled true to the rules.
+
+Node capabilities now; watching and labeling Kubernetes objects with issue #8.
+"""

@@ -6,6 +6,10 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+import nats
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig
+
 from clm.runtime import ServiceApp, ServiceSettings
 
 
@@ -22,6 +26,25 @@ def test_settings(url: str, **overrides: object) -> ServiceSettings:
 def make_app(url: str, name: str = "test", **overrides: object) -> ServiceApp:
     return ServiceApp(name=name, version="test", settings=test_settings(url, **overrides),
                       description=f"integration-test app {name}")
+
+
+async def fetch_from_stream(url: str, subject: str, stream: str, count: int,
+                            timeout: float = 15.0) -> list[Msg]:
+    """Read up to `count` messages on `subject` with an ephemeral pull consumer."""
+    nc = await nats.connect(url)
+    try:
+        sub = await nc.jetstream().pull_subscribe(subject, durable=None, stream=stream,
+                                                  config=ConsumerConfig(ack_wait=30))
+        got: list[Msg] = []
+        deadline = time.monotonic() + timeout
+        while len(got) < count and time.monotonic() < deadline:
+            try:
+                got += await sub.fetch(count - len(got), timeout=1)
+            except TimeoutError:
+                continue
+        return got
+    finally:
+        await nc.close()
 
 
 async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0,

@@ -3,38 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import subprocess
 import sys
 
-import nats
-from nats.js.api import ConsumerConfig
+from nats.aio.msg import Msg
 
 from clm.contracts import NodeCapabilities, streams, subjects
 from clm.runtime.delivery import H_CAUSE, H_DELIVERIES, H_REASON, H_SUBJECT
 from clm.runtime.errors import PermanentError
 from clm.testing.nats_server import NatsServer
 from tests.integration import crashing_consumer
-from tests.integration.support import eventually, make_app
+from tests.integration.support import eventually, fetch_from_stream, make_app
 
 
-async def _dead_letters(url: str, durable: str, count: int, timeout: float = 10.0) -> list:
-    nc = await nats.connect(url)
-    try:
-        js = nc.jetstream()
-        sub = await js.pull_subscribe(subjects.dead_letter(durable), durable=None,
-                                      stream=streams.DEAD_LETTERS.name,
-                                      config=ConsumerConfig(ack_wait=30))
-        got: list = []
-        deadline = asyncio.get_running_loop().time() + timeout
-        while len(got) < count and asyncio.get_running_loop().time() < deadline:
-            try:
-                got += await sub.fetch(count - len(got), timeout=1)
-            except TimeoutError:
-                pass
-        return got
-    finally:
-        await nc.close()
+async def _dead_letters(url: str, durable: str, count: int, timeout: float = 10.0) -> list[Msg]:
+    return await fetch_from_stream(url, subjects.dead_letter(durable), streams.DEAD_LETTERS.name,
+                                   count, timeout)
 
 
 def _caps(node: str) -> NodeCapabilities:
@@ -100,7 +86,7 @@ async def test_failing_handler_is_retried_with_backoff_then_dead_lettered(
         await app.publish(_caps("never-works"))
         letters = await _dead_letters(nats_server.url, "flaky", 1)
         assert len(attempts) == 3  # exactly max_deliver tries, not forever
-        gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(attempts)]
         assert gaps[0] >= 0.18 and gaps[1] >= 0.38  # the backoff was honoured
         assert letters[0].headers[H_CAUSE] == "handler-error"
         assert letters[0].headers[H_DELIVERIES] == "3"
@@ -146,9 +132,10 @@ async def test_handler_that_keeps_crashing_the_process_is_dead_lettered(
     await publisher.start()
     await publisher.publish(_caps("poison"))
     for _ in range(crashing_consumer.SETTINGS["max_deliver"]):
-        proc = subprocess.run(
+        proc = await asyncio.to_thread(
+            subprocess.run,
             [sys.executable, "-m", "tests.integration.crashing_consumer", nats_server.url],
-            env=env, capture_output=True, text=True, timeout=60,
+            env=env, capture_output=True, text=True, timeout=60, check=False,
         )
         assert proc.returncode == 17, proc.stdout + proc.stderr
         assert "got poison, crashing" in proc.stdout

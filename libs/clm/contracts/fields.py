@@ -8,16 +8,13 @@ from typing import Annotated
 from pydantic import Field, StringConstraints
 
 # Kubernetes object names: DNS subdomain (RFC 1123), at most 253 characters.
-K8sName = Annotated[
-    str,
-    StringConstraints(
-        min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-    ),
-]
+K8S_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+K8sName = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=K8S_NAME_PATTERN)]
 NodeName = K8sName
 
 # Seconds per migration phase: freezing, frozen, memdump, memwrite, transfer, restore...
-PhaseTimings = dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], Annotated[float, Field(ge=0)]]
+PhaseName = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+PhaseTimings = dict[PhaseName, Annotated[float, Field(ge=0)]]
 
 
 class MigrationStrategy(StrEnum):

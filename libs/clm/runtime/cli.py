@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from collections.abc import Callable, Sequence
 
@@ -52,8 +53,7 @@ def run_service(
         print(app.asyncapi().to_specification().to_yaml())
         return 0
     configure_logging(name, settings.log_level)
-    try:
+    # SIGINT is handled inside run(); this only covers a second Ctrl-C during shutdown.
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(app.run())
-    except KeyboardInterrupt:
-        pass
     return 0

@@ -12,6 +12,8 @@ from typing import Literal, Self, TypeVar
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from clm.contracts.fields import K8S_NAME_PATTERN
+
 ENV_PREFIX = "CLM_"
 
 
@@ -114,6 +116,4 @@ class NodeAgentSettings(ServiceSettings):
     """Settings of the per-node agents (DaemonSet pods), addressed by node name."""
 
     # The Kubernetes node this agent serves (the downward API's spec.nodeName).
-    node_name: str = Field(
-        min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-    )
+    node_name: str = Field(min_length=1, max_length=253, pattern=K8S_NAME_PATTERN)

@@ -42,17 +42,18 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> NatsServer:
-        log = Path(self.store_dir, "nats-server.log").open("ab")
-        self._proc = subprocess.Popen(
-            [nats_server_binary(), "-js", "-sd", self.store_dir, "-a", "127.0.0.1",
-             "-p", str(self.port), "-m", "0"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
+        log = Path(self.store_dir, "nats-server.log")
+        with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+            self._proc = subprocess.Popen(
+                [nats_server_binary(), "-js", "-sd", self.store_dir, "-a", "127.0.0.1",
+                 "-p", str(self.port), "-m", "0"],
+                stdout=out, stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise RuntimeError(
-                    f"nats-server exited with {self._proc.returncode}; see {log.name}"
+                    f"nats-server exited with {self._proc.returncode}; see {log}"
                 )
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
