@@ -67,6 +67,7 @@ class ServiceApp:
         self._on_start: list[Callable[[], Awaitable[None]]] = []
         self._stop_requested = asyncio.Event()
         self._started = False
+        self._stopping = False
         self._advisory_subs: list[Any] = []
         self.broker = NatsBroker(
             settings.nats_servers,
@@ -236,6 +237,8 @@ class ServiceApp:
 
     async def _on_disconnect(self) -> None:
         self.metrics.nats_connected.set(0)
+        if self._stopping:
+            return  # our own close, not an outage
         log.warning("disconnected from NATS")
 
     async def _on_reconnect(self) -> None:
@@ -243,6 +246,7 @@ class ServiceApp:
         log.info("reconnected to NATS")
 
     async def start(self) -> None:
+        self._stopping = False
         await self.http.start()
         await self.broker.connect()
         self.metrics.nats_connected.set(1)
@@ -266,6 +270,7 @@ class ServiceApp:
     async def stop(self) -> None:
         """Stop taking messages, let in-flight handlers finish (up to the grace), close."""
         self._started = False
+        self._stopping = True
         for sub in self._advisory_subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

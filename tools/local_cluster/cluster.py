@@ -1,0 +1,151 @@
+"""Run a local CLM: one nats-server with JetStream and the five service PEXes.
+
+The node agents run once per simulated node. Each process gets its own HTTP port and log
+file under the state directory; `stop()` sends SIGTERM to every service (they drain and
+exit) and then stops NATS.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clm.testing.nats_server import NatsServer, free_port
+
+CLUSTER_SERVICES = ("labeler", "evictor-planner", "coordinator")
+NODE_SERVICES = ("checkpoint-agent", "ip-handover-agent")
+
+
+@dataclass
+class Proc:
+    service: str
+    node: str | None
+    port: int
+    log: Path
+    popen: subprocess.Popen[bytes]
+    ready: bool = False
+    detail: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{self.service}@{self.node}" if self.node else self.service
+
+
+def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@dataclass
+class LocalCluster:
+    pex_dir: Path
+    state_dir: Path
+    nodes: list[str]
+    nats_port: int | None = None
+    procs: list[Proc] = field(default_factory=list)
+    nats: NatsServer | None = None
+
+    def pex(self, service: str) -> Path:
+        path = self.pex_dir / f"clm-{service}.pex"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: build the services with ./pants package ::")
+        return path
+
+    def start(self) -> None:
+        for service in CLUSTER_SERVICES + NODE_SERVICES:
+            self.pex(service)  # fail before starting anything
+        (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        nats_dir = self.state_dir / "nats"
+        nats_dir.mkdir(parents=True, exist_ok=True)
+        self.nats = NatsServer(port=self.nats_port, store_dir=str(nats_dir)).start()
+        for service in CLUSTER_SERVICES:
+            self._spawn(service, None)
+        for node in self.nodes:
+            for service in NODE_SERVICES:
+                self._spawn(service, node)
+
+    def _spawn(self, service: str, node: str | None) -> None:
+        assert self.nats is not None
+        port = free_port()
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "HOME": os.environ.get("HOME", "/root"),
+            "CLM_NATS_URL": self.nats.url,
+            "CLM_HTTP_HOST": "127.0.0.1",
+            "CLM_HTTP_PORT": str(port),
+            "CLM_SHUTDOWN_GRACE_SECONDS": "5",
+        }
+        if node:
+            env["CLM_NODE_NAME"] = node
+        log = self.state_dir / "logs" / f"{service}{'@' + node if node else ''}.log"
+        python = shutil.which("python3.11") or "python3"
+        with log.open("ab") as out:
+            popen = subprocess.Popen([python, str(self.pex(service))], env=env, stdout=out,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append(Proc(service, node, port, log, popen))
+
+    def wait_ready(self, timeout: float = 120.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for proc in self.procs:
+                if proc.ready:
+                    continue
+                if proc.popen.poll() is not None:
+                    proc.detail = f"exited with {proc.popen.returncode}; see {proc.log}"
+                    continue
+                try:
+                    status, body = http_get(proc.port, "/readyz")
+                except OSError as exc:
+                    proc.detail = f"not answering yet ({exc.__class__.__name__})"
+                    continue
+                proc.ready, proc.detail = status == 200, body.strip()
+            if all(p.ready or p.popen.poll() is not None for p in self.procs):
+                break
+            time.sleep(0.2)
+        return all(p.ready for p in self.procs)
+
+    def status_rows(self) -> list[dict[str, object]]:
+        rows = []
+        for proc in self.procs:
+            metrics = ""
+            if proc.popen.poll() is None:
+                try:
+                    metrics = http_get(proc.port, "/metrics")[1]
+                except OSError:
+                    metrics = ""
+            rows.append({
+                "service": proc.name,
+                "pid": str(proc.popen.pid),
+                "http": f"127.0.0.1:{proc.port}",
+                "ready": "yes" if proc.ready else "NO",
+                "nats_connected": "yes" if "clm_nats_connected 1.0" in metrics else "no",
+                "detail": proc.detail,
+            })
+        return rows
+
+    def stop(self) -> list[tuple[str, int | None]]:
+        """SIGTERM every service, wait for each to drain; returns (name, exit code)."""
+        for proc in self.procs:
+            if proc.popen.poll() is None:
+                proc.popen.send_signal(signal.SIGTERM)
+        codes = []
+        for proc in self.procs:
+            try:
+                proc.popen.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+                proc.popen.wait()
+            codes.append((proc.name, proc.popen.returncode))
+        if self.nats is not None:
+            self.nats.stop()
+        return codes
