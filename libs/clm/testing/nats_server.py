@@ -31,8 +31,11 @@ def nats_server_binary() -> str:
 class NatsServer:
     """A nats-server process; `with NatsServer() as srv: srv.url`. Restartable on its port."""
 
-    def __init__(self, *, port: int | None = None, store_dir: str | None = None) -> None:
+    def __init__(self, *, port: int | None = None, store_dir: str | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.port = port or free_port()
+        # e.g. ("--user", "u", "--pass", "p") or TLS flags, for secured-server tests.
+        self.extra_args = extra_args
         self._own_dir = store_dir is None
         self.store_dir = store_dir or tempfile.mkdtemp(prefix="clm-nats-")
         self._proc: subprocess.Popen[bytes] | None = None
@@ -46,7 +49,7 @@ class NatsServer:
         with log.open("ab") as out:  # the child keeps its own copy of the descriptor
             self._proc = subprocess.Popen(
                 [nats_server_binary(), "-js", "-sd", self.store_dir, "-a", "127.0.0.1",
-                 "-p", str(self.port), "-m", "0"],
+                 "-p", str(self.port), "-m", "0", *self.extra_args],
                 stdout=out, stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + timeout
@@ -56,8 +59,8 @@ class NatsServer:
                     f"nats-server exited with {self._proc.returncode}; see {log}"
                 )
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    if s.recv(4).startswith(b"INFO"):
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                    if sock.recv(4).startswith(b"INFO"):
                         return self
             except OSError:
                 time.sleep(0.05)
