@@ -8,9 +8,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 from nats.aio.msg import Msg
 
-from clm.contracts import NodeCapabilities, streams, subjects
+from clm.contracts import NodeCapabilities, RequestMigration, streams, subjects
 from clm.runtime.delivery import H_CAUSE, H_DELIVERIES, H_REASON, H_SUBJECT
 from clm.runtime.errors import PermanentError
 from clm.testing.nats_server import NatsServer
@@ -122,33 +123,45 @@ async def test_permanent_error_goes_straight_to_dead_letters(nats_server: NatsSe
         await app.stop()
 
 
+@pytest.mark.parametrize("target", ["event", "command"])
 async def test_handler_that_keeps_crashing_the_process_is_dead_lettered(
-    nats_server: NatsServer,
+    nats_server: NatsServer, target: str
 ) -> None:
     """The process dies on each delivery; after max_deliver JetStream gives up and the next
     incarnation turns the server's MAX_DELIVERIES advisory into a dead letter."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     publisher = make_app(nats_server.url, name="publisher")
     await publisher.start()
-    await publisher.publish(_caps("poison"))
+    poison = (_caps("poison") if target == "event"
+              else RequestMigration(namespace="games", pod="poison"))
+    await publisher.publish(poison)
     for _ in range(crashing_consumer.SETTINGS["max_deliver"]):
         proc = await asyncio.to_thread(
             subprocess.run,
-            [sys.executable, "-m", "tests.integration.crashing_consumer", nats_server.url],
+            [sys.executable, "-m", "tests.integration.crashing_consumer", nats_server.url, target],
             env=env, capture_output=True, text=True, timeout=60, check=False,
         )
         assert proc.returncode == 17, proc.stdout + proc.stderr
-        assert "got poison, crashing" in proc.stdout
+        assert f"got {poison.kind}, crashing" in proc.stdout
         await asyncio.sleep(1.2)  # ack_wait expires: JetStream would redeliver
     # A healthy incarnation binds the same durable consumer: it never sees the message
     # again, but moves it to the dead letters when JetStream gives up.
-    survivor = crashing_consumer.build(nats_server.url)
+    survivor = crashing_consumer.build(nats_server.url, target)
     await survivor.start()
     try:
         letters = await _dead_letters(nats_server.url, crashing_consumer.DURABLE, 1, timeout=15)
         assert len(letters) == 1
         assert letters[0].headers[H_CAUSE] == "max-deliveries"
-        assert NodeCapabilities.model_validate_json(letters[0].data).node == "poison"
+        assert type(poison).model_validate_json(letters[0].data) == poison
+        stream = crashing_consumer.TARGETS[target][2].name
+        if stream == streams.COMMANDS.name:
+            # Nobody will ack it again: it is removed from the work queue, not left to rot.
+            await eventually(
+                lambda: _stream_messages(survivor, stream), what="work queue to empty")
     finally:
         await survivor.stop()
         await publisher.stop()
+
+
+async def _stream_messages(app, stream: str) -> bool:
+    return (await app.js.stream_info(stream)).state.messages == 0

@@ -220,7 +220,7 @@ class ServiceApp:
         if policy.stream == streams.COMMANDS.name:
             # A work-queue message nobody will ack again would sit there until max_age.
             with contextlib.suppress(Exception):
-                await self.broker.connection.jetstream().delete_msg(policy.stream, seq)
+                await self.js.delete_msg(policy.stream, seq)
         self.metrics.dead_letters.labels(policy.durable, "max-deliveries").inc()
         log.error("message dead-lettered after max deliveries",
                   extra={"consumer": policy.durable, "stream_seq": seq})
@@ -230,7 +230,7 @@ class ServiceApp:
     def readiness(self) -> tuple[bool, str]:
         if not self._started:
             return False, "starting: not yet connected to NATS with consumers bound"
-        conn = self.broker._connection
+        conn = self.broker._connection  # None once closed; the public property raises instead
         if conn is None or not conn.is_connected:
             return False, "not connected to NATS"
         return True, f"ready: {len(self.policies)} consumers bound"
