@@ -1,0 +1,33 @@
+"""The documented label and annotation names (Cast AI CLM seed documents), exactly."""
+
+# Pod and node label: eligible pod / node that supports live migration.
+MIGRATION_ENABLED = "live.cast.ai/migration-enabled"
+# Node label: the node uses ENIConfig for dedicated pod subnets (custom networking).
+CUSTOM_NETWORK = "live.cast.ai/custom-network"
+# User pod labels.
+REMOVAL_DISABLED = "autoscaling.cast.ai/removal-disabled"
+LIVE_MIGRATION_DISABLED = "autoscaling.cast.ai/live-migration-disabled"
+
+# Restore-behaviour annotations (comma-separated container names) on the source pod.
+RESTORE_RUN_STARTUP_PROBE = "cast.ai/restore-run-startup-probe"
+RESTORE_RUN_POST_START_EXEC = "cast.ai/restore-run-post-start-exec"
+RESTORE_RUN_INIT_CONTAINERS = "cast.ai/restore-run-init-containers"
+# System annotation on clone pods: created by restore from a checkpoint.
+RESTORE = "cast.ai/restore"
+
+# Well-known Kubernetes labels the rules read.
+ARCH = "kubernetes.io/arch"
+HOSTNAME = "kubernetes.io/hostname"
+INSTANCE_TYPE = "node.kubernetes.io/instance-type"
+ZONE = "topology.kubernetes.io/zone"
+SUBNET_ID = "topology.cast.ai/subnet-id"
+# Zone keys a PersistentVolume's node affinity may use.
+ZONE_KEYS = (ZONE, "failure-domain.beta.kubernetes.io/zone", "topology.ebs.csi.aws.com/zone")
+MIRROR_POD = "kubernetes.io/config.mirror"
+
+TRUE = "true"
+
+
+def is_true(labels: dict[str, str] | None, key: str) -> bool:
+    """Only the exact value "true" counts as true; anything else is false or missing."""
+    return bool(labels) and labels.get(key) == TRUE
