@@ -44,26 +44,37 @@ class Decision:
     why: str
 
 
+# The matrix's outcomes (decisions are immutable, so one object each serves every pod).
+MIGRATE_RESTORE_FALLBACK = Decision(
+    Action.LIVE_MIGRATE, Fallback.RESTORE_ON_SOURCE,
+    "eligible and removal-disabled: live-migrate, restore on source if it fails")
+PROTECTED_BOTH = Decision(Action.NONE, Fallback.NONE,
+                          "removal-disabled and live-migration-disabled: protected")
+EVICT_OPTED_OUT = Decision(Action.EVICT, Fallback.NONE, "live-migration-disabled: traditional eviction")
+MIGRATE_EVICT_FALLBACK = Decision(Action.LIVE_MIGRATE, Fallback.EVICT,
+                                  "eligible: live-migrate, evict if it fails")
+PROTECTED_NOT_ELIGIBLE = Decision(Action.NONE, Fallback.NONE,
+                                  "not eligible and removal-disabled: protected")
+EVICT_NOT_ELIGIBLE = Decision(Action.EVICT, Fallback.NONE,
+                              "not eligible for live migration: traditional eviction")
+STAYS_SINGLE_REPLICA = Decision(Action.NONE, Fallback.NONE,
+                                "default mode: single replica and removal-disabled, so it stays")
+EVICT_SINGLE_REPLICA = Decision(
+    Action.EVICT, Fallback.NONE,
+    "default mode: single-replica workloads are evicted (aggressive mode migrates them)")
+
+
 def matrix(labels: Mapping[str, str] | None) -> Decision:
     """The six-row label matrix, exactly."""
-    labels = dict(labels or {})
-    enabled = names.is_true(labels, names.MIGRATION_ENABLED)
-    removal_disabled = names.is_true(labels, names.REMOVAL_DISABLED)
-    lm_disabled = names.is_true(labels, names.LIVE_MIGRATION_DISABLED)
-    if enabled and removal_disabled and not lm_disabled:
-        return Decision(Action.LIVE_MIGRATE, Fallback.RESTORE_ON_SOURCE,
-                        "eligible and removal-disabled: live-migrate, restore on source if it fails")
-    if enabled and removal_disabled:
-        return Decision(Action.NONE, Fallback.NONE,
-                        "removal-disabled and live-migration-disabled: protected")
-    if enabled and lm_disabled:
-        return Decision(Action.EVICT, Fallback.NONE, "live-migration-disabled: traditional eviction")
+    labels = labels or {}
+    enabled = labels.get(names.MIGRATION_ENABLED) == names.TRUE
+    removal_disabled = labels.get(names.REMOVAL_DISABLED) == names.TRUE
+    lm_disabled = labels.get(names.LIVE_MIGRATION_DISABLED) == names.TRUE
     if enabled:
-        return Decision(Action.LIVE_MIGRATE, Fallback.EVICT,
-                        "eligible: live-migrate, evict if it fails")
-    if removal_disabled:
-        return Decision(Action.NONE, Fallback.NONE, "not eligible and removal-disabled: protected")
-    return Decision(Action.EVICT, Fallback.NONE, "not eligible for live migration: traditional eviction")
+        if removal_disabled:
+            return PROTECTED_BOTH if lm_disabled else MIGRATE_RESTORE_FALLBACK
+        return EVICT_OPTED_OUT if lm_disabled else MIGRATE_EVICT_FALLBACK
+    return PROTECTED_NOT_ELIGIBLE if removal_disabled else EVICT_NOT_ELIGIBLE
 
 
 def decide(labels: Mapping[str, str] | None, *, replicas: int, mode: Mode) -> Decision:
@@ -73,7 +84,5 @@ def decide(labels: Mapping[str, str] | None, *, replicas: int, mode: Mode) -> De
         return decision
     # Default mode: single-replica workloads take the traditional path.
     if decision.fallback is Fallback.RESTORE_ON_SOURCE:
-        return Decision(Action.NONE, Fallback.NONE,
-                        "default mode: single replica and removal-disabled, so it stays")
-    return Decision(Action.EVICT, Fallback.NONE,
-                    "default mode: single-replica workloads are evicted (aggressive mode migrates them)")
+        return STAYS_SINGLE_REPLICA
+    return EVICT_SINGLE_REPLICA
