@@ -7,23 +7,31 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from tools.benchmarks import events
+from tools.benchmarks import events, plan
 from tools.benchmarks.report import emit
 
-BENCHMARKS: dict[str, tuple[str, Callable[[bool], list[dict[str, Any]]]]] = {
-    "events": ("Events through JetStream: throughput and publish-to-handler latency", events.run),
+Table = tuple[str, list[dict[str, Any]]]
+
+# name -> (what it measures, run(quick) -> tables)
+BENCHMARKS: dict[str, tuple[str, Callable[[bool], list[Table]]]] = {
+    "events": ("events published and consumed through JetStream, publish-to-handler latency",
+               lambda quick: [("Events through JetStream: throughput and publish-to-handler latency",
+                               events.run(quick))]),
+    "plan": ("bin-packing plan time at 500 and 5,000 nodes; gap to the exact optimum", plan.run),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tools/bench", description=__doc__)
-    parser.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark to run")
+    parser.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark to run: " + "; ".join(
+        f"{name}: {what}" for name, (what, _) in sorted(BENCHMARKS.items())))
     parser.add_argument("--json", action="store_true", help="one JSON object per result row")
     parser.add_argument("--quick", action="store_true",
                         help="small sizes: checks the benchmark runs, numbers are not meaningful")
     args = parser.parse_args(argv)
-    title, run = BENCHMARKS[args.name]
-    emit(title, run(args.quick), as_json=args.json)
+    _, run = BENCHMARKS[args.name]
+    for title, rows in run(args.quick):
+        emit(title, rows, as_json=args.json)
     return 0
 
 

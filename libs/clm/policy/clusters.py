@@ -41,12 +41,14 @@ def random_cluster(rng: random.Random, *, nodes: int, pods_per_node: int, fill: 
                      arch=arch, instance_type=itype, subnet=f"subnet-{rng.randrange(subnets)}",
                      taints=taints, unschedulable=variety and rng.random() < 0.02)
         node_infos.append(NodeInfo(obj["metadata"]["name"], node_allocatable(obj), obj, price))
-        budget_cpu, budget_mem = cores * 1000 * fill * rng.uniform(0.2, 1.6), mem * GIB * fill * rng.uniform(0.2, 1.6)
+        budget_cpu = cores * 1000 * fill * rng.uniform(0.2, 1.6)
+        budget_mem = mem * GIB * fill * rng.uniform(0.2, 1.6)
         used_cpu = used_mem = 0
         for j in range(rng.randint(0, pods_per_node)):
             cpu = rng.choice((100, 250, 500, 1000))
             memory = rng.choice((128, 256, 512, 1024, 2048, 4096)) * 2**20
-            if used_cpu + cpu > min(budget_cpu, cores * 1000) or used_mem + memory > min(budget_mem, mem * GIB):
+            if (used_cpu + cpu > min(budget_cpu, cores * 1000)
+                    or used_mem + memory > min(budget_mem, mem * GIB)):
                 break
             used_cpu += cpu
             used_mem += memory
@@ -93,5 +95,5 @@ def dense_cluster(rng: random.Random, *, nodes: int, pods_per_node: int = 30) ->
                 requests={"cpu": max(10, int(cpu_each * rng.uniform(0.5, 1.0))),
                           "memory": max(2**20, int(mem_each * rng.uniform(0.5, 1.0)))},
                 labels=dict(rng.choices(LABEL_CHOICES, DENSE_LABEL_WEIGHTS)[0]),
-                replicas=rng.choice((2, 3, 3, 5)), daemonset=j == 0, obj=b.pod(pod_name, node=name)))
+                replicas=rng.choice((1, 2, 3, 3, 5)), daemonset=j == 0, obj=b.pod(pod_name, node=name)))
     return Snapshot(node_infos, pod_infos, {})

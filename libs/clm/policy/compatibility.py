@@ -58,8 +58,8 @@ def node_problems(node: o.Obj, req: Requirements) -> list[Reason]:
     parsed = _version(runtime_version)
     if minimum is None or parsed is None or parsed < minimum:
         wanted = ", ".join(f"{n} {'.'.join(map(str, v))}+" for n, v in req.runtimes)
-        problems.append(Reason("runtime-unsupported", f"node {name} runs "
-                               f"{info.get('containerRuntimeVersion') or 'an unknown runtime'}; needs {wanted}"))
+        running = info.get("containerRuntimeVersion") or "an unknown runtime"
+        problems.append(Reason("runtime-unsupported", f"node {name} runs {running}; needs {wanted}"))
     if req.profile is Profile.EKS:
         if not (info.get("osImage") or "").startswith(req.os_image_prefix):
             problems.append(Reason("os-image-unsupported", f"node {name} runs "
