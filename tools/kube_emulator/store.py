@@ -1,0 +1,481 @@
+"""The emulator's state: objects by resource, one resourceVersion counter, an event log
+for watch resume, the watchers, and the behaviour a control plane adds to writes
+(server-set metadata, conflicts, generation, finalizers, PDB status, CRD registration)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import re
+import uuid
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from tools.kube_emulator.resources import Column, Registry, ResourceType
+from tools.kube_emulator.validation import FieldError, apply_defaults, prune, validate_custom_resource
+
+Obj = dict[str, Any]
+NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+class ApiError(Exception):
+    """An error answered as a Kubernetes `Status` object."""
+
+    def __init__(self, code: int, reason: str, message: str, details: Obj | None = None) -> None:
+        super().__init__(message)
+        self.code, self.reason, self.message, self.details = code, reason, message, details or {}
+
+    def status(self) -> Obj:
+        body: Obj = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                     "message": self.message, "reason": self.reason, "code": self.code}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+def _qualified(rt: ResourceType) -> str:
+    return f"{rt.plural}.{rt.group}" if rt.group else rt.plural
+
+
+def not_found(rt: ResourceType, name: str) -> ApiError:
+    return ApiError(404, "NotFound", f'{_qualified(rt)} "{name}" not found',
+                    {"name": name, "group": rt.group, "kind": rt.plural})
+
+
+def invalid(rt: ResourceType, name: str, errors: list[FieldError]) -> ApiError:
+    text = str(errors[0]) if len(errors) == 1 else "[" + ", ".join(str(e) for e in errors) + "]"
+    kind = f"{rt.kind}.{rt.group}" if rt.group else rt.kind
+    return ApiError(422, "Invalid", f'{kind} "{name}" is invalid: {text}', {
+        "name": name, "group": rt.group, "kind": rt.kind,
+        "causes": [{"reason": e.reason, "message": e.message, "field": e.field} for e in errors]})
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(slots=True)
+class Entry:
+    obj: Obj
+    _raw: bytes | None = None
+
+    @property
+    def raw(self) -> bytes:
+        if self._raw is None:
+            self._raw = orjson.dumps(self.obj)
+        return self._raw
+
+
+@dataclass(slots=True)
+class Change:
+    rv: int
+    type: str  # ADDED, MODIFIED, DELETED
+    key: tuple[str, str]
+    namespace: str
+    entry: Entry
+    previous: Obj | None
+
+
+@dataclass(eq=False)
+class Watcher:
+    key: tuple[str, str]
+    namespace: str | None
+    labels: Callable[[Mapping[str, str]], bool]
+    fields: Callable[[Mapping[str, Any]], bool]
+    queue: asyncio.Queue[tuple[str, Entry] | None] = field(default_factory=asyncio.Queue)
+
+    def matches(self, obj: Obj | None) -> bool:
+        return obj is not None and self.labels((obj.get("metadata") or {}).get("labels") or {}) \
+            and self.fields(obj)
+
+    def offer(self, change: Change) -> None:
+        if self.namespace and change.namespace != self.namespace:
+            return
+        now_matches = change.type != "DELETED" and self.matches(change.entry.obj)
+        was = self.matches(change.previous) if change.previous is not None else False
+        if change.type == "DELETED":
+            if self.matches(change.entry.obj):
+                self.queue.put_nowait(("DELETED", change.entry))
+        elif now_matches and (was or change.type == "ADDED"):
+            self.queue.put_nowait((change.type, change.entry))
+        elif now_matches:
+            self.queue.put_nowait(("ADDED", change.entry))  # began to match the selector
+        elif was:
+            self.queue.put_nowait(("DELETED", change.entry))  # stopped matching
+
+
+class Store:
+    def __init__(self, registry: Registry | None = None, *, history: int = 200_000) -> None:
+        self.registry = registry or Registry()
+        self.rv = 1
+        self.objects: dict[tuple[str, str], dict[tuple[str, str], Entry]] = {}
+        self.log: deque[Change] = deque(maxlen=history)
+        self.compacted_rv = 0
+        self.watchers: set[Watcher] = set()
+        self.on_change: list[Callable[[], None]] = []
+        for name in DEFAULT_NAMESPACES:
+            self._ensure_namespace(name)
+
+    # ----- reading -----
+
+    def bucket(self, rt: ResourceType) -> dict[tuple[str, str], Entry]:
+        return self.objects.setdefault(rt.key, {})
+
+    def get(self, rt: ResourceType, namespace: str, name: str) -> Entry:
+        entry = self.bucket(rt).get((namespace if rt.namespaced else "", name))
+        if entry is None:
+            raise not_found(rt, name)
+        return entry
+
+    def list(self, rt: ResourceType, namespace: str | None,
+             labels: Callable[[Mapping[str, str]], bool] = lambda _: True,
+             fields: Callable[[Mapping[str, Any]], bool] = lambda _: True) -> list[tuple[tuple[str, str], Entry]]:
+        items = sorted(self.bucket(rt).items())
+        return [(key, e) for key, e in items
+                if (not namespace or key[0] == namespace)
+                and labels((e.obj.get("metadata") or {}).get("labels") or {}) and fields(e.obj)]
+
+    # ----- writing -----
+
+    def _commit(self, rt: ResourceType, kind: str, obj: Obj, previous: Obj | None) -> Entry:
+        self.rv += 1
+        meta = obj["metadata"]
+        if kind != "DELETED":
+            meta["resourceVersion"] = str(self.rv)
+        ns = meta.get("namespace", "") if rt.namespaced else ""
+        entry = Entry(obj)
+        bucket = self.bucket(rt)
+        if kind == "DELETED":
+            bucket.pop((ns, meta["name"]), None)
+            obj = copy.copy(obj)
+            obj["metadata"] = {**meta, "resourceVersion": str(self.rv)}
+            entry = Entry(obj)
+        else:
+            bucket[(ns, meta["name"])] = entry
+        if len(self.log) == self.log.maxlen:
+            self.compacted_rv = self.log[0].rv
+        change = Change(self.rv, kind, rt.key, ns, entry, previous)
+        self.log.append(change)
+        for watcher in list(self.watchers):
+            if watcher.key == rt.key:
+                watcher.offer(change)
+        for callback in self.on_change:
+            callback()
+        return entry
+
+    def _ensure_namespace(self, name: str) -> None:
+        rt = self.registry.get("", "v1", "namespaces")
+        assert rt is not None
+        if ("", name) not in self.bucket(rt):
+            self._commit(rt, "ADDED", {"apiVersion": "v1", "kind": "Namespace", "metadata": {
+                "name": name, "uid": str(uuid.uuid4()), "creationTimestamp": now(),
+                "labels": {"kubernetes.io/metadata.name": name}},
+                "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}, None)
+
+    def _check_name(self, rt: ResourceType, name: str | None) -> str:
+        if not name:
+            raise invalid(rt, "", [FieldError("metadata.name", "FieldValueRequired",
+                                              "Required value: name or generateName is required")])
+        if len(name) > 253 or not NAME_RE.match(name):
+            raise invalid(rt, name, [FieldError(
+                "metadata.name", "FieldValueInvalid",
+                f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of lower case '
+                "alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character")])
+        return name
+
+    def _prepare_custom(self, rt: ResourceType, obj: Obj) -> Obj:
+        if rt.schema is None:
+            return obj
+        pruned = apply_defaults(prune(obj, rt.schema), rt.schema)
+        for key in ("apiVersion", "kind", "metadata"):
+            if key in obj:
+                pruned[key] = obj[key]
+        errors = validate_custom_resource(pruned, rt.schema)
+        if errors:
+            raise invalid(rt, (obj.get("metadata") or {}).get("name", ""), errors)
+        return pruned
+
+    def create(self, rt: ResourceType, namespace: str | None, body: Obj) -> Entry:
+        obj = copy.deepcopy(body)
+        meta = obj.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+        name = self._check_name(rt, meta.get("name"))
+        if rt.namespaced:
+            ns = namespace or meta.get("namespace") or "default"
+            if meta.get("namespace") and namespace and meta["namespace"] != namespace:
+                raise ApiError(400, "BadRequest", "the namespace of the provided object does not match "
+                                                  "the namespace sent on the request")
+            if rt.plural != "namespaces" and ("", ns) not in self.objects.get(("", "namespaces"), {}):
+                raise ApiError(404, "NotFound", f'namespaces "{ns}" not found',
+                               {"name": ns, "kind": "namespaces"})
+            meta["namespace"] = ns
+        else:
+            meta.pop("namespace", None)
+            ns = ""
+        if (ns, name) in self.bucket(rt):
+            raise ApiError(409, "AlreadyExists", f'{_qualified(rt)} "{name}" already exists',
+                           {"name": name, "group": rt.group, "kind": rt.plural})
+        obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
+        obj = self._prepare_custom(rt, obj)
+        meta = obj["metadata"]
+        meta.update(uid=str(uuid.uuid4()), creationTimestamp=now(), generation=1)
+        meta.pop("deletionTimestamp", None)
+        if rt.status_subresource:
+            # As on a real server: status is written only through the status subresource.
+            obj.pop("status", None)
+        if rt.kind == "Namespace":
+            obj["status"] = {"phase": "Active"}
+        elif rt.kind == "Pod":
+            obj["status"] = {"phase": "Pending"}
+        if rt.kind == "CustomResourceDefinition":
+            self._register_crd(obj)
+        entry = self._commit(rt, "ADDED", obj, None)
+        self._after_write(rt, entry.obj)
+        return entry
+
+    def update(self, rt: ResourceType, namespace: str, name: str, body: Obj, *,
+               subresource: str | None = None) -> Entry:
+        current = self.get(rt, namespace, name).obj
+        wanted_rv = (body.get("metadata") or {}).get("resourceVersion")
+        if wanted_rv and wanted_rv != current["metadata"]["resourceVersion"]:
+            raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {_qualified(rt)} "{name}": '
+                           "the object has been modified; please apply your changes to the latest "
+                           "version and try again", {"name": name, "group": rt.group, "kind": rt.plural})
+        if (body.get("metadata") or {}).get("name", name) != name:
+            raise ApiError(400, "BadRequest", "the name of the object does not match the name in the URL")
+        obj = copy.deepcopy(body)
+        obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
+        if subresource == "status":
+            merged = copy.deepcopy(current)
+            merged["status"] = obj.get("status")
+            obj = self._prepare_custom(rt, merged)
+        else:
+            if rt.status_subresource and "status" in current:
+                obj["status"] = copy.deepcopy(current["status"])
+            elif rt.status_subresource:
+                obj.pop("status", None)
+            obj = self._prepare_custom(rt, obj)
+        meta = obj.setdefault("metadata", {})
+        for key in ("uid", "creationTimestamp", "namespace", "name", "deletionTimestamp"):
+            if key in current["metadata"]:
+                meta[key] = current["metadata"][key]
+            else:
+                meta.pop(key, None)
+        generation = current["metadata"].get("generation", 1)
+        if subresource is None and (rt.tracks_generation or rt.schema is not None) \
+                and obj.get("spec") != current.get("spec"):
+            generation += 1
+        meta["generation"] = generation
+        meta["resourceVersion"] = current["metadata"]["resourceVersion"]
+        if obj == current:
+            return self.get(rt, namespace, name)  # no-op writes do not bump resourceVersion
+        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+            return self._commit(rt, "DELETED", obj, current)
+        if rt.kind == "CustomResourceDefinition":
+            self._register_crd(obj)
+        entry = self._commit(rt, "MODIFIED", obj, current)
+        self._after_write(rt, entry.obj)
+        return entry
+
+    def delete(self, rt: ResourceType, namespace: str, name: str) -> Entry:
+        current = self.get(rt, namespace, name).obj
+        if current["metadata"].get("finalizers") and rt.kind != "Namespace":
+            if current["metadata"].get("deletionTimestamp"):
+                return self.get(rt, namespace, name)
+            obj = copy.deepcopy(current)
+            obj["metadata"]["deletionTimestamp"] = now()
+            return self._commit(rt, "MODIFIED", obj, current)
+        if rt.kind == "Namespace":
+            for key, bucket in list(self.objects.items()):
+                rtype = next((t for t in self.registry.types.values() if t.key == key), None)
+                if rtype and rtype.namespaced:
+                    for (ns, obj_name), _ in list(bucket.items()):
+                        if ns == name:
+                            self._commit(rtype, "DELETED", bucket[(ns, obj_name)].obj, None)
+        if rt.kind == "CustomResourceDefinition":
+            self._unregister_crd(current)
+        entry = self._commit(rt, "DELETED", current, current)
+        self._after_write(rt, current)
+        return entry
+
+    # ----- what controllers would do -----
+
+    def _after_write(self, rt: ResourceType, obj: Obj) -> None:
+        if rt.kind == "Pod" or rt.kind == "PodDisruptionBudget":
+            self.refresh_pdbs(obj["metadata"].get("namespace", ""))
+
+    def pdb_status(self, pdb: Obj) -> Obj:
+        from tools.kube_emulator.selectors import label_selector  # noqa: PLC0415
+
+        pods_rt = self.registry.get("", "v1", "pods")
+        assert pods_rt is not None
+        selector = (pdb.get("spec") or {}).get("selector") or {}
+        match = _selector_predicate(selector, label_selector)
+        ns = pdb["metadata"]["namespace"]
+        pods = [e.obj for (pns, _), e in self.bucket(pods_rt).items()
+                if pns == ns and match((e.obj.get("metadata") or {}).get("labels") or {})]
+        healthy = sum(1 for p in pods if (p.get("status") or {}).get("phase") == "Running"
+                      and not p["metadata"].get("deletionTimestamp"))
+        expected = len(pods)
+        spec = pdb.get("spec") or {}
+
+        def amount(value: Any) -> int:
+            if isinstance(value, str) and value.endswith("%"):
+                return -(-int(value[:-1]) * expected // 100)  # rounds up, as Kubernetes does
+            return int(value)
+
+        if "minAvailable" in spec:
+            desired = amount(spec["minAvailable"])
+        elif "maxUnavailable" in spec:
+            desired = max(0, expected - amount(spec["maxUnavailable"]))
+        else:
+            desired = 0
+        return {"currentHealthy": healthy, "desiredHealthy": desired, "expectedPods": expected,
+                "disruptionsAllowed": max(0, healthy - desired),
+                "observedGeneration": pdb["metadata"].get("generation", 1)}
+
+    def refresh_pdbs(self, namespace: str) -> None:
+        rt = self.registry.get("policy", "v1", "poddisruptionbudgets")
+        assert rt is not None
+        for (ns, _), entry in list(self.bucket(rt).items()):
+            if ns != namespace:
+                continue
+            status = {**(entry.obj.get("status") or {}), **self.pdb_status(entry.obj)}
+            if status != entry.obj.get("status"):
+                obj = {**entry.obj, "status": status, "metadata": dict(entry.obj["metadata"])}
+                self._commit(rt, "MODIFIED", obj, entry.obj)
+
+    def evict(self, pods_rt: ResourceType, namespace: str, name: str) -> None:
+        pod = self.get(pods_rt, namespace, name).obj
+        rt = self.registry.get("policy", "v1", "poddisruptionbudgets")
+        assert rt is not None
+        from tools.kube_emulator.selectors import label_selector  # noqa: PLC0415
+
+        labels = pod["metadata"].get("labels") or {}
+        running = (pod.get("status") or {}).get("phase") == "Running"
+        for (ns, pdb_name), entry in sorted(self.bucket(rt).items()):
+            if ns != namespace:
+                continue
+            if not _selector_predicate((entry.obj.get("spec") or {}).get("selector") or {},
+                                       label_selector)(labels):
+                continue
+            status = self.pdb_status(entry.obj)
+            if running and status["disruptionsAllowed"] < 1:
+                raise ApiError(429, "TooManyRequests",
+                               "Cannot evict pod as it would violate the pod's disruption budget.",
+                               {"causes": [{"reason": "DisruptionBudget", "message":
+                                            f"The disruption budget {pdb_name} needs "
+                                            f"{status['desiredHealthy']} healthy pods and has "
+                                            f"{status['currentHealthy']} currently"}]})
+        self.delete(pods_rt, namespace, name)
+
+    # ----- custom resource definitions -----
+
+    def _register_crd(self, crd: Obj) -> None:
+        spec = crd.get("spec") or {}
+        names = spec.get("names") or {}
+        group, plural = spec.get("group", ""), names.get("plural", "")
+        self.registry.remove_group_resource(group, plural)
+        for version in spec.get("versions") or []:
+            if not version.get("served", True):
+                continue
+            columns = [Column(c["name"], c.get("type", "string"), c["jsonPath"], c.get("description", ""),
+                              c.get("priority", 0), c.get("format", ""))
+                       for c in version.get("additionalPrinterColumns") or []]
+            columns.append(Column("Age", "date", ".metadata.creationTimestamp"))
+            if any(c.name == "Age" for c in columns[:-1]):
+                columns.pop()
+            self.registry.add(ResourceType(
+                group, version["name"], names.get("kind", ""), plural, spec.get("scope") == "Namespaced",
+                tuple(names.get("shortNames") or ()),
+                status_subresource="status" in (version.get("subresources") or {}),
+                tracks_generation=True, columns=columns,
+                schema=(version.get("schema") or {}).get("openAPIV3Schema"),
+                categories=tuple(names.get("categories") or ())))
+        crd["status"] = {
+            "acceptedNames": names, "storedVersions": [v["name"] for v in spec.get("versions") or []
+                                                       if v.get("storage")],
+            "conditions": [{"type": t, "status": "True", "reason": r, "message": m,
+                            "lastTransitionTime": now()}
+                           for t, r, m in (("NamesAccepted", "NoConflicts", "no conflicts found"),
+                                           ("Established", "InitialNamesAccepted",
+                                            "the initial names have been accepted"))]}
+
+    def _unregister_crd(self, crd: Obj) -> None:
+        spec = crd.get("spec") or {}
+        group, plural = spec.get("group", ""), (spec.get("names") or {}).get("plural", "")
+        for rt in [t for t in self.registry.types.values() if t.key == (group, plural)]:
+            for _, entry in list(self.bucket(rt).items()):
+                self._commit(rt, "DELETED", entry.obj, entry.obj)
+            break
+        self.registry.remove_group_resource(group, plural)
+        self.objects.pop((group, plural), None)
+
+    # ----- watching -----
+
+    def watch(self, rt: ResourceType, namespace: str | None, since: int | None,
+              labels: Callable[[Mapping[str, str]], bool], fields: Callable[[Mapping[str, Any]], bool]
+              ) -> Watcher:
+        """A watcher fed with changes after `since` (None: every current object as ADDED)."""
+        watcher = Watcher(rt.key, namespace, labels, fields)
+        if since is None:
+            for _, entry in self.list(rt, namespace, labels, fields):
+                watcher.queue.put_nowait(("ADDED", entry))
+        else:
+            if since < self.compacted_rv:
+                raise ApiError(410, "Expired", f"too old resource version: {since} ({self.compacted_rv})")
+            for change in self.log:
+                if change.rv > since and change.key == rt.key:
+                    watcher.offer(change)
+        self.watchers.add(watcher)
+        return watcher
+
+    def stop_watch(self, watcher: Watcher) -> None:
+        self.watchers.discard(watcher)
+
+    # ----- persistence -----
+
+    def dump(self) -> bytes:
+        objects = [e.obj for bucket in self.objects.values() for e in bucket.values()]
+        return orjson.dumps({"resourceVersion": self.rv, "objects": objects})
+
+    def load(self, data: bytes) -> None:
+        state = orjson.loads(data)
+        objects = state["objects"]
+        crds = [o for o in objects if o.get("kind") == "CustomResourceDefinition"]
+        for crd in crds:
+            self._register_crd(crd)
+        for obj in objects:
+            rt = self.registry.by_kind(obj.get("apiVersion", ""), obj.get("kind", ""))
+            if rt is None:
+                continue
+            meta = obj["metadata"]
+            self.bucket(rt)[(meta.get("namespace", "") if rt.namespaced else "", meta["name"])] = Entry(obj)
+        self.rv = max(self.rv, int(state["resourceVersion"]))
+        # History before the restart is gone: watchers must list again.
+        self.compacted_rv = self.rv
+        self.log.clear()
+
+
+def _selector_predicate(selector: Obj, label_selector: Any) -> Callable[[Mapping[str, str]], bool]:
+    parts = [f"{k}={v}" for k, v in (selector.get("matchLabels") or {}).items()]
+    for expr in selector.get("matchExpressions") or []:
+        op, key, values = expr.get("operator"), expr.get("key"), expr.get("values") or []
+        if op == "In":
+            parts.append(f"{key} in ({','.join(values)})")
+        elif op == "NotIn":
+            parts.append(f"{key} notin ({','.join(values)})")
+        elif op == "Exists":
+            parts.append(key)
+        elif op == "DoesNotExist":
+            parts.append(f"!{key}")
+    if not parts:
+        return lambda labels: True  # an empty selector selects every pod of the namespace
+    return label_selector(",".join(parts))
