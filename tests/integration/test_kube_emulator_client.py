@@ -29,15 +29,20 @@ def core(emulator: EmulatorThread) -> client.CoreV1Api:
 
 
 def pod(name: str, node: str = "node-a", labels: dict | None = None, phase: str = "Running") -> dict:
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "labels": labels or {}},
-            "spec": {"nodeName": node, "containers": [{"name": "app", "image": "busybox"}]},
-            "status": {"phase": phase}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels or {}},
+        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "busybox"}]},
+        "status": {"phase": phase},
+    }
 
 
 def create_running(core: client.CoreV1Api, body: dict, ns: str = "default") -> None:
     created = core.create_namespaced_pod(ns, body)
-    core.patch_namespaced_pod_status(created.metadata.name, ns, {"status": {"phase": body["status"]["phase"]}})
+    core.patch_namespaced_pod_status(
+        created.metadata.name, ns, {"status": {"phase": body["status"]["phase"]}}
+    )
 
 
 def install_crd(emulator: EmulatorThread) -> client.CustomObjectsApi:
@@ -85,7 +90,9 @@ def test_errors_have_the_status_shape(core: client.CoreV1Api) -> None:
     assert info.value.status == 404 and 'namespaces "nowhere" not found' in status_of(info.value)["message"]
     with pytest.raises(ApiException) as info:
         core.create_namespaced_pod("default", pod("Bad_Name"))
-    assert info.value.status == 422 and status_of(info.value)["details"]["causes"][0]["field"] == "metadata.name"
+    assert (
+        info.value.status == 422 and status_of(info.value)["details"]["causes"][0]["field"] == "metadata.name"
+    )
 
 
 def test_stale_resource_version_conflicts(core: client.CoreV1Api) -> None:
@@ -96,8 +103,11 @@ def test_stale_resource_version_conflicts(core: client.CoreV1Api) -> None:
         core.replace_namespaced_pod("c1", "default", first)
     assert info.value.status == 409 and status_of(info.value)["reason"] == "Conflict"
     with pytest.raises(ApiException) as info:
-        core.patch_namespaced_pod("c1", "default", {"metadata": {"resourceVersion": first.metadata.resource_version,
-                                                                 "labels": {"v": "3"}}})
+        core.patch_namespaced_pod(
+            "c1",
+            "default",
+            {"metadata": {"resourceVersion": first.metadata.resource_version, "labels": {"v": "3"}}},
+        )
     assert info.value.status == 409
 
 
@@ -106,19 +116,32 @@ def test_patch_types(core: client.CoreV1Api, emulator: EmulatorThread) -> None:
     body["spec"]["containers"].append({"name": "side", "image": "s"})
     core.create_namespaced_pod("default", body)
     # Strategic merge (the client's default for dicts): containers merge by name.
-    out = core.patch_namespaced_pod("pt", "default", {"spec": {"containers": [{"name": "app", "image": "v2"}]}})
+    out = core.patch_namespaced_pod(
+        "pt", "default", {"spec": {"containers": [{"name": "app", "image": "v2"}]}}
+    )
     assert [(c.name, c.image) for c in out.spec.containers] == [("app", "v2"), ("side", "s")]
     # JSON patch (the client sends a list as application/json-patch+json).
-    out = core.patch_namespaced_pod("pt", "default", [{"op": "add", "path": "/metadata/labels",
-                                                       "value": {"k": "v"}}])
+    out = core.patch_namespaced_pod(
+        "pt", "default", [{"op": "add", "path": "/metadata/labels", "value": {"k": "v"}}]
+    )
     assert out.metadata.labels == {"k": "v"}
     # JSON merge patch on a custom resource (replaces lists, deletes with null).
     custom = install_crd(emulator)
-    custom.create_namespaced_custom_object("live.cast.ai", "v1", "default", "migrations", {
-        "apiVersion": "live.cast.ai/v1", "kind": "Migration", "metadata": {"name": "m"},
-        "spec": {"podName": "pt", "destinationNode": "node-b"}})
-    patched = custom.patch_namespaced_custom_object("live.cast.ai", "v1", "default", "migrations", "m",
-                                                    {"spec": {"destinationNode": None}})
+    custom.create_namespaced_custom_object(
+        "live.cast.ai",
+        "v1",
+        "default",
+        "migrations",
+        {
+            "apiVersion": "live.cast.ai/v1",
+            "kind": "Migration",
+            "metadata": {"name": "m"},
+            "spec": {"podName": "pt", "destinationNode": "node-b"},
+        },
+    )
+    patched = custom.patch_namespaced_custom_object(
+        "live.cast.ai", "v1", "default", "migrations", "m", {"spec": {"destinationNode": None}}
+    )
     assert "destinationNode" not in patched["spec"]
 
 
@@ -167,8 +190,9 @@ def test_watch_resumes_after_a_dropped_connection(core: client.CoreV1Api) -> Non
     core.delete_namespaced_pod("w1", "default")
     # ...are all delivered, in order, to a watch resumed from the last seen resourceVersion.
     resumed = []
-    for event in watch.Watch().stream(core.list_namespaced_pod, "default", resource_version=last_rv,
-                                      timeout_seconds=1):
+    for event in watch.Watch().stream(
+        core.list_namespaced_pod, "default", resource_version=last_rv, timeout_seconds=1
+    ):
         resumed.append((event["type"], event["object"].metadata.name))
     assert resumed == [("MODIFIED", "w1"), ("ADDED", "w2"), ("DELETED", "w1")]
 
@@ -193,8 +217,9 @@ def test_watch_too_old_resource_version_is_gone() -> None:
         for i in range(10):
             core.create_namespaced_pod("default", pod(f"h{i}"))
         with pytest.raises(ApiException) as info:
-            for _ in watch.Watch().stream(core.list_namespaced_pod, "default", resource_version="2",
-                                          timeout_seconds=1):
+            for _ in watch.Watch().stream(
+                core.list_namespaced_pod, "default", resource_version="2", timeout_seconds=1
+            ):
                 pass
         assert info.value.status == 410
 
@@ -204,9 +229,14 @@ def test_watch_bookmarks_and_selector_transitions(core: client.CoreV1Api) -> Non
     create_running(core, pod("sel", labels={"app": "web"}))
     core.patch_namespaced_pod("sel", "default", {"metadata": {"labels": {"app": "db"}}})
     types = []
-    for event in watch.Watch().stream(core.list_namespaced_pod, "default", resource_version=rv,
-                                      label_selector="app=web", allow_watch_bookmarks=True,
-                                      timeout_seconds=2):
+    for event in watch.Watch().stream(
+        core.list_namespaced_pod,
+        "default",
+        resource_version=rv,
+        label_selector="app=web",
+        allow_watch_bookmarks=True,
+        timeout_seconds=2,
+    ):
         types.append(event["type"])
         if event["type"] == "BOOKMARK":
             break
@@ -217,9 +247,16 @@ def test_watch_bookmarks_and_selector_transitions(core: client.CoreV1Api) -> Non
 def test_status_subresource(emulator: EmulatorThread) -> None:
     custom = install_crd(emulator)
     args = ("live.cast.ai", "v1", "default", "migrations")
-    custom.create_namespaced_custom_object(*args, {"apiVersion": "live.cast.ai/v1", "kind": "Migration",
-                                                   "metadata": {"name": "s"}, "spec": {"podName": "p"},
-                                                   "status": {"phase": "Finished"}})
+    custom.create_namespaced_custom_object(
+        *args,
+        {
+            "apiVersion": "live.cast.ai/v1",
+            "kind": "Migration",
+            "metadata": {"name": "s"},
+            "spec": {"podName": "p"},
+            "status": {"phase": "Finished"},
+        },
+    )
     obj = custom.get_namespaced_custom_object(*args, "s")
     assert "status" not in obj  # status is only written through the subresource
     obj["status"] = {"phase": "Dumping", "freezeSeconds": 0.4}
@@ -239,17 +276,35 @@ def test_status_subresource(emulator: EmulatorThread) -> None:
 def test_custom_resource_validation_names_the_field(emulator: EmulatorThread) -> None:
     custom = install_crd(emulator)
     with pytest.raises(ApiException) as info:
-        custom.create_namespaced_custom_object("live.cast.ai", "v1", "default", "migrations", {
-            "apiVersion": "live.cast.ai/v1", "kind": "Migration", "metadata": {"name": "bad"},
-            "spec": {"strategy": "teleport"}})
+        custom.create_namespaced_custom_object(
+            "live.cast.ai",
+            "v1",
+            "default",
+            "migrations",
+            {
+                "apiVersion": "live.cast.ai/v1",
+                "kind": "Migration",
+                "metadata": {"name": "bad"},
+                "spec": {"strategy": "teleport"},
+            },
+        )
     body = status_of(info.value)
     assert info.value.status == 422 and body["reason"] == "Invalid"
     fields = sorted(c["field"] for c in body["details"]["causes"])
     assert fields == ["spec.podName", "spec.strategy"]
     assert 'Migration.live.cast.ai "bad" is invalid' in body["message"]
-    ok = custom.create_namespaced_custom_object("live.cast.ai", "v1", "default", "migrations", {
-        "apiVersion": "live.cast.ai/v1", "kind": "Migration", "metadata": {"name": "good"},
-        "spec": {"podName": "p", "unknown": 1}})
+    ok = custom.create_namespaced_custom_object(
+        "live.cast.ai",
+        "v1",
+        "default",
+        "migrations",
+        {
+            "apiVersion": "live.cast.ai/v1",
+            "kind": "Migration",
+            "metadata": {"name": "good"},
+            "spec": {"podName": "p", "unknown": 1},
+        },
+    )
     assert ok["spec"] == {"podName": "p", "strategy": "auto", "fallback": "none"}  # pruned, defaulted
 
 
@@ -257,16 +312,32 @@ def test_eviction_honours_pod_disruption_budgets(core: client.CoreV1Api, emulato
     policy = client.PolicyV1Api(api_client(emulator.url))
     for i in range(2):
         create_running(core, pod(f"web-{i}", labels={"app": "web"}))
-    policy.create_namespaced_pod_disruption_budget("default", {
-        "metadata": {"name": "web"}, "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}}})
-    eviction = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "web-0", "namespace": "default"}}
+    policy.create_namespaced_pod_disruption_budget(
+        "default",
+        {
+            "metadata": {"name": "web"},
+            "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "web"}}},
+        },
+    )
+    eviction = {
+        "apiVersion": "policy/v1",
+        "kind": "Eviction",
+        "metadata": {"name": "web-0", "namespace": "default"},
+    }
     with pytest.raises(ApiException) as info:
         core.create_namespaced_pod_eviction("web-0", "default", eviction)
     assert info.value.status == 429
     assert status_of(info.value)["details"]["causes"][0]["reason"] == "DisruptionBudget"
-    pdb = policy.read_namespaced_pod_disruption_budget("default", "web") if False else \
-        policy.read_namespaced_pod_disruption_budget("web", "default")
-    assert (pdb.status.current_healthy, pdb.status.desired_healthy, pdb.status.disruptions_allowed) == (2, 2, 0)
+    pdb = (
+        policy.read_namespaced_pod_disruption_budget("default", "web")
+        if False
+        else policy.read_namespaced_pod_disruption_budget("web", "default")
+    )
+    assert (pdb.status.current_healthy, pdb.status.desired_healthy, pdb.status.disruptions_allowed) == (
+        2,
+        2,
+        0,
+    )
     create_running(core, pod("web-2", labels={"app": "web"}))
     core.create_namespaced_pod_eviction("web-0", "default", eviction)
     assert sorted(p.metadata.name for p in core.list_namespaced_pod("default").items) == ["web-1", "web-2"]
@@ -277,14 +348,30 @@ def test_cluster_scoped_nodes_events_and_finalizers(core: client.CoreV1Api, emul
     core.create_node({"metadata": {"name": "node-a", "labels": {"kubernetes.io/arch": "amd64"}}})
     core.patch_node("node-a", {"spec": {"unschedulable": True}})
     assert core.read_node("node-a").spec.unschedulable is True
-    assert [n.metadata.name for n in core.list_node(label_selector="kubernetes.io/arch=amd64").items] == ["node-a"]
-    core.create_namespaced_event("default", {"metadata": {"name": "e1"}, "reason": "MigrationFinished",
-                                             "involvedObject": {"kind": "Migration", "name": "m"}})
+    assert [n.metadata.name for n in core.list_node(label_selector="kubernetes.io/arch=amd64").items] == [
+        "node-a"
+    ]
+    core.create_namespaced_event(
+        "default",
+        {
+            "metadata": {"name": "e1"},
+            "reason": "MigrationFinished",
+            "involvedObject": {"kind": "Migration", "name": "m"},
+        },
+    )
     events = client.EventsV1Api(api_client(emulator.url))
-    events.create_namespaced_event("default", {"metadata": {"name": "e2"}, "reason": "PreDumpSkipped",
-                                               "eventTime": "2026-11-23T00:00:00.000000Z",
-                                               "reportingController": "clm", "reportingInstance": "x",
-                                               "action": "Migrate", "type": "Normal"})
+    events.create_namespaced_event(
+        "default",
+        {
+            "metadata": {"name": "e2"},
+            "reason": "PreDumpSkipped",
+            "eventTime": "2026-11-23T00:00:00.000000Z",
+            "reportingController": "clm",
+            "reportingInstance": "x",
+            "action": "Migrate",
+            "type": "Normal",
+        },
+    )
     assert [e.reason for e in core.list_namespaced_event("default").items] == ["MigrationFinished"]
     assert [e.reason for e in events.list_namespaced_event("default").items] == ["PreDumpSkipped"]
     held = pod("held")
@@ -299,12 +386,24 @@ def test_cluster_scoped_nodes_events_and_finalizers(core: client.CoreV1Api, emul
 
 def test_apps_workloads_track_generation(emulator: EmulatorThread) -> None:
     apps = client.AppsV1Api(api_client(emulator.url))
-    dep = apps.create_namespaced_deployment("default", {
-        "metadata": {"name": "web"}, "spec": {"replicas": 2, "selector": {"matchLabels": {"a": "b"}},
-                                              "template": {"metadata": {"labels": {"a": "b"}},
-                                                           "spec": {"containers": [{"name": "c", "image": "i"}]}}}})
+    dep = apps.create_namespaced_deployment(
+        "default",
+        {
+            "metadata": {"name": "web"},
+            "spec": {
+                "replicas": 2,
+                "selector": {"matchLabels": {"a": "b"}},
+                "template": {
+                    "metadata": {"labels": {"a": "b"}},
+                    "spec": {"containers": [{"name": "c", "image": "i"}]},
+                },
+            },
+        },
+    )
     assert dep.metadata.generation == 1
-    assert apps.patch_namespaced_deployment("web", "default", {"spec": {"replicas": 3}}).metadata.generation == 2
+    assert (
+        apps.patch_namespaced_deployment("web", "default", {"spec": {"replicas": 3}}).metadata.generation == 2
+    )
     labelled = apps.patch_namespaced_deployment("web", "default", {"metadata": {"labels": {"x": "y"}}})
     assert labelled.metadata.generation == 2  # metadata changes do not bump it
 
@@ -314,9 +413,18 @@ def test_state_persists_across_restarts(tmp_path: Path) -> None:
     with running_emulator(state_file=state) as emu:
         core = client.CoreV1Api(api_client(emu.url))
         core.create_namespaced_pod("default", pod("keep"))
-        install_crd(emu).create_namespaced_custom_object("live.cast.ai", "v1", "default", "migrations", {
-            "apiVersion": "live.cast.ai/v1", "kind": "Migration", "metadata": {"name": "m"},
-            "spec": {"podName": "keep"}})
+        install_crd(emu).create_namespaced_custom_object(
+            "live.cast.ai",
+            "v1",
+            "default",
+            "migrations",
+            {
+                "apiVersion": "live.cast.ai/v1",
+                "kind": "Migration",
+                "metadata": {"name": "m"},
+                "spec": {"podName": "keep"},
+            },
+        )
         rv = int(core.list_namespaced_pod("default").metadata.resource_version)
     with running_emulator(state_file=state) as emu:
         core = client.CoreV1Api(api_client(emu.url))
@@ -332,6 +440,14 @@ def test_discovery(emulator: EmulatorThread) -> None:
     assert {"apps", "batch", "policy", "events.k8s.io", "apiextensions.k8s.io", "live.cast.ai"} <= groups
     resources = client.CoreV1Api(api_client(emulator.url)).get_api_resources().resources
     names = {r.name for r in resources}
-    assert {"pods", "pods/status", "pods/eviction", "nodes", "events", "namespaces",
-            "persistentvolumeclaims", "persistentvolumes"} <= names
+    assert {
+        "pods",
+        "pods/status",
+        "pods/eviction",
+        "nodes",
+        "events",
+        "namespaces",
+        "persistentvolumeclaims",
+        "persistentvolumes",
+    } <= names
     assert client.VersionApi(api_client(emulator.url)).get_code().minor == "30"

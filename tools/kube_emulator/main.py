@@ -26,6 +26,10 @@ from tools.kube_emulator.store import Store
 log = logging.getLogger("clm.kube-emulator")
 
 
+def loop_time() -> float:
+    return asyncio.get_running_loop().time()
+
+
 def kubeconfig_text(url: str, namespace: str = "default") -> str:
     return (
         "apiVersion: v1\nkind: Config\n"
@@ -63,17 +67,34 @@ class Persistence:
         while True:
             await asyncio.sleep(self.interval)
             if self.dirty:
+                started = loop_time()
                 self.save()
+                # A dump blocks the server: with large states save less often, so that at
+                # most a tenth of the time goes to saving.
+                self.interval = max(1.0, 10 * (loop_time() - started))
 
 
-async def serve(host: str, port: int, *, state_file: Path | None, kubeconfig: Path | None,
-                bookmark_seconds: float, on_ready: Callable[[str], None] | None = None,
-                stop: asyncio.Event | None = None, history: int = 200_000) -> None:
+async def serve(
+    host: str,
+    port: int,
+    *,
+    state_file: Path | None,
+    kubeconfig: Path | None,
+    bookmark_seconds: float,
+    on_ready: Callable[[str], None] | None = None,
+    stop: asyncio.Event | None = None,
+    history: int = 200_000,
+    seed_file: Path | None = None,
+) -> None:
     store = Store(history=history)
+    if seed_file:
+        store.load(seed_file.read_bytes())
     persistence = Persistence(store, state_file) if state_file else None
     if persistence:
         persistence.load()
-    runner = web.AppRunner(make_app(store, bookmark_seconds=bookmark_seconds), access_log=None)
+    runner = web.AppRunner(
+        make_app(store, bookmark_seconds=bookmark_seconds), access_log=None, shutdown_timeout=5
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
@@ -81,8 +102,10 @@ async def serve(host: str, port: int, *, state_file: Path | None, kubeconfig: Pa
     url = f"http://{host}:{bound}"
     if kubeconfig:
         kubeconfig.write_text(kubeconfig_text(url))
-    print(f"kube-emulator listening on {url}" + (f" (kubeconfig {kubeconfig})" if kubeconfig else ""),
-          flush=True)
+    print(
+        f"kube-emulator listening on {url}" + (f" (kubeconfig {kubeconfig})" if kubeconfig else ""),
+        flush=True,
+    )
     saver = asyncio.create_task(persistence.run()) if persistence else None
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -92,6 +115,7 @@ async def serve(host: str, port: int, *, state_file: Path | None, kubeconfig: Pa
     if on_ready:
         on_ready(url)
     await stop.wait()
+    store.close_watches()
     if saver:
         saver.cancel()
     if persistence:
@@ -100,18 +124,34 @@ async def serve(host: str, port: int, *, state_file: Path | None, kubeconfig: Pa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="clm-kube-emulator", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="clm-kube-emulator", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=6443, help="0 picks a free port")
     parser.add_argument("--state-file", type=Path, help="persist objects here (resumed at start)")
+    parser.add_argument(
+        "--seed-file", type=Path, help="load objects from this state file at start, never write it back"
+    )
     parser.add_argument("--kubeconfig", type=Path, help="write a kubeconfig for this server here")
-    parser.add_argument("--bookmark-seconds", type=float, default=5.0,
-                        help="interval of BOOKMARK events on watches that allow them")
+    parser.add_argument(
+        "--bookmark-seconds",
+        type=float,
+        default=5.0,
+        help="interval of BOOKMARK events on watches that allow them",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    asyncio.run(serve(args.host, args.port, state_file=args.state_file, kubeconfig=args.kubeconfig,
-                      bookmark_seconds=args.bookmark_seconds))
+    asyncio.run(
+        serve(
+            args.host,
+            args.port,
+            state_file=args.state_file,
+            kubeconfig=args.kubeconfig,
+            bookmark_seconds=args.bookmark_seconds,
+            seed_file=args.seed_file,
+        )
+    )
     return 0
 
 

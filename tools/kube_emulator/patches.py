@@ -21,12 +21,24 @@ class PatchError(ValueError):
 
 # field name -> merge key, for lists Kubernetes merges by key (patchMergeKey).
 MERGE_KEYS: dict[str, str] = {
-    "containers": "name", "initContainers": "name", "ephemeralContainers": "name",
-    "volumes": "name", "volumeMounts": "mountPath", "env": "name", "ports": "containerPort",
-    "imagePullSecrets": "name", "conditions": "type", "ownerReferences": "uid",
-    "tolerations": "key", "taints": "key", "hostAliases": "ip", "addresses": "type",
-    "volumeDevices": "devicePath", "readinessGates": "conditionType",
-    "containerStatuses": "name", "initContainerStatuses": "name",
+    "containers": "name",
+    "initContainers": "name",
+    "ephemeralContainers": "name",
+    "volumes": "name",
+    "volumeMounts": "mountPath",
+    "env": "name",
+    "ports": "containerPort",
+    "imagePullSecrets": "name",
+    "conditions": "type",
+    "ownerReferences": "uid",
+    "tolerations": "key",
+    "taints": "key",
+    "hostAliases": "ip",
+    "addresses": "type",
+    "volumeDevices": "devicePath",
+    "readinessGates": "conditionType",
+    "containerStatuses": "name",
+    "initContainerStatuses": "name",
 }
 # Primitive lists Kubernetes merges as sets.
 MERGED_PRIMITIVE_LISTS = frozenset({"finalizers"})
@@ -156,8 +168,14 @@ def _merge_keyed_list(target: list[Any], patch: list[Any], key: str) -> list[Any
         if not isinstance(item, dict) or key not in item:
             result.append(copy.deepcopy(item))
             continue
-        position = next((i for i, existing in enumerate(result)
-                         if isinstance(existing, dict) and existing.get(key) == item[key]), None)
+        position = next(
+            (
+                i
+                for i, existing in enumerate(result)
+                if isinstance(existing, dict) and existing.get(key) == item[key]
+            ),
+            None,
+        )
         if item.get("$patch") == "delete":
             if position is not None:
                 del result[position]

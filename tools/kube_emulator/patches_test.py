@@ -12,40 +12,59 @@ def test_merge_patch_rfc7386() -> None:
 
 def test_json_patch_operations() -> None:
     doc = {"metadata": {"labels": {"a": "1"}}, "spec": {"items": [1, 2, 3]}}
-    out = json_patch(doc, [
-        {"op": "add", "path": "/metadata/labels/b", "value": "2"},
-        {"op": "remove", "path": "/metadata/labels/a"},
-        {"op": "replace", "path": "/spec/items/0", "value": 9},
-        {"op": "add", "path": "/spec/items/-", "value": 4},
-        {"op": "move", "from": "/spec/items/1", "path": "/spec/moved"},
-        {"op": "copy", "from": "/metadata/labels", "path": "/spec/labels"},
-        {"op": "test", "path": "/spec/moved", "value": 2},
-        {"op": "add", "path": "/metadata/annotations", "value": {"x~y/z": "1"}},
-        {"op": "remove", "path": "/metadata/annotations/x~0y~1z"},
-    ])
-    assert out == {"metadata": {"labels": {"b": "2"}, "annotations": {}},
-                   "spec": {"items": [9, 3, 4], "moved": 2, "labels": {"b": "2"}}}
+    out = json_patch(
+        doc,
+        [
+            {"op": "add", "path": "/metadata/labels/b", "value": "2"},
+            {"op": "remove", "path": "/metadata/labels/a"},
+            {"op": "replace", "path": "/spec/items/0", "value": 9},
+            {"op": "add", "path": "/spec/items/-", "value": 4},
+            {"op": "move", "from": "/spec/items/1", "path": "/spec/moved"},
+            {"op": "copy", "from": "/metadata/labels", "path": "/spec/labels"},
+            {"op": "test", "path": "/spec/moved", "value": 2},
+            {"op": "add", "path": "/metadata/annotations", "value": {"x~y/z": "1"}},
+            {"op": "remove", "path": "/metadata/annotations/x~0y~1z"},
+        ],
+    )
+    assert out == {
+        "metadata": {"labels": {"b": "2"}, "annotations": {}},
+        "spec": {"items": [9, 3, 4], "moved": 2, "labels": {"b": "2"}},
+    }
 
 
-@pytest.mark.parametrize("ops", [
-    [{"op": "remove", "path": "/nope"}],
-    [{"op": "replace", "path": "/a/b", "value": 1}],
-    [{"op": "test", "path": "/a", "value": 2}],
-    [{"op": "frobnicate", "path": "/a"}],
-    {"op": "add"},
-])
+@pytest.mark.parametrize(
+    "ops",
+    [
+        [{"op": "remove", "path": "/nope"}],
+        [{"op": "replace", "path": "/a/b", "value": 1}],
+        [{"op": "test", "path": "/a", "value": 2}],
+        [{"op": "frobnicate", "path": "/a"}],
+        {"op": "add"},
+    ],
+)
 def test_json_patch_errors(ops) -> None:
     with pytest.raises(PatchError):
         json_patch({"a": 1}, ops)
 
 
 def test_strategic_merge_by_keys_and_directives() -> None:
-    pod = {"metadata": {"labels": {"a": "1"}, "finalizers": ["x"]},
-           "spec": {"containers": [{"name": "app", "image": "v1"}, {"name": "side", "image": "s"}],
-                    "tolerations": [{"key": "k", "effect": "NoSchedule"}]}}
-    patch = {"metadata": {"labels": {"b": "2", "a": None}, "finalizers": ["y"]},
-             "spec": {"containers": [{"name": "app", "image": "v2"}, {"name": "side", "$patch": "delete"},
-                                     {"name": "new", "image": "n"}]}}
+    pod = {
+        "metadata": {"labels": {"a": "1"}, "finalizers": ["x"]},
+        "spec": {
+            "containers": [{"name": "app", "image": "v1"}, {"name": "side", "image": "s"}],
+            "tolerations": [{"key": "k", "effect": "NoSchedule"}],
+        },
+    }
+    patch = {
+        "metadata": {"labels": {"b": "2", "a": None}, "finalizers": ["y"]},
+        "spec": {
+            "containers": [
+                {"name": "app", "image": "v2"},
+                {"name": "side", "$patch": "delete"},
+                {"name": "new", "image": "n"},
+            ]
+        },
+    }
     out = strategic_merge(pod, patch)
     assert out["metadata"] == {"labels": {"b": "2"}, "finalizers": ["x", "y"]}
     assert out["spec"]["containers"] == [{"name": "app", "image": "v2"}, {"name": "new", "image": "n"}]
@@ -58,6 +77,7 @@ def test_strategic_merge_conditions_by_type_and_replace_directive() -> None:
     assert out["conditions"] == [{"type": "Ready", "status": "True"}, {"type": "Done", "status": "False"}]
     replaced = strategic_merge(status, {"conditions": [{"$patch": "replace"}, {"type": "X", "status": "T"}]})
     assert replaced["conditions"] == [{"type": "X", "status": "T"}]
-    dropped = strategic_merge({"metadata": {"finalizers": ["a", "b"]}},
-                              {"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"]}})
+    dropped = strategic_merge(
+        {"metadata": {"finalizers": ["a", "b"]}}, {"metadata": {"$deleteFromPrimitiveList/finalizers": ["a"]}}
+    )
     assert dropped == {"metadata": {"finalizers": ["b"]}}

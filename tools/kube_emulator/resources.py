@@ -61,57 +61,175 @@ def _builtin() -> list[ResourceType]:
         Column("IP", "string", ".status.podIP", priority=1),
         Column("Node", "string", ".spec.nodeName", priority=1),
     ]
-    node_columns = [Column("Status", "string", ".status.conditions"), _age(),
-                    Column("Version", "string", ".status.nodeInfo.kubeletVersion")]
+    node_columns = [
+        Column("Status", "string", ".status.conditions"),
+        _age(),
+        Column("Version", "string", ".status.nodeInfo.kubeletVersion"),
+    ]
     core = [
-        ResourceType("", "v1", "Namespace", "namespaces", False, ("ns",), columns=[
-            Column("Status", "string", ".status.phase"), _age()]),
+        ResourceType(
+            "",
+            "v1",
+            "Namespace",
+            "namespaces",
+            False,
+            ("ns",),
+            columns=[Column("Status", "string", ".status.phase"), _age()],
+        ),
         ResourceType("", "v1", "Node", "nodes", False, ("no",), columns=node_columns),
         ResourceType("", "v1", "Pod", "pods", True, ("po",), columns=pod_columns, categories=("all",)),
-        ResourceType("", "v1", "Event", "events", True, ("ev",), status_subresource=False, columns=[
-            Column("Type", "string", ".type"), Column("Reason", "string", ".reason"),
-            Column("Object", "string", ".involvedObject.name"), Column("Message", "string", ".message")]),
-        ResourceType("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", True, ("pvc",),
-                     columns=[Column("Status", "string", ".status.phase"),
-                              Column("Volume", "string", ".spec.volumeName"), _age()]),
-        ResourceType("", "v1", "PersistentVolume", "persistentvolumes", False, ("pv",),
-                     columns=[Column("Status", "string", ".status.phase"), _age()]),
-        ResourceType("", "v1", "ConfigMap", "configmaps", True, ("cm",), status_subresource=False,
-                     columns=[_age()]),
+        ResourceType(
+            "",
+            "v1",
+            "Event",
+            "events",
+            True,
+            ("ev",),
+            status_subresource=False,
+            columns=[
+                Column("Type", "string", ".type"),
+                Column("Reason", "string", ".reason"),
+                Column("Object", "string", ".involvedObject.name"),
+                Column("Message", "string", ".message"),
+            ],
+        ),
+        ResourceType(
+            "",
+            "v1",
+            "PersistentVolumeClaim",
+            "persistentvolumeclaims",
+            True,
+            ("pvc",),
+            columns=[
+                Column("Status", "string", ".status.phase"),
+                Column("Volume", "string", ".spec.volumeName"),
+                _age(),
+            ],
+        ),
+        ResourceType(
+            "",
+            "v1",
+            "PersistentVolume",
+            "persistentvolumes",
+            False,
+            ("pv",),
+            columns=[Column("Status", "string", ".status.phase"), _age()],
+        ),
+        ResourceType(
+            "", "v1", "ConfigMap", "configmaps", True, ("cm",), status_subresource=False, columns=[_age()]
+        ),
         ResourceType("", "v1", "Secret", "secrets", True, (), status_subresource=False, columns=[_age()]),
         ResourceType("", "v1", "Service", "services", True, ("svc",), columns=[_age()], categories=("all",)),
-        ResourceType("", "v1", "ServiceAccount", "serviceaccounts", True, ("sa",),
-                     status_subresource=False, columns=[_age()]),
+        ResourceType(
+            "",
+            "v1",
+            "ServiceAccount",
+            "serviceaccounts",
+            True,
+            ("sa",),
+            status_subresource=False,
+            columns=[_age()],
+        ),
     ]
-    replicas = [Column("Desired", "integer", ".spec.replicas"),
-                Column("Ready", "integer", ".status.readyReplicas"), _age()]
-    apps = [ResourceType("apps", "v1", kind, plural, True, short, tracks_generation=True,
-                         columns=list(replicas), categories=("all",))
-            for kind, plural, short in (("Deployment", "deployments", ("deploy",)),
-                                        ("ReplicaSet", "replicasets", ("rs",)),
-                                        ("StatefulSet", "statefulsets", ("sts",)),
-                                        ("DaemonSet", "daemonsets", ("ds",)))]
+    replicas = [
+        Column("Desired", "integer", ".spec.replicas"),
+        Column("Ready", "integer", ".status.readyReplicas"),
+        _age(),
+    ]
+    apps = [
+        ResourceType(
+            "apps",
+            "v1",
+            kind,
+            plural,
+            True,
+            short,
+            tracks_generation=True,
+            columns=list(replicas),
+            categories=("all",),
+        )
+        for kind, plural, short in (
+            ("Deployment", "deployments", ("deploy",)),
+            ("ReplicaSet", "replicasets", ("rs",)),
+            ("StatefulSet", "statefulsets", ("sts",)),
+            ("DaemonSet", "daemonsets", ("ds",)),
+        )
+    ]
     batch = [
-        ResourceType("batch", "v1", "Job", "jobs", True, (), tracks_generation=True,
-                     columns=[Column("Completions", "integer", ".spec.completions"), _age()],
-                     categories=("all",)),
-        ResourceType("batch", "v1", "CronJob", "cronjobs", True, ("cj",), tracks_generation=True,
-                     columns=[Column("Schedule", "string", ".spec.schedule"), _age()], categories=("all",)),
+        ResourceType(
+            "batch",
+            "v1",
+            "Job",
+            "jobs",
+            True,
+            (),
+            tracks_generation=True,
+            columns=[Column("Completions", "integer", ".spec.completions"), _age()],
+            categories=("all",),
+        ),
+        ResourceType(
+            "batch",
+            "v1",
+            "CronJob",
+            "cronjobs",
+            True,
+            ("cj",),
+            tracks_generation=True,
+            columns=[Column("Schedule", "string", ".spec.schedule"), _age()],
+            categories=("all",),
+        ),
     ]
     others = [
-        ResourceType("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", True, ("pdb",),
-                     tracks_generation=True, columns=[
-                         Column("Min Available", "string", ".spec.minAvailable"),
-                         Column("Max Unavailable", "string", ".spec.maxUnavailable"),
-                         Column("Allowed Disruptions", "integer", ".status.disruptionsAllowed"), _age()]),
-        ResourceType("events.k8s.io", "v1", "Event", "events", True, ("ev",), status_subresource=False,
-                     columns=[Column("Type", "string", ".type"), Column("Reason", "string", ".reason"),
-                              Column("Object", "string", ".regarding.name"), Column("Note", "string", ".note")]),
-        ResourceType("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions",
-                     False, ("crd", "crds"), tracks_generation=True, columns=[
-                         Column("Created At", "date", ".metadata.creationTimestamp")]),
-        ResourceType("coordination.k8s.io", "v1", "Lease", "leases", True, (), status_subresource=False,
-                     columns=[Column("Holder", "string", ".spec.holderIdentity"), _age()]),
+        ResourceType(
+            "policy",
+            "v1",
+            "PodDisruptionBudget",
+            "poddisruptionbudgets",
+            True,
+            ("pdb",),
+            tracks_generation=True,
+            columns=[
+                Column("Min Available", "string", ".spec.minAvailable"),
+                Column("Max Unavailable", "string", ".spec.maxUnavailable"),
+                Column("Allowed Disruptions", "integer", ".status.disruptionsAllowed"),
+                _age(),
+            ],
+        ),
+        ResourceType(
+            "events.k8s.io",
+            "v1",
+            "Event",
+            "events",
+            True,
+            ("ev",),
+            status_subresource=False,
+            columns=[
+                Column("Type", "string", ".type"),
+                Column("Reason", "string", ".reason"),
+                Column("Object", "string", ".regarding.name"),
+                Column("Note", "string", ".note"),
+            ],
+        ),
+        ResourceType(
+            "apiextensions.k8s.io",
+            "v1",
+            "CustomResourceDefinition",
+            "customresourcedefinitions",
+            False,
+            ("crd", "crds"),
+            tracks_generation=True,
+            columns=[Column("Created At", "date", ".metadata.creationTimestamp")],
+        ),
+        ResourceType(
+            "coordination.k8s.io",
+            "v1",
+            "Lease",
+            "leases",
+            True,
+            (),
+            status_subresource=False,
+            columns=[Column("Holder", "string", ".spec.holderIdentity"), _age()],
+        ),
     ]
     return core + apps + batch + others
 

@@ -21,9 +21,17 @@ from tools.kube_emulator.store import ApiError, Entry, Store
 from tools.kube_emulator.validation import unknown_fields
 
 log = logging.getLogger(__name__)
-KUBERNETES_VERSION = {"major": "1", "minor": "30", "gitVersion": "v1.30.0-clm-emulator",
-                      "platform": "linux/amd64", "goVersion": "go1.22", "compiler": "gc",
-                      "gitCommit": "clm", "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z"}
+KUBERNETES_VERSION = {
+    "major": "1",
+    "minor": "30",
+    "gitVersion": "v1.30.0-clm-emulator",
+    "platform": "linux/amd64",
+    "goVersion": "go1.22",
+    "compiler": "gc",
+    "gitCommit": "clm",
+    "gitTreeState": "clean",
+    "buildDate": "2026-01-01T00:00:00Z",
+}
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -48,19 +56,45 @@ class Api:
     def _resource_list(self, group: str, version: str) -> dict[str, Any]:
         resources = []
         for rt in sorted(self.store.registry.in_group_version(group, version), key=lambda r: r.plural):
-            entry = {"name": rt.plural, "singularName": rt.singular, "namespaced": rt.namespaced,
-                     "kind": rt.kind, "verbs": rt.verbs(), "shortNames": list(rt.short_names)}
+            entry = {
+                "name": rt.plural,
+                "singularName": rt.singular,
+                "namespaced": rt.namespaced,
+                "kind": rt.kind,
+                "verbs": rt.verbs(),
+                "shortNames": list(rt.short_names),
+            }
             if rt.categories:
                 entry["categories"] = list(rt.categories)
             resources.append(entry)
             if rt.status_subresource:
-                resources.append({"name": f"{rt.plural}/status", "singularName": "", "namespaced": rt.namespaced,
-                                  "kind": rt.kind, "verbs": ["get", "patch", "update"]})
+                resources.append(
+                    {
+                        "name": f"{rt.plural}/status",
+                        "singularName": "",
+                        "namespaced": rt.namespaced,
+                        "kind": rt.kind,
+                        "verbs": ["get", "patch", "update"],
+                    }
+                )
             if rt.kind == "Pod" and not group:
-                resources.append({"name": "pods/eviction", "singularName": "", "namespaced": True,
-                                  "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]})
-        return {"kind": "APIResourceList", "apiVersion": "v1",
-                "groupVersion": f"{group}/{version}" if group else version, "resources": resources}
+                resources.append(
+                    {
+                        "name": "pods/eviction",
+                        "singularName": "",
+                        "namespaced": True,
+                        "group": "policy",
+                        "version": "v1",
+                        "kind": "Eviction",
+                        "verbs": ["create"],
+                    }
+                )
+        return {
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": f"{group}/{version}" if group else version,
+            "resources": resources,
+        }
 
     async def core_resources(self, request: web.Request) -> web.Response:
         return _json(self._resource_list("", "v1"))
@@ -75,9 +109,13 @@ class Api:
         return _json(KUBERNETES_VERSION)
 
     async def api(self, request: web.Request) -> web.Response:
-        return _json({"kind": "APIVersions", "versions": ["v1"],
-                      "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0",
-                                                      "serverAddress": request.host}]})
+        return _json(
+            {
+                "kind": "APIVersions",
+                "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": request.host}],
+            }
+        )
 
     async def apis(self, request: web.Request) -> web.Response:
         groups = []
@@ -92,8 +130,15 @@ class Api:
         if not versions:
             return _error(ApiError(404, "NotFound", "the server could not find the requested resource"))
         gvs = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
-        return _json({"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": gvs,
-                      "preferredVersion": gvs[0]})
+        return _json(
+            {
+                "kind": "APIGroup",
+                "apiVersion": "v1",
+                "name": group,
+                "versions": gvs,
+                "preferredVersion": gvs[0],
+            }
+        )
 
     # ----- OpenAPI v3: just enough for kubectl to know the server validates fields -----
 
@@ -111,14 +156,23 @@ class Api:
         for rt in self.store.registry.in_group_version(group, version):
             prefix = f"/apis/{group}/{version}" if group else f"/api/{version}"
             scope = "/namespaces/{namespace}" if rt.namespaced else ""
-            paths[f"{prefix}{scope}/{rt.plural}/{{name}}"] = {"patch": {
-                "x-kubernetes-group-version-kind": {"group": group, "version": version, "kind": rt.kind},
-                "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "OK"}}}}
+            paths[f"{prefix}{scope}/{rt.plural}/{{name}}"] = {
+                "patch": {
+                    "x-kubernetes-group-version-kind": {"group": group, "version": version, "kind": rt.kind},
+                    "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "OK"}},
+                }
+            }
         if not paths:
             return _error(ApiError(404, "NotFound", "the server could not find the requested resource"))
-        return _json({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.30.0"},
-                      "paths": paths, "components": {"schemas": {}}})
+        return _json(
+            {
+                "openapi": "3.0.0",
+                "info": {"title": "Kubernetes", "version": "v1.30.0"},
+                "paths": paths,
+                "components": {"schemas": {}},
+            }
+        )
 
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok")
@@ -132,7 +186,11 @@ class Api:
         else:
             group, version, rest = path[0], path[1], path[2:]
         namespace = None
-        if len(rest) >= 3 and rest[0] == "namespaces" and not (len(rest) == 3 and rest[2] in ("status", "finalize")):
+        if (
+            len(rest) >= 3
+            and rest[0] == "namespaces"
+            and not (len(rest) == 3 and rest[2] in ("status", "finalize"))
+        ):
             namespace, rest = rest[1], rest[2:]
         if not rest:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
@@ -141,8 +199,11 @@ class Api:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else None
-        if sub not in (None, "status", "eviction") or (sub == "eviction" and rt.kind != "Pod") \
-                or (sub == "status" and not rt.status_subresource):
+        if (
+            sub not in (None, "status", "eviction")
+            or (sub == "eviction" and rt.kind != "Pod")
+            or (sub == "status" and not rt.status_subresource)
+        ):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         return rt, namespace, name, sub
 
@@ -159,8 +220,16 @@ class Api:
             if request.method == "POST":
                 if sub == "eviction":
                     self.store.evict(rt, namespace or "", name or "")
-                    return _json({"kind": "Status", "apiVersion": "v1", "metadata": {},
-                                  "status": "Success", "code": 201}, 201)
+                    return _json(
+                        {
+                            "kind": "Status",
+                            "apiVersion": "v1",
+                            "metadata": {},
+                            "status": "Success",
+                            "code": 201,
+                        },
+                        201,
+                    )
                 if name is not None:
                     raise ApiError(405, "MethodNotAllowed", "POST is not allowed on a named object")
                 self._strict_fields(request, rt, body)
@@ -169,8 +238,9 @@ class Api:
                 raise ApiError(405, "MethodNotAllowed", f"{request.method} needs an object name")
             if request.method == "PUT":
                 self._strict_fields(request, rt, body)
-                return self._object(request, rt, self.store.update(rt, namespace or "", name, body,
-                                                                   subresource=sub))
+                return self._object(
+                    request, rt, self.store.update(rt, namespace or "", name, body, subresource=sub)
+                )
             if request.method == "PATCH":
                 return self._object(request, rt, self._patch(request, rt, namespace or "", name, sub, body))
             if request.method == "DELETE":
@@ -194,15 +264,23 @@ class Api:
     def _strict_fields(self, request: web.Request, rt: ResourceType, body: Any) -> None:
         """fieldValidation=Strict (kubectl's default): unknown fields of a custom resource
         are an error rather than silently pruned."""
-        if request.query.get("fieldValidation") != "Strict" or rt.schema is None or not isinstance(body, dict):
+        if (
+            request.query.get("fieldValidation") != "Strict"
+            or rt.schema is None
+            or not isinstance(body, dict)
+        ):
             return
         unknown = unknown_fields(body, rt.schema)
         if unknown:
-            raise ApiError(400, "BadRequest", "strict decoding error: " + ", ".join(
-                f'unknown field "{f}"' for f in unknown))
+            raise ApiError(
+                400,
+                "BadRequest",
+                "strict decoding error: " + ", ".join(f'unknown field "{f}"' for f in unknown),
+            )
 
-    def _patch(self, request: web.Request, rt: ResourceType, namespace: str, name: str,
-               sub: str | None, body: Any) -> Entry:
+    def _patch(
+        self, request: web.Request, rt: ResourceType, namespace: str, name: str, sub: str | None, body: Any
+    ) -> Entry:
         ctype = request.content_type
         current = self.store.get(rt, namespace, name).obj
         try:
@@ -212,47 +290,63 @@ class Api:
                 patched = json_patch(current, body)
             elif ctype == "application/strategic-merge-patch+json":
                 if rt.schema is not None:
-                    raise ApiError(415, "UnsupportedMediaType", "strategic merge patch is not supported "
-                                   "for custom resources: use a merge patch (application/merge-patch+json)")
+                    raise ApiError(
+                        415,
+                        "UnsupportedMediaType",
+                        "strategic merge patch is not supported "
+                        "for custom resources: use a merge patch (application/merge-patch+json)",
+                    )
                 patched = strategic_merge(current, body)
             elif ctype == "application/apply-patch+yaml":
-                raise ApiError(415, "UnsupportedMediaType", "server-side apply is not supported by this "
-                               "emulator: use kubectl apply --server-side=false")
+                raise ApiError(
+                    415,
+                    "UnsupportedMediaType",
+                    "server-side apply is not supported by this "
+                    "emulator: use kubectl apply --server-side=false",
+                )
             else:
-                raise ApiError(415, "UnsupportedMediaType", f"the patch content type {ctype!r} is not "
-                               "supported")
+                raise ApiError(
+                    415, "UnsupportedMediaType", f"the patch content type {ctype!r} is not " "supported"
+                )
         except PatchError as exc:
             raise ApiError(422, "Invalid", str(exc)) from None
         if not isinstance(patched, dict):
             raise ApiError(422, "Invalid", "the patch does not produce an object")
         self._strict_fields(request, rt, patched)
         # A patch carries a resourceVersion only to ask for optimistic concurrency.
-        wanted = ((body.get("metadata") or {}).get("resourceVersion") if isinstance(body, dict) else None)
-        patched.setdefault("metadata", {})["resourceVersion"] = wanted or current["metadata"]["resourceVersion"]
+        wanted = (body.get("metadata") or {}).get("resourceVersion") if isinstance(body, dict) else None
+        patched.setdefault("metadata", {})["resourceVersion"] = (
+            wanted or current["metadata"]["resourceVersion"]
+        )
         return self.store.update(rt, namespace, name, patched, subresource=sub)
 
-    def _object(self, request: web.Request, rt: ResourceType, entry: Entry, status: int = 200) -> web.Response:
+    def _object(
+        self, request: web.Request, rt: ResourceType, entry: Entry, status: int = 200
+    ) -> web.Response:
         if _wants_table(request):
-            return _json(tables.table(rt, [entry.obj], entry.obj["metadata"].get("resourceVersion", "")),
-                         status)
+            return _json(
+                tables.table(rt, [entry.obj], entry.obj["metadata"].get("resourceVersion", "")), status
+            )
         return web.Response(body=entry.raw, status=status, content_type="application/json")
 
     def _selectors(self, request: web.Request) -> tuple[Any, Any]:
-        return (label_selector(request.query.get("labelSelector")),
-                field_selector(request.query.get("fieldSelector")))
+        """Predicates for the request's selectors; None where there is no selector."""
+        labels, fields = request.query.get("labelSelector"), request.query.get("fieldSelector")
+        return (label_selector(labels) if labels else None, field_selector(fields) if fields else None)
 
     def _list(self, request: web.Request, rt: ResourceType, namespace: str | None) -> web.Response:
         labels, fields = self._selectors(request)
-        items = self.store.list(rt, namespace, labels, fields)
         rv = str(self.store.rv)
         token = request.query.get("continue")
+        after = None
         if token:
             try:
                 rv, after_ns, after_name = orjson.loads(base64.urlsafe_b64decode(token))
             except Exception:
                 raise ApiError(400, "BadRequest", "invalid continue token") from None
-            items = [(k, e) for k, e in items if k > (after_ns, after_name)]
+            after = (after_ns, after_name)
         limit = int(request.query.get("limit") or 0)
+        items = self.store.list(rt, namespace, labels, fields, after=after, limit=limit)
         next_token = None
         if limit and len(items) > limit:
             items = items[:limit]
@@ -263,19 +357,31 @@ class Api:
         meta = b'{"resourceVersion":"' + rv.encode() + b'"'
         if next_token:
             meta += b',"continue":"' + next_token.encode() + b'"'
-        body = (b'{"kind":"' + rt.kind.encode() + b'List","apiVersion":"' + rt.api_version.encode()
-                + b'","metadata":' + meta + b'},"items":[' + b",".join(e.raw for _, e in items) + b"]}")
+        body = (
+            b'{"kind":"'
+            + rt.kind.encode()
+            + b'List","apiVersion":"'
+            + rt.api_version.encode()
+            + b'","metadata":'
+            + meta
+            + b'},"items":['
+            + b",".join(e.raw for _, e in items)
+            + b"]}"
+        )
         return web.Response(body=body, content_type="application/json")
 
-    async def _watch(self, request: web.Request, rt: ResourceType, namespace: str | None) -> web.StreamResponse:
+    async def _watch(
+        self, request: web.Request, rt: ResourceType, namespace: str | None
+    ) -> web.StreamResponse:
         labels, fields = self._selectors(request)
         since_text = request.query.get("resourceVersion")
         since = int(since_text) if since_text and since_text != "0" else None
         as_table = _wants_table(request)
         bookmarks = request.query.get("allowWatchBookmarks") in ("1", "true", "True")
         timeout = float(request.query.get("timeoutSeconds") or 1800)
-        response = web.StreamResponse(headers={"Content-Type": "application/json",
-                                               "Transfer-Encoding": "chunked"})
+        response = web.StreamResponse(
+            headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"}
+        )
         await response.prepare(request)
         try:
             watcher = self.store.watch(rt, namespace, since, labels, fields)
@@ -289,13 +395,24 @@ class Api:
                 if left <= 0:
                     break
                 try:
-                    item = await asyncio.wait_for(watcher.queue.get(),
-                                                  min(left, self.bookmark_seconds))
+                    item = await asyncio.wait_for(watcher.queue.get(), min(left, self.bookmark_seconds))
                 except TimeoutError:
+                    if request.transport is None or request.transport.is_closing():
+                        break  # the client went away
                     if bookmarks:
-                        await response.write(orjson.dumps({"type": "BOOKMARK", "object": {
-                            "kind": rt.kind, "apiVersion": rt.api_version,
-                            "metadata": {"resourceVersion": str(self.store.rv)}}}) + b"\n")
+                        await response.write(
+                            orjson.dumps(
+                                {
+                                    "type": "BOOKMARK",
+                                    "object": {
+                                        "kind": rt.kind,
+                                        "apiVersion": rt.api_version,
+                                        "metadata": {"resourceVersion": str(self.store.rv)},
+                                    },
+                                }
+                            )
+                            + b"\n"
+                        )
                     continue
                 if item is None:
                     break
@@ -328,6 +445,7 @@ def make_app(store: Store, *, bookmark_seconds: float = 5.0) -> web.Application:
     api = Api(store, bookmark_seconds=bookmark_seconds)
     app = web.Application(client_max_size=64 * 2**20)
     app.router.add_get("/version", api.version)
+    app.router.add_get("/version/", api.version)
     app.router.add_get("/healthz", api.health)
     app.router.add_get("/readyz", api.health)
     app.router.add_get("/livez", api.health)

@@ -5,7 +5,9 @@ for watch resume, the watchers, and the behaviour a control plane adds to writes
 from __future__ import annotations
 
 import asyncio
+import bisect
 import copy
+import itertools
 import re
 import uuid
 from collections import deque
@@ -32,8 +34,15 @@ class ApiError(Exception):
         self.code, self.reason, self.message, self.details = code, reason, message, details or {}
 
     def status(self) -> Obj:
-        body: Obj = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                     "message": self.message, "reason": self.reason, "code": self.code}
+        body: Obj = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        }
         if self.details:
             body["details"] = self.details
         return body
@@ -44,16 +53,28 @@ def _qualified(rt: ResourceType) -> str:
 
 
 def not_found(rt: ResourceType, name: str) -> ApiError:
-    return ApiError(404, "NotFound", f'{_qualified(rt)} "{name}" not found',
-                    {"name": name, "group": rt.group, "kind": rt.plural})
+    return ApiError(
+        404,
+        "NotFound",
+        f'{_qualified(rt)} "{name}" not found',
+        {"name": name, "group": rt.group, "kind": rt.plural},
+    )
 
 
 def invalid(rt: ResourceType, name: str, errors: list[FieldError]) -> ApiError:
     text = str(errors[0]) if len(errors) == 1 else "[" + ", ".join(str(e) for e in errors) + "]"
     kind = f"{rt.kind}.{rt.group}" if rt.group else rt.kind
-    return ApiError(422, "Invalid", f'{kind} "{name}" is invalid: {text}', {
-        "name": name, "group": rt.group, "kind": rt.kind,
-        "causes": [{"reason": e.reason, "message": e.message, "field": e.field} for e in errors]})
+    return ApiError(
+        422,
+        "Invalid",
+        f'{kind} "{name}" is invalid: {text}',
+        {
+            "name": name,
+            "group": rt.group,
+            "kind": rt.kind,
+            "causes": [{"reason": e.reason, "message": e.message, "field": e.field} for e in errors],
+        },
+    )
 
 
 def now() -> str:
@@ -91,8 +112,11 @@ class Watcher:
     queue: asyncio.Queue[tuple[str, Entry] | None] = field(default_factory=asyncio.Queue)
 
     def matches(self, obj: Obj | None) -> bool:
-        return obj is not None and self.labels((obj.get("metadata") or {}).get("labels") or {}) \
+        return (
+            obj is not None
+            and self.labels((obj.get("metadata") or {}).get("labels") or {})
             and self.fields(obj)
+        )
 
     def offer(self, change: Change) -> None:
         if self.namespace and change.namespace != self.namespace:
@@ -115,6 +139,8 @@ class Store:
         self.registry = registry or Registry()
         self.rv = 1
         self.objects: dict[tuple[str, str], dict[tuple[str, str], Entry]] = {}
+        # Sorted keys per resource, rebuilt lazily after an object is added or removed.
+        self._key_index: dict[tuple[str, str], list[tuple[str, str]]] = {}
         self.log: deque[Change] = deque(maxlen=history)
         self.compacted_rv = 0
         self.watchers: set[Watcher] = set()
@@ -133,13 +159,43 @@ class Store:
             raise not_found(rt, name)
         return entry
 
-    def list(self, rt: ResourceType, namespace: str | None,
-             labels: Callable[[Mapping[str, str]], bool] = lambda _: True,
-             fields: Callable[[Mapping[str, Any]], bool] = lambda _: True) -> list[tuple[tuple[str, str], Entry]]:
-        items = sorted(self.bucket(rt).items())
-        return [(key, e) for key, e in items
-                if (not namespace or key[0] == namespace)
-                and labels((e.obj.get("metadata") or {}).get("labels") or {}) and fields(e.obj)]
+    def _sorted_keys(self, rt: ResourceType) -> list[tuple[str, str]]:
+        keys = self._key_index.get(rt.key)
+        if keys is None:
+            keys = self._key_index[rt.key] = sorted(self.bucket(rt))
+        return keys
+
+    def list(
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        labels: Callable[[Mapping[str, str]], bool] | None = None,
+        fields: Callable[[Mapping[str, Any]], bool] | None = None,
+        *,
+        after: tuple[str, str] | None = None,
+        limit: int = 0,
+    ) -> list[tuple[tuple[str, str], Entry]]:
+        """Matching objects in (namespace, name) order, after `after`, at most `limit` (0: all)."""
+        bucket = self.bucket(rt)
+        keys = self._sorted_keys(rt)
+        start = (namespace, "") if namespace else ("", "")
+        if after is not None and after > start:
+            position = bisect.bisect_right(keys, after)
+        else:
+            position = bisect.bisect_left(keys, start)
+        out: list[tuple[tuple[str, str], Entry]] = []
+        for key in itertools.islice(keys, position, None):
+            if namespace and key[0] != namespace:
+                break
+            entry = bucket[key]
+            if labels is not None and not labels((entry.obj.get("metadata") or {}).get("labels") or {}):
+                continue
+            if fields is not None and not fields(entry.obj):
+                continue
+            out.append((key, entry))
+            if limit and len(out) > limit:
+                break  # one extra tells the caller there is more
+        return out
 
     # ----- writing -----
 
@@ -153,10 +209,13 @@ class Store:
         bucket = self.bucket(rt)
         if kind == "DELETED":
             bucket.pop((ns, meta["name"]), None)
+            self._key_index.pop(rt.key, None)
             obj = copy.copy(obj)
             obj["metadata"] = {**meta, "resourceVersion": str(self.rv)}
             entry = Entry(obj)
         else:
+            if (ns, meta["name"]) not in bucket:
+                self._key_index.pop(rt.key, None)
             bucket[(ns, meta["name"])] = entry
         if len(self.log) == self.log.maxlen:
             self.compacted_rv = self.log[0].rv
@@ -173,20 +232,51 @@ class Store:
         rt = self.registry.get("", "v1", "namespaces")
         assert rt is not None
         if ("", name) not in self.bucket(rt):
-            self._commit(rt, "ADDED", {"apiVersion": "v1", "kind": "Namespace", "metadata": {
-                "name": name, "uid": str(uuid.uuid4()), "creationTimestamp": now(),
-                "labels": {"kubernetes.io/metadata.name": name}},
-                "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}, None)
+            self._commit(
+                rt,
+                "ADDED",
+                {
+                    "apiVersion": "v1",
+                    "kind": "Namespace",
+                    "metadata": {
+                        "name": name,
+                        "uid": str(uuid.uuid4()),
+                        "creationTimestamp": now(),
+                        "labels": {"kubernetes.io/metadata.name": name},
+                    },
+                    "spec": {"finalizers": ["kubernetes"]},
+                    "status": {"phase": "Active"},
+                },
+                None,
+            )
 
     def _check_name(self, rt: ResourceType, name: str | None) -> str:
         if not name:
-            raise invalid(rt, "", [FieldError("metadata.name", "FieldValueRequired",
-                                              "Required value: name or generateName is required")])
+            raise invalid(
+                rt,
+                "",
+                [
+                    FieldError(
+                        "metadata.name",
+                        "FieldValueRequired",
+                        "Required value: name or generateName is required",
+                    )
+                ],
+            )
         if len(name) > 253 or not NAME_RE.match(name):
-            raise invalid(rt, name, [FieldError(
-                "metadata.name", "FieldValueInvalid",
-                f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of lower case '
-                "alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character")])
+            raise invalid(
+                rt,
+                name,
+                [
+                    FieldError(
+                        "metadata.name",
+                        "FieldValueInvalid",
+                        f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of lower '
+                        "case alphanumeric characters, '-' or '.', and must start and end with an "
+                        "alphanumeric character",
+                    )
+                ],
+            )
         return name
 
     def _prepare_custom(self, rt: ResourceType, obj: Obj) -> Obj:
@@ -210,18 +300,27 @@ class Store:
         if rt.namespaced:
             ns = namespace or meta.get("namespace") or "default"
             if meta.get("namespace") and namespace and meta["namespace"] != namespace:
-                raise ApiError(400, "BadRequest", "the namespace of the provided object does not match "
-                                                  "the namespace sent on the request")
+                raise ApiError(
+                    400,
+                    "BadRequest",
+                    "the namespace of the provided object does not match "
+                    "the namespace sent on the request",
+                )
             if rt.plural != "namespaces" and ("", ns) not in self.objects.get(("", "namespaces"), {}):
-                raise ApiError(404, "NotFound", f'namespaces "{ns}" not found',
-                               {"name": ns, "kind": "namespaces"})
+                raise ApiError(
+                    404, "NotFound", f'namespaces "{ns}" not found', {"name": ns, "kind": "namespaces"}
+                )
             meta["namespace"] = ns
         else:
             meta.pop("namespace", None)
             ns = ""
         if (ns, name) in self.bucket(rt):
-            raise ApiError(409, "AlreadyExists", f'{_qualified(rt)} "{name}" already exists',
-                           {"name": name, "group": rt.group, "kind": rt.plural})
+            raise ApiError(
+                409,
+                "AlreadyExists",
+                f'{_qualified(rt)} "{name}" already exists',
+                {"name": name, "group": rt.group, "kind": rt.plural},
+            )
         obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
         obj = self._prepare_custom(rt, obj)
         meta = obj["metadata"]
@@ -240,14 +339,20 @@ class Store:
         self._after_write(rt, entry.obj)
         return entry
 
-    def update(self, rt: ResourceType, namespace: str, name: str, body: Obj, *,
-               subresource: str | None = None) -> Entry:
+    def update(
+        self, rt: ResourceType, namespace: str, name: str, body: Obj, *, subresource: str | None = None
+    ) -> Entry:
         current = self.get(rt, namespace, name).obj
         wanted_rv = (body.get("metadata") or {}).get("resourceVersion")
         if wanted_rv and wanted_rv != current["metadata"]["resourceVersion"]:
-            raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on {_qualified(rt)} "{name}": '
-                           "the object has been modified; please apply your changes to the latest "
-                           "version and try again", {"name": name, "group": rt.group, "kind": rt.plural})
+            raise ApiError(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {_qualified(rt)} "{name}": '
+                "the object has been modified; please apply your changes to the latest "
+                "version and try again",
+                {"name": name, "group": rt.group, "kind": rt.plural},
+            )
         if (body.get("metadata") or {}).get("name", name) != name:
             raise ApiError(400, "BadRequest", "the name of the object does not match the name in the URL")
         obj = copy.deepcopy(body)
@@ -269,8 +374,11 @@ class Store:
             else:
                 meta.pop(key, None)
         generation = current["metadata"].get("generation", 1)
-        if subresource is None and (rt.tracks_generation or rt.schema is not None) \
-                and obj.get("spec") != current.get("spec"):
+        if (
+            subresource is None
+            and (rt.tracks_generation or rt.schema is not None)
+            and obj.get("spec") != current.get("spec")
+        ):
             generation += 1
         meta["generation"] = generation
         meta["resourceVersion"] = current["metadata"]["resourceVersion"]
@@ -308,21 +416,28 @@ class Store:
     # ----- what controllers would do -----
 
     def _after_write(self, rt: ResourceType, obj: Obj) -> None:
-        if rt.kind == "Pod" or rt.kind == "PodDisruptionBudget":
+        if rt.kind in ("Pod", "PodDisruptionBudget"):
             self.refresh_pdbs(obj["metadata"].get("namespace", ""))
 
     def pdb_status(self, pdb: Obj) -> Obj:
-        from tools.kube_emulator.selectors import label_selector  # noqa: PLC0415
+        from tools.kube_emulator.selectors import label_selector
 
         pods_rt = self.registry.get("", "v1", "pods")
         assert pods_rt is not None
         selector = (pdb.get("spec") or {}).get("selector") or {}
         match = _selector_predicate(selector, label_selector)
         ns = pdb["metadata"]["namespace"]
-        pods = [e.obj for (pns, _), e in self.bucket(pods_rt).items()
-                if pns == ns and match((e.obj.get("metadata") or {}).get("labels") or {})]
-        healthy = sum(1 for p in pods if (p.get("status") or {}).get("phase") == "Running"
-                      and not p["metadata"].get("deletionTimestamp"))
+        pods = [
+            e.obj
+            for (pns, _), e in self.bucket(pods_rt).items()
+            if pns == ns and match((e.obj.get("metadata") or {}).get("labels") or {})
+        ]
+        healthy = sum(
+            1
+            for p in pods
+            if (p.get("status") or {}).get("phase") == "Running"
+            and not p["metadata"].get("deletionTimestamp")
+        )
         expected = len(pods)
         spec = pdb.get("spec") or {}
 
@@ -337,9 +452,13 @@ class Store:
             desired = max(0, expected - amount(spec["maxUnavailable"]))
         else:
             desired = 0
-        return {"currentHealthy": healthy, "desiredHealthy": desired, "expectedPods": expected,
-                "disruptionsAllowed": max(0, healthy - desired),
-                "observedGeneration": pdb["metadata"].get("generation", 1)}
+        return {
+            "currentHealthy": healthy,
+            "desiredHealthy": desired,
+            "expectedPods": expected,
+            "disruptionsAllowed": max(0, healthy - desired),
+            "observedGeneration": pdb["metadata"].get("generation", 1),
+        }
 
     def refresh_pdbs(self, namespace: str) -> None:
         rt = self.registry.get("policy", "v1", "poddisruptionbudgets")
@@ -356,24 +475,34 @@ class Store:
         pod = self.get(pods_rt, namespace, name).obj
         rt = self.registry.get("policy", "v1", "poddisruptionbudgets")
         assert rt is not None
-        from tools.kube_emulator.selectors import label_selector  # noqa: PLC0415
+        from tools.kube_emulator.selectors import label_selector
 
         labels = pod["metadata"].get("labels") or {}
         running = (pod.get("status") or {}).get("phase") == "Running"
         for (ns, pdb_name), entry in sorted(self.bucket(rt).items()):
             if ns != namespace:
                 continue
-            if not _selector_predicate((entry.obj.get("spec") or {}).get("selector") or {},
-                                       label_selector)(labels):
+            if not _selector_predicate((entry.obj.get("spec") or {}).get("selector") or {}, label_selector)(
+                labels
+            ):
                 continue
             status = self.pdb_status(entry.obj)
             if running and status["disruptionsAllowed"] < 1:
-                raise ApiError(429, "TooManyRequests",
-                               "Cannot evict pod as it would violate the pod's disruption budget.",
-                               {"causes": [{"reason": "DisruptionBudget", "message":
-                                            f"The disruption budget {pdb_name} needs "
-                                            f"{status['desiredHealthy']} healthy pods and has "
-                                            f"{status['currentHealthy']} currently"}]})
+                raise ApiError(
+                    429,
+                    "TooManyRequests",
+                    "Cannot evict pod as it would violate the pod's disruption budget.",
+                    {
+                        "causes": [
+                            {
+                                "reason": "DisruptionBudget",
+                                "message": f"The disruption budget {pdb_name} needs "
+                                f"{status['desiredHealthy']} healthy pods and has "
+                                f"{status['currentHealthy']} currently",
+                            }
+                        ]
+                    },
+                )
         self.delete(pods_rt, namespace, name)
 
     # ----- custom resource definitions -----
@@ -386,27 +515,46 @@ class Store:
         for version in spec.get("versions") or []:
             if not version.get("served", True):
                 continue
-            columns = [Column(c["name"], c.get("type", "string"), c["jsonPath"], c.get("description", ""),
-                              c.get("priority", 0), c.get("format", ""))
-                       for c in version.get("additionalPrinterColumns") or []]
+            columns = [
+                Column(
+                    c["name"],
+                    c.get("type", "string"),
+                    c["jsonPath"],
+                    c.get("description", ""),
+                    c.get("priority", 0),
+                    c.get("format", ""),
+                )
+                for c in version.get("additionalPrinterColumns") or []
+            ]
             columns.append(Column("Age", "date", ".metadata.creationTimestamp"))
             if any(c.name == "Age" for c in columns[:-1]):
                 columns.pop()
-            self.registry.add(ResourceType(
-                group, version["name"], names.get("kind", ""), plural, spec.get("scope") == "Namespaced",
-                tuple(names.get("shortNames") or ()),
-                status_subresource="status" in (version.get("subresources") or {}),
-                tracks_generation=True, columns=columns,
-                schema=(version.get("schema") or {}).get("openAPIV3Schema"),
-                categories=tuple(names.get("categories") or ())))
+            self.registry.add(
+                ResourceType(
+                    group,
+                    version["name"],
+                    names.get("kind", ""),
+                    plural,
+                    spec.get("scope") == "Namespaced",
+                    tuple(names.get("shortNames") or ()),
+                    status_subresource="status" in (version.get("subresources") or {}),
+                    tracks_generation=True,
+                    columns=columns,
+                    schema=(version.get("schema") or {}).get("openAPIV3Schema"),
+                    categories=tuple(names.get("categories") or ()),
+                )
+            )
         crd["status"] = {
-            "acceptedNames": names, "storedVersions": [v["name"] for v in spec.get("versions") or []
-                                                       if v.get("storage")],
-            "conditions": [{"type": t, "status": "True", "reason": r, "message": m,
-                            "lastTransitionTime": now()}
-                           for t, r, m in (("NamesAccepted", "NoConflicts", "no conflicts found"),
-                                           ("Established", "InitialNamesAccepted",
-                                            "the initial names have been accepted"))]}
+            "acceptedNames": names,
+            "storedVersions": [v["name"] for v in spec.get("versions") or [] if v.get("storage")],
+            "conditions": [
+                {"type": t, "status": "True", "reason": r, "message": m, "lastTransitionTime": now()}
+                for t, r, m in (
+                    ("NamesAccepted", "NoConflicts", "no conflicts found"),
+                    ("Established", "InitialNamesAccepted", "the initial names have been accepted"),
+                )
+            ],
+        }
 
     def _unregister_crd(self, crd: Obj) -> None:
         spec = crd.get("spec") or {}
@@ -420,11 +568,16 @@ class Store:
 
     # ----- watching -----
 
-    def watch(self, rt: ResourceType, namespace: str | None, since: int | None,
-              labels: Callable[[Mapping[str, str]], bool], fields: Callable[[Mapping[str, Any]], bool]
-              ) -> Watcher:
+    def watch(
+        self,
+        rt: ResourceType,
+        namespace: str | None,
+        since: int | None,
+        labels: Callable[[Mapping[str, str]], bool] | None,
+        fields: Callable[[Mapping[str, Any]], bool] | None,
+    ) -> Watcher:
         """A watcher fed with changes after `since` (None: every current object as ADDED)."""
-        watcher = Watcher(rt.key, namespace, labels, fields)
+        watcher = Watcher(rt.key, namespace, labels or _anything, fields or _anything)
         if since is None:
             for _, entry in self.list(rt, namespace, labels, fields):
                 watcher.queue.put_nowait(("ADDED", entry))
@@ -439,6 +592,11 @@ class Store:
 
     def stop_watch(self, watcher: Watcher) -> None:
         self.watchers.discard(watcher)
+
+    def close_watches(self) -> None:
+        """End every watch stream (at shutdown): clients then re-list and watch again."""
+        for watcher in list(self.watchers):
+            watcher.queue.put_nowait(None)
 
     # ----- persistence -----
 
@@ -458,10 +616,15 @@ class Store:
                 continue
             meta = obj["metadata"]
             self.bucket(rt)[(meta.get("namespace", "") if rt.namespaced else "", meta["name"])] = Entry(obj)
+        self._key_index.clear()
         self.rv = max(self.rv, int(state["resourceVersion"]))
         # History before the restart is gone: watchers must list again.
         self.compacted_rv = self.rv
         self.log.clear()
+
+
+def _anything(_: Any) -> bool:
+    return True
 
 
 def _selector_predicate(selector: Obj, label_selector: Any) -> Callable[[Mapping[str, str]], bool]:

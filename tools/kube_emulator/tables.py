@@ -22,8 +22,13 @@ def json_path(obj: Any, path: str) -> Any:
     while path:
         if m := _FILTER.match(path):
             key, wanted = m.groups()
-            values = [item for v in values if isinstance(v, list) for item in v
-                      if isinstance(item, dict) and str(json_path(item, "." + key)) == wanted]
+            values = [
+                item
+                for v in values
+                if isinstance(v, list)
+                for item in v
+                if isinstance(item, dict) and str(json_path(item, "." + key)) == wanted
+            ]
         elif m := _INDEX.match(path):
             index = int(m.group(1))
             values = [v[index] for v in values if isinstance(v, list) and len(v) > index]
@@ -32,7 +37,7 @@ def json_path(obj: Any, path: str) -> Any:
             values = [v for v in values if v is not None]
         else:
             return None
-        path = path[m.end():]
+        path = path[m.end() :]
     if not values:
         return None
     return values[0] if len(values) == 1 else values
@@ -77,8 +82,11 @@ def _pod_cells(obj: dict[str, Any]) -> dict[str, Any]:
     phase = (obj.get("status") or {}).get("phase") or "Pending"
     if (obj.get("metadata") or {}).get("deletionTimestamp"):
         phase = "Terminating"
-    return {"Ready": f"{ready}/{len(containers)}", "Status": phase,
-            "Restarts": sum(int(s.get("restartCount", 0)) for s in statuses)}
+    return {
+        "Ready": f"{ready}/{len(containers)}",
+        "Status": phase,
+        "Restarts": sum(int(s.get("restartCount", 0)) for s in statuses),
+    }
 
 
 def _node_status(obj: dict[str, Any]) -> str:
@@ -105,24 +113,47 @@ def cell(rt: ResourceType, column_name: str, column_type: str, path: str, obj: d
 
 
 def definitions(rt: ResourceType) -> list[dict[str, Any]]:
-    cols = [{"name": "Name", "type": "string", "format": "name", "priority": 0,
-             "description": "Name must be unique within a namespace."}]
-    cols += [{"name": c.name, "type": c.type, "format": c.format, "priority": c.priority,
-              "description": c.description or c.name} for c in rt.columns]
+    cols = [
+        {
+            "name": "Name",
+            "type": "string",
+            "format": "name",
+            "priority": 0,
+            "description": "Name must be unique within a namespace.",
+        }
+    ]
+    cols += [
+        {
+            "name": c.name,
+            "type": c.type,
+            "format": c.format,
+            "priority": c.priority,
+            "description": c.description or c.name,
+        }
+        for c in rt.columns
+    ]
     return cols
 
 
 def row(rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
     meta = obj.get("metadata") or {}
     cells = [meta.get("name")] + [cell(rt, c.name, c.type, c.json_path, obj) for c in rt.columns]
-    return {"cells": cells, "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                                       "metadata": meta}}
+    return {
+        "cells": cells,
+        "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta},
+    }
 
 
-def table(rt: ResourceType, objs: list[dict[str, Any]], resource_version: str,
-          continue_token: str | None = None) -> dict[str, Any]:
+def table(
+    rt: ResourceType, objs: list[dict[str, Any]], resource_version: str, continue_token: str | None = None
+) -> dict[str, Any]:
     metadata: dict[str, Any] = {"resourceVersion": resource_version}
     if continue_token:
         metadata["continue"] = continue_token
-    return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": metadata,
-            "columnDefinitions": definitions(rt), "rows": [row(rt, o) for o in objs]}
+    return {
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": metadata,
+        "columnDefinitions": definitions(rt),
+        "rows": [row(rt, o) for o in objs],
+    }

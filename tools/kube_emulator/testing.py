@@ -13,8 +13,14 @@ from tools.kube_emulator.store import Store
 
 
 class EmulatorThread:
-    def __init__(self, *, state_file: Path | None = None, kubeconfig: Path | None = None,
-                 bookmark_seconds: float = 5.0, history: int = 200_000) -> None:
+    def __init__(
+        self,
+        *,
+        state_file: Path | None = None,
+        kubeconfig: Path | None = None,
+        bookmark_seconds: float = 5.0,
+        history: int = 200_000,
+    ) -> None:
         self.state_file, self.kubeconfig, self.bookmark_seconds = state_file, kubeconfig, bookmark_seconds
         self.history = history
         self.loop = asyncio.new_event_loop()
@@ -34,9 +40,16 @@ class EmulatorThread:
             self.url = url
             self.ready.set()
 
-        await serve("127.0.0.1", 0, state_file=self.state_file, kubeconfig=self.kubeconfig,
-                    bookmark_seconds=self.bookmark_seconds, on_ready=ready, stop=self._stop,
-                    history=self.history)
+        await serve(
+            "127.0.0.1",
+            0,
+            state_file=self.state_file,
+            kubeconfig=self.kubeconfig,
+            bookmark_seconds=self.bookmark_seconds,
+            on_ready=ready,
+            stop=self._stop,
+            history=self.history,
+        )
 
     def start(self) -> EmulatorThread:
         self._thread.start()
@@ -61,7 +74,7 @@ def running_emulator(**kwargs: object) -> Iterator[EmulatorThread]:
 
 def api_client(url: str) -> object:
     """An official-client ApiClient pointed at the emulator."""
-    from kubernetes import client  # noqa: PLC0415 - only tests need the client
+    from kubernetes import client  # - only tests need the client
 
     config = client.Configuration()
     config.host = url

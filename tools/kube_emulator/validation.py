@@ -9,8 +9,14 @@ from typing import Any
 
 import orjson
 
-_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool,
-          "object": dict, "array": list}
+_TYPES = {
+    "string": str,
+    "integer": int,
+    "number": (int, float),
+    "boolean": bool,
+    "object": dict,
+    "array": list,
+}
 
 
 @dataclass(frozen=True)
@@ -40,40 +46,91 @@ def validate(value: Any, schema: dict[str, Any], path: str) -> list[FieldError]:
     if value is None:
         if schema.get("nullable"):
             return []
-        return [FieldError(path, "FieldValueInvalid", f"Invalid value: \"null\": {path} in body must be "
-                           f"of type {schema.get('type', 'object')}: \"null\"")] if schema.get("type") else []
+        return (
+            [
+                FieldError(
+                    path,
+                    "FieldValueInvalid",
+                    f"Invalid value: \"null\": {path} in body must be "
+                    f"of type {schema.get('type', 'object')}: \"null\"",
+                )
+            ]
+            if schema.get("type")
+            else []
+        )
     errors: list[FieldError] = []
     wanted = schema.get("type")
     if schema.get("x-kubernetes-int-or-string"):
         if not isinstance(value, int | str) or isinstance(value, bool):
-            errors.append(FieldError(path, "FieldValueTypeInvalid",
-                                     f"Invalid value: {_shown(value)}: must be an integer or a string"))
+            errors.append(
+                FieldError(
+                    path,
+                    "FieldValueTypeInvalid",
+                    f"Invalid value: {_shown(value)}: must be an integer or a string",
+                )
+            )
         return errors
     if wanted and not _type_ok(value, wanted):
         actual = next((t for t, py in _TYPES.items() if isinstance(value, py) and t != "number"), "unknown")
-        return [FieldError(path, "FieldValueTypeInvalid", f"Invalid value: \"{actual}\": {path} in body "
-                           f"must be of type {wanted}: \"{actual}\"")]
+        return [
+            FieldError(
+                path,
+                "FieldValueTypeInvalid",
+                f'Invalid value: "{actual}": {path} in body ' f'must be of type {wanted}: "{actual}"',
+            )
+        ]
     if "enum" in schema and value not in schema["enum"]:
         supported = ", ".join(_shown(v) for v in schema["enum"])
-        errors.append(FieldError(path, "FieldValueNotSupported",
-                                 f"Unsupported value: {_shown(value)}: supported values: {supported}"))
+        errors.append(
+            FieldError(
+                path,
+                "FieldValueNotSupported",
+                f"Unsupported value: {_shown(value)}: supported values: {supported}",
+            )
+        )
     if isinstance(value, int | float) and not isinstance(value, bool):
         if "minimum" in schema and value < schema["minimum"]:
-            errors.append(FieldError(path, "FieldValueInvalid", f"Invalid value: {value}: {path} in body "
-                                     f"should be greater than or equal to {schema['minimum']}"))
+            errors.append(
+                FieldError(
+                    path,
+                    "FieldValueInvalid",
+                    f"Invalid value: {value}: {path} in body "
+                    f"should be greater than or equal to {schema['minimum']}",
+                )
+            )
         if "maximum" in schema and value > schema["maximum"]:
-            errors.append(FieldError(path, "FieldValueInvalid", f"Invalid value: {value}: {path} in body "
-                                     f"should be less than or equal to {schema['maximum']}"))
+            errors.append(
+                FieldError(
+                    path,
+                    "FieldValueInvalid",
+                    f"Invalid value: {value}: {path} in body "
+                    f"should be less than or equal to {schema['maximum']}",
+                )
+            )
     if isinstance(value, str):
         if "minLength" in schema and len(value) < schema["minLength"]:
-            errors.append(FieldError(path, "FieldValueInvalid", f"Invalid value: {_shown(value)}: {path} "
-                                     f"in body should be at least {schema['minLength']} chars long"))
+            errors.append(
+                FieldError(
+                    path,
+                    "FieldValueInvalid",
+                    f"Invalid value: {_shown(value)}: {path} "
+                    f"in body should be at least {schema['minLength']} chars long",
+                )
+            )
         if "maxLength" in schema and len(value) > schema["maxLength"]:
-            errors.append(FieldError(path, "FieldValueTooLong",
-                                     f"Too long: may not be more than {schema['maxLength']} bytes"))
+            errors.append(
+                FieldError(
+                    path, "FieldValueTooLong", f"Too long: may not be more than {schema['maxLength']} bytes"
+                )
+            )
         if "pattern" in schema and not re.search(schema["pattern"], value):
-            errors.append(FieldError(path, "FieldValueInvalid", f"Invalid value: {_shown(value)}: {path} "
-                                     f"in body should match '{schema['pattern']}'"))
+            errors.append(
+                FieldError(
+                    path,
+                    "FieldValueInvalid",
+                    f"Invalid value: {_shown(value)}: {path} " f"in body should match '{schema['pattern']}'",
+                )
+            )
     if isinstance(value, dict):
         for name in schema.get("required") or []:
             if name not in value:
@@ -87,8 +144,13 @@ def validate(value: Any, schema: dict[str, Any], path: str) -> list[FieldError]:
                 errors += validate(item, extra, f"{path}.{key}")
     if isinstance(value, list):
         if "maxItems" in schema and len(value) > schema["maxItems"]:
-            errors.append(FieldError(path, "FieldValueTooMany",
-                                     f"Too many: {len(value)}: must have at most {schema['maxItems']} items"))
+            errors.append(
+                FieldError(
+                    path,
+                    "FieldValueTooMany",
+                    f"Too many: {len(value)}: must have at most {schema['maxItems']} items",
+                )
+            )
         items = schema.get("items")
         if isinstance(items, dict):
             for i, item in enumerate(value):

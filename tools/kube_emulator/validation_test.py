@@ -8,8 +8,7 @@ SCHEMA = {
             "type": "object",
             "required": ["pod"],
             "properties": {
-                "pod": {"type": "string", "minLength": 1, "maxLength": 10,
-                        "pattern": "^[a-z0-9-]+$"},
+                "pod": {"type": "string", "minLength": 1, "maxLength": 10, "pattern": "^[a-z0-9-]+$"},
                 "strategy": {"type": "string", "enum": ["auto", "post-copy"]},
                 "rounds": {"type": "integer", "minimum": 1, "maximum": 5},
                 "labels": {"type": "object", "additionalProperties": {"type": "string"}},
@@ -33,13 +32,17 @@ def test_valid_object_has_no_errors() -> None:
 def test_messages_name_the_field() -> None:
     assert errors({}) == ["spec.pod: Required value"]
     assert errors({"pod": "a", "strategy": "fast"}) == [
-        'spec.strategy: Unsupported value: "fast": supported values: "auto", "post-copy"']
+        'spec.strategy: Unsupported value: "fast": supported values: "auto", "post-copy"'
+    ]
     assert errors({"pod": "a", "rounds": 0}) == [
-        "spec.rounds: Invalid value: 0: spec.rounds in body should be greater than or equal to 1"]
+        "spec.rounds: Invalid value: 0: spec.rounds in body should be greater than or equal to 1"
+    ]
     assert errors({"pod": "a", "rounds": "two"}) == [
-        'spec.rounds: Invalid value: "string": spec.rounds in body must be of type integer: "string"']
+        'spec.rounds: Invalid value: "string": spec.rounds in body must be of type integer: "string"'
+    ]
     assert errors({"pod": "Bad_Name"}) == [
-        "spec.pod: Invalid value: \"Bad_Name\": spec.pod in body should match '^[a-z0-9-]+$'"]
+        "spec.pod: Invalid value: \"Bad_Name\": spec.pod in body should match '^[a-z0-9-]+$'"
+    ]
     assert errors({"pod": "x" * 11}) == ["spec.pod: Too long: may not be more than 10 bytes"]
     assert errors({"pod": "a", "list": [1, "b"]})[0].startswith("spec.list[1]: Invalid value")
     assert [str(e) for e in validate_custom_resource({}, SCHEMA)] == ["spec: Required value"]
