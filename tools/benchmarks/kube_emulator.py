@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 
 from tools.benchmarks.report import percentile
+from tools.kube_emulator import main as emulator_main
 
 
 def _pod(i: int) -> dict[str, Any]:
@@ -80,18 +81,17 @@ def _state(pods: int) -> bytes:
 class EmulatorProcess:
     def __init__(self, state: Path) -> None:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tools.kube_emulator.main", "--port", "0", "--seed-file", str(state)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
+        self.log = state.with_suffix(".log")
+        with self.log.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", emulator_main.__name__, "--port", "0", "--seed-file", str(state)],
+                env=env, stdout=subprocess.PIPE, stderr=err, text=True,
+            )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if "listening on" not in line:
             self.proc.kill()
-            raise RuntimeError(f"the emulator did not start: {line!r}")
+            raise RuntimeError(f"the emulator did not start: {line!r}\n{self.log.read_text()[-2000:]}")
         self.url = line.split("listening on ", 1)[1].split()[0]
 
     def stop(self) -> None:
