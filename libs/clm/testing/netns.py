@@ -1,0 +1,61 @@
+"""Real network namespaces for tests: `ip netns` + veth pairs, cleaned up on exit.
+
+Test traffic stays on addresses inside namespaces the tests create (see ENVIRONMENT.md).
+Processes are started with `nsenter --net=...` rather than `ip netns exec`, which also
+creates a mount namespace that CRIU then refuses to dump.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NETNS_DIR = Path("/var/run/netns")
+
+
+def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc
+
+
+@dataclass
+class NetNS:
+    name: str
+    created: list[str] = field(default_factory=list)
+
+    @property
+    def path(self) -> Path:
+        return NETNS_DIR / self.name
+
+    def create(self) -> NetNS:
+        ip("netns", "add", self.name)
+        ip("-n", self.name, "link", "set", "lo", "up")
+        return self
+
+    def veth_to_host(self, host_if: str, host_cidr: str, ns_if: str, ns_cidr: str) -> None:
+        """A veth pair: `host_if` (root namespace) <-> `ns_if` (this namespace)."""
+        ip("link", "del", host_if, check=False)  # a leftover from a crashed run
+        ip("link", "add", host_if, "type", "veth", "peer", "name", ns_if, "netns", self.name)
+        ip("addr", "add", host_cidr, "dev", host_if)
+        ip("link", "set", host_if, "up")
+        ip("-n", self.name, "addr", "add", ns_cidr, "dev", ns_if)
+        ip("-n", self.name, "link", "set", ns_if, "up")
+        self.created.append(host_if)
+
+    def command(self, *argv: str) -> list[str]:
+        return ["nsenter", f"--net={self.path}", *argv]
+
+    def delete(self) -> None:
+        for link in self.created:
+            ip("link", "del", link, check=False)
+        self.created.clear()
+        ip("netns", "del", self.name, check=False)
+
+    def __enter__(self) -> NetNS:
+        return self.create()
+
+    def __exit__(self, *exc: object) -> None:
+        self.delete()

@@ -1,0 +1,134 @@
+"""The container runtime adapter for runc (the local node runtime and tests).
+
+On Kubernetes nodes the containers belong to containerd; the agent talks to a runtime only
+through this small interface, so a containerd adapter can stand beside this one.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+class RuntimeCommandError(RuntimeError):
+    """A runtime command failed; the message carries runc's and CRIU's own words."""
+
+
+@dataclass(frozen=True)
+class CheckpointResult:
+    image_dir: Path
+    seconds: float
+    bytes: int
+
+
+class ContainerRuntime(Protocol):
+    def run(self, container_id: str, bundle: Path) -> None: ...
+    def state(self, container_id: str) -> str | None: ...
+    def checkpoint(
+        self, container_id: str, image_dir: Path, *, tcp_established: bool
+    ) -> CheckpointResult: ...
+    def restore(
+        self, container_id: str, bundle: Path, image_dir: Path, *, tcp_established: bool
+    ) -> float: ...
+    def delete(self, container_id: str) -> None: ...
+
+
+def _criu_log_tail(image_dir: Path, name: str) -> str:
+    log = image_dir / name
+    if not log.exists():
+        return ""
+    lines = [
+        line
+        for line in log.read_text(errors="replace").splitlines()
+        if "Error" in line and "RLIMIT_NOFILE" not in line
+    ]
+    return "\n".join(lines[-8:])
+
+
+class Runc:
+    def __init__(self, *, root: Path | None = None, runc: str = "runc") -> None:
+        # A state root of our own keeps our containers apart from anyone else's runc use.
+        self.base = [runc] + ([f"--root={root}"] if root else [])
+
+    def _run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*self.base, *args],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def _detached(self, *args: str, log: Path, timeout: float = 120) -> tuple[int, str]:
+        """Commands that leave a container running (-d) hand it their stdio: give it
+        /dev/null (CRIU restores that anywhere) and read runc's own errors from --log."""
+        log.unlink(missing_ok=True)
+        proc = subprocess.run(
+            [*self.base, f"--log={log}", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+            check=False,
+        )
+        text = log.read_text(errors="replace") if log.exists() else ""
+        errors = [line for line in text.splitlines() if '"level":"error"' in line or "level=error" in line]
+        return proc.returncode, "\n".join(errors[-5:]) or text[-1000:]
+
+    def run(self, container_id: str, bundle: Path) -> None:
+        code, errors = self._detached(
+            "run", "-d", "-b", str(bundle), container_id, log=bundle / f"runc-run-{container_id}.log"
+        )
+        if code != 0:
+            raise RuntimeCommandError(f"runc run {container_id} failed: {errors}")
+
+    def state(self, container_id: str) -> str | None:
+        proc = self._run("state", container_id)
+        if proc.returncode != 0:
+            return None
+        return json.loads(proc.stdout).get("status")
+
+    def pid(self, container_id: str) -> int | None:
+        proc = self._run("state", container_id)
+        return json.loads(proc.stdout).get("pid") if proc.returncode == 0 else None
+
+    def checkpoint(
+        self, container_id: str, image_dir: Path, *, tcp_established: bool = True
+    ) -> CheckpointResult:
+        image_dir.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        args = ["checkpoint", f"--image-path={image_dir.resolve()}"]
+        if tcp_established:
+            args.append("--tcp-established")
+        proc = self._run(*args, container_id)
+        seconds = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise RuntimeCommandError(
+                f"checkpoint of {container_id} failed: {proc.stderr.strip()}\n"
+                f"{_criu_log_tail(image_dir, 'dump.log')}"
+            )
+        size = sum(p.stat().st_size for p in image_dir.iterdir() if p.is_file())
+        return CheckpointResult(image_dir, seconds, size)
+
+    def restore(
+        self, container_id: str, bundle: Path, image_dir: Path, *, tcp_established: bool = True
+    ) -> float:
+        started = time.perf_counter()
+        # The image path must be absolute: runc changes into the bundle first.
+        args = ["restore", "-d", f"--image-path={image_dir.resolve()}", "-b", str(bundle.resolve())]
+        if tcp_established:
+            args.append("--tcp-established")
+        code, errors = self._detached(*args, container_id, log=bundle / f"runc-restore-{container_id}.log")
+        if code != 0:
+            raise RuntimeCommandError(
+                f"restore of {container_id} failed: {errors}\n" f"{_criu_log_tail(image_dir, 'restore.log')}"
+            )
+        return time.perf_counter() - started
+
+    def delete(self, container_id: str) -> None:
+        self._run("delete", "--force", container_id)

@@ -1,0 +1,145 @@
+"""Real CRIU live migration of a runc container between network namespaces.
+
+A stateful server (256 MiB of state) runs in a container whose network namespace stands
+for node A; a client holds one TCP connection and sends requests continuously. The
+container is checkpointed (TCP connections included), node A's namespace is torn down,
+node B's is created with the same pod IP, and the container is restored there. The client
+never reconnects, no request is lost or answered twice, and the state continues where it
+was (its hash is checked against a replay).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from clm.testing.netns import NetNS
+from services.checkpoint_agent.bundle import set_netns, write_bundle
+from services.checkpoint_agent.runc import Runc
+from tests.integration.workloads import stateful_server
+
+MIB = 256
+POD_IP = "10.213.0.2"
+MISSING = [
+    tool
+    for tool in ("runc", "criu", "ip", "nsenter")
+    if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists()
+]
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or bool(MISSING),
+    reason=f"needs root and runc, criu, iproute2 (missing: {MISSING or 'root'}); "
+    "run tools/setup/install-system-deps as root",
+)
+
+
+class Client(threading.Thread):
+    """One connection, requests back to back; records every answer and the largest gap."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.answers: list[int] = []
+        self.largest_gap = 0.0
+        self.error: BaseException | None = None
+        self.stop = threading.Event()
+        self.sock: socket.socket | None = None
+
+    def connect(self, deadline: float = 30) -> None:
+        end = time.monotonic() + deadline
+        while True:
+            try:
+                self.sock = socket.create_connection((POD_IP, 7000), timeout=2)
+                self.sock.settimeout(20)
+                return
+            except OSError:
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.1)
+
+    def run(self) -> None:
+        assert self.sock is not None
+        stream = self.sock.makefile("rwb", buffering=0)
+        last = time.monotonic()
+        try:
+            while not self.stop.is_set():
+                self.sock.sendall(b"inc\n")
+                self.answers.append(int(stream.readline()))
+                now = time.monotonic()
+                self.largest_gap = max(self.largest_gap, now - last)
+                last = now
+                time.sleep(0.001)
+        except BaseException as exc:  # - reported by the test
+            self.error = exc
+
+    def ask_hash(self) -> str:
+        assert self.sock is not None
+        self.sock.sendall(b"hash\n")
+        return self.sock.makefile("rb", buffering=0).readline().decode().strip()
+
+
+def expected_hash(requests: int) -> str:
+    state = stateful_server.initial_state(MIB * 2**20)
+    for n in range(1, requests + 1):
+        stateful_server.mutate(state, n)
+    return hashlib.sha256(state).hexdigest()
+
+
+def test_container_moves_between_nodes_with_its_tcp_connection(tmp_path: Path) -> None:
+    suffix = str(os.getpid())[-5:]
+    app = tmp_path / "app"
+    app.mkdir()
+    shutil.copy(stateful_server.__file__, app / "stateful_server.py")
+    runtime = Runc(root=tmp_path / "runc-state")
+    node_a = NetNS(f"clm-a-{suffix}").create()
+    node_b = NetNS(f"clm-b-{suffix}")
+    host_if = f"clmh{suffix}"
+    try:
+        node_a.veth_to_host(host_if, "10.213.0.1/24", "eth0", f"{POD_IP}/24")
+        bundle = write_bundle(
+            tmp_path / "bundle",
+            netns=node_a.path,
+            app_dir=app,
+            args=["/usr/bin/python3", "-u", "/srv/stateful_server.py", str(MIB)],
+        )
+        runtime.run("pod-on-a", bundle)
+        client = Client()
+        client.connect()
+        client.start()
+        time.sleep(1.0)  # the client is busy when the freeze comes
+
+        images = tmp_path / "images"
+        checkpoint = runtime.checkpoint("pod-on-a", images, tcp_established=True)
+        assert runtime.state("pod-on-a") is None  # checkpointed and gone from node A
+        assert checkpoint.bytes > MIB * 2**20  # the state really was dumped
+
+        node_a.delete()  # node A forgets the pod and its IP
+        node_b.create()
+        node_b.veth_to_host(host_if, "10.213.0.1/24", "eth0", f"{POD_IP}/24")
+        set_netns(bundle, node_b.path)
+        runtime.restore("pod-on-b", bundle, images, tcp_established=True)
+        restore_log = (images / "restore.log").read_text(errors="replace")
+        assert runtime.state("pod-on-b") == "running", restore_log[-3000:]
+
+        time.sleep(1.5)
+        client.stop.set()
+        client.join(30)
+        assert client.error is None, f"the client's connection broke: {client.error!r}"
+        answers = client.answers
+        assert answers == list(range(1, len(answers) + 1)), "a request was lost or answered twice"
+        assert len(answers) > 100
+        assert client.ask_hash() == expected_hash(len(answers)), "the state did not continue"
+        print(
+            f"{len(answers)} requests, largest gap {client.largest_gap:.3f}s, "
+            f"checkpoint {checkpoint.seconds:.2f}s, image {checkpoint.bytes / 2**20:.0f} MiB"
+        )
+    finally:
+        runtime.delete("pod-on-a")
+        runtime.delete("pod-on-b")
+        node_a.delete()
+        node_b.delete()
