@@ -5,11 +5,13 @@ for node A; a client holds one TCP connection and sends requests continuously. T
 container is checkpointed (TCP connections included), node A's namespace is torn down,
 node B's is created with the same pod IP, and the container is restored there. The client
 never reconnects, no request is lost or answered twice, and the state continues where it
-was (its hash is checked against a replay).
+was (its hash is checked against a replay). The images reach node B only through the
+agents' authenticated, integrity-checked stream, not a shared path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shutil
@@ -23,6 +25,7 @@ import pytest
 from clm.testing.netns import NetNS, remove_stale
 from services.checkpoint_agent.bundle import set_netns, write_bundle
 from services.checkpoint_agent.runc import Runc
+from services.checkpoint_agent.transfer import TransferStats, receive_directory, send_directory
 from tests.integration.workloads import stateful_server
 
 MIB = 256
@@ -83,6 +86,33 @@ class Client(threading.Thread):
         return self.sock.makefile("rb", buffering=0).readline().decode().strip()
 
 
+def stream_images(source: Path, target: Path) -> TransferStats:
+    """Node A's agent streams the images to node B's agent (no shared filesystem)."""
+    secret = os.urandom(32)
+
+    async def run() -> TransferStats:
+        done: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                done.set_result(
+                    await receive_directory(reader, writer, destination_for={"m": target}, secret=secret)
+                )
+            except Exception as exc:  # - re-raised below
+                done.set_exception(exc)
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        sent = await send_directory("127.0.0.1", port, source, migration="m", secret=secret)
+        await done
+        server.close()
+        return sent
+
+    return asyncio.run(run())
+
+
 def expected_hash(requests: int) -> str:
     state = stateful_server.initial_state(MIB * 2**20)
     for n in range(1, requests + 1):
@@ -117,7 +147,7 @@ def test_container_moves_between_nodes_with_its_tcp_connection(tmp_path: Path) -
         client.start()
         time.sleep(1.0)  # the client is busy when the freeze comes
 
-        images = tmp_path / "images"
+        images = tmp_path / "node-a-images"
         checkpoint = runtime.checkpoint("pod-on-a", images, tcp_established=True)
         assert runtime.state("pod-on-a") is None  # checkpointed and gone from node A
         assert checkpoint.bytes > MIB * 2**20  # the state really was dumped
@@ -128,9 +158,12 @@ def test_container_moves_between_nodes_with_its_tcp_connection(tmp_path: Path) -
         node_b.create()
         node_b.veth_to_host(host_if, "10.213.0.1/24", "eth0", f"{POD_IP}/24", reachable=False)
         set_netns(bundle, node_b.path)
-        runtime.restore("pod-on-b", bundle, images, tcp_established=True)
+        received = tmp_path / "node-b-images"
+        transfer = stream_images(images, received)
+        assert transfer.bytes == sum(p.stat().st_size for p in received.iterdir())
+        runtime.restore("pod-on-b", bundle, received, tcp_established=True)
         node_b.set_host_link(host_if, up=True)  # the commit: traffic for the IP reaches node B
-        restore_log = (images / "restore.log").read_text(errors="replace")
+        restore_log = (received / "restore.log").read_text(errors="replace")
         assert runtime.state("pod-on-b") == "running", restore_log[-3000:]
 
         time.sleep(1.5)
@@ -139,13 +172,16 @@ def test_container_moves_between_nodes_with_its_tcp_connection(tmp_path: Path) -
         assert client.error is None, f"the client's connection broke: {client.error!r}"
         answers = client.answers
         broken = next((i for i, n in enumerate(answers) if n != i + 1), None)
-        assert broken is None, (f"a request was lost or answered twice: answer {broken + 1} was "
-                                f"{answers[broken]} (around: {answers[max(0, broken - 3):broken + 3]})")
+        assert broken is None, (
+            f"a request was lost or answered twice: answer {broken + 1} was "
+            f"{answers[broken]} (around: {answers[max(0, broken - 3):broken + 3]})"
+        )
         assert len(answers) > 100
         assert client.ask_hash() == expected_hash(len(answers)), "the state did not continue"
         print(
             f"{len(answers)} requests, largest gap {client.largest_gap:.3f}s, "
-            f"checkpoint {checkpoint.seconds:.2f}s, image {checkpoint.bytes / 2**20:.0f} MiB"
+            f"checkpoint {checkpoint.seconds:.2f}s, image {checkpoint.bytes / 2**20:.0f} MiB, "
+            f"streamed at {transfer.mib_per_s:.0f} MiB/s"
         )
     finally:
         runtime.delete("pod-on-a")
