@@ -1,0 +1,133 @@
+"""How memory moves: the strategy for a migration and when pre-copy stops (pure logic).
+
+Strategy (from the request and both nodes' capabilities):
+- auto: pre-copy where the source has dirty-memory tracking, else stop-and-copy.
+- pre-copy without dirty tracking (these machines, ARM64): stop-and-copy, reconfigured.
+- post-copy needs userfaultfd on the destination (CRIU lazy pages), else stop-and-copy.
+Whatever is chosen, a migration that will not pre-dump says so with PreDumpSkipped, so
+every migration's events begin either with pre-dump rounds or with that one event.
+
+Convergence: pre-copy rounds continue until a round writes few pages (converged), stops
+shrinking (the workload dirties memory as fast as it is copied), or the cap is reached.
+A failed round ends pre-copy: the migration continues as stop-and-copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from clm.contracts import MigrationReason, MigrationStrategy, NodeCapabilities
+
+
+@dataclass(frozen=True)
+class StrategyChoice:
+    strategy: MigrationStrategy
+    # (reason, why) in the order they are to be published.
+    events: list[tuple[MigrationReason, str]] = field(default_factory=list)
+
+
+def choose_strategy(
+    requested: MigrationStrategy, source: NodeCapabilities, destination: NodeCapabilities
+) -> StrategyChoice:
+    tracking = source.dirty_memory_tracking
+    no_tracking = (
+        f"dirty-memory tracking is unavailable on {source.node} ({source.arch}); "
+        "memory moves in one final dump"
+    )
+    if requested == MigrationStrategy.AUTO:
+        if tracking:
+            return StrategyChoice(MigrationStrategy.PRE_COPY)
+        return StrategyChoice(
+            MigrationStrategy.STOP_AND_COPY, [(MigrationReason.PRE_DUMP_SKIPPED, no_tracking)]
+        )
+    if requested == MigrationStrategy.PRE_COPY:
+        if tracking:
+            return StrategyChoice(MigrationStrategy.PRE_COPY)
+        return StrategyChoice(
+            MigrationStrategy.STOP_AND_COPY,
+            [
+                (MigrationReason.PRE_DUMP_SKIPPED, no_tracking),
+                (
+                    MigrationReason.MIGRATION_RECONFIGURED,
+                    "pre-copy requested but not possible: " "continuing as stop-and-copy",
+                ),
+            ],
+        )
+    if requested == MigrationStrategy.POST_COPY:
+        if destination.userfaultfd:
+            return StrategyChoice(
+                MigrationStrategy.POST_COPY,
+                [
+                    (
+                        MigrationReason.PRE_DUMP_SKIPPED,
+                        "post-copy: memory is served on demand after the " "restore",
+                    )
+                ],
+            )
+        return StrategyChoice(
+            MigrationStrategy.STOP_AND_COPY,
+            [
+                (MigrationReason.PRE_DUMP_SKIPPED, f"userfaultfd is unavailable on {destination.node}"),
+                (
+                    MigrationReason.MIGRATION_RECONFIGURED,
+                    "post-copy requested but the destination cannot "
+                    "serve lazy pages: continuing as stop-and-copy",
+                ),
+            ],
+        )
+    return StrategyChoice(
+        MigrationStrategy.STOP_AND_COPY, [(MigrationReason.PRE_DUMP_SKIPPED, "stop-and-copy requested")]
+    )
+
+
+@dataclass(frozen=True)
+class Round:
+    number: int
+    pages: int
+    bytes: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ConvergenceRule:
+    max_rounds: int = 8
+    # A round that writes at most this many pages has converged (4 MiB of 4 KiB pages).
+    few_pages: int = 1024
+    # A round writing more than this share of the previous round's pages is not shrinking.
+    shrink_ratio: float = 0.8
+
+
+@dataclass(frozen=True)
+class Verdict:
+    another_round: bool
+    why: str
+
+
+def next_round(rounds: list[Round], rule: ConvergenceRule = ConvergenceRule()) -> Verdict:
+    if not rounds:
+        return Verdict(True, "first round")
+    last = rounds[-1]
+    if last.pages <= rule.few_pages:
+        return Verdict(
+            False, f"converged: round {last.number} wrote {last.pages} pages " f"(at most {rule.few_pages})"
+        )
+    if len(rounds) >= 2 and last.pages > rounds[-2].pages * rule.shrink_ratio:
+        return Verdict(
+            False,
+            f"not shrinking: round {last.number} wrote {last.pages} pages after "
+            f"{rounds[-2].pages}; the workload dirties memory as fast as it moves",
+        )
+    if len(rounds) >= rule.max_rounds:
+        return Verdict(False, f"reached the cap of {rule.max_rounds} rounds")
+    return Verdict(True, f"round {last.number} wrote {last.pages} pages; still shrinking")
+
+
+def after_failed_round(number: int, error: str) -> list[tuple[MigrationReason, str]]:
+    """A failed pre-dump round ends pre-copy; the migration continues as stop-and-copy."""
+    return [
+        (MigrationReason.PRE_DUMP_FAILED, f"round {number}: {error}"),
+        (
+            MigrationReason.MIGRATION_RECONFIGURED,
+            f"pre-dump round {number} failed: continuing as stop-and-copy",
+        ),
+    ]
