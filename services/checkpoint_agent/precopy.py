@@ -103,7 +103,8 @@ class Verdict:
     why: str
 
 
-def next_round(rounds: list[Round], rule: ConvergenceRule = ConvergenceRule()) -> Verdict:
+def next_round(rounds: list[Round], rule: ConvergenceRule | None = None) -> Verdict:
+    rule = rule or ConvergenceRule()
     if not rounds:
         return Verdict(True, "first round")
     last = rounds[-1]

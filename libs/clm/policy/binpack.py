@@ -77,7 +77,7 @@ class Snapshot:
 @dataclass(frozen=True, slots=True)
 class PlannerConfig:
     mode: Mode = Mode.DEFAULT
-    requirements: Requirements = Requirements()
+    requirements: Requirements = field(default_factory=Requirements)
     max_nodes: int | None = None
     # Relative weight of copying one GiB by live migration and of one eviction, against a
     # node's hourly price.
@@ -450,7 +450,7 @@ class _Planner:
         return Plan(tuple(drains), tuple(rejections))
 
 
-def plan(snapshot: Snapshot, config: PlannerConfig = PlannerConfig()) -> Plan:
+def plan(snapshot: Snapshot, config: PlannerConfig | None = None) -> Plan:
     """The drain plan for `snapshot` (deterministic: the same input gives the same plan)."""
     # A plan allocates a few objects per pod and creates no reference cycles; with the
     # cyclic collector running, its full passes over 150,000+ young objects cost ~40 % of
@@ -458,7 +458,7 @@ def plan(snapshot: Snapshot, config: PlannerConfig = PlannerConfig()) -> Plan:
     paused = gc.isenabled()
     gc.disable()
     try:
-        return _Planner(snapshot, config).plan()
+        return _Planner(snapshot, config or PlannerConfig()).plan()
     finally:
         if paused:
             gc.enable()

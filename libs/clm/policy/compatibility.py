@@ -34,6 +34,9 @@ class Requirements:
     os_image_prefix: str = "Amazon Linux 2023"
 
 
+DEFAULT_REQUIREMENTS = Requirements()
+
+
 def _version(text: str) -> tuple[int, int] | None:
     match = re.search(r"(\d+)\.(\d+)", text or "")
     return (int(match.group(1)), int(match.group(2))) if match else None
@@ -104,7 +107,7 @@ def pair_problems(source: o.Obj, dest: o.Obj, req: Requirements) -> list[Reason]
     return problems
 
 
-def compatible(source: o.Obj, dest: o.Obj, req: Requirements = Requirements()) -> list[Reason]:
+def compatible(source: o.Obj, dest: o.Obj, req: Requirements = DEFAULT_REQUIREMENTS) -> list[Reason]:
     """Every reason a live migration from `source` to `dest` cannot happen (empty: it can)."""
     return [*node_problems(source, req), *node_problems(dest, req), *pair_problems(source, dest, req)]
 

@@ -162,8 +162,9 @@ def _volume_reasons(pod: o.Obj, lookup: Lookup, config: EligibilityConfig
     return reasons, notes, zones
 
 
-def assess(pod: o.Obj, lookup: Lookup, config: EligibilityConfig = EligibilityConfig()) -> Eligibility:
+def assess(pod: o.Obj, lookup: Lookup, config: EligibilityConfig | None = None) -> Eligibility:
     """Is this pod eligible for live migration (the live.cast.ai/migration-enabled label)?"""
+    config = config or EligibilityConfig()
     workload = resolve(pod, lookup)
     reasons = [*_owner_reasons(workload, pod, config), *_pod_level_reasons(pod),
                *_container_reasons(pod)]

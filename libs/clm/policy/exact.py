@@ -16,7 +16,8 @@ from clm.policy.evictor import Action
 from clm.policy.objects import spec
 
 
-def max_drained(snap: Snapshot, config: PlannerConfig = PlannerConfig(), time_limit: float = 20.0) -> int:
+def max_drained(snap: Snapshot, config: PlannerConfig | None = None, time_limit: float = 20.0) -> int:
+    config = config or PlannerConfig()
     req = config.requirements
     nodes = sorted(snap.nodes, key=lambda n: n.name)
     by_name = {n.name: n for n in nodes}
