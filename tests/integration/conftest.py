@@ -3,6 +3,7 @@ from collections.abc import Iterator
 import pytest
 
 from clm.testing.nats_server import NatsServer
+from tests.integration.segment import Segment, make_segment
 
 
 @pytest.fixture
@@ -10,3 +11,10 @@ def nats_server() -> Iterator[NatsServer]:
     """A fresh nats-server with JetStream on a free port, in a temp dir."""
     with NatsServer() as server:
         yield server
+
+
+@pytest.fixture
+def segment() -> Iterator[Segment]:
+    """Nodes A and B and a client host on one bridge (real network namespaces)."""
+    with make_segment() as seg:
+        yield seg

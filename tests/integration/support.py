@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import nats
+import pytest
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 
@@ -15,8 +20,12 @@ from clm.runtime import ServiceApp, ServiceSettings
 
 def test_settings(url: str, **overrides: object) -> ServiceSettings:
     values: dict[str, object] = {
-        "nats_url": url, "http_host": "127.0.0.1", "http_port": 0, "max_deliver": 3,
-        "redelivery_backoff_seconds": [0.1, 0.2], "ack_wait_seconds": 5.0,
+        "nats_url": url,
+        "http_host": "127.0.0.1",
+        "http_port": 0,
+        "max_deliver": 3,
+        "redelivery_backoff_seconds": [0.1, 0.2],
+        "ack_wait_seconds": 5.0,
         "shutdown_grace_seconds": 10.0,
     }
     values.update(overrides)
@@ -24,17 +33,23 @@ def test_settings(url: str, **overrides: object) -> ServiceSettings:
 
 
 def make_app(url: str, name: str = "test", **overrides: object) -> ServiceApp:
-    return ServiceApp(name=name, version="test", settings=test_settings(url, **overrides),
-                      description=f"integration-test app {name}")
+    return ServiceApp(
+        name=name,
+        version="test",
+        settings=test_settings(url, **overrides),
+        description=f"integration-test app {name}",
+    )
 
 
-async def fetch_from_stream(url: str, subject: str, stream: str, count: int,
-                            timeout: float = 15.0) -> list[Msg]:
+async def fetch_from_stream(
+    url: str, subject: str, stream: str, count: int, timeout: float = 15.0
+) -> list[Msg]:
     """Read up to `count` messages on `subject` with an ephemeral pull consumer."""
     nc = await nats.connect(url)
     try:
-        sub = await nc.jetstream().pull_subscribe(subject, durable=None, stream=stream,
-                                                  config=ConsumerConfig(ack_wait=30))
+        sub = await nc.jetstream().pull_subscribe(
+            subject, durable=None, stream=stream, config=ConsumerConfig(ack_wait=30)
+        )
         got: list[Msg] = []
         deadline = time.monotonic() + timeout
         while len(got) < count and time.monotonic() < deadline:
@@ -47,8 +62,9 @@ async def fetch_from_stream(url: str, subject: str, stream: str, count: int,
         await nc.close()
 
 
-async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0,
-                     what: str = "condition") -> None:
+async def eventually(
+    check: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0, what: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
         result = check()
@@ -59,3 +75,23 @@ async def eventually(check: Callable[[], Awaitable[bool] | bool], timeout: float
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+def pex_path(service: str) -> Path:
+    """Under `pants test` the PEXes sit in the sandbox root; else look in dist/ or CLM_PEX_DIR."""
+    name = f"clm-{service}.pex"
+    for base in (os.environ.get("CLM_PEX_DIR"), ".", "dist"):
+        if base and Path(base, name).is_file():
+            return Path(base, name).resolve()
+    pytest.fail(
+        f"{name} not found: run these tests with `./pants test ::` (which builds the PEXes)"
+        " or run `./pants package ::` first"
+    )
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()

@@ -20,8 +20,9 @@ from tests.integration.support import eventually, fetch_from_stream, make_app
 
 
 async def _dead_letters(url: str, durable: str, count: int, timeout: float = 10.0) -> list[Msg]:
-    return await fetch_from_stream(url, subjects.dead_letter(durable), streams.DEAD_LETTERS.name,
-                                   count, timeout)
+    return await fetch_from_stream(
+        url, subjects.dead_letter(durable), streams.DEAD_LETTERS.name, count, timeout
+    )
 
 
 def _caps(node: str) -> NodeCapabilities:
@@ -34,8 +35,9 @@ async def test_malformed_payload_is_dead_lettered_and_service_keeps_running(
     app = make_app(nats_server.url)
     handled: list[str] = []
 
-    @app.consumer(NodeCapabilities, durable="caps", filter_subject=subjects.ALL_NODE_CAPABILITIES,
-                  stream=streams.EVENTS)
+    @app.consumer(
+        NodeCapabilities, durable="caps", filter_subject=subjects.ALL_NODE_CAPABILITIES, stream=streams.EVENTS
+    )
     async def on_caps(caps: NodeCapabilities) -> None:
         handled.append(caps.node)
 
@@ -74,8 +76,12 @@ async def test_failing_handler_is_retried_with_backoff_then_dead_lettered(
     app = make_app(nats_server.url, max_deliver=3, redelivery_backoff_seconds=[0.2, 0.4])
     attempts: list[float] = []
 
-    @app.consumer(NodeCapabilities, durable="flaky", filter_subject=subjects.ALL_NODE_CAPABILITIES,
-                  stream=streams.EVENTS)
+    @app.consumer(
+        NodeCapabilities,
+        durable="flaky",
+        filter_subject=subjects.ALL_NODE_CAPABILITIES,
+        stream=streams.EVENTS,
+    )
     async def on_caps(caps: NodeCapabilities) -> None:
         attempts.append(asyncio.get_running_loop().time())
         if caps.node == "recovers" and len(attempts) >= 2:
@@ -106,8 +112,12 @@ async def test_permanent_error_goes_straight_to_dead_letters(nats_server: NatsSe
     app = make_app(nats_server.url)
     calls: list[str] = []
 
-    @app.consumer(NodeCapabilities, durable="strict", filter_subject=subjects.ALL_NODE_CAPABILITIES,
-                  stream=streams.EVENTS)
+    @app.consumer(
+        NodeCapabilities,
+        durable="strict",
+        filter_subject=subjects.ALL_NODE_CAPABILITIES,
+        stream=streams.EVENTS,
+    )
     async def on_caps(caps: NodeCapabilities) -> None:
         calls.append(caps.node)
         raise PermanentError(f"node {caps.node} does not exist")
@@ -132,14 +142,17 @@ async def test_handler_that_keeps_crashing_the_process_is_dead_lettered(
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     publisher = make_app(nats_server.url, name="publisher")
     await publisher.start()
-    poison = (_caps("poison") if target == "event"
-              else RequestMigration(namespace="games", pod="poison"))
+    poison = _caps("poison") if target == "event" else RequestMigration(namespace="games", pod="poison")
     await publisher.publish(poison)
     for _ in range(crashing_consumer.SETTINGS["max_deliver"]):
         proc = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "tests.integration.crashing_consumer", nats_server.url, target],
-            env=env, capture_output=True, text=True, timeout=60, check=False,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
         )
         assert proc.returncode == 17, proc.stdout + proc.stderr
         assert f"got {poison.kind}, crashing" in proc.stdout
@@ -156,8 +169,7 @@ async def test_handler_that_keeps_crashing_the_process_is_dead_lettered(
         stream = crashing_consumer.TARGETS[target][2].name
         if stream == streams.COMMANDS.name:
             # Nobody will ack it again: it is removed from the work queue, not left to rot.
-            await eventually(
-                lambda: _stream_messages(survivor, stream), what="work queue to empty")
+            await eventually(lambda: _stream_messages(survivor, stream), what="work queue to empty")
     finally:
         await survivor.stop()
         await publisher.stop()

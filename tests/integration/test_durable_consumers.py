@@ -14,8 +14,12 @@ def _caps(i: int) -> NodeCapabilities:
 def _consumer_app(url: str, seen: list[str]):
     app = make_app(url, name="consumer")
 
-    @app.consumer(NodeCapabilities, durable="restart-test", filter_subject=subjects.ALL_NODE_CAPABILITIES,
-                  stream=streams.EVENTS)
+    @app.consumer(
+        NodeCapabilities,
+        durable="restart-test",
+        filter_subject=subjects.ALL_NODE_CAPABILITIES,
+        stream=streams.EVENTS,
+    )
     async def on_caps(caps: NodeCapabilities) -> None:
         seen.append(caps.node)
 

@@ -21,13 +21,18 @@ async def test_every_message_round_trips_through_jetstream(nats_server: NatsServ
     app = make_app(nats_server.url)
     received: dict[str, Message] = {}
 
-    @app.consumer(EVENT_KINDS, durable="all-events", filter_subject=f"{subjects.EVENTS_PREFIX}.>",
-                  stream=streams.EVENTS)
+    @app.consumer(
+        EVENT_KINDS, durable="all-events", filter_subject=f"{subjects.EVENTS_PREFIX}.>", stream=streams.EVENTS
+    )
     async def on_event(message: Message) -> None:
         received[message.message_id] = message
 
-    @app.consumer(COMMAND_KINDS, durable="all-commands",
-                  filter_subject=f"{subjects.COMMANDS_PREFIX}.>", stream=streams.COMMANDS)
+    @app.consumer(
+        COMMAND_KINDS,
+        durable="all-commands",
+        filter_subject=f"{subjects.COMMANDS_PREFIX}.>",
+        stream=streams.COMMANDS,
+    )
     async def on_command(message: Message) -> None:
         received[message.message_id] = message
 
@@ -76,7 +81,6 @@ async def test_streams_are_declared_idempotently(nats_server: NatsServer) -> Non
         assert events.config.retention == RetentionPolicy.LIMITS
         assert commands.config.retention == RetentionPolicy.WORK_QUEUE
         assert events.config.duplicate_window == streams.EVENTS.duplicate_window_seconds
-        assert sorted(s.config.name for s in await js.streams_info()) == sorted(
-            s.name for s in streams.ALL)
+        assert sorted(s.config.name for s in await js.streams_info()) == sorted(s.name for s in streams.ALL)
     finally:
         await nc.close()

@@ -21,15 +21,52 @@ def _openssl(*args: str) -> None:
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A throwaway CA with a server certificate for 127.0.0.1 and a client certificate."""
     d = tmp_path_factory.mktemp("pki")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=clm-test-ca",
-             "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=clm-test-ca",
+        "-keyout",
+        str(d / "ca.key"),
+        "-out",
+        str(d / "ca.pem"),
+    )
     (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     for name in ("server", "client"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-                 "-keyout", str(d / f"{name}.key"), "-out", str(d / f"{name}.csr"))
-        _openssl("x509", "-req", "-in", str(d / f"{name}.csr"), "-CA", str(d / "ca.pem"),
-                 "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "1",
-                 "-extfile", str(d / "san.ext"), "-out", str(d / f"{name}.pem"))
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            str(d / f"{name}.key"),
+            "-out",
+            str(d / f"{name}.csr"),
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            str(d / f"{name}.csr"),
+            "-CA",
+            str(d / "ca.pem"),
+            "-CAkey",
+            str(d / "ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            str(d / "san.ext"),
+            "-out",
+            str(d / f"{name}.pem"),
+        )
     return d
 
 
@@ -37,8 +74,12 @@ async def _round_trip(url: str, **settings: object) -> None:
     app = make_app(url, **settings)
     seen: list[str] = []
 
-    @app.consumer(NodeCapabilities, durable="secured", filter_subject=subjects.ALL_NODE_CAPABILITIES,
-                  stream=streams.EVENTS)
+    @app.consumer(
+        NodeCapabilities,
+        durable="secured",
+        filter_subject=subjects.ALL_NODE_CAPABILITIES,
+        stream=streams.EVENTS,
+    )
     async def on_caps(caps: NodeCapabilities) -> None:
         seen.append(caps.node)
 
@@ -53,8 +94,17 @@ async def _round_trip(url: str, **settings: object) -> None:
 
 @pytest.fixture
 def tls_password_server(pki: Path) -> Iterator[NatsServer]:
-    args = ("--user", "clm", "--pass", "s3cret", "--tls", "--tlscert", str(pki / "server.pem"),
-            "--tlskey", str(pki / "server.key"))
+    args = (
+        "--user",
+        "clm",
+        "--pass",
+        "s3cret",
+        "--tls",
+        "--tlscert",
+        str(pki / "server.pem"),
+        "--tlskey",
+        str(pki / "server.key"),
+    )
     with NatsServer(extra_args=args) as server:
         yield server
 
@@ -73,8 +123,19 @@ async def test_wrong_password_is_refused(tls_password_server: NatsServer, pki: P
 
 
 async def test_mutual_tls(pki: Path) -> None:
-    args = ("--tlsverify", "--tlscert", str(pki / "server.pem"), "--tlskey", str(pki / "server.key"),
-            "--tlscacert", str(pki / "ca.pem"))
+    args = (
+        "--tlsverify",
+        "--tlscert",
+        str(pki / "server.pem"),
+        "--tlskey",
+        str(pki / "server.key"),
+        "--tlscacert",
+        str(pki / "ca.pem"),
+    )
     with NatsServer(extra_args=args) as server:
-        await _round_trip(f"tls://127.0.0.1:{server.port}", nats_tls_ca_file=pki / "ca.pem",
-                          nats_tls_cert_file=pki / "client.pem", nats_tls_key_file=pki / "client.key")
+        await _round_trip(
+            f"tls://127.0.0.1:{server.port}",
+            nats_tls_ca_file=pki / "ca.pem",
+            nats_tls_cert_file=pki / "client.pem",
+            nats_tls_key_file=pki / "client.key",
+        )

@@ -9,10 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import nats
 import pytest
@@ -29,28 +26,10 @@ from clm.contracts import (
 from clm.contracts.examples import examples
 from clm.runtime.delivery import H_CAUSE, H_REASON
 from clm.testing.nats_server import NatsServer, free_port
-from tests.integration.support import fetch_from_stream
+from tests.integration.support import fetch_from_stream, http_get, pex_path
 
 SERVICES = ["labeler", "evictor-planner", "coordinator", "checkpoint-agent", "ip-handover-agent"]
 NODE = "node-a.sandbox"
-
-
-def pex_path(service: str) -> Path:
-    """Under `pants test` the PEXes sit in the sandbox root; else look in dist/ or CLM_PEX_DIR."""
-    name = f"clm-{service}.pex"
-    for base in (os.environ.get("CLM_PEX_DIR"), ".", "dist"):
-        if base and Path(base, name).is_file():
-            return Path(base, name).resolve()
-    pytest.fail(f"{name} not found: run these tests with `./pants test ::` (which builds the PEXes)"
-                " or run `./pants package ::` first")
-
-
-def http_get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
 
 
 class ServiceProcess:
@@ -67,15 +46,22 @@ class ServiceProcess:
             "CLM_SHUTDOWN_GRACE_SECONDS": "5",
         }
         python = shutil.which("python3.11") or "python3"
-        self.proc = subprocess.Popen([python, str(pex_path(service))], env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            [python, str(pex_path(service))],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"{self.service} exited {self.proc.returncode}:\n"
-                                     f"{self.proc.stdout.read() if self.proc.stdout else ''}")
+                raise AssertionError(
+                    f"{self.service} exited {self.proc.returncode}:\n"
+                    f"{self.proc.stdout.read() if self.proc.stdout else ''}"
+                )
             try:
                 if http_get(self.port, "/readyz")[0] == 200:
                     return
@@ -127,8 +113,9 @@ async def test_agents_and_consumers_do_their_part(
     nats_server: NatsServer, services: dict[str, ServiceProcess]
 ) -> None:
     # The checkpoint agent probed real CRIU at start and published its capabilities...
-    caps_msgs = await fetch_from_stream(nats_server.url, subjects.node_capabilities(NODE),
-                               streams.EVENTS.name, 1)
+    caps_msgs = await fetch_from_stream(
+        nats_server.url, subjects.node_capabilities(NODE), streams.EVENTS.name, 1
+    )
     caps = decode(caps_msgs[0].data, NodeCapabilities)
     assert caps.node == NODE and caps.arch in ("amd64", "arm64")
     assert caps.criu_version, caps.problems
@@ -148,8 +135,7 @@ async def test_agents_and_consumers_do_their_part(
         js = nc.jetstream()
         command = next(m for m in examples() if isinstance(m, CheckpointCommand))
         command = command.model_copy(update={"node": NODE})
-        await js.publish(command.subject(), encode(command),
-                         headers={"Nats-Msg-Id": command.message_id})
+        await js.publish(command.subject(), encode(command), headers={"Nats-Msg-Id": command.message_id})
         results = await fetch_from_stream(nats_server.url, subjects.ALL_STEP_EVENTS, streams.EVENTS.name, 1)
         result = decode(results[0].data, StepResult)
         assert result.command_id == command.message_id
@@ -157,9 +143,12 @@ async def test_agents_and_consumers_do_their_part(
 
         # A malformed command lands on the dead-letter subject; the agent keeps running.
         await js.publish(subjects.checkpoint_command(NODE, "dump"), b'{"kind": "CheckpointCommand"}')
-        letters = await fetch_from_stream(nats_server.url,
-                                 subjects.dead_letter(subjects.durable("checkpoint-agent", NODE)),
-                                 streams.DEAD_LETTERS.name, 1)
+        letters = await fetch_from_stream(
+            nats_server.url,
+            subjects.dead_letter(subjects.durable("checkpoint-agent", NODE)),
+            streams.DEAD_LETTERS.name,
+            1,
+        )
         assert letters[0].headers[H_CAUSE] == "malformed"
         assert "invalid CheckpointCommand" in letters[0].headers[H_REASON]
         assert http_get(services["checkpoint-agent"].port, "/readyz")[0] == 200

@@ -12,8 +12,12 @@ from tests.integration.support import eventually, make_app
 def _app(url: str, log: list[str], delay: float):
     app = make_app(url, name="drain")
 
-    @app.consumer(NodeCapabilities, durable="drain", filter_subject=subjects.ALL_NODE_CAPABILITIES,
-                  stream=streams.EVENTS)
+    @app.consumer(
+        NodeCapabilities,
+        durable="drain",
+        filter_subject=subjects.ALL_NODE_CAPABILITIES,
+        stream=streams.EVENTS,
+    )
     async def on_caps(caps: NodeCapabilities) -> None:
         log.append(f"start {caps.node}")
         await asyncio.sleep(delay)
