@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 
 import nats
@@ -27,7 +26,7 @@ from clm.contracts import (
 from clm.testing.nats_server import NatsServer, free_port
 from services.ip_handover_agent.routed import PodNet, RoutedBackend
 from tests.integration.segment import POD_IP, Segment, serve_identity
-from tests.integration.support import fetch_from_stream, http_get, pex_path
+from tests.integration.support import fetch_from_stream, pex_path, wait_ready
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 POD = PodRef(namespace="games", name="mc-0", uid="5d1e9c3a-0000-4000-8000-00000000abcd")
@@ -57,16 +56,7 @@ class Agent:
         )
 
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.proc.stdout.read() if self.proc.stdout else ""
-            try:
-                if http_get(self.port, "/readyz")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"agent for {self.node} not ready")
+        wait_ready(self.proc, self.port, f"agent for {self.node}")
 
     def stop(self) -> None:
         self.proc.terminate()

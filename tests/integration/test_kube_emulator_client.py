@@ -328,11 +328,7 @@ def test_eviction_honours_pod_disruption_budgets(core: client.CoreV1Api, emulato
         core.create_namespaced_pod_eviction("web-0", "default", eviction)
     assert info.value.status == 429
     assert status_of(info.value)["details"]["causes"][0]["reason"] == "DisruptionBudget"
-    pdb = (
-        policy.read_namespaced_pod_disruption_budget("default", "web")
-        if False
-        else policy.read_namespaced_pod_disruption_budget("web", "default")
-    )
+    pdb = policy.read_namespaced_pod_disruption_budget("web", "default")
     assert (pdb.status.current_healthy, pdb.status.desired_healthy, pdb.status.disruptions_allowed) == (
         2,
         2,

@@ -26,7 +26,7 @@ from clm.contracts import (
 from clm.contracts.examples import examples
 from clm.runtime.delivery import H_CAUSE, H_REASON
 from clm.testing.nats_server import NatsServer, free_port
-from tests.integration.support import fetch_from_stream, http_get, pex_path
+from tests.integration.support import fetch_from_stream, http_get, pex_path, wait_ready
 
 SERVICES = ["labeler", "evictor-planner", "coordinator", "checkpoint-agent", "ip-handover-agent"]
 NODE = "node-a.sandbox"
@@ -54,21 +54,8 @@ class ServiceProcess:
             text=True,
         )
 
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"{self.service} exited {self.proc.returncode}:\n"
-                    f"{self.proc.stdout.read() if self.proc.stdout else ''}"
-                )
-            try:
-                if http_get(self.port, "/readyz")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"{self.service} not ready within {timeout}s")
+    def wait_ready(self) -> None:
+        wait_ready(self.proc, self.port, self.service)
 
     def terminate(self) -> tuple[int, str]:
         self.proc.send_signal(signal.SIGTERM)
