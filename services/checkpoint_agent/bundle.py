@@ -26,6 +26,8 @@ def write_bundle(
     app_dir: Path | None = None,
     env: dict[str, str] | None = None,
     hostname: str = "pod",
+    annotations: dict[str, str] | None = None,
+    cgroups_path: str | None = None,
 ) -> Path:
     """Create `bundle` (config.json + rootfs) for a container running `args`."""
     rootfs = bundle / "rootfs"
@@ -59,8 +61,40 @@ def write_bundle(
     namespaces = [n for n in config["linux"]["namespaces"] if n["type"] != "network"]
     namespaces.append({"type": "network", "path": str(netns)})
     config["linux"]["namespaces"] = namespaces
+    if annotations:
+        config["annotations"] = dict(annotations)
+    if cgroups_path:
+        config["linux"]["cgroupsPath"] = cgroups_path
     (bundle / "config.json").write_text(json.dumps(config, indent=1))
     return bundle
+
+
+def rebind(config: dict[str, Any], *, netns: Path, cgroups_path: str | None) -> dict[str, Any]:
+    """A container's config as shipped from the source, pointed at this node's network
+    namespace for the pod and this node's cgroup."""
+    config = json.loads(json.dumps(config))
+    for n in config["linux"]["namespaces"]:
+        if n["type"] == "network":
+            n["path"] = str(netns)
+    if cgroups_path:
+        config["linux"]["cgroupsPath"] = cgroups_path
+    return config
+
+
+def config_problems(config: dict[str, Any]) -> list[str]:
+    """What in a container's config stops it from moving (before anything is frozen)."""
+    problems = []
+    if config.get("process", {}).get("terminal"):
+        problems.append("a TTY is attached (process.terminal): CRIU cannot move a terminal")
+    for device in config.get("linux", {}).get("devices") or []:
+        path = str(device.get("path", ""))
+        if any(gpu in path for gpu in ("/dev/nvidia", "/dev/dri", "/dev/kfd", "/dev/neuron")):
+            problems.append(f"GPU device {path} is attached: its state cannot be checkpointed")
+    if not any(
+        n.get("type") == "network" and n.get("path") for n in config.get("linux", {}).get("namespaces", [])
+    ):
+        problems.append("the container has no external network namespace: its IP cannot be handed over")
+    return problems
 
 
 def set_netns(bundle: Path, netns: Path) -> None:

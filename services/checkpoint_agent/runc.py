@@ -18,6 +18,27 @@ class RuntimeCommandError(RuntimeError):
     """A runtime command failed; the message carries runc's and CRIU's own words."""
 
 
+# The annotations containerd's CRI plugin puts on every container, and that the local node
+# runtime puts on its runc containers too: how the agent finds a pod's containers.
+POD_UID = "io.kubernetes.pod.uid"
+POD_NAME = "io.kubernetes.pod.name"
+POD_NAMESPACE = "io.kubernetes.pod.namespace"
+CONTAINER_NAME = "io.kubernetes.container.name"
+
+
+@dataclass(frozen=True)
+class Container:
+    id: str
+    status: str
+    pid: int
+    bundle: Path
+    annotations: dict[str, str]
+
+    @property
+    def name(self) -> str:
+        return self.annotations.get(CONTAINER_NAME, self.id)
+
+
 @dataclass(frozen=True)
 class CheckpointResult:
     image_dir: Path
@@ -26,6 +47,8 @@ class CheckpointResult:
 
 
 class ContainerRuntime(Protocol):
+    def list(self) -> list[Container]: ...
+    def pod_containers(self, pod_uid: str) -> list[Container]: ...
     def run(self, container_id: str, bundle: Path) -> None: ...
     def state(self, container_id: str) -> str | None: ...
     def checkpoint(
@@ -86,6 +109,24 @@ class Runc:
         )
         if code != 0:
             raise RuntimeCommandError(f"runc run {container_id} failed: {errors}")
+
+    def list(self) -> list[Container]:
+        proc = self._run("list", "--format", "json")
+        if proc.returncode != 0:
+            raise RuntimeCommandError(f"runc list failed: {proc.stderr.strip()}")
+        return [
+            Container(
+                id=item["id"],
+                status=item["status"],
+                pid=int(item.get("pid") or 0),
+                bundle=Path(item["bundle"]),
+                annotations=dict(item.get("annotations") or {}),
+            )
+            for item in (json.loads(proc.stdout or "null") or [])
+        ]
+
+    def pod_containers(self, pod_uid: str) -> list[Container]:
+        return [c for c in self.list() if c.annotations.get(POD_UID) == pod_uid]
 
     def state(self, container_id: str) -> str | None:
         proc = self._run("state", container_id)

@@ -110,7 +110,7 @@ async def _line(reader: asyncio.StreamReader) -> dict:
 async def send_directory(
     host: str, port: int, source: Path, *, migration: str, secret: bytes, timeout: float = 600
 ) -> TransferStats:
-    """Stream every file of `source` (flat directory) to a receiver."""
+    """Stream every regular file under `source` (subdirectories included) to a receiver."""
     started = time.perf_counter()
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 30)
     try:
@@ -143,8 +143,9 @@ async def _stream_files(
     writer: asyncio.StreamWriter, framer: _Framer, source: Path, timeout: float
 ) -> tuple[dict[str, int], int]:
     manifest: dict[str, int] = {}
-    for path in sorted(p for p in source.iterdir() if p.is_file()):
-        writer.write(framer.frame(FILE, orjson.dumps({"name": path.name})))
+    for path in sorted(p for p in source.rglob("*") if p.is_file() and not p.is_symlink()):
+        name = path.relative_to(source).as_posix()
+        writer.write(framer.frame(FILE, orjson.dumps({"name": name})))
         size = 0
         with path.open("rb") as handle:
             while chunk := handle.read(CHUNK):
@@ -152,7 +153,7 @@ async def _stream_files(
                 writer.write(framer.frame(DATA, chunk))
                 await asyncio.wait_for(writer.drain(), timeout)
         writer.write(framer.frame(DONE, b""))
-        manifest[path.name] = size
+        manifest[name] = size
     writer.write(framer.frame(END, orjson.dumps(manifest)))
     await writer.drain()
     return manifest, sum(manifest.values())
@@ -167,7 +168,7 @@ async def receive_directory(
     timeout: float = 600,
 ) -> tuple[str, TransferStats]:
     """Serve one incoming transfer. `destination_for` maps the migrations this agent expects
-    to the directory their images go to (which must not exist yet)."""
+    to the directory their images go to (replaced if an earlier transfer left one)."""
     started = time.perf_counter()
     hello = await asyncio.wait_for(_line(reader), 30)
     migration = str(hello.get("migration", ""))
@@ -190,7 +191,9 @@ async def receive_directory(
     try:
         received, total = await _receive_files(reader, framer, staging, timeout)
         if target.exists():
-            raise TransferError(f"{target} already exists")
+            # A repeated dump re-sends the whole image; the receiver only offers targets
+            # that nothing has been restored from yet.
+            shutil.rmtree(target)
         staging.rename(target)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
@@ -220,8 +223,10 @@ async def _receive_files(
         kind, payload = await asyncio.wait_for(framer.read(reader), timeout)
         if kind == FILE:
             name = str(orjson.loads(payload)["name"])
-            if "/" in name or name in ("", ".", ".."):
+            parts = name.split("/")
+            if name.startswith("/") or any(part in ("", ".", "..") for part in parts):
                 raise TransferError(f"refusing file name {name!r}")
+            (staging / name).parent.mkdir(parents=True, exist_ok=True)
             current = (name, (staging / name).open("wb"))
         elif kind == DATA and current:
             current[1].write(payload)

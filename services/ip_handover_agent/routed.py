@@ -25,6 +25,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from clm.runtime.podnet import pod_netns_name
 from services.ip_handover_agent import arp
 
 ROUTE_PROTO = "199"
@@ -50,7 +51,7 @@ class RoutedBackend:
     # ----- naming -----
 
     def pod_netns(self, pod: PodNet) -> str:
-        return f"clm-{self.node}-{pod.uid[:12]}"
+        return pod_netns_name(self.node, pod.uid)
 
     def veth(self, pod: PodNet) -> str:
         return "clm" + hashlib.sha256(pod.uid.encode()).hexdigest()[:10]

@@ -3,7 +3,7 @@ from collections.abc import Iterator
 import pytest
 
 from clm.testing.nats_server import NatsServer
-from tests.integration.segment import Segment, make_segment
+from clm.testing.segment import Segment, make_segment
 
 
 @pytest.fixture

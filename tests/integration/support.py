@@ -112,3 +112,12 @@ def wait_ready(proc: subprocess.Popen[str], port: int, name: str, timeout: float
             pass
         time.sleep(0.2)
     raise AssertionError(f"{name} not ready within {timeout}s")
+
+
+def pex_dir() -> Path | None:
+    """Where the service PEXes are (under `pants test`: the sandbox root); None runs the
+    services from source (`python -m`), for quick runs outside Pants."""
+    for base in (os.environ.get("CLM_PEX_DIR"), ".", "dist"):
+        if base and Path(base, "clm-checkpoint-agent.pex").is_file():
+            return Path(base).resolve()
+    return None

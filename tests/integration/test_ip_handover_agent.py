@@ -24,8 +24,8 @@ from clm.contracts import (
     subjects,
 )
 from clm.testing.nats_server import NatsServer, free_port
+from clm.testing.segment import POD_IP, Segment, serve_identity
 from services.ip_handover_agent.routed import PodNet, RoutedBackend
-from tests.integration.segment import POD_IP, Segment, serve_identity
 from tests.integration.support import fetch_from_stream, pex_path, wait_ready
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")

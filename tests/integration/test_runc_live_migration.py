@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 
 from clm.testing.netns import NetNS, remove_stale
+from clm.testing.workloads import stateful_server
 from services.checkpoint_agent.bundle import set_netns, write_bundle
 from services.checkpoint_agent.runc import Runc
 from services.checkpoint_agent.transfer import TransferStats, receive_directory, send_directory
-from tests.integration.workloads import stateful_server
 
 MIB = 256
 POD_IP = "10.213.0.2"

@@ -192,6 +192,10 @@ class NodeCapabilities(Message):
     tcp_established: bool = False
     # `criu cpuinfo dump` output, base64, so a destination can run `criu cpuinfo check`.
     cpuinfo_image_b64: str | None = None
+    # host:port where this node's agent receives checkpoint images from other agents.
+    transfer_address: str | None = Field(
+        default=None, pattern=r"^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:.]+\]:\d{1,5}$"
+    )
     problems: list[str] = Field(default_factory=list)
 
     def subject(self) -> str:

@@ -106,8 +106,11 @@ class ServiceApp:
         backoff_seconds: Iterable[float] | None = None,
         ack_wait_seconds: float | None = None,
         description: str | None = None,
+        max_workers: int = 1,
     ) -> Callable[[Handler], Handler]:
-        """Register a handler on a durable pull consumer accepting the given message kinds."""
+        """Register a handler on a durable pull consumer accepting the given message kinds.
+        With max_workers > 1 up to that many messages are handled at once (their order is
+        then not kept: handlers must serialise what needs it)."""
         models = (accepts,) if isinstance(accepts, type) else tuple(accepts)
         max_deliver = max_deliver or self.settings.max_deliver
         policy = ConsumerPolicy(
@@ -126,6 +129,7 @@ class ServiceApp:
             return decode(msg.body, models)
 
         def register(handler: Handler) -> Handler:
+            extra: dict[str, Any] = {"max_workers": max_workers} if max_workers > 1 else {}
             self.broker.subscriber(
                 filter_subject,
                 stream=JStream(stream.name, declare=False),
@@ -140,6 +144,7 @@ class ServiceApp:
                 decoder=decoder,
                 title=durable,
                 description=description or handler.__doc__,
+                **extra,
             )(handler)
             return handler
 

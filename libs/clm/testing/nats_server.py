@@ -31,8 +31,9 @@ def nats_server_binary() -> str:
 class NatsServer:
     """A nats-server process; `with NatsServer() as srv: srv.url`. Restartable on its port."""
 
-    def __init__(self, *, port: int | None = None, store_dir: str | None = None,
-                 extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, *, port: int | None = None, store_dir: str | None = None, extra_args: tuple[str, ...] = ()
+    ) -> None:
         self.port = port or free_port()
         # e.g. ("--user", "u", "--pass", "p") or TLS flags, for secured-server tests.
         self.extra_args = extra_args
@@ -48,16 +49,26 @@ class NatsServer:
         log = Path(self.store_dir, "nats-server.log")
         with log.open("ab") as out:  # the child keeps its own copy of the descriptor
             self._proc = subprocess.Popen(
-                [nats_server_binary(), "-js", "-sd", self.store_dir, "-a", "127.0.0.1",
-                 "-p", str(self.port), "-m", "0", *self.extra_args],
-                stdout=out, stderr=subprocess.STDOUT,
+                [
+                    nats_server_binary(),
+                    "-js",
+                    "-sd",
+                    self.store_dir,
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-m",
+                    "0",
+                    *self.extra_args,
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise RuntimeError(
-                    f"nats-server exited with {self._proc.returncode}; see {log}"
-                )
+                raise RuntimeError(f"nats-server exited with {self._proc.returncode}; see {log}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
                     if sock.recv(4).startswith(b"INFO"):
@@ -86,7 +97,9 @@ class NatsServer:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         self.close()

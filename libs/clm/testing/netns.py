@@ -38,8 +38,9 @@ class NetNS:
         ip("-n", self.name, "link", "set", "lo", "up")
         return self
 
-    def veth_to_host(self, host_if: str, host_cidr: str, ns_if: str, ns_cidr: str, *,
-                     reachable: bool = True) -> None:
+    def veth_to_host(
+        self, host_if: str, host_cidr: str, ns_if: str, ns_cidr: str, *, reachable: bool = True
+    ) -> None:
         """A veth pair: `host_if` (root namespace) <-> `ns_if` (this namespace). With
         reachable=False the host side stays down: the namespace holds its address (sockets
         can be bound and restored) but nothing reaches it, so it cannot answer a peer with

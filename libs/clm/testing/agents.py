@@ -1,0 +1,142 @@
+"""Node agents as real processes (PEX or `python -m`), one pair per node, for tests,
+benchmarks and the sandbox; plus pod containers made the way the node runtime makes them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clm.testing.nats_server import free_port
+
+
+def _ready(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@dataclass
+class AgentProcess:
+    """One agent process. `pex` runs the packaged service; without it, its module."""
+
+    service: str  # "checkpoint-agent" or "ip-handover-agent"
+    node: str
+    env: dict[str, str]
+    pex: Path | None = None
+    log_path: Path | None = None
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> AgentProcess:
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "HOME": os.environ.get("HOME", "/root"),
+            "CLM_HTTP_HOST": "127.0.0.1",
+            "CLM_HTTP_PORT": str(self.port),
+            "CLM_NODE_NAME": self.node,
+            **self.env,
+        }
+        if self.pex is not None:
+            python = shutil.which("python3.11") or sys.executable
+            argv = [python, str(self.pex)]
+        else:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+            argv = [sys.executable, "-m", f"services.{self.service.replace('-', '_')}.main"]
+        out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_ready(self, timeout: float = 90) -> AgentProcess:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-3000:] if self.log_path else ""
+                raise RuntimeError(f"{self.service} for {self.node} exited {self.proc.returncode}:\n{tail}")
+            if _ready(self.port):
+                return self
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.service} for {self.node} not ready within {timeout}s")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@dataclass
+class NodeAgents:
+    """Both agents of one node in the test topology (a node is a network namespace)."""
+
+    node: str
+    node_netns: str
+    workdir: Path
+    nats_url: str
+    secret_file: Path
+    image_dir: Path
+    pex_dir: Path | None = None
+    checkpoint: AgentProcess | None = None
+    network: AgentProcess | None = None
+
+    @property
+    def runc_root(self) -> Path:
+        return self.workdir / "runc"
+
+    def _pex(self, service: str) -> Path | None:
+        return self.pex_dir / f"clm-{service}.pex" if self.pex_dir else None
+
+    def start(self) -> NodeAgents:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        common = {"CLM_NATS_URL": self.nats_url}
+        self.checkpoint = AgentProcess(
+            "checkpoint-agent",
+            self.node,
+            pex=self._pex("checkpoint-agent"),
+            log_path=self.workdir / "checkpoint-agent.log",
+            env={
+                **common,
+                "CLM_RUNC_ROOT": str(self.runc_root),
+                "CLM_STATE_DIR": str(self.workdir / "state"),
+                "CLM_IMAGE_DIR": str(self.image_dir),
+                "CLM_TRANSFER_PORT": "0",
+                "CLM_TRANSFER_LISTEN_HOST": "127.0.0.1",
+                "CLM_TRANSFER_ADVERTISE_HOST": "127.0.0.1",
+                "CLM_TRANSFER_SECRET_FILE": str(self.secret_file),
+            },
+        ).start()
+        self.network = AgentProcess(
+            "ip-handover-agent",
+            self.node,
+            pex=self._pex("ip-handover-agent"),
+            log_path=self.workdir / "ip-handover-agent.log",
+            env={**common, "CLM_NODE_NETNS": self.node_netns, "CLM_UPLINK_INTERFACE": "eth0"},
+        ).start()
+        return self
+
+    def wait_ready(self) -> NodeAgents:
+        assert self.checkpoint and self.network
+        self.checkpoint.wait_ready()
+        self.network.wait_ready()
+        return self
+
+    def stop(self) -> None:
+        for agent in (self.checkpoint, self.network):
+            if agent is not None:
+                agent.stop()

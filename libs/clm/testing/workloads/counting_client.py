@@ -1,0 +1,62 @@
+"""A client of stateful_server that holds ONE connection and sends requests back to back
+(stdlib only; runs in the client host's network namespace).
+
+    python counting_client.py HOST PORT STOP_FILE RESULT_FILE
+
+Runs until STOP_FILE exists, then asks for the state's hash and writes RESULT_FILE (JSON):
+answers count, whether every answer was the next number (nothing lost or doubled), the
+largest gap between two answers, each gap above 50 ms with its time, and any error
+(a reset or reconnect would show here: the client never reconnects).
+"""
+
+import json
+import os
+import socket
+import sys
+import time
+
+
+def main() -> None:
+    host, port, stop_file, result_file = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            sock = socket.create_connection((host, port), timeout=2)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    sock.settimeout(60)
+    stream = sock.makefile("rwb", buffering=0)
+    count, in_order, largest, gaps, error = 0, True, 0.0, [], None
+    last = time.monotonic()
+    with open(result_file + ".ready", "w"):
+        pass
+    try:
+        while not os.path.exists(stop_file):
+            sock.sendall(b"inc\n")
+            line = stream.readline()
+            if not line:
+                raise ConnectionError("the server closed the connection")
+            count += 1
+            in_order = in_order and int(line) == count
+            now = time.monotonic()
+            gap = now - last
+            largest = max(largest, gap)
+            if gap > 0.05:
+                gaps.append([round(time.time(), 3), round(gap, 4)])
+            last = now
+            time.sleep(0.002)
+        sock.sendall(b"hash\n")
+        digest = stream.readline().decode().strip()
+    except Exception as exc:  # - reported to the test
+        error, digest = f"{type(exc).__name__}: {exc}", None
+    with open(result_file + ".tmp", "w") as out:
+        json.dump({"answers": count, "in_order": in_order, "largest_gap": largest, "gaps": gaps,
+                   "error": error, "hash": digest}, out)
+    os.rename(result_file + ".tmp", result_file)
+
+
+if __name__ == "__main__":
+    main()

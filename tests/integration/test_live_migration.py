@@ -1,0 +1,241 @@
+"""Live migration through the two node agents over NATS: real CRIU, real runc containers,
+real network namespaces on a shared segment, the agents as real processes.
+
+A stateful server (256 MiB of state) runs in a runc container on node A; a client on
+another host of the segment holds one connection and sends requests back to back. The
+migration steps go to the agents as NATS commands (network prepare, check-cpu, dump,
+restore, commit, finalize, release). Then the failure paths: the destination agent killed
+mid-transfer, and a restore that fails — each leaves the pod serving on node A on the same
+connection with no CRIU network-lock rules left, and node B clean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from clm.contracts import CheckpointStep, NetworkStep
+from clm.runtime.podnet import pod_netns_name, pod_netns_path
+from clm.testing.agents import NodeAgents
+from clm.testing.migration import Driver, Move
+from clm.testing.nats_server import NatsServer
+from clm.testing.podlab import (
+    CountingClient,
+    LabPod,
+    expected_hash,
+    lock_rules,
+    remove_pod,
+    running_on,
+    start_pod,
+)
+from clm.testing.segment import POD_IP, Segment
+from tests.integration.support import pex_dir
+
+MISSING = [t for t in ("runc", "criu", "nsenter", "iptables-save") if shutil.which(t) is None]
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or bool(MISSING),
+    reason=f"needs root and runc, criu, iptables (missing: {MISSING or 'root'}); "
+    "run tools/setup/install-system-deps as root",
+)
+STATE_MIB = 256
+
+
+class Lab:
+    def __init__(self, segment: Segment, nats: NatsServer, tmp: Path) -> None:
+        self.segment, self.nats, self.tmp = segment, nats, tmp
+        secret = tmp / "agent-secret"
+        secret.write_bytes(os.urandom(32).hex().encode())
+        images = Path("/dev/shm") / f"clm-test-{segment.suffix}"
+        self.images = images
+        self.nodes = {
+            key: NodeAgents(
+                node=f"n{key}{segment.suffix}",
+                node_netns=segment.nodes[key].name,
+                workdir=tmp / key,
+                nats_url=nats.url,
+                secret_file=secret,
+                image_dir=images,
+                pex_dir=pex_dir(),
+            )
+            for key in ("a", "b")
+        }
+        self.pod = LabPod(
+            namespace="games", name="mc-0", uid=str(uuid.uuid4()), ip=POD_IP, state_mib=STATE_MIB
+        )
+
+    @property
+    def a(self) -> NodeAgents:
+        return self.nodes["a"]
+
+    @property
+    def b(self) -> NodeAgents:
+        return self.nodes["b"]
+
+    def move(self) -> Move:
+        return Move(
+            pod=self.pod.ref, pod_ip=self.pod.ip, source=self.a.node, destination=self.b.node, step_timeout=60
+        )
+
+    def everywhere(self) -> dict[str, tuple[str, Path]]:
+        return {n.node: (n.node_netns, n.runc_root) for n in self.nodes.values()}
+
+    def b_is_clean(self) -> None:
+        assert not running_on(self.pod, self.b.runc_root)
+        assert not pod_netns_path(self.b.node, self.pod.uid).exists()
+        leftovers = [p for p in (self.images / self.b.node / "in").glob("*") if p.exists()]
+        assert leftovers == [], leftovers
+
+
+@pytest.fixture
+def lab(segment: Segment, nats_server: NatsServer, tmp_path: Path) -> Iterator[Lab]:
+    lab = Lab(segment, nats_server, tmp_path)
+    try:
+        for node in lab.nodes.values():
+            node.start()
+        for node in lab.nodes.values():
+            node.wait_ready()
+        start_pod(
+            lab.pod,
+            node=lab.a.node,
+            node_netns=lab.a.node_netns,
+            runc_root=lab.a.runc_root,
+            workdir=tmp_path / "pod",
+        )
+        yield lab
+    finally:
+        remove_pod(lab.pod, nodes=lab.everywhere())
+        for node in lab.nodes.values():
+            node.stop()
+        shutil.rmtree(lab.images, ignore_errors=True)
+
+
+def check_client(lab: Lab, result: dict) -> None:
+    assert result["error"] is None, f"the client's connection broke: {result['error']}"
+    assert result["in_order"], "a request was lost or answered twice"
+    assert result["answers"] > 50
+    assert result["hash"] == expected_hash(STATE_MIB, result["answers"]), "the state did not continue"
+
+
+async def test_pod_moves_to_node_b_with_its_connection(lab: Lab) -> None:
+    client = CountingClient(lab.segment.nodes["client"].name, lab.pod.ip, lab.tmp / "client")
+    try:
+        await asyncio.sleep(1.0)  # the client is busy when the freeze comes
+        driver = await Driver.connect(lab.nats.url)
+        try:
+            report = await driver.migrate(lab.move())
+        finally:
+            await driver.close()
+        await asyncio.sleep(1.0)
+        result = client.finish()
+    finally:
+        client.kill()
+    assert report.ok, report.error
+    check_client(lab, result)
+    assert running_on(lab.pod, lab.b.runc_root) and not running_on(lab.pod, lab.a.runc_root)
+    assert not pod_netns_path(lab.a.node, lab.pod.uid).exists()  # released
+    dump = report.result("checkpoint", "dump")
+    assert dump is not None and dump.details["bytes"] > STATE_MIB * 2**20
+    for phase in ("frozen_seconds", "memdump_seconds", "memwrite_seconds", "transfer_seconds"):
+        assert float(dump.details[phase]) > 0, phase
+    print(
+        f"{result['answers']} answers, largest gap {result['largest_gap']:.3f}s, "
+        f"migration {report.total_seconds:.2f}s, dump details {dump.details}"
+    )
+
+
+async def test_repeated_commands_do_not_redo_work(lab: Lab) -> None:
+    driver = await Driver.connect(lab.nats.url)
+    try:
+        move = lab.move()
+        first = await driver.migrate(move)
+        assert first.ok, first.error
+        # The same dump and restore again (as a redelivery would): answered, not redone.
+        again = await driver.send(driver._checkpoint(move, move.source, CheckpointStep.DUMP), 30)
+        assert again.ok and again.details.get("repeated") is True
+        restore = await driver.send(driver._checkpoint(move, move.destination, CheckpointStep.RESTORE), 30)
+        assert restore.ok and restore.details.get("repeated") is True
+        assert running_on(lab.pod, lab.b.runc_root)
+        # Abort after the commit point is refused: the source's copy is gone for good.
+        late = await driver.send(driver._checkpoint(move, move.source, CheckpointStep.ABORT), 30)
+        assert not late.ok and "finalized" in (late.error or "")
+    finally:
+        await driver.close()
+
+
+async def test_destination_agent_killed_mid_transfer_leaves_pod_on_a(lab: Lab) -> None:
+    client = CountingClient(lab.segment.nodes["client"].name, lab.pod.ip, lab.tmp / "client")
+    try:
+        await asyncio.sleep(0.5)
+        driver = await Driver.connect(lab.nats.url)
+        incoming = lab.images / lab.b.node / "in"
+
+        async def kill_when_receiving() -> None:
+            while not any(incoming.glob("*.partial-*")):
+                await asyncio.sleep(0.005)
+            assert lab.b.checkpoint is not None
+            lab.b.checkpoint.kill()
+            # It comes back (as a DaemonSet pod would) and must not resurrect the half transfer.
+            lab.b.checkpoint.start().wait_ready()
+
+        killer = asyncio.create_task(kill_when_receiving())
+        try:
+            report = await driver.migrate(lab.move())
+        finally:
+            await driver.close()
+        await asyncio.wait_for(killer, 5)
+        await asyncio.sleep(1.0)
+        result = client.finish()
+    finally:
+        client.kill()
+    assert not report.ok and not report.committed
+    dump = report.result("checkpoint", "dump")
+    assert dump is not None and not dump.ok
+    assert "rolled back" in (dump.error or ""), dump.error
+    check_client(lab, result)
+    assert running_on(lab.pod, lab.a.runc_root)
+    assert lock_rules(lab.a.node, lab.pod) == ""
+    lab.b_is_clean()
+
+
+async def test_failed_restore_leaves_pod_on_a(lab: Lab) -> None:
+    move = lab.move()
+    driver = await Driver.connect(lab.nats.url)
+    client = CountingClient(lab.segment.nodes["client"].name, lab.pod.ip, lab.tmp / "client")
+    blocker = None
+    try:
+        # Prepare B's network first, then take the pod's port there: CRIU cannot bind the
+        # restored listening socket, so the restore really fails.
+        prepared = await driver.send(driver._network(move, move.destination, NetworkStep.PREPARE), 30)
+        assert prepared.ok, prepared.error
+        blocker = await asyncio.create_subprocess_exec(
+            "nsenter",
+            f"--net=/var/run/netns/{pod_netns_name(lab.b.node, lab.pod.uid)}",
+            "python3",
+            "-c",
+            "import socket,time; s=socket.socket(); s.bind(('0.0.0.0', 7000)); "
+            "s.listen(); time.sleep(600)",
+        )
+        await asyncio.sleep(0.5)
+        report = await driver.migrate(move)
+        await asyncio.sleep(1.0)
+        result = client.finish()
+    finally:
+        client.kill()
+        if blocker is not None:
+            blocker.kill()
+        await driver.close()
+    assert not report.ok and not report.committed
+    restore = report.result("checkpoint", "restore")
+    assert restore is not None and not restore.ok and "nothing left running" in (restore.error or "")
+    aborted = [r for r in report.results if r.step == "abort"]
+    assert [r.ok for r in aborted] == [True, True, True], [(r.node, r.error) for r in aborted]
+    check_client(lab, result)
+    assert running_on(lab.pod, lab.a.runc_root)
+    assert lock_rules(lab.a.node, lab.pod) == ""
+    lab.b_is_clean()
