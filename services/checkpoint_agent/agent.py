@@ -43,6 +43,7 @@ from clm.contracts import CheckpointCommand, CheckpointStep, NodeCapabilities
 from clm.runtime.podnet import pod_netns_path
 from services.checkpoint_agent.bundle import config_problems, rebind
 from services.checkpoint_agent.criu_stats import read_stats
+from services.checkpoint_agent.holdback import PacketHold
 from services.checkpoint_agent.runc import Container, ContainerRuntime, RuntimeCommandError
 from services.checkpoint_agent.transfer import TransferError, send_directory
 
@@ -73,6 +74,10 @@ class AgentConfig:
     criu: str = "criu"
     # Shared by every node's agent; None refuses migrations (with that reason).
     secret: bytes | None = None
+    # Tests and the sandbox: the namespace standing for this node (None: the host's).
+    node_netns: Path | None = None
+    # Copy the packets a frozen pod misses and send them again once it runs (holdback.py).
+    holdback: bool = True
 
 
 class CheckpointAgent:
@@ -86,6 +91,8 @@ class CheckpointAgent:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         # Offered to the transfer server: migration uid -> where its images go.
         self.expected_transfers: dict[str, Path] = {}
+        # Source side: packets the frozen pod misses, per migration, and since when.
+        self.holds: dict[str, tuple[PacketHold, float]] = {}
         # An agent killed mid-transfer leaves a staging directory: never restorable.
         for partial in (config.image_dir / "in").glob("*.partial-*"):
             shutil.rmtree(partial, ignore_errors=True)
@@ -222,7 +229,12 @@ class CheckpointAgent:
             workdir.mkdir(parents=True, exist_ok=True)
             (workdir / "pod.json").write_text(json.dumps([_container_record(c) for c in containers]))
             shutil.rmtree(outgoing, ignore_errors=True)
-            dump_details = await self._freeze_and_dump(command, containers, outgoing)
+            self._start_hold(uid, containers)
+            try:
+                dump_details = await self._freeze_and_dump(command, containers, outgoing)
+            except StepFailed:
+                await self._replay(uid)
+                raise
             (workdir / "dumped").write_text(json.dumps(dump_details))
         else:
             # A repeated dump after the images were made (e.g. the agent restarted during
@@ -249,6 +261,28 @@ class CheckpointAgent:
             "transfer_seconds": round(sent.seconds, 6),
             "transfer_mib_per_s": round(sent.mib_per_s, 1),
         }
+
+    def _start_hold(self, uid: str, containers: list[Container]) -> None:
+        if not self.config.holdback or uid in self.holds:
+            return
+        config = json.loads((containers[0].bundle / "config.json").read_text())
+        netns = next(
+            (n.get("path") for n in config["linux"]["namespaces"] if n["type"] == "network"), None
+        )
+        if not netns:
+            return
+        try:
+            self.holds[uid] = (PacketHold(Path(netns)).start(), time.monotonic())
+        except OSError as exc:
+            # Only an optimisation: the peers' own retransmissions still get through.
+            log.warning("cannot copy the pod's packets during the freeze", extra={"error": str(exc)})
+
+    async def _replay(self, uid: str) -> int:
+        held = self.holds.pop(uid, None)
+        if held is None:
+            return 0
+        hold, since = held
+        return await asyncio.to_thread(hold.replay, since=since, from_netns=self.config.node_netns)
 
     async def _refuse_unmovable(self, containers: list[Container]) -> None:
         problems = []
@@ -434,6 +468,7 @@ class CheckpointAgent:
                 errors.append(str(exc))
         if errors:
             raise StepFailed("; ".join(errors))
+        await self._replay(uid)
         (self._workdir(uid) / "dumped").unlink(missing_ok=True)
         shutil.rmtree(outgoing, ignore_errors=True)
 
@@ -447,10 +482,11 @@ class CheckpointAgent:
             raise StepFailed("nothing was dumped for this migration on this node: refusing to finalize")
         for record in json.loads((workdir / "pod.json").read_text()):
             await asyncio.to_thread(self.runtime.delete, record["id"])
+        replayed = await self._replay(uid)
         freed = _tree_size(self._outgoing(uid))
         shutil.rmtree(self._outgoing(uid), ignore_errors=True)
         (workdir / "dumped").unlink()
-        return {"freed_bytes": freed}
+        return {"freed_bytes": freed, "replayed_packets": replayed}
 
     # ----- checks -----
 

@@ -51,6 +51,10 @@ class CheckpointAgentSettings(NodeAgentSettings):
     # Checkpoint images; a tmpfs makes the dump faster (it holds a pod's memory while moving).
     image_dir: Path = Path("/var/lib/clm/checkpoint-agent/images")
     netns_dir: Path = Path("/var/run/netns")
+    # Tests and the sandbox: the network namespace standing for this node.
+    node_netns: str | None = None
+    # Copy the packets a frozen pod misses and send them again when it runs (see holdback.py).
+    holdback: bool = True
     transfer_listen_host: str = "0.0.0.0"
     # 0 picks a free port (tests); the published address carries the real one.
     transfer_port: int = Field(default=7400, ge=0, le=65535)

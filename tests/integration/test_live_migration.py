@@ -143,6 +143,9 @@ async def test_pod_moves_to_node_b_with_its_connection(lab: Lab) -> None:
     assert dump is not None and dump.details["bytes"] > STATE_MIB * 2**20
     for phase in ("frozen_seconds", "memdump_seconds", "memwrite_seconds", "transfer_seconds"):
         assert float(dump.details[phase]) > 0, phase
+    for r in report.results:
+        print(f"  {r.agent:10} {r.step:9} {r.node:8} {r.duration_seconds:.3f}s {r.occurred_at.time()}")
+    print("  client gaps > 50 ms:", result["gaps"])
     print(
         f"{result['answers']} answers, largest gap {result['largest_gap']:.3f}s, "
         f"migration {report.total_seconds:.2f}s, dump details {dump.details}"

@@ -92,6 +92,7 @@ class NodeAgents:
     secret_file: Path
     image_dir: Path
     pex_dir: Path | None = None
+    checkpoint_env: dict[str, str] = field(default_factory=dict)
     checkpoint: AgentProcess | None = None
     network: AgentProcess | None = None
 
