@@ -8,8 +8,10 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import nats
 import pytest
@@ -30,6 +32,8 @@ from tests.integration.support import fetch_from_stream, http_get, pex_path, wai
 
 SERVICES = ["labeler", "evictor-planner", "coordinator", "checkpoint-agent", "ip-handover-agent"]
 NODE = "node-a.sandbox"
+# The checkpoint agent's state and images (per test process, not the host's /var/lib).
+STATE = Path(tempfile.gettempdir()) / f"clm-service-pexes-{os.getpid()}"
 
 
 class ServiceProcess:
@@ -44,6 +48,9 @@ class ServiceProcess:
             "CLM_HTTP_PORT": str(self.port),
             "CLM_NODE_NAME": NODE,
             "CLM_SHUTDOWN_GRACE_SECONDS": "5",
+            "CLM_TRANSFER_PORT": "0",
+            "CLM_STATE_DIR": str(STATE / "state"),
+            "CLM_IMAGE_DIR": str(STATE / "images"),
         }
         python = shutil.which("python3.11") or "python3"
         self.proc = subprocess.Popen(
@@ -116,7 +123,8 @@ async def test_agents_and_consumers_do_their_part(
     else:
         raise AssertionError("labeler never recorded the node's capabilities")
 
-    # A command to this node's checkpoint agent is answered with a StepResult.
+    # A command to this node's checkpoint agent is answered with a StepResult: here a dump
+    # sent to a node that is not the migration's source, refused with the reason.
     nc = await nats.connect(nats_server.url)
     try:
         js = nc.jetstream()
@@ -126,7 +134,8 @@ async def test_agents_and_consumers_do_their_part(
         results = await fetch_from_stream(nats_server.url, subjects.ALL_STEP_EVENTS, streams.EVENTS.name, 1)
         result = decode(results[0].data, StepResult)
         assert result.command_id == command.message_id
-        assert result.node == NODE and not result.ok and "not supported" in (result.error or "")
+        assert result.node == NODE and not result.ok
+        assert "source-node step" in (result.error or ""), result.error
 
         # A malformed command lands on the dead-letter subject; the agent keeps running.
         await js.publish(subjects.checkpoint_command(NODE, "dump"), b'{"kind": "CheckpointCommand"}')

@@ -87,6 +87,16 @@ class LocalCluster:
         }
         if node:
             env["CLM_NODE_NAME"] = node
+        if service == "checkpoint-agent":
+            # Several nodes' agents on one host: each its own state, images and port.
+            env.update({
+                "CLM_STATE_DIR": str(self.state_dir / "nodes" / str(node) / "checkpoint-agent"),
+                "CLM_IMAGE_DIR": str(self.state_dir / "nodes" / str(node) / "images"),
+                "CLM_RUNC_ROOT": str(self.state_dir / "nodes" / str(node) / "runc"),
+                "CLM_TRANSFER_PORT": "0",
+                "CLM_TRANSFER_LISTEN_HOST": "127.0.0.1",
+                "CLM_TRANSFER_ADVERTISE_HOST": "127.0.0.1",
+            })
         log = self.state_dir / "logs" / f"{service}{'@' + node if node else ''}.log"
         python = shutil.which("python3.11") or "python3"
         with log.open("ab") as out:
