@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from pathlib import Path
+from typing import Literal, Protocol
+
+from pydantic import model_validator
 
 from clm.contracts import (
     AgentKind,
@@ -17,15 +22,20 @@ from clm.contracts import (
 from clm.runtime import ServiceApp
 from clm.runtime.settings import NodeAgentSettings
 from clm.runtime.version import __version__
+from services.ip_handover_agent.aws_network import AwsVpcNetwork
+from services.ip_handover_agent.ledger import Ledger, reconcile_actions
 from services.ip_handover_agent.routed import NetworkStepError, PodNet, RoutedBackend
+
+log = logging.getLogger(__name__)
 
 SUMMARY = (
     "CLM IP-handover agent: moves a migrating pod's IP from the source node to the destination. "
     "Commands addressed to this node: prepare (destination: the pod's network namespace with its "
     "IP, not yet reachable), commit (source: stop answering for the IP; destination, right after: "
     "route it here and announce it with a gratuitous ARP), abort (destination: undo prepare), "
-    "release (source: clean up). Backend: Linux routed (proxy ARP on a shared segment); the AWS "
-    "VPC backend and the chained CNI plugin are not there yet."
+    "release (source: clean up). Backends: Linux routed (proxy ARP on a shared segment) or AWS "
+    "VPC (EC2 reassigns the secondary IP between the nodes' ENIs). What it did is kept on disk: a "
+    "restarted agent finishes interrupted steps instead of leaking addresses or routes."
 )
 
 
@@ -35,6 +45,52 @@ class IpHandoverSettings(NodeAgentSettings):
     # Tests and the sandbox: the network namespace standing for this node (None on a real
     # node, where the agent runs in the host's namespace).
     node_netns: str | None = None
+    # Records of what the agent did to the node (reconciled at start).
+    state_dir: Path = Path("/var/lib/clm/ip-handover-agent")
+    network_backend: Literal["routed", "aws-vpc"] = "routed"
+    # aws-vpc: this node's ENI that carries pod IPs, the region, and (tests) an endpoint.
+    aws_eni_id: str | None = None
+    aws_region: str | None = None
+    aws_endpoint_url: str | None = None
+    # aws-vpc: the node uses custom networking (ENIConfig); the VPC CNI's prefix delegation.
+    aws_custom_network: bool = False
+    aws_prefix_delegation: bool = False
+
+    @model_validator(mode="after")
+    def _aws_settings(self) -> IpHandoverSettings:
+        if self.network_backend == "aws-vpc" and not (self.aws_eni_id and self.aws_region):
+            raise ValueError("CLM_NETWORK_BACKEND=aws-vpc needs CLM_AWS_ENI_ID and CLM_AWS_REGION")
+        return self
+
+
+class Backend(Protocol):
+    def prepare(self, pod: PodNet) -> None: ...
+    def announce(self, pod: PodNet) -> None: ...
+    def withdraw(self, pod: PodNet) -> None: ...
+    def abort(self, pod: PodNet) -> None: ...
+    def release(self, pod: PodNet) -> None: ...
+    def routed_ips(self) -> set[str]: ...
+
+
+def make_backend(settings: IpHandoverSettings) -> Backend:
+    local = RoutedBackend(
+        node=settings.node_name,
+        uplink=settings.uplink_interface,
+        node_netns=settings.node_netns,
+        segment_announce=settings.network_backend == "routed",
+    )
+    if settings.network_backend == "routed":
+        return local
+    assert settings.aws_eni_id and settings.aws_region
+    return AwsVpcNetwork.from_settings(
+        local=local,
+        node=settings.node_name,
+        eni_id=settings.aws_eni_id,
+        region=settings.aws_region,
+        endpoint_url=settings.aws_endpoint_url,
+        custom_network=settings.aws_custom_network,
+        prefix_delegation=settings.aws_prefix_delegation,
+    )
 
 
 def _action(command: NetworkCommand) -> str:
@@ -54,7 +110,27 @@ def _action(command: NetworkCommand) -> str:
 def build(settings: IpHandoverSettings) -> ServiceApp:
     app = ServiceApp(name="ip-handover-agent", version=__version__, settings=settings, description=SUMMARY)
     node = settings.node_name
-    backend = RoutedBackend(node=node, uplink=settings.uplink_interface, node_netns=settings.node_netns)
+    backend = make_backend(settings)
+    ledger = Ledger(settings.state_dir / node)
+
+    def act(action: str, pod: PodNet) -> None:
+        ledger.begin(pod.uid, pod.ip, action)
+        getattr(backend, action)(pod)
+        ledger.finish(pod.uid, action)
+
+    @app.on_start
+    async def reconcile() -> None:
+        routed = await asyncio.to_thread(backend.routed_ips)
+        for action, record in reconcile_actions(ledger.all(), routed):
+            pod = PodNet(uid=record.uid, ip=record.ip)
+            try:
+                await asyncio.to_thread(act, action, pod)
+                log.info("reconciled", extra={"action": action, "pod_uid": pod.uid, "pod_ip": pod.ip})
+            except NetworkStepError as exc:
+                log.warning(
+                    "reconcile failed", extra={"action": action, "pod_uid": pod.uid, "error": str(exc)}
+                )
+
     app.publishes(
         StepResult,
         subjects.migration_step("{namespace}", "{migration}", AgentKind.NETWORK, "{step}"),
@@ -74,7 +150,7 @@ def build(settings: IpHandoverSettings) -> ServiceApp:
         try:
             action = _action(command)
             # The steps shell out to iproute2: keep the event loop (and health checks) free.
-            await asyncio.to_thread(getattr(backend, action), pod)
+            await asyncio.to_thread(act, action, pod)
         except NetworkStepError as exc:
             result = step_result_for(
                 command,

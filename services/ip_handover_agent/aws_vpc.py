@@ -82,6 +82,24 @@ class AwsVpcBackend:
                 return eni_id
         return None
 
+    def eni_holding(self, ip: str) -> str | None:
+        """The ENI that carries `ip` as a secondary address anywhere in the region."""
+        try:
+            found = self.ec2.describe_network_interfaces(
+                Filters=[{"Name": "addresses.private-ip-address", "Values": [ip]}]
+            )["NetworkInterfaces"]
+        except Exception:  # - an endpoint without this filter: scan instead
+            found = []
+        if not found:
+            # Emulators do not all know the filter; EC2 does, so this scan is their path only.
+            pages = self.ec2.get_paginator("describe_network_interfaces").paginate()
+            found = [eni for page in pages for eni in page["NetworkInterfaces"]]
+        for eni in found:
+            addresses = eni.get("PrivateIpAddresses") or []
+            if any(a["PrivateIpAddress"] == ip and not a.get("Primary") for a in addresses):
+                return eni["NetworkInterfaceId"]
+        return None
+
     def move(self, ip: str, source: AwsNode, destination: AwsNode) -> str:
         """Reassign `ip` from the source ENI to the destination's. Idempotent: a repeated
         command finds the IP already there and changes nothing."""

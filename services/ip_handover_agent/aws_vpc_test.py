@@ -107,3 +107,11 @@ def test_ip_on_neither_eni_is_an_error(vpc: Vpc) -> None:
     destination = AwsNode("node-b", eni(vpc, vpc.subnet_a1))
     with pytest.raises(AwsHandoverError, match="on neither"):
         AwsVpcBackend(vpc.ec2).move(POD_IP, source, destination)
+
+
+def test_the_eni_holding_an_ip_is_found_by_the_ip(vpc: Vpc) -> None:
+    backend = AwsVpcBackend(vpc.ec2)
+    holder = eni(vpc, vpc.subnet_a1, POD_IP)
+    eni(vpc, vpc.subnet_a1)
+    assert backend.eni_holding(POD_IP) == holder
+    assert backend.eni_holding("10.0.1.99") is None

@@ -43,10 +43,15 @@ class PodNet:
 
 
 class RoutedBackend:
-    def __init__(self, *, node: str, uplink: str, node_netns: str | None = None) -> None:
+    def __init__(
+        self, *, node: str, uplink: str, node_netns: str | None = None, segment_announce: bool = True
+    ) -> None:
         """`node_netns` is for tests and the sandbox, where a node is a network namespace;
-        on a real node the agent runs in the host's namespace (None)."""
+        on a real node the agent runs in the host's namespace (None). Without
+        `segment_announce` the node only routes the IP to the pod (no proxy ARP, no
+        gratuitous ARP): where the network itself moves the IP, as a VPC does."""
         self.node, self.uplink, self.node_netns = node, uplink, node_netns
+        self.segment_announce = segment_announce
 
     # ----- naming -----
 
@@ -110,9 +115,11 @@ class RoutedBackend:
         veth = self.veth(pod)
         if self._ip("link", "show", veth, check=False).returncode != 0:
             raise NetworkStepError(f"cannot announce {pod.ip}: pod {pod.uid} was not prepared on {self.node}")
+        self._ip("route", "replace", f"{pod.ip}/32", "dev", veth, "proto", ROUTE_PROTO)
+        if not self.segment_announce:
+            return
         # Proxy ARP answers are delayed by up to 0.8 s by default: a handover cannot wait.
         self._sysctl(f"net.ipv4.neigh.{self.uplink}.proxy_delay", "0")
-        self._ip("route", "replace", f"{pod.ip}/32", "dev", veth, "proto", ROUTE_PROTO)
         self._ip("neigh", "replace", "proxy", pod.ip, "dev", self.uplink)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
         _run(
@@ -134,6 +141,9 @@ class RoutedBackend:
             _run(["ip", "netns", "del", self.pod_netns(pod)])
 
     # ----- what is on the node -----
+
+    def routed_ips(self) -> set[str]:
+        return set(self.inventory()["routes"])
 
     def inventory(self) -> dict[str, list[str]]:
         routes = self._ip("route", "show", "proto", ROUTE_PROTO).stdout.split("\n")

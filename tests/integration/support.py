@@ -115,9 +115,10 @@ def wait_ready(proc: subprocess.Popen[str], port: int, name: str, timeout: float
 
 
 def pex_dir() -> Path | None:
-    """Where the service PEXes are (under `pants test`: the sandbox root); None runs the
-    services from source (`python -m`), for quick runs outside Pants."""
-    for base in (os.environ.get("CLM_PEX_DIR"), ".", "dist"):
+    """Where the service PEXes are (under `pants test`: the sandbox root; or CLM_PEX_DIR);
+    None runs the services from source (`python -m`), for quick runs outside Pants. Not
+    dist/: a PEX there may be older than the source being tested."""
+    for base in (os.environ.get("CLM_PEX_DIR"), "."):
         if base and Path(base, "clm-checkpoint-agent.pex").is_file():
             return Path(base).resolve()
     return None

@@ -5,9 +5,8 @@ StepResult. A step sent to the wrong side is refused with a reason, not executed
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import nats
 import pytest
@@ -23,50 +22,41 @@ from clm.contracts import (
     streams,
     subjects,
 )
-from clm.testing.nats_server import NatsServer, free_port
+from clm.testing.agents import AgentProcess
+from clm.testing.nats_server import NatsServer
 from clm.testing.segment import POD_IP, Segment, serve_identity
+from services.ip_handover_agent.ledger import Ledger
 from services.ip_handover_agent.routed import PodNet, RoutedBackend
-from tests.integration.support import fetch_from_stream, pex_path, wait_ready
+from tests.integration.support import fetch_from_stream, pex_dir
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 POD = PodRef(namespace="games", name="mc-0", uid="5d1e9c3a-0000-4000-8000-00000000abcd")
 MIGRATION = MigrationRef(namespace="games", name="mc-0-move", uid="mig-uid-1")
 
 
-class Agent:
-    def __init__(self, node: str, netns: str, nats_url: str) -> None:
-        self.node, self.port = node, free_port()
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-            "HOME": os.environ.get("HOME", "/root"),
+def start_agent(node: str, netns: str, nats_url: str, state_dir: Path, **env: str) -> AgentProcess:
+    built = pex_dir()
+    return AgentProcess(
+        "ip-handover-agent",
+        node,
+        pex=built / "clm-ip-handover-agent.pex" if built else None,
+        log_path=state_dir / f"agent-{node}.log",
+        env={
             "CLM_NATS_URL": nats_url,
-            "CLM_HTTP_HOST": "127.0.0.1",
-            "CLM_HTTP_PORT": str(self.port),
-            "CLM_NODE_NAME": node,
             "CLM_NODE_NETNS": netns,
             "CLM_UPLINK_INTERFACE": "eth0",
-        }
-        python = shutil.which("python3.11") or "python3"
-        self.proc = subprocess.Popen(
-            [python, str(pex_path("ip-handover-agent"))],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-
-    def wait_ready(self) -> None:
-        wait_ready(self.proc, self.port, f"agent for {self.node}")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
+            "CLM_STATE_DIR": str(state_dir),
+            **env,
+        },
+    ).start()
 
 
 @pytest.fixture
-def agents(segment: Segment, nats_server: NatsServer) -> Iterator[tuple[Agent, Agent]]:
-    a = Agent(f"na{segment.suffix}", segment.nodes["a"].name, nats_server.url)
-    b = Agent(f"nb{segment.suffix}", segment.nodes["b"].name, nats_server.url)
+def agents(
+    segment: Segment, nats_server: NatsServer, tmp_path: Path
+) -> Iterator[tuple[AgentProcess, AgentProcess]]:
+    a = start_agent(f"na{segment.suffix}", segment.nodes["a"].name, nats_server.url, tmp_path)
+    b = start_agent(f"nb{segment.suffix}", segment.nodes["b"].name, nats_server.url, tmp_path)
     try:
         a.wait_ready()
         b.wait_ready()
@@ -102,7 +92,7 @@ async def send(url: str, node: str, step: NetworkStep, source: str, destination:
 
 
 async def test_agents_move_the_pod_ip_on_command(
-    segment: Segment, nats_server: NatsServer, agents: tuple[Agent, Agent]
+    segment: Segment, nats_server: NatsServer, agents: tuple[AgentProcess, AgentProcess]
 ) -> None:
     a, b = agents
     url = nats_server.url
@@ -140,3 +130,40 @@ async def test_agents_move_the_pod_ip_on_command(
             server.kill()
         on_a.release(pod)
         RoutedBackend(node=b.node, uplink="eth0", node_netns=segment.nodes["b"].name).release(pod)
+
+
+def test_a_restarted_agent_finishes_what_it_left_half_done(
+    segment: Segment, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    node, netns = f"nb{segment.suffix}", segment.nodes["b"].name
+    backend = RoutedBackend(node=node, uplink="eth0", node_netns=netns)
+    ledger = Ledger(tmp_path / node)
+    # As a crashed agent leaves it: an abort started on a prepared pod (its namespace still
+    # there), and an announced pod whose route went missing.
+    half_aborted = PodNet(uid="a1aaaaaa-0000-4000-8000-000000000001", ip="10.214.0.61")
+    backend.prepare(half_aborted)
+    ledger.begin(half_aborted.uid, half_aborted.ip, "prepare")
+    ledger.finish(half_aborted.uid, "prepare")
+    ledger.begin(half_aborted.uid, half_aborted.ip, "abort")
+    drifted = PodNet(uid="a2aaaaaa-0000-4000-8000-000000000002", ip="10.214.0.62")
+    backend.prepare(drifted)
+    backend.announce(drifted)
+    ledger.begin(drifted.uid, drifted.ip, "announce")
+    ledger.finish(drifted.uid, "announce")
+    backend.withdraw(drifted)
+    # Not the agent's: set up by the CNI plugin at pod creation; must be left alone.
+    foreign = PodNet(uid="a3aaaaaa-0000-4000-8000-000000000003", ip="10.214.0.63")
+    backend.prepare(foreign)
+    backend.announce(foreign)
+    agent = start_agent(node, netns, nats_server.url, tmp_path)
+    try:
+        agent.wait_ready()
+        inventory = backend.inventory()
+        assert backend.pod_netns(half_aborted) not in inventory["namespaces"]
+        assert ledger.get(half_aborted.uid) is None
+        assert drifted.ip in inventory["routes"] and ledger.get(drifted.uid).state == "announced"  # type: ignore[union-attr]
+        assert foreign.ip in inventory["routes"] and backend.pod_netns(foreign) in inventory["namespaces"]
+    finally:
+        agent.stop()
+        for pod in (half_aborted, drifted, foreign):
+            backend.release(pod)

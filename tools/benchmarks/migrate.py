@@ -34,9 +34,14 @@ from clm.testing.migration import Driver, Move
 from clm.testing.nats_server import NatsServer
 from clm.testing.podlab import CountingClient, LabPod, remove_pod, start_pod
 from clm.testing.segment import POD_IP, Segment, make_segment
+from services.checkpoint_agent import main as checkpoint_agent_main
 from services.checkpoint_agent.bundle import rebind
 from services.checkpoint_agent.runc import Runc
+from services.ip_handover_agent import main as ip_handover_agent_main
 from services.ip_handover_agent.routed import PodNet, RoutedBackend
+
+# Started as `python -m` by NodeAgents: named here so the benchmark's PEX carries them.
+AGENT_MAINS = (checkpoint_agent_main.__name__, ip_handover_agent_main.__name__)
 
 Table = tuple[str, list[dict[str, Any]]]
 SIZES_MIB = (64, 256, 1024, 4096)
@@ -54,10 +59,10 @@ def _require_machine() -> None:
 
 
 def _pex_dir() -> Path | None:
-    for base in (os.environ.get("CLM_PEX_DIR"), "dist"):
-        if base and Path(base, "clm-checkpoint-agent.pex").is_file():
-            return Path(base).resolve()
-    return None
+    """The agents run from this benchmark's own code (`python -m`) unless CLM_PEX_DIR names
+    a directory of built PEXes."""
+    base = os.environ.get("CLM_PEX_DIR")
+    return Path(base).resolve() if base and Path(base, "clm-checkpoint-agent.pex").is_file() else None
 
 
 class Bench:

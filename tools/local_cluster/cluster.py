@@ -97,6 +97,8 @@ class LocalCluster:
                 "CLM_TRANSFER_LISTEN_HOST": "127.0.0.1",
                 "CLM_TRANSFER_ADVERTISE_HOST": "127.0.0.1",
             })
+        if service == "ip-handover-agent":
+            env["CLM_STATE_DIR"] = str(self.state_dir / "nodes" / str(node) / "ip-handover-agent")
         log = self.state_dir / "logs" / f"{service}{'@' + node if node else ''}.log"
         python = shutil.which("python3.11") or "python3"
         with log.open("ab") as out:

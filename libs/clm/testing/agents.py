@@ -127,7 +127,8 @@ class NodeAgents:
             self.node,
             pex=self._pex("ip-handover-agent"),
             log_path=self.workdir / "ip-handover-agent.log",
-            env={**common, "CLM_NODE_NETNS": self.node_netns, "CLM_UPLINK_INTERFACE": "eth0"},
+            env={**common, "CLM_NODE_NETNS": self.node_netns, "CLM_UPLINK_INTERFACE": "eth0",
+                 "CLM_STATE_DIR": str(self.workdir / "network-state")},
         ).start()
         return self
 
