@@ -1,43 +1,203 @@
-"""The coordinator's NATS wiring."""
+"""The coordinator's wiring: Migration objects in, agent commands and events out.
+
+A resync loop lists the Migrations (level-based; a watch only makes it react sooner) and
+runs each one that is not finished, once per replica at a time, holding a lease on the
+object so two replicas never drive the same migration; a crashed replica's lease expires
+and another (or the restarted one) resumes from the status. Pending migrations wait for a
+slot under the concurrency limits, with the reason in their status. RequestMigration
+commands on NATS become Migration objects.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
 
-from prometheus_client import Counter
+from kubernetes import client, config
+from nats.js.errors import NotFoundError
+from prometheus_client import Counter, Gauge
+from pydantic import Field
 
-from clm.contracts import StepResult, streams, subjects
+from clm.contracts import (
+    MIGRATION_EVENT_MODELS,
+    NodeCapabilities,
+    RequestMigration,
+    decode,
+    streams,
+    subjects,
+)
 from clm.runtime import ServiceApp, ServiceSettings
+from clm.runtime.agent_client import AgentClient
 from clm.runtime.version import __version__
+from services.coordinator.admission import Limits, admit
+from services.coordinator.kube import Conflict, KubeGateway
+from services.coordinator.runner import TERMINAL, MigrationRunner, RunnerConfig
 
 log = logging.getLogger(__name__)
 
 SUMMARY = (
-    "CLM migration coordinator: owns every migration from request to completion. In this "
-    "version it consumes the node agents' step results (logged and counted); the Migration "
-    "resource, its state machine and RequestMigration commands arrive with the coordinator "
-    "issue. Until then RequestMigration commands wait in the CLM_COMMANDS stream."
+    "CLM migration coordinator: owns every Migration (live.cast.ai/v1) from request to "
+    "completion — prepares the destination network, checks the CPU, creates the clone pod, "
+    "drives the checkpoint agents' dump and restore, commits the IP handover, finalizes, and on "
+    "failure rolls back and applies the fallback (evict / restore on source / none). Publishes "
+    "the eight migration events on NATS and records them as Kubernetes Events on the Migration. "
+    "Accepts RequestMigration commands on NATS."
 )
 
 
 class CoordinatorSettings(ServiceSettings):
-    pass
+    # Path of a kubeconfig; unset: in-cluster configuration (the pod's service account).
+    kubeconfig: Path | None = None
+    replica_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    resync_seconds: float = Field(default=2.0, gt=0)
+    lease_seconds: float = Field(default=30.0, gt=1)
+    step_timeout_seconds: float = Field(default=300.0, gt=0)
+    max_per_source_node: int = Field(default=2, ge=1)
+    max_per_destination_node: int = Field(default=2, ge=1)
+    max_in_cluster: int = Field(default=20, ge=1)
+
+
+def _api_client(settings: CoordinatorSettings) -> client.ApiClient:
+    if settings.kubeconfig is not None:
+        return config.new_client_from_config(config_file=str(settings.kubeconfig))
+    config.load_incluster_config()
+    return client.ApiClient()
+
+
+class Coordinator:
+    def __init__(self, app: ServiceApp, settings: CoordinatorSettings, kube: KubeGateway) -> None:
+        self.app, self.settings, self.kube = app, settings, kube
+        r = app.metrics.registry
+        self.outcomes = Counter(
+            "clm_coordinator_migrations_total", "Migrations ended, by outcome.", ["outcome"], registry=r
+        )
+        self.in_flight = Gauge(
+            "clm_coordinator_migrations_running", "Migrations this replica is driving.", registry=r
+        )
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self.runner_config = RunnerConfig(step_timeout=settings.step_timeout_seconds)
+        self.limits = Limits(
+            settings.max_per_source_node, settings.max_per_destination_node, settings.max_in_cluster
+        )
+
+    async def capabilities(self, node: str) -> NodeCapabilities | None:
+        try:
+            raw = await self.app.js.get_last_msg(streams.EVENTS.name, subjects.node_capabilities(node))
+        except NotFoundError:
+            return None
+        return decode(raw.data or b"", NodeCapabilities)
+
+    async def _keep_lease(self, migration: dict[str, Any]) -> None:
+        meta = migration["metadata"]
+        while True:
+            await asyncio.sleep(self.settings.lease_seconds / 3)
+            fresh = await asyncio.to_thread(self.kube.get_migration, meta["namespace"], meta["name"])
+            if fresh is not None:
+                await asyncio.to_thread(
+                    self.kube.take_lease, fresh, self.settings.replica_id, self.settings.lease_seconds
+                )
+
+    async def drive(self, uid: str, migration: dict[str, Any]) -> None:
+        try:
+            migration = await asyncio.to_thread(
+                self.kube.take_lease, migration, self.settings.replica_id, self.settings.lease_seconds
+            )
+        except Conflict:
+            self.running.pop(uid, None)
+            return
+        renew = asyncio.create_task(self._keep_lease(migration))
+        self.in_flight.inc()
+        try:
+            runner = MigrationRunner(
+                migration,
+                kube=self.kube,
+                send=AgentClient(self.app.broker.connection).send,
+                capabilities=self.capabilities,
+                publish=self.app.publish,
+                config=self.runner_config,
+            )
+            outcome = await runner.run()
+            self.outcomes.labels(outcome=outcome.lower()).inc()
+        except Exception:  # - logged; the next resync resumes from the status
+            log.exception("migration run interrupted", extra={"migration": uid})
+        finally:
+            self.in_flight.dec()
+            renew.cancel()
+            self.running.pop(uid, None)
+
+    async def resync(self) -> None:
+        items = await asyncio.to_thread(self.kube.list_migrations)
+        admitted, waiting = admit(items, self.limits)
+        for migration, why in waiting:
+            status = migration.get("status") or {}
+            if status.get("phase") != "Pending" or status.get("message") != why:
+                try:
+                    await asyncio.to_thread(
+                        self.kube.patch_status, migration, {"phase": "Pending", "message": why}
+                    )
+                except Exception as exc:  # - the next resync tries again
+                    log.warning("could not mark a migration pending", extra={"error": str(exc)})
+        for migration in admitted:
+            uid = migration["metadata"]["uid"]
+            if uid not in self.running and (migration.get("status") or {}).get("phase") not in TERMINAL:
+                self.running[uid] = asyncio.create_task(self.drive(uid, migration))
+
+    async def resync_forever(self) -> None:
+        while True:
+            try:
+                await self.resync()
+            except Exception as exc:  # - the API may be briefly away
+                log.warning("resync failed", extra={"error": str(exc)})
+            await asyncio.sleep(self.settings.resync_seconds)
+
+    async def on_request(self, request: RequestMigration) -> None:
+        name = f"{request.pod}-{request.message_id[:8].lower()}"[:253]
+        body: dict[str, Any] = {
+            "apiVersion": "live.cast.ai/v1",
+            "kind": "Migration",
+            "metadata": {
+                "name": name,
+                "namespace": request.namespace,
+                "labels": {"live.cast.ai/requested-by": request.requested_by[:63]},
+            },
+            "spec": {"podName": request.pod, "strategy": str(request.strategy)},
+        }
+        if request.destination_node:
+            body["spec"]["destinationNode"] = request.destination_node
+        try:
+            await asyncio.to_thread(self.kube.create_migration, request.namespace, body)
+        except client.exceptions.ApiException as exc:
+            if exc.status != 409:  # 409: this request was turned into a Migration already
+                raise
+        log.info("migration requested", extra={"namespace": request.namespace, "migration": name})
 
 
 def build(settings: CoordinatorSettings) -> ServiceApp:
-    app = ServiceApp(name="coordinator", version=__version__, settings=settings,
-                     description=SUMMARY)
-    results = Counter("clm_coordinator_step_results_total",
-                      "Agent step results received, by agent, step and outcome.",
-                      ["agent", "step", "ok"], registry=app.metrics.registry)
+    app = ServiceApp(name="coordinator", version=__version__, settings=settings, description=SUMMARY)
+    for reason, model in MIGRATION_EVENT_MODELS.items():
+        app.publishes(
+            model,
+            subjects.migration_event("{namespace}", "{migration}", reason.value),
+            f"Migration event {reason.value}, also recorded as a Kubernetes Event.",
+        )
+    coordinator = Coordinator(app, settings, KubeGateway(_api_client(settings)))
 
-    @app.consumer(StepResult, durable="coordinator-step-results",
-                  filter_subject=subjects.ALL_STEP_EVENTS, stream=streams.EVENTS,
-                  description="Answers of the node agents to migration commands.")
-    async def on_step_result(result: StepResult) -> None:
-        results.labels(result.agent, result.step, str(result.ok).lower()).inc()
-        log.info("agent step result", extra={
-            "migration": f"{result.namespace}/{result.migration}", "agent": result.agent,
-            "node": result.node, "step": result.step, "ok": result.ok, "error": result.error})
+    @app.on_start
+    async def start_resync() -> None:
+        app.background(coordinator.resync_forever())
+
+    @app.consumer(
+        RequestMigration,
+        durable="coordinator-requests",
+        filter_subject=subjects.ALL_MIGRATION_REQUESTS,
+        stream=streams.COMMANDS,
+        description="Live-migration requests from users and tools: each becomes a Migration.",
+    )
+    async def on_request(request: RequestMigration) -> None:
+        await coordinator.on_request(request)
 
     return app

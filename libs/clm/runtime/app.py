@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 import orjson
@@ -66,6 +66,7 @@ class ServiceApp:
         self.policies: dict[str, ConsumerPolicy] = {}
         self._on_start: list[Callable[[], Awaitable[None]]] = []
         self._stop_requested = asyncio.Event()
+        self._background: list[asyncio.Task[None]] = []
         self._started = False
         self._stopping = False
         self._advisory_subs: list[Any] = []
@@ -272,10 +273,19 @@ class ServiceApp:
         log.info("service ready", extra={"http_port": self.http.port, "nats": self.settings.nats_url,
                                          "consumers": sorted(self.policies)})
 
+    def background(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run `coro` for the life of the service; cancelled first when it stops."""
+        task = asyncio.create_task(coro)
+        self._background.append(task)
+        return task
+
     async def stop(self) -> None:
         """Stop taking messages, let in-flight handlers finish (up to the grace), close."""
         self._started = False
         self._stopping = True
+        for task in self._background:
+            task.cancel()
+        self._background.clear()
         for sub in self._advisory_subs:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

@@ -17,7 +17,6 @@ checkpoint abort (the pod runs again on the source), destination network abort.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -26,7 +25,6 @@ import nats
 from nats.aio.client import Client
 
 from clm.contracts import (
-    AgentKind,
     CheckpointCommand,
     CheckpointStep,
     MigrationRef,
@@ -35,10 +33,8 @@ from clm.contracts import (
     NetworkStep,
     PodRef,
     StepResult,
-    decode,
-    encode,
-    subjects,
 )
+from clm.runtime.agent_client import AgentClient
 
 
 class StepError(RuntimeError):
@@ -87,29 +83,7 @@ class Driver:
         await self.nc.close()
 
     async def send(self, command: CheckpointCommand | NetworkCommand, timeout: float) -> StepResult:
-        agent = AgentKind.CHECKPOINT if isinstance(command, CheckpointCommand) else AgentKind.NETWORK
-        subject = subjects.migration_step(
-            command.migration.namespace, command.migration.name, agent, command.step
-        )
-        answered: asyncio.Future[StepResult] = asyncio.get_running_loop().create_future()
-
-        async def on_result(msg) -> None:  # type: ignore[no-untyped-def]
-            result = decode(msg.data, StepResult)
-            if result.command_id == command.message_id and not answered.done():
-                answered.set_result(result)
-
-        sub = await self.nc.subscribe(subject, cb=on_result)
-        try:
-            await self.js.publish(
-                command.subject(), encode(command), headers={"Nats-Msg-Id": command.message_id}
-            )
-            return await asyncio.wait_for(answered, timeout)
-        except TimeoutError:
-            raise TimeoutError(
-                f"no answer to {agent} {command.step} on {command.node} within {timeout}s"
-            ) from None
-        finally:
-            await sub.unsubscribe()
+        return await AgentClient(self.nc).send(command, timeout)
 
     def _checkpoint(self, move: Move, node: str, step: CheckpointStep) -> CheckpointCommand:
         return CheckpointCommand(

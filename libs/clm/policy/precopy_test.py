@@ -1,7 +1,7 @@
 import pytest
 
 from clm.contracts import MigrationReason, MigrationStrategy, NodeCapabilities
-from services.checkpoint_agent.precopy import (
+from clm.policy.precopy import (
     ConvergenceRule,
     Round,
     after_failed_round,

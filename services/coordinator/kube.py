@@ -1,0 +1,173 @@
+"""The coordinator's view of the Kubernetes API, through the official client.
+
+Thin and synchronous (the client is); the coordinator calls it from worker threads. Every
+write is idempotent where the step needs it: an object that already exists (409) or is
+already gone (404) counts as done.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+GROUP, VERSION, PLURAL = "live.cast.ai", "v1", "migrations"
+LEASE_HOLDER = "live.cast.ai/coordinator"
+LEASE_UNTIL = "live.cast.ai/coordinator-lease-until"
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Conflict(Exception):
+    """Someone else changed the object first (optimistic concurrency)."""
+
+
+class KubeGateway:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+
+    # ----- migrations -----
+
+    def list_migrations(self) -> list[dict[str, Any]]:
+        return self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
+
+    def get_migration(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def create_migration(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+
+    def patch_status(self, migration: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        meta = migration["metadata"]
+        return self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"status": status}
+        )
+
+    def take_lease(self, migration: dict[str, Any], holder: str, seconds: float) -> dict[str, Any]:
+        """Hold the migration for `seconds` (renewing our own lease, or taking an expired
+        one); Conflict when another replica holds it or changed it in between."""
+        meta = migration["metadata"]
+        annotations = meta.get("annotations") or {}
+        current, until = annotations.get(LEASE_HOLDER), float(annotations.get(LEASE_UNTIL, "0") or 0)
+        if current not in (None, holder) and until > time.time():
+            raise Conflict(f"held by {current}")
+        body = {
+            "metadata": {
+                "resourceVersion": meta["resourceVersion"],
+                "annotations": {LEASE_HOLDER: holder, LEASE_UNTIL: f"{time.time() + seconds:.3f}"},
+            }
+        }
+        try:
+            return self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict("changed by someone else") from None
+            raise
+
+    # ----- pods -----
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self.api.sanitize_for_serialization(self.core.read_namespaced_pod(name, namespace))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def pod_names(self, namespace: str) -> set[str]:
+        return {p.metadata.name for p in self.core.list_namespaced_pod(namespace).items}
+
+    def create_pod(self, namespace: str, body: dict[str, Any]) -> None:
+        try:
+            self.core.create_namespaced_pod(namespace, body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    def set_pod_running(self, namespace: str, name: str, ip: str | None) -> None:
+        status: dict[str, Any] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+        if ip:
+            status["podIP"] = ip
+            status["podIPs"] = [{"ip": ip}]
+        self.core.patch_namespaced_pod_status(name, namespace, {"status": status})
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        try:
+            self.core.delete_namespaced_pod(name, namespace, grace_period_seconds=0)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    def evict_pod(self, namespace: str, name: str, *, attempts: int = 6, backoff: float = 1.0) -> str:
+        """The Eviction API, retrying while a PodDisruptionBudget says 429."""
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": name, "namespace": namespace},
+        }
+        for attempt in range(attempts):
+            try:
+                self.core.create_namespaced_pod_eviction(name, namespace, body)
+                return "evicted"
+            except ApiException as exc:
+                if exc.status == 404:
+                    return "already gone"
+                if exc.status != 429 or attempt == attempts - 1:
+                    raise
+                time.sleep(backoff * (2**attempt))
+        return "not evicted"
+
+    # ----- nodes -----
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        return [self.api.sanitize_for_serialization(n) for n in self.core.list_node().items]
+
+    # ----- events -----
+
+    def record_event(
+        self, migration: dict[str, Any], sequence: int, reason: str, kind: str, message: str
+    ) -> None:
+        """A Kubernetes Event on the Migration, named by its sequence (so a repeat after a
+        crash is the same event, not a second one)."""
+        meta = migration["metadata"]
+        stamp = now_iso()
+        body = {
+            "metadata": {
+                "name": f"{meta['name']}.{meta['uid'][:8]}.{sequence:03d}",
+                "namespace": meta["namespace"],
+            },
+            "involvedObject": {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "Migration",
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "reason": reason,
+            "message": message,
+            "type": kind,
+            "count": 1,
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "source": {"component": "clm-coordinator"},
+            "reportingComponent": "clm-coordinator",
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
