@@ -32,6 +32,7 @@ from clm.contracts import (
 )
 from clm.runtime import ServiceApp, ServiceSettings
 from clm.runtime.agent_client import AgentClient
+from clm.runtime.settings import SettingsError
 from clm.runtime.version import __version__
 from services.coordinator.admission import Limits, admit
 from services.coordinator.kube import Conflict, KubeGateway
@@ -63,14 +64,24 @@ class CoordinatorSettings(ServiceSettings):
 
 def _api_client(settings: CoordinatorSettings) -> client.ApiClient:
     if settings.kubeconfig is not None:
+        if not settings.kubeconfig.is_file():
+            raise SettingsError(f"CLM_KUBECONFIG: no such file {str(settings.kubeconfig)!r}")
         return config.new_client_from_config(config_file=str(settings.kubeconfig))
-    config.load_incluster_config()
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        raise SettingsError(
+            "no Kubernetes API configured: set CLM_KUBECONFIG to a kubeconfig file, or run the "
+            "coordinator in a pod (in-cluster service account)"
+        ) from None
     return client.ApiClient()
 
 
 class Coordinator:
-    def __init__(self, app: ServiceApp, settings: CoordinatorSettings, kube: KubeGateway) -> None:
-        self.app, self.settings, self.kube = app, settings, kube
+    def __init__(self, app: ServiceApp, settings: CoordinatorSettings) -> None:
+        self.app, self.settings = app, settings
+        # Connected at start, so --asyncapi and --check-config need no API.
+        self.kube: KubeGateway
         r = app.metrics.registry
         self.outcomes = Counter(
             "clm_coordinator_migrations_total", "Migrations ended, by outcome.", ["outcome"], registry=r
@@ -184,10 +195,11 @@ def build(settings: CoordinatorSettings) -> ServiceApp:
             subjects.migration_event("{namespace}", "{migration}", reason.value),
             f"Migration event {reason.value}, also recorded as a Kubernetes Event.",
         )
-    coordinator = Coordinator(app, settings, KubeGateway(_api_client(settings)))
+    coordinator = Coordinator(app, settings)
 
     @app.on_start
     async def start_resync() -> None:
+        coordinator.kube = KubeGateway(_api_client(settings))
         app.background(coordinator.resync_forever())
 
     @app.consumer(

@@ -47,8 +47,16 @@ def vpc(monkeypatch: pytest.MonkeyPatch) -> Iterator[Vpc]:
         )
 
 
+_PRIMARY = iter(range(200, 250))
+
+
 def eni(vpc: Vpc, subnet: str, *secondary: str) -> str:
-    eni_id = vpc.ec2.create_network_interface(SubnetId=subnet)["NetworkInterface"]["NetworkInterfaceId"]
+    # A primary address of our choosing: left to chance, EC2 (and moto) may hand out the
+    # very address a test then assigns as a secondary one.
+    cidr = vpc.ec2.describe_subnets(SubnetIds=[subnet])["Subnets"][0]["CidrBlock"]
+    primary = cidr.rsplit(".", 1)[0] + f".{next(_PRIMARY)}"
+    made = vpc.ec2.create_network_interface(SubnetId=subnet, PrivateIpAddress=primary)
+    eni_id = made["NetworkInterface"]["NetworkInterfaceId"]
     if secondary:
         vpc.ec2.assign_private_ip_addresses(NetworkInterfaceId=eni_id, PrivateIpAddresses=list(secondary))
     return eni_id

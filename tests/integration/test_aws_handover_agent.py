@@ -62,11 +62,13 @@ def cloud(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cloud]:
         tagged_id = tagged["Subnet"]["SubnetId"]
         ec2.create_tags(Resources=[tagged_id], Tags=[{"Key": DISCOVERY_TAG, "Value": "1"}])
 
-        def eni() -> str:
-            made = ec2.create_network_interface(SubnetId=subnet["Subnet"]["SubnetId"])
+        def eni(primary: str) -> str:  # primaries chosen: never the pod IP by chance
+            made = ec2.create_network_interface(
+                SubnetId=subnet["Subnet"]["SubnetId"], PrivateIpAddress=primary
+            )
             return made["NetworkInterface"]["NetworkInterfaceId"]
 
-        eni_a, eni_b = eni(), eni()
+        eni_a, eni_b = eni("10.214.0.211"), eni("10.214.0.212")
         ec2.assign_private_ip_addresses(NetworkInterfaceId=eni_a, PrivateIpAddresses=[POD_IP])
         yield Cloud(url, ec2, eni_a, eni_b, tagged_id)
     finally:
@@ -142,7 +144,9 @@ async def test_a_move_the_seed_documents_rule_out_is_refused_at_prepare(
 ) -> None:
     b_node = f"nb{segment.suffix}"
     b = start_agent(b_node, segment.nodes["b"].name, nats_server.url, tmp_path, cloud.eni_b, cloud)
-    tagged_eni = cloud.ec2.create_network_interface(SubnetId=cloud.tagged_subnet)  # type: ignore[attr-defined]
+    tagged_eni = cloud.ec2.create_network_interface(  # type: ignore[attr-defined]
+        SubnetId=cloud.tagged_subnet, PrivateIpAddress="10.214.9.200"
+    )
     ip = "10.214.9.20"
     cloud.ec2.assign_private_ip_addresses(  # type: ignore[attr-defined]
         NetworkInterfaceId=tagged_eni["NetworkInterface"]["NetworkInterfaceId"], PrivateIpAddresses=[ip]

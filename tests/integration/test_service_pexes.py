@@ -29,6 +29,8 @@ from clm.contracts.examples import examples
 from clm.runtime.delivery import H_CAUSE, H_REASON
 from clm.testing.nats_server import NatsServer, free_port
 from tests.integration.support import fetch_from_stream, http_get, pex_path, wait_ready
+from tools.kube_emulator.main import kubeconfig_text
+from tools.kube_emulator.testing import EmulatorThread
 
 SERVICES = ["labeler", "evictor-planner", "coordinator", "checkpoint-agent", "ip-handover-agent"]
 NODE = "node-a.sandbox"
@@ -51,6 +53,7 @@ class ServiceProcess:
             "CLM_TRANSFER_PORT": "0",
             "CLM_STATE_DIR": str(STATE / "state"),
             "CLM_IMAGE_DIR": str(STATE / "images"),
+            "CLM_KUBECONFIG": str(STATE / "kubeconfig"),
         }
         python = shutil.which("python3.11") or "python3"
         self.proc = subprocess.Popen(
@@ -72,6 +75,10 @@ class ServiceProcess:
 
 @pytest.fixture
 def services(nats_server: NatsServer) -> Iterator[dict[str, ServiceProcess]]:
+    # The coordinator needs a Kubernetes API: the emulator, with a kubeconfig for it.
+    emulator = EmulatorThread().start()
+    STATE.mkdir(parents=True, exist_ok=True)
+    (STATE / "kubeconfig").write_text(kubeconfig_text(emulator.url))
     procs = {s: ServiceProcess(s, nats_server.url) for s in SERVICES}
     try:
         for proc in procs.values():
@@ -82,6 +89,7 @@ def services(nats_server: NatsServer) -> Iterator[dict[str, ServiceProcess]]:
             if proc.proc.poll() is None:
                 proc.proc.kill()
                 proc.proc.wait()
+        emulator.stop()
 
 
 def test_every_service_pex_is_ready_and_exports_metrics(services: dict[str, ServiceProcess]) -> None:

@@ -1,4 +1,5 @@
-"""Run a local CLM: one nats-server with JetStream and the five service PEXes.
+"""Run a local CLM: one nats-server with JetStream, the Kubernetes API emulator (with the
+Migration CRD installed; its kubeconfig in the state directory) and the five service PEXes.
 
 The node agents run once per simulated node. Each process gets its own HTTP port and log
 file under the state directory; `stop()` sends SIGTERM to every service (they drain and
@@ -17,7 +18,15 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
 from clm.testing.nats_server import NatsServer, free_port
+from tools.kube_emulator.main import kubeconfig_text
+from tools.kube_emulator.testing import EmulatorThread, api_client
+
+CRD = Path("deploy/kustomize/base/crds/migrations.live.cast.ai.yaml")
 
 CLUSTER_SERVICES = ("labeler", "evictor-planner", "coordinator")
 NODE_SERVICES = ("checkpoint-agent", "ip-handover-agent")
@@ -54,6 +63,22 @@ class LocalCluster:
     nats_port: int | None = None
     procs: list[Proc] = field(default_factory=list)
     nats: NatsServer | None = None
+    kube: EmulatorThread | None = None
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    def _start_kube(self) -> None:
+        self.kube = EmulatorThread(state_file=self.state_dir / "kube-state.json").start()
+        self.kubeconfig.write_text(kubeconfig_text(self.kube.url))
+        try:
+            client.ApiextensionsV1Api(api_client(self.kube.url)).create_custom_resource_definition(
+                yaml.safe_load(CRD.read_text())
+            )
+        except ApiException as exc:
+            if exc.status != 409:  # installed by an earlier run (the state file keeps it)
+                raise
 
     def pex(self, service: str) -> Path:
         path = self.pex_dir / f"clm-{service}.pex"
@@ -68,6 +93,7 @@ class LocalCluster:
         nats_dir = self.state_dir / "nats"
         nats_dir.mkdir(parents=True, exist_ok=True)
         self.nats = NatsServer(port=self.nats_port, store_dir=str(nats_dir)).start()
+        self._start_kube()
         for service in CLUSTER_SERVICES:
             self._spawn(service, None)
         for node in self.nodes:
@@ -97,6 +123,8 @@ class LocalCluster:
                 "CLM_TRANSFER_LISTEN_HOST": "127.0.0.1",
                 "CLM_TRANSFER_ADVERTISE_HOST": "127.0.0.1",
             })
+        if service == "coordinator":
+            env["CLM_KUBECONFIG"] = str(self.kubeconfig)
         if service == "ip-handover-agent":
             env["CLM_STATE_DIR"] = str(self.state_dir / "nodes" / str(node) / "ip-handover-agent")
         log = self.state_dir / "logs" / f"{service}{'@' + node if node else ''}.log"
@@ -160,4 +188,6 @@ class LocalCluster:
             codes.append((proc.name, proc.popen.returncode))
         if self.nats is not None:
             self.nats.stop()
+        if self.kube is not None:
+            self.kube.stop()
         return codes

@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         healthy = cluster.wait_ready()
         assert cluster.nats is not None
         print(f"NATS JetStream: {cluster.nats.url} (store {cluster.nats.store_dir})")
+        if cluster.kube is not None:
+            print(f"Kubernetes API (emulator): {cluster.kube.url}  "
+                  f"(KUBECONFIG={cluster.kubeconfig} kubectl get migrations -A)")
         emit("CLM services", cluster.status_rows(), as_json=False)
         print(f"\nlogs: {args.state_dir / 'logs'}")
         if not healthy:

@@ -53,7 +53,11 @@ def run_service(
         print(app.asyncapi().to_specification().to_yaml())
         return 0
     configure_logging(name, settings.log_level)
-    # SIGINT is handled inside run(); this only covers a second Ctrl-C during shutdown.
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(app.run())
+    try:
+        # SIGINT is handled inside run(); this only covers a second Ctrl-C during shutdown.
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(app.run())
+    except SettingsError as exc:  # found only when starting (e.g. an API that is not configured)
+        print(f"clm-{name}: {exc}", file=sys.stderr)
+        return 2
     return 0
