@@ -24,6 +24,8 @@ from pydantic import Field
 
 from clm.contracts import (
     MIGRATION_EVENT_MODELS,
+    CheckpointCommand,
+    NetworkCommand,
     NodeCapabilities,
     RequestMigration,
     decode,
@@ -189,6 +191,10 @@ class Coordinator:
 
 def build(settings: CoordinatorSettings) -> ServiceApp:
     app = ServiceApp(name="coordinator", version=__version__, settings=settings, description=SUMMARY)
+    app.publishes(CheckpointCommand, subjects.checkpoint_command("{node}", "{step}"),
+                  "Checkpoint steps for the node agents; answered by StepResults on clm.events.step.>.")
+    app.publishes(NetworkCommand, subjects.network_command("{node}", "{step}"),
+                  "Network steps for the IP-handover agents; answered by StepResults on clm.events.step.>.")
     for reason, model in MIGRATION_EVENT_MODELS.items():
         app.publishes(
             model,

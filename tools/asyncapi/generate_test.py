@@ -16,7 +16,7 @@ def test_document_covers_every_service_and_the_eight_reasons() -> None:
     doc = yaml.safe_load(render())
     addresses = {c["address"] for c in doc["channels"].values()}
     assert "clm.events.node.*.capabilities" in addresses
-    assert "clm.events.step.>" in addresses
+    assert any(a.startswith("clm.events.step.") for a in addresses)  # the agents' step results
     assert any(a.startswith("clm.cmd.node.{node}.checkpoint") for a in addresses)
     assert any(a.startswith("clm.cmd.node.{node}.network") for a in addresses)
     assert "clm.events.migration.>" in addresses
