@@ -295,3 +295,38 @@ def test_an_invalid_migration_is_refused_with_the_field_named(cluster: Cluster) 
         )
     assert refused.value.status == 422
     assert "spec.strategy" in refused.value.body
+
+
+@pytest.mark.parametrize("phase", ["Preparing", "Dumping", "Restoring", "Finalizing"])
+async def test_a_coordinator_killed_mid_migration_is_resumed_by_its_successor(
+    cluster: Cluster, phase: str
+) -> None:
+    pod = cluster.run_pod()
+    cluster.migrate("move-3", pod.name, fallback="restore-on-source")
+    deadline = time.monotonic() + 60
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        current = (cluster.migration("move-3").get("status") or {}).get("phase")
+        if current and (not seen or seen[-1] != current):
+            seen.append(current)
+        if current == phase:
+            break
+        await asyncio.sleep(0.02)
+    else:
+        raise AssertionError(f"never saw phase {phase} (saw {seen})")
+    assert cluster.coordinator is not None
+    cluster.coordinator.kill()  # SIGKILL, mid-step
+    cluster.start_coordinator().wait_ready()  # another replica: takes over once the lease lapses
+    status = await cluster.wait_phase("move-3", ("Finished", "Failed"))
+    on_a = running_on(pod, cluster.nodes["a"].runc_root)
+    on_b = running_on(pod, cluster.nodes["b"].runc_root)
+    assert on_a != on_b, f"the workload must run exactly once (A: {on_a}, B: {on_b})"
+    if status["phase"] == "Failed":
+        assert status.get("failureReason"), status
+        assert on_a
+    else:
+        assert on_b and status["clonePod"] == "mc-0-clone-1"
+    keys = status["eventKeys"]
+    assert len(keys) == len(set(keys))
+    reasons = cluster.k8s_event_reasons("move-3")
+    assert len(reasons) == len(keys), (reasons, keys)  # each event recorded once
