@@ -7,8 +7,8 @@ recorded twice. The commit point is `status.committed`: before it any failure ro
 (the destination cleaned, the pod running again on the source, then the fallback the label
 matrix gave); after it the migration only moves forward.
 
-    Preparing   network prepare (destination), check-cpu, strategy events, clone pod
-    PreDumping  one pre-copy round when the strategy is pre-copy
+    Preparing   network prepare (destination), check-cpu, strategy events
+    PreDumping  one pre-copy round when the strategy is pre-copy; then the clone pod
     Dumping     dump (source: freeze, images streamed to the destination)
     Restoring   restore (destination), network commit (source, then destination) → committed
     Finalizing  finalize and release (source), clone marked running, source pod deleted
@@ -258,10 +258,10 @@ class MigrationRunner:
         strategy = await self._strategy(src, dst)
         await self._step(self._network(dst, NetworkStep.PREPARE), "network-prepare")
         await self._step(self._checkpoint(dst, CheckpointStep.CHECK_CPU, strategy), "check-cpu")
-        if self.status.get("ownerKind") != "StatefulSet":
-            await self._create_clone()
         if strategy == MigrationStrategy.PRE_COPY:
             strategy = await self._pre_dump(src, strategy)
+        if self.status.get("ownerKind") != "StatefulSet":
+            await self._create_clone()
         await self._phase("Dumping", f"freezing and dumping the pod on {src}")
         dump = await self._step(self._checkpoint(src, CheckpointStep.DUMP, strategy), "dump")
         await self._phase(
@@ -456,6 +456,8 @@ class MigrationRunner:
                 log.warning(
                     "post-commit step failed; retrying", extra={"stage": stage, "error": failure.reason}
                 )
+                # Never a silent wait: the reason is on the Migration while it retries.
+                await self._patch(message=f"{stage} failed, retrying in {delay:g}s: {failure.reason}"[:1000])
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30)
 

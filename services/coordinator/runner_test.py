@@ -1,0 +1,239 @@
+"""The migration runner's paths with the API and the agents replaced by recording fakes
+(the real ones are in tests/integration/test_coordinator.py)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from clm.contracts import (
+    CheckpointCommand,
+    NetworkCommand,
+    NodeCapabilities,
+    StepResult,
+    step_result_for,
+)
+from clm.contracts.base import Message
+from services.coordinator.runner import MigrationRunner, RunnerConfig
+
+SOURCE, DEST = "node-a", "node-b"
+
+
+class FakeKube:
+    def __init__(self, pod: dict[str, Any], *, refuse_pods: bool = False) -> None:
+        self.pods = {pod["metadata"]["name"]: pod}
+        self.events: list[tuple[int, str]] = []
+        self.evicted: list[str] = []
+        self.refuse_pods = refuse_pods
+        # Shared with FakeAgents.sent: API writes and agent steps in one order.
+        self.timeline: list[tuple[str, str, str]] = []
+
+    def patch_status(self, m: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        return {**m, "status": copy.deepcopy(status)}
+
+    def record_event(self, m: dict[str, Any], sequence: int, reason: str, kind: str, message: str) -> None:
+        self.events.append((sequence, reason))
+
+    def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.pods.get(name))
+
+    def pod_names(self, namespace: str) -> set[str]:
+        return set(self.pods)
+
+    def create_pod(self, namespace: str, body: dict[str, Any]) -> None:
+        if self.refuse_pods:
+            raise RuntimeError("admission webhook denied the request")
+        self.pods[body["metadata"]["name"]] = body
+        self.timeline.append(("kube", "create-pod", body["metadata"]["name"]))
+
+    def set_pod_running(self, namespace: str, name: str, ip: str | None) -> None:
+        self.pods[name].setdefault("status", {}).update(phase="Running", podIP=ip)
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        self.pods.pop(name, None)
+
+    def evict_pod(self, namespace: str, name: str) -> str:
+        self.evicted.append(name)
+        self.pods.pop(name, None)
+        return "evicted"
+
+
+class FakeAgents:
+    def __init__(self, fail: dict[str, str] | None = None) -> None:
+        self.fail = fail or {}
+        self.sent: list[tuple[str, str, str]] = []
+
+    async def send(self, command: CheckpointCommand | NetworkCommand, timeout: float) -> StepResult:
+        agent = "checkpoint" if isinstance(command, CheckpointCommand) else "network"
+        self.sent.append((agent, str(command.step), command.node))
+        error = self.fail.get(f"{agent}:{command.step}")
+        details = {"bytes": 123, "pages_written": 7} if command.step in ("dump", "pre-dump") else {}
+        return step_result_for(
+            command,
+            agent=agent,
+            ok=error is None,
+            duration_seconds=0.1,
+            error=error,  # type: ignore[arg-type]
+            details=details,
+        )
+
+
+def caps(node: str, *, tracking: bool = False) -> NodeCapabilities:
+    return NodeCapabilities(
+        node=node,
+        agent_version="t",
+        arch="amd64",
+        probe_ok=True,
+        dirty_memory_tracking=tracking,
+        cpuinfo_image_b64="AA==",
+    )
+
+
+def make(
+    fallback: str = "evict",
+    strategy: str = "auto",
+    *,
+    tracking: bool = False,
+    refuse_pods: bool = False,
+    fail: dict[str, str] | None = None,
+    owner: str = "ReplicaSet",
+) -> tuple[MigrationRunner, FakeKube, FakeAgents, list[Message]]:
+    pod = {
+        "metadata": {
+            "name": "web-0",
+            "namespace": "shop",
+            "uid": "pod-uid-1",
+            "ownerReferences": [
+                {
+                    "kind": owner,
+                    "name": "web-abc",
+                    "controller": True,
+                    "uid": "rs-1",
+                    "apiVersion": "apps/v1",
+                }
+            ],
+        },
+        "spec": {"nodeName": SOURCE, "containers": [{"name": "app", "image": "x"}]},
+        "status": {"podIP": "10.0.0.9"},
+    }
+    kube, agents, published = FakeKube(pod, refuse_pods=refuse_pods), FakeAgents(fail), []
+    kube.timeline = agents.sent
+
+    async def publish(message: Message) -> None:
+        published.append(message)
+
+    async def capabilities(node: str) -> NodeCapabilities:
+        return caps(node, tracking=tracking)
+
+    migration = {
+        "metadata": {"name": "mig-1", "namespace": "shop", "uid": "mig-uid-1", "generation": 1},
+        "spec": {"podName": "web-0", "destinationNode": DEST, "strategy": strategy, "fallback": fallback},
+    }
+    runner = MigrationRunner(
+        migration,
+        kube=kube,
+        send=agents.send,
+        capabilities=capabilities,  # type: ignore[arg-type]
+        publish=publish,
+        config=RunnerConfig(step_timeout=5),
+    )
+    return runner, kube, agents, published
+
+
+def kinds(published: list[Message]) -> list[str]:
+    return [m.kind for m in published]
+
+
+async def test_success_sends_the_steps_in_order_and_moves_the_pod() -> None:
+    runner, kube, agents, published = make()
+    assert await runner.run() == "Finished"
+    assert agents.sent == [
+        ("network", "prepare", DEST),
+        ("checkpoint", "check-cpu", DEST),
+        ("kube", "create-pod", "web-0-clone-1"),
+        ("checkpoint", "dump", SOURCE),
+        ("checkpoint", "restore", DEST),
+        ("network", "commit", SOURCE),
+        ("network", "commit", DEST),
+        ("checkpoint", "finalize", SOURCE),
+        ("network", "release", SOURCE),
+    ]
+    assert kinds(published) == ["PreDumpSkipped", "PodCreateFinished", "MigrationFinished"]
+    assert kube.events == [(1, "PreDumpSkipped"), (2, "PodCreateFinished"), (3, "MigrationFinished")]
+    assert set(kube.pods) == {"web-0-clone-1"}
+    clone = kube.pods["web-0-clone-1"]
+    assert (
+        clone["spec"]["nodeName"] == DEST
+        and clone["metadata"]["annotations"]["cast.ai/restore"] == "shop/web-0"
+    )
+    assert clone["metadata"]["ownerReferences"][0]["name"] == "web-abc"
+
+
+async def test_a_failed_pre_dump_continues_as_stop_and_copy() -> None:
+    runner, _, agents, published = make(
+        strategy="pre-copy", tracking=True, fail={"checkpoint:pre-dump": "dirty tracking broke"}
+    )
+    assert await runner.run() == "Finished"
+    assert kinds(published) == [
+        "PreDumpFailed",
+        "MigrationReconfigured",
+        "PodCreateFinished",
+        "MigrationFinished",
+    ]
+    assert published[1].strategy == "stop-and-copy"  # type: ignore[attr-defined]
+    assert ("checkpoint", "dump", SOURCE) in agents.sent
+
+
+async def test_a_refused_clone_pod_fails_before_any_freeze_and_evicts() -> None:
+    runner, kube, agents, published = make(fallback="evict", refuse_pods=True)
+    assert await runner.run() == "Failed"
+    assert kinds(published) == ["PreDumpSkipped", "PodCreateFailed", "MigrationFailed"]
+    assert ("checkpoint", "dump", SOURCE) not in agents.sent
+    failed = published[-1]
+    assert failed.stage == "pod-create" and failed.fallback == "evict"  # type: ignore[attr-defined]
+    assert kube.evicted == ["web-0"]
+    assert ("checkpoint", "abort", SOURCE) in agents.sent and ("network", "abort", DEST) in agents.sent
+
+
+@pytest.mark.parametrize("fallback", ["restore-on-source", "none"])
+async def test_a_failed_restore_rolls_back_destination_first(fallback: str) -> None:
+    runner, kube, agents, published = make(fallback=fallback, fail={"checkpoint:restore": "criu said no"})
+    assert await runner.run() == "Failed"
+    aborts = [s for s in agents.sent if s[1] == "abort"]
+    assert aborts == [
+        ("checkpoint", "abort", DEST),
+        ("checkpoint", "abort", SOURCE),
+        ("network", "abort", DEST),
+    ]
+    assert kinds(published)[-1] == "MigrationFailed" and published[-1].stage == "restore"  # type: ignore[attr-defined]
+    assert set(kube.pods) == {"web-0"} and kube.evicted == []  # clone removed, source kept
+
+
+async def test_post_copy_is_reconfigured_to_stop_and_copy() -> None:
+    runner, _, _, published = make(strategy="post-copy")
+    assert await runner.run() == "Finished"
+    assert kinds(published)[:2] == ["PreDumpSkipped", "MigrationReconfigured"]
+
+
+async def test_a_missing_pod_fails_with_the_reason() -> None:
+    runner, kube, agents, published = make()
+    kube.pods.clear()
+    assert await runner.run() == "Failed"
+    assert "does not exist" in runner.status["failureReason"]
+    assert agents.sent == []  # nothing to undo: nothing was resolved
+    assert kinds(published) == ["MigrationFailed"]
+
+
+async def test_a_statefulset_pod_keeps_its_name_created_after_the_commit() -> None:
+    runner, kube, agents, published = make(owner="StatefulSet")
+    assert await runner.run() == "Finished"
+    assert kinds(published) == ["PreDumpSkipped", "PodCreateFinished", "MigrationFinished"]
+    assert set(kube.pods) == {"web-0"}  # the namesake, on the destination
+    assert kube.pods["web-0"]["spec"]["nodeName"] == DEST
+    assert kube.pods["web-0"]["metadata"]["annotations"]["cast.ai/restore"] == "shop/web-0"
+    assert runner.status["clonePod"] == "web-0"
+    # Created only after the commit point (the source object had to go first).
+    timeline = agents.sent
+    assert timeline.index(("kube", "create-pod", "web-0")) > timeline.index(("network", "commit", DEST))
