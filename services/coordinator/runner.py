@@ -47,6 +47,7 @@ from clm.contracts import (
 )
 from clm.contracts.base import Message
 from clm.policy import objects as o
+from clm.policy.evictor import matrix
 from clm.policy.naming import clone_name, clone_spec
 from clm.policy.precopy import choose_strategy
 from services.coordinator.kube import KubeGateway, now_iso
@@ -241,6 +242,8 @@ class MigrationRunner:
         kind = (owner or {}).get("kind", "")
         # A StatefulSet pod's object is deleted before its namesake is created: keep it.
         kept = {"sourcePodSpec": pod} if kind == "StatefulSet" else {}
+        # Unset in the spec: the label matrix decides what a failure leads to.
+        fallback = self.spec.get("fallback") or str(matrix(o.labels(pod)).fallback)
         await self._patch(
             sourcePodUID=o.meta(pod)["uid"],
             sourceNode=source,
@@ -248,6 +251,7 @@ class MigrationRunner:
             podIP=ip,
             ownerKind=kind,
             startTime=now_iso(),
+            fallback=fallback,
             **kept,
         )
 
@@ -479,7 +483,7 @@ class MigrationRunner:
         clone = self.status.get("clonePod")
         if clone and clone != self.spec["podName"]:
             await self._kube(self.kube.delete_pod, self.namespace, clone)
-        fallback = Fallback(self.spec.get("fallback") or "none")
+        fallback = Fallback(self.spec.get("fallback") or self.status.get("fallback") or "none")
         outcome = await self._fallback(fallback)
         message = f"{stage} failed: {reason}; fallback {fallback}: {outcome}"
         if problems:

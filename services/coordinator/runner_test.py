@@ -237,3 +237,15 @@ async def test_a_statefulset_pod_keeps_its_name_created_after_the_commit() -> No
     # Created only after the commit point (the source object had to go first).
     timeline = agents.sent
     assert timeline.index(("kube", "create-pod", "web-0")) > timeline.index(("network", "commit", DEST))
+
+
+async def test_without_a_fallback_in_the_spec_the_label_matrix_decides() -> None:
+    runner, kube, _, published = make(fail={"checkpoint:restore": "criu said no"})
+    del runner.spec["fallback"]
+    kube.pods["web-0"]["metadata"]["labels"] = {
+        "live.cast.ai/migration-enabled": "true",
+        "autoscaling.cast.ai/removal-disabled": "true",
+    }
+    assert await runner.run() == "Failed"
+    assert published[-1].fallback == "restore-on-source"  # type: ignore[attr-defined]
+    assert kube.evicted == []

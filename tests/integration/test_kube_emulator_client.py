@@ -305,7 +305,7 @@ def test_custom_resource_validation_names_the_field(emulator: EmulatorThread) ->
             "spec": {"podName": "p", "unknown": 1},
         },
     )
-    assert ok["spec"] == {"podName": "p", "strategy": "auto", "fallback": "none"}  # pruned, defaulted
+    assert ok["spec"] == {"podName": "p", "strategy": "auto"}  # pruned, defaulted
 
 
 def test_eviction_honours_pod_disruption_budgets(core: client.CoreV1Api, emulator: EmulatorThread) -> None:
