@@ -32,6 +32,7 @@ from clm.contracts import (
     streams,
     subjects,
 )
+from clm.policy.compatibility import Profile, Requirements
 from clm.runtime import ServiceApp, ServiceSettings
 from clm.runtime.agent_client import AgentClient
 from clm.runtime.settings import SettingsError
@@ -62,6 +63,8 @@ class CoordinatorSettings(ServiceSettings):
     max_per_source_node: int = Field(default=2, ge=1)
     max_per_destination_node: int = Field(default=2, ge=1)
     max_in_cluster: int = Field(default=20, ge=1)
+    # Rules for nodes a pod may move between when the coordinator picks the destination.
+    compatibility_profile: Profile = Profile.GENERIC
 
 
 def _api_client(settings: CoordinatorSettings) -> client.ApiClient:
@@ -92,7 +95,10 @@ class Coordinator:
             "clm_coordinator_migrations_running", "Migrations this replica is driving.", registry=r
         )
         self.running: dict[str, asyncio.Task[None]] = {}
-        self.runner_config = RunnerConfig(step_timeout=settings.step_timeout_seconds)
+        self.runner_config = RunnerConfig(
+            step_timeout=settings.step_timeout_seconds,
+            requirements=Requirements(profile=settings.compatibility_profile),
+        )
         self.limits = Limits(
             settings.max_per_source_node, settings.max_per_destination_node, settings.max_in_cluster
         )
@@ -191,10 +197,16 @@ class Coordinator:
 
 def build(settings: CoordinatorSettings) -> ServiceApp:
     app = ServiceApp(name="coordinator", version=__version__, settings=settings, description=SUMMARY)
-    app.publishes(CheckpointCommand, subjects.checkpoint_command("{node}", "{step}"),
-                  "Checkpoint steps for the node agents; answered by StepResults on clm.events.step.>.")
-    app.publishes(NetworkCommand, subjects.network_command("{node}", "{step}"),
-                  "Network steps for the IP-handover agents; answered by StepResults on clm.events.step.>.")
+    app.publishes(
+        CheckpointCommand,
+        subjects.checkpoint_command("{node}", "{step}"),
+        "Checkpoint steps for the node agents; answered by StepResults on clm.events.step.>.",
+    )
+    app.publishes(
+        NetworkCommand,
+        subjects.network_command("{node}", "{step}"),
+        "Network steps for the IP-handover agents; answered by StepResults on clm.events.step.>.",
+    )
     for reason, model in MIGRATION_EVENT_MODELS.items():
         app.publishes(
             model,

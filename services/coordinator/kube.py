@@ -88,6 +88,9 @@ class KubeGateway:
                 return None
             raise
 
+    def list_pods(self) -> list[dict[str, Any]]:
+        return [self.api.sanitize_for_serialization(p) for p in self.core.list_pod_for_all_namespaces().items]
+
     def pod_names(self, namespace: str) -> set[str]:
         return {p.metadata.name for p in self.core.list_namespaced_pod(namespace).items}
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from clm.contracts import (
@@ -47,9 +47,11 @@ from clm.contracts import (
 )
 from clm.contracts.base import Message
 from clm.policy import objects as o
+from clm.policy.compatibility import Profile, Requirements
 from clm.policy.evictor import matrix
 from clm.policy.naming import clone_name, clone_spec
 from clm.policy.precopy import choose_strategy
+from services.coordinator.destination import choose_destination
 from services.coordinator.kube import KubeGateway, now_iso
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,8 @@ class StepFailure(Exception):
 @dataclass
 class RunnerConfig:
     step_timeout: float = 300.0
+    # Node compatibility rules for choosing a destination when the Migration names none.
+    requirements: Requirements = field(default_factory=lambda: Requirements(profile=Profile.GENERIC))
     # Extra wait for an agent's answer beyond the step's own timeout (NATS, queueing).
     answer_grace: float = 30.0
 
@@ -235,7 +239,7 @@ class MigrationRunner:
             raise StepFailure("resolve", "the pod has no IP (status.podIP) to hand over")
         destination = self.spec.get("destinationNode") or self.status.get("destinationNode")
         if not destination:
-            raise StepFailure("resolve", "no destination node: set spec.destinationNode (the planner does)")
+            destination = await self._choose_destination(pod, source)
         if destination == source:
             raise StepFailure("resolve", f"the pod already runs on {destination}")
         owner = o.controller_ref(pod)
@@ -254,6 +258,17 @@ class MigrationRunner:
             fallback=fallback,
             **kept,
         )
+
+    async def _choose_destination(self, pod: dict[str, Any], source: str) -> str:
+        nodes = await self._kube(self.kube.list_nodes)
+        source_node = next((n for n in nodes if o.name(n) == source), None)
+        if source_node is None:
+            raise StepFailure("resolve", f"the source node {source} does not exist")
+        pods = await self._kube(self.kube.list_pods)
+        chosen, why = choose_destination(pod, source_node, nodes, pods, self.config.requirements)
+        if chosen is None:
+            raise StepFailure("resolve", "no node can take the pod: " + ("; ".join(why) or "no other nodes"))
+        return chosen
 
     async def _before_commit(self) -> None:
         await self._phase("Preparing", "resolving the pod and preparing the destination")

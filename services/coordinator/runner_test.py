@@ -16,6 +16,7 @@ from clm.contracts import (
     step_result_for,
 )
 from clm.contracts.base import Message
+from clm.policy import builders as b
 from services.coordinator.runner import MigrationRunner, RunnerConfig
 
 SOURCE, DEST = "node-a", "node-b"
@@ -29,6 +30,7 @@ class FakeKube:
         self.refuse_pods = refuse_pods
         # Shared with FakeAgents.sent: API writes and agent steps in one order.
         self.timeline: list[tuple[str, str, str]] = []
+        self.nodes: list[dict[str, Any]] = []
 
     def patch_status(self, m: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
         return {**m, "status": copy.deepcopy(status)}
@@ -38,6 +40,12 @@ class FakeKube:
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.pods.get(name))
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        return self.nodes
+
+    def list_pods(self) -> list[dict[str, Any]]:
+        return list(self.pods.values())
 
     def pod_names(self, namespace: str) -> set[str]:
         return set(self.pods)
@@ -249,3 +257,21 @@ async def test_without_a_fallback_in_the_spec_the_label_matrix_decides() -> None
     assert await runner.run() == "Failed"
     assert published[-1].fallback == "restore-on-source"  # type: ignore[attr-defined]
     assert kube.evicted == []
+
+
+async def test_without_a_destination_the_coordinator_chooses_one() -> None:
+    runner, kube, agents, _ = make()
+    del runner.spec["destinationNode"]
+    kube.nodes = [b.node(SOURCE), b.node("node-c", cpu="8"), b.node("node-d", cpu="2")]
+    assert await runner.run() == "Finished"
+    assert runner.status["destinationNode"] == "node-d"  # the fullest that fits
+    assert ("checkpoint", "restore", "node-d") in agents.sent
+
+
+async def test_without_a_destination_and_no_room_it_fails_with_the_reasons() -> None:
+    runner, kube, agents, _ = make()
+    del runner.spec["destinationNode"]
+    kube.nodes = [b.node(SOURCE), b.node("node-c", migration_enabled=False)]
+    assert await runner.run() == "Failed"
+    assert "no node can take the pod" in runner.status["failureReason"]
+    assert "node-c" in runner.status["failureReason"] and agents.sent == []
