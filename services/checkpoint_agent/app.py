@@ -62,6 +62,8 @@ class CheckpointAgentSettings(NodeAgentSettings):
     transfer_advertise_host: str | None = None
     transfer_secret_file: Path | None = None
     transfer_secret: SecretStr | None = None
+    # NodeCapabilities is repeated this often; the labeler unlabels a node whose agent goes quiet.
+    capabilities_interval_seconds: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _secret_readable(self) -> CheckpointAgentSettings:
@@ -190,24 +192,37 @@ def build(settings: CheckpointAgentSettings) -> ServiceApp:  # type: ignore[over
         server = await asyncio.start_server(receive, settings.transfer_listen_host, settings.transfer_port)
         port = server.sockets[0].getsockname()[1]
         address = f"{_advertised_host(settings)}:{port}"
-        probe = await run_probe(settings.criu_binary)
-        await app.publish(
-            NodeCapabilities(
-                node=node,
-                agent_version=__version__,
-                arch=probe.arch,
-                criu_version=probe.criu_version,
-                probe_ok=probe.probe_ok,
-                cpuinfo_image_b64=probe.cpuinfo_image_b64,
-                problems=probe.problems,
-                transfer_address=address,
-                **probe.features,
+
+        async def publish_probe() -> None:
+            probe = await run_probe(settings.criu_binary)
+            await app.publish(
+                NodeCapabilities(
+                    node=node,
+                    agent_version=__version__,
+                    arch=probe.arch,
+                    criu_version=probe.criu_version,
+                    probe_ok=probe.probe_ok,
+                    cpuinfo_image_b64=probe.cpuinfo_image_b64,
+                    problems=probe.problems,
+                    transfer_address=address,
+                    **probe.features,
+                )
             )
-        )
-        log.info(
-            "capabilities published",
-            extra={"probe_ok": probe.probe_ok, "transfer_address": address, **probe.features},
-        )
+            log.info(
+                "capabilities published",
+                extra={"probe_ok": probe.probe_ok, "transfer_address": address, **probe.features},
+            )
+
+        async def repeat() -> None:
+            while True:
+                await asyncio.sleep(settings.capabilities_interval_seconds)
+                try:
+                    await publish_probe()
+                except Exception as exc:  # - NATS away for a moment: the next round says it again
+                    log.warning("capabilities not published", extra={"error": str(exc)[:300]})
+
+        await publish_probe()
+        app.background(repeat())
 
     @app.consumer(
         CheckpointCommand,

@@ -17,7 +17,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 from nats.js.errors import NotFoundError
 from prometheus_client import Counter, Gauge
 from pydantic import Field
@@ -35,7 +35,7 @@ from clm.contracts import (
 from clm.policy.compatibility import Profile, Requirements
 from clm.runtime import ServiceApp, ServiceSettings
 from clm.runtime.agent_client import AgentClient
-from clm.runtime.settings import SettingsError
+from clm.runtime.kubeapi import api_client
 from clm.runtime.version import __version__
 from services.coordinator.admission import Limits, admit
 from services.coordinator.kube import Conflict, KubeGateway
@@ -65,21 +65,6 @@ class CoordinatorSettings(ServiceSettings):
     max_in_cluster: int = Field(default=20, ge=1)
     # Rules for nodes a pod may move between when the coordinator picks the destination.
     compatibility_profile: Profile = Profile.GENERIC
-
-
-def _api_client(settings: CoordinatorSettings) -> client.ApiClient:
-    if settings.kubeconfig is not None:
-        if not settings.kubeconfig.is_file():
-            raise SettingsError(f"CLM_KUBECONFIG: no such file {str(settings.kubeconfig)!r}")
-        return config.new_client_from_config(config_file=str(settings.kubeconfig))
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        raise SettingsError(
-            "no Kubernetes API configured: set CLM_KUBECONFIG to a kubeconfig file, or run the "
-            "coordinator in a pod (in-cluster service account)"
-        ) from None
-    return client.ApiClient()
 
 
 class Coordinator:
@@ -217,7 +202,7 @@ def build(settings: CoordinatorSettings) -> ServiceApp:
 
     @app.on_start
     async def start_resync() -> None:
-        coordinator.kube = KubeGateway(_api_client(settings))
+        coordinator.kube = KubeGateway(api_client(settings.kubeconfig, "coordinator"))
         app.background(coordinator.resync_forever())
 
     @app.consumer(

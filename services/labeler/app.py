@@ -1,43 +1,274 @@
-"""The labeler's NATS wiring."""
+"""The labeler: keeps `live.cast.ai/migration-enabled=true` exactly on the eligible pods and
+on the nodes whose checkpoint agent works.
+
+Pods: the cluster is read through informers (list + watch, local caches) of pods and of
+what eligibility depends on (owners, PVCs, PVs, nodes). A changed pod is assessed again; a
+changed owner or claim marks its namespace's pods, a changed volume or node every pod.
+Only what differs is patched (`labels.py`), so a watch reconnect or a restart relabels
+nothing that is right. When a pod's label flips, a PodEligibilityChanged event says why.
+Replicas share pods by a hash of their UID (CLM_SHARD / CLM_SHARDS).
+
+Nodes (shard 0 only): labeled while their checkpoint agent's latest NodeCapabilities says
+the probe works and is younger than CLM_NODE_CAPABILITIES_TTL_SECONDS (agents repeat it);
+unlabeled when the probe breaks or the agent goes quiet.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
-from prometheus_client import Gauge
+from kubernetes import client
+from prometheus_client import Counter, Gauge
+from pydantic import Field
 
-from clm.contracts import NodeCapabilities, PodEligibilityChanged, streams, subjects
+from clm.contracts import EligibilityReason, NodeCapabilities, PodEligibilityChanged, streams, subjects
+from clm.policy import objects as o
 from clm.runtime import ServiceApp, ServiceSettings
+from clm.runtime.informer import Informer, Key, Obj, Source
+from clm.runtime.kubeapi import api_client
 from clm.runtime.version import __version__
+from services.labeler.labels import PodVerdict, node_patch, owns, pod_patch, pod_verdict
 
 log = logging.getLogger(__name__)
 
 SUMMARY = (
-    "CLM labeler: assesses workloads and nodes and keeps the label "
-    "live.cast.ai/migration-enabled=true exactly on the eligible ones. In this version it "
-    "tracks the checkpoint agents' NodeCapabilities (which nodes could carry the label); "
-    "watching and labeling Kubernetes pods and nodes arrives with the labeler issue."
+    "CLM labeler: watches pods and what their eligibility depends on (owners, PVCs, PVs, nodes) and "
+    "keeps live.cast.ai/migration-enabled=true exactly on the eligible pods (why a pod is not "
+    "eligible: the live.cast.ai/ineligible-reasons annotation and a PodEligibilityChanged event); "
+    "labels nodes whose checkpoint agent reports a working probe, and unlabels them when it breaks "
+    "or goes quiet."
 )
+
+NAMESPACED = {"ReplicaSet", "Deployment", "StatefulSet", "Job", "CronJob", "PersistentVolumeClaim"}
 
 
 class LabelerSettings(ServiceSettings):
-    pass
+    kubeconfig: Path | None = None
+    shard: int = Field(default=0, ge=0)
+    shards: int = Field(default=1, ge=1)
+    node_capabilities_ttl_seconds: float = Field(default=120.0, gt=0)
+    # How often node labels are checked against the agents' reports.
+    node_check_seconds: float = Field(default=5.0, gt=0)
+    # Patches in flight at once (the API server's patience sets the upper bound).
+    api_concurrency: int = Field(default=16, ge=1, le=256)
+
+
+class Labeler:
+    def __init__(self, app: ServiceApp, settings: LabelerSettings) -> None:
+        self.app, self.settings = app, settings
+        r = app.metrics.registry
+        self.patched = Counter(
+            "clm_labeler_patches_total",
+            "Label patches written, by kind and label value.",
+            ["kind", "value"],
+            registry=r,
+        )
+        self.eligible = Gauge("clm_labeler_pods_eligible", "Pods this replica finds eligible.", registry=r)
+        self.capable = Gauge(
+            "clm_labeler_node_capable",
+            "1 when the node's checkpoint agent reports a working probe, else 0.",
+            ["node"],
+            registry=r,
+        )
+        self.informers: dict[str, Informer] = {}
+        self.dirty: set[Key] = set()
+        # Indexes so a changed owner or node marks only the pods it can affect.
+        self.pods_by_namespace: dict[str, set[Key]] = {}
+        self.pods_by_node: dict[str, set[Key]] = {}
+        self.pod_node: dict[Key, str] = {}
+        self.wake = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.reports: dict[str, tuple[bool, float]] = {}  # node -> (probe ok, when the agent sent it)
+        self.eligible_pods: set[Key] = set()
+        self.started = time.monotonic()
+        self.core: client.CoreV1Api
+        self.pool = ThreadPoolExecutor(settings.api_concurrency, thread_name_prefix="labeler-api")
+
+    # ----- caches -----
+
+    def lookup(self, kind: str, namespace: str, name: str) -> Obj | None:
+        informer = self.informers.get(kind)
+        return informer.get(namespace if kind in NAMESPACED else "", name) if informer else None
+
+    def _changed(self, kind: str, key: Key, obj: Obj | None) -> None:
+        """From informer threads: mark the pods to assess again."""
+        assert self.loop is not None
+        node = o.spec(obj).get("nodeName", "") if kind == "Pod" and obj is not None else None
+        self.loop.call_soon_threadsafe(self._mark, kind, key, obj is None, node)
+
+    def _mark(self, kind: str, key: Key, deleted: bool, node: str | None) -> None:
+        if kind == "Pod":
+            self._index(key, deleted, node or "")
+            self.dirty.add(key)
+        elif kind in NAMESPACED:
+            self.dirty.update(self.pods_by_namespace.get(key[0], ()))
+        elif kind == "Node":
+            self.dirty.update(self.pods_by_node.get(key[1], ()))
+        else:  # a PersistentVolume: rare, and claims in any namespace may bind it
+            self.dirty.update(self.pod_node)
+        self.wake.set()
+
+    def _index(self, key: Key, deleted: bool, node: str) -> None:
+        old = self.pod_node.pop(key, None)
+        if old is not None:
+            self.pods_by_node.get(old, set()).discard(key)
+        if deleted:
+            self.pods_by_namespace.get(key[0], set()).discard(key)
+            return
+        self.pod_node[key] = node
+        self.pods_by_node.setdefault(node, set()).add(key)
+        self.pods_by_namespace.setdefault(key[0], set()).add(key)
+
+    def start_informers(self, api: client.ApiClient) -> None:
+        self.loop = asyncio.get_running_loop()
+        core, apps, batch = client.CoreV1Api(api), client.AppsV1Api(api), client.BatchV1Api(api)
+        self.core = core
+        sources = [
+            Source("Pod", core.list_pod_for_all_namespaces),
+            Source("Node", core.list_node),
+            Source("PersistentVolumeClaim", core.list_persistent_volume_claim_for_all_namespaces),
+            Source("PersistentVolume", core.list_persistent_volume),
+            Source("ReplicaSet", apps.list_replica_set_for_all_namespaces),
+            Source("Deployment", apps.list_deployment_for_all_namespaces),
+            Source("StatefulSet", apps.list_stateful_set_for_all_namespaces),
+            Source("Job", batch.list_job_for_all_namespaces),
+            Source("CronJob", batch.list_cron_job_for_all_namespaces),
+        ]
+        for source in sources:
+            self.informers[source.kind] = Informer(source, self._changed)
+        for informer in self.informers.values():
+            informer.start()
+
+    # ----- pods -----
+
+    async def label_pods_forever(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            if not all(i.synced.is_set() for i in self.informers.values()):
+                await asyncio.sleep(0.1)  # assess against complete caches only
+                self.wake.set()
+                continue
+            batch, self.dirty = self.dirty, set()
+            writes: list[tuple[Key, dict[str, Any], PodVerdict]] = []
+            for i, key in enumerate(batch):
+                planned = self._plan(key)
+                if planned is not None:
+                    writes.append((key, *planned))
+                if i % 2000 == 1999:
+                    await asyncio.sleep(0)  # stay responsive (health, NATS) through a big batch
+            self.eligible.set(len(self.eligible_pods))
+            pending = iter(writes)
+
+            async def writer(pending: Iterator[tuple[Key, dict[str, Any], PodVerdict]]) -> None:
+                for key, patch, verdict in pending:
+                    try:
+                        await self._write(key, patch, verdict)
+                    except Exception as exc:  # - the next change or a restart retries it
+                        log.warning("labeling failed", extra={"pod": "/".join(key), "error": str(exc)[:300]})
+
+            await asyncio.gather(*(writer(pending) for _ in range(self.settings.api_concurrency)))
+
+    def _plan(self, key: Key) -> tuple[dict[str, Any], PodVerdict] | None:
+        """The patch this pod needs (pure, from the caches), or None."""
+        pod = self.informers["Pod"].get(*key)
+        if pod is None:
+            self.eligible_pods.discard(key)
+            return None
+        if not owns(o.meta(pod).get("uid", ""), self.settings.shard, self.settings.shards):
+            return None
+        if o.status(pod).get("phase") in ("Succeeded", "Failed") or o.meta(pod).get("deletionTimestamp"):
+            return None
+        verdict = pod_verdict(pod, self.lookup)
+        (self.eligible_pods.add if verdict.eligible else self.eligible_pods.discard)(key)
+        patch = pod_patch(pod, verdict)
+        return None if patch is None else (patch, verdict)
+
+    async def _write(self, key: Key, patch: dict[str, Any], verdict: PodVerdict) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.pool, self.core.patch_namespaced_pod, key[1], key[0], patch)
+        self.patched.labels(kind="pod", value=str(verdict.eligible).lower()).inc()
+        # The label or the reasons changed: say so (a restart finds them right and says nothing).
+        await self.app.publish(
+            PodEligibilityChanged(
+                namespace=key[0],
+                pod=key[1],
+                eligible=verdict.eligible,
+                reasons=[EligibilityReason(code=c, message=m[:1000]) for c, m in verdict.reasons],
+            )
+        )
+
+    # ----- nodes -----
+
+    def report(self, caps: NodeCapabilities) -> None:
+        # Its own time, not when it reached us: a replayed old report must not look fresh.
+        sent = caps.occurred_at.timestamp()
+        if sent >= self.reports.get(caps.node, (False, 0.0))[1]:
+            self.reports[caps.node] = (caps.probe_ok, sent)
+            self.capable.labels(caps.node).set(1 if caps.probe_ok else 0)
+
+    def node_capable(self, name: str) -> bool | None:
+        """None: not known yet. Right after a (re)start the agents' next reports are still on
+        their way; until one TTL has passed, a node without a report keeps its label."""
+        if name not in self.reports:
+            if time.monotonic() - self.started < self.settings.node_capabilities_ttl_seconds:
+                return None
+            return False
+        ok, sent = self.reports[name]
+        return ok and time.time() - sent < self.settings.node_capabilities_ttl_seconds
+
+    async def label_nodes_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.node_check_seconds)
+            nodes = self.informers.get("Node")
+            if nodes is None or not nodes.synced.is_set():
+                continue
+            for (_, name), node in list(nodes.objects.items()):
+                capable = self.node_capable(name)
+                patch = None if capable is None else node_patch(node, capable)
+                if patch is None:
+                    continue
+                try:
+                    await asyncio.get_running_loop().run_in_executor(
+                        self.pool, self.core.patch_node, name, patch
+                    )
+                    self.patched.labels(kind="node", value=str(capable).lower()).inc()
+                except Exception as exc:  # - the next round tries again
+                    log.warning("node labeling failed", extra={"node": name, "error": str(exc)[:300]})
 
 
 def build(settings: LabelerSettings) -> ServiceApp:
     app = ServiceApp(name="labeler", version=__version__, settings=settings, description=SUMMARY)
-    capable = Gauge("clm_labeler_node_capable",
-                    "1 when the node's checkpoint agent reports a working probe, else 0.",
-                    ["node"], registry=app.metrics.registry)
-    app.publishes(PodEligibilityChanged, subjects.pod_eligibility("{namespace}", "{pod}"),
-                  "A pod became eligible or stopped being eligible, with the reasons.")
+    labeler = Labeler(app, settings)
+    app.publishes(
+        PodEligibilityChanged,
+        subjects.pod_eligibility("{namespace}", "{pod}"),
+        "A pod became eligible or stopped being eligible, with the reasons.",
+    )
 
-    @app.consumer(NodeCapabilities, durable="labeler-node-capabilities",
-                  filter_subject=subjects.ALL_NODE_CAPABILITIES, stream=streams.EVENTS,
-                  description="What each node's checkpoint agent can do.")
+    @app.on_start
+    async def start_watching() -> None:
+        labeler.start_informers(
+            api_client(settings.kubeconfig, "labeler", connections=settings.api_concurrency)
+        )
+        app.background(labeler.label_pods_forever())
+        if settings.shard == 0:
+            app.background(labeler.label_nodes_forever())
+
+    @app.consumer(
+        NodeCapabilities,
+        durable=subjects.durable("labeler-node-capabilities", str(settings.shard)),
+        filter_subject=subjects.ALL_NODE_CAPABILITIES,
+        stream=streams.EVENTS,
+        description="What each node's checkpoint agent can do (repeated while it runs).",
+    )
     async def on_capabilities(caps: NodeCapabilities) -> None:
-        capable.labels(caps.node).set(1 if caps.probe_ok else 0)
-        log.info("node capabilities", extra={"node": caps.node, "probe_ok": caps.probe_ok,
-                                             "problems": caps.problems})
+        labeler.report(caps)
 
     return app

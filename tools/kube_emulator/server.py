@@ -80,6 +80,15 @@ class Api:
             if rt.kind == "Pod" and not group:
                 resources.append(
                     {
+                        "name": "pods/ephemeralcontainers",
+                        "singularName": "",
+                        "namespaced": True,
+                        "kind": "Pod",
+                        "verbs": ["get", "patch", "update"],
+                    }
+                )
+                resources.append(
+                    {
                         "name": "pods/eviction",
                         "singularName": "",
                         "namespaced": True,
@@ -200,8 +209,8 @@ class Api:
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else None
         if (
-            sub not in (None, "status", "eviction")
-            or (sub == "eviction" and rt.kind != "Pod")
+            sub not in (None, "status", "eviction", "ephemeralcontainers")
+            or (sub in ("eviction", "ephemeralcontainers") and rt.kind != "Pod")
             or (sub == "status" and not rt.status_subresource)
         ):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")

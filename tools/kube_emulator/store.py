@@ -357,7 +357,14 @@ class Store:
             raise ApiError(400, "BadRequest", "the name of the object does not match the name in the URL")
         obj = copy.deepcopy(body)
         obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
-        if subresource == "status":
+        if subresource == "ephemeralcontainers":
+            # `kubectl debug`: only the ephemeral containers change, and only this way.
+            merged = copy.deepcopy(current)
+            merged.setdefault("spec", {})["ephemeralContainers"] = copy.deepcopy(
+                (obj.get("spec") or {}).get("ephemeralContainers") or []
+            )
+            obj = merged
+        elif subresource == "status":
             merged = copy.deepcopy(current)
             merged["status"] = obj.get("status")
             obj = self._prepare_custom(rt, merged)

@@ -20,7 +20,9 @@ class EmulatorThread:
         kubeconfig: Path | None = None,
         bookmark_seconds: float = 5.0,
         history: int = 200_000,
+        port: int = 0,
     ) -> None:
+        self.port = port
         self.state_file, self.kubeconfig, self.bookmark_seconds = state_file, kubeconfig, bookmark_seconds
         self.history = history
         self.loop = asyncio.new_event_loop()
@@ -42,7 +44,7 @@ class EmulatorThread:
 
         await serve(
             "127.0.0.1",
-            0,
+            self.port,
             state_file=self.state_file,
             kubeconfig=self.kubeconfig,
             bookmark_seconds=self.bookmark_seconds,

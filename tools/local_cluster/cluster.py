@@ -123,7 +123,7 @@ class LocalCluster:
                 "CLM_TRANSFER_LISTEN_HOST": "127.0.0.1",
                 "CLM_TRANSFER_ADVERTISE_HOST": "127.0.0.1",
             })
-        if service == "coordinator":
+        if service in CLUSTER_SERVICES:  # they read and write the cluster through its API
             env["CLM_KUBECONFIG"] = str(self.kubeconfig)
         if service == "ip-handover-agent":
             env["CLM_STATE_DIR"] = str(self.state_dir / "nodes" / str(node) / "ip-handover-agent")

@@ -178,7 +178,8 @@ class StepResult(Message):
 
 
 class NodeCapabilities(Message):
-    """What a node's checkpoint agent found it can do (published at start and on change)."""
+    """What a node's checkpoint agent found it can do: published at start and repeated every
+    CLM_CAPABILITIES_INTERVAL_SECONDS, so silence means the agent is gone."""
 
     kind: Literal["NodeCapabilities"] = "NodeCapabilities"
     node: NodeName
