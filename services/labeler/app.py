@@ -70,6 +70,12 @@ class Labeler:
             registry=r,
         )
         self.eligible = Gauge("clm_labeler_pods_eligible", "Pods this replica finds eligible.", registry=r)
+        self.assessed = Counter(
+            "clm_labeler_pods_assessed", "Pod assessments made (this replica's pods).", registry=r
+        )
+        self.synced = Gauge(
+            "clm_labeler_caches_synced", "1 once every cache has been filled by its first list.", registry=r
+        )
         self.capable = Gauge(
             "clm_labeler_node_capable",
             "1 when the node's checkpoint agent reports a working probe, else 0.",
@@ -155,6 +161,7 @@ class Labeler:
                 await asyncio.sleep(0.1)  # assess against complete caches only
                 self.wake.set()
                 continue
+            self.synced.set(1)
             batch, self.dirty = self.dirty, set()
             writes: list[tuple[Key, dict[str, Any], PodVerdict]] = []
             for i, key in enumerate(batch):
@@ -186,6 +193,7 @@ class Labeler:
         if o.status(pod).get("phase") in ("Succeeded", "Failed") or o.meta(pod).get("deletionTimestamp"):
             return None
         verdict = pod_verdict(pod, self.lookup)
+        self.assessed.inc()
         (self.eligible_pods.add if verdict.eligible else self.eligible_pods.discard)(key)
         patch = pod_patch(pod, verdict)
         return None if patch is None else (patch, verdict)

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from tools.benchmarks import events, kube_emulator, migrate, plan
+from tools.benchmarks import events, kube_emulator, labeler, migrate, plan
 from tools.benchmarks.report import emit
 
 Table = tuple[str, list[dict[str, Any]]]
@@ -19,6 +19,8 @@ BENCHMARKS: dict[str, tuple[str, Callable[[bool], list[Table]]]] = {
                                events.run(quick))]),
     "plan": ("bin-packing plan time at 500 and 5,000 nodes; gap to the exact optimum", plan.run),
     "kube-emulator": ("the API emulator: list of 150,000 pods, watch of 10,000 changes", kube_emulator.run),
+    "labeler": ("the labeler's first full assessment of 150,000 pods through the API emulator "
+                "(1 and 2 replicas), and a restart that must patch nothing", labeler.run),
     "migrate": ("live migration of a stateful pod (64 MiB-4 GiB): client-visible interruption and "
                 "total time, CLM stop-and-copy vs dump/copy/restore; writes dist/bench/migrate.png (root)",
                 migrate.run),

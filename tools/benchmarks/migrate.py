@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from clm.runtime.podnet import pod_netns_path
-from clm.testing.agents import NodeAgents
+from clm.testing.agents import NodeAgents, built_pex
 from clm.testing.migration import Driver, Move
 from clm.testing.nats_server import NatsServer
 from clm.testing.podlab import CountingClient, LabPod, remove_pod, start_pod
@@ -59,10 +59,8 @@ def _require_machine() -> None:
 
 
 def _pex_dir() -> Path | None:
-    """The agents run from this benchmark's own code (`python -m`) unless CLM_PEX_DIR names
-    a directory of built PEXes."""
-    base = os.environ.get("CLM_PEX_DIR")
-    return Path(base).resolve() if base and Path(base, "clm-checkpoint-agent.pex").is_file() else None
+    built = built_pex("checkpoint-agent")
+    return built.parent if built else None
 
 
 class Bench:

@@ -16,6 +16,14 @@ from pathlib import Path
 from clm.testing.nats_server import free_port
 
 
+def built_pex(service: str) -> Path | None:
+    """Benchmarks run services from their own code (`python -m`) unless CLM_PEX_DIR names a
+    directory of built PEXes that holds this one."""
+    base = os.environ.get("CLM_PEX_DIR")
+    path = Path(base, f"clm-{service}.pex") if base else None
+    return path.resolve() if path is not None and path.is_file() else None
+
+
 def _ready(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
