@@ -30,7 +30,7 @@ from pydantic import Field
 from clm.contracts import EligibilityReason, NodeCapabilities, PodEligibilityChanged, streams, subjects
 from clm.policy import objects as o
 from clm.runtime import ServiceApp, ServiceSettings
-from clm.runtime.informer import Informer, Key, Obj, Source
+from clm.runtime.informer import NAMESPACED, Caches, Informer, Key, Obj, workload_sources
 from clm.runtime.kubeapi import api_client
 from clm.runtime.version import __version__
 from services.labeler.labels import PodVerdict, node_patch, owns, pod_patch, pod_verdict
@@ -44,8 +44,6 @@ SUMMARY = (
     "labels nodes whose checkpoint agent reports a working probe, and unlabels them when it breaks "
     "or goes quiet."
 )
-
-NAMESPACED = {"ReplicaSet", "Deployment", "StatefulSet", "Job", "CronJob", "PersistentVolumeClaim"}
 
 
 class LabelerSettings(ServiceSettings):
@@ -83,6 +81,7 @@ class Labeler:
             registry=r,
         )
         self.informers: dict[str, Informer] = {}
+        self.caches: Caches
         self.dirty: set[Key] = set()
         # Indexes so a changed owner or node marks only the pods it can affect.
         self.pods_by_namespace: dict[str, set[Key]] = {}
@@ -97,10 +96,6 @@ class Labeler:
         self.pool = ThreadPoolExecutor(settings.api_concurrency, thread_name_prefix="labeler-api")
 
     # ----- caches -----
-
-    def lookup(self, kind: str, namespace: str, name: str) -> Obj | None:
-        informer = self.informers.get(kind)
-        return informer.get(namespace if kind in NAMESPACED else "", name) if informer else None
 
     def _changed(self, kind: str, key: Key, obj: Obj | None) -> None:
         """From informer threads: mark the pods to assess again."""
@@ -133,23 +128,9 @@ class Labeler:
 
     def start_informers(self, api: client.ApiClient) -> None:
         self.loop = asyncio.get_running_loop()
-        core, apps, batch = client.CoreV1Api(api), client.AppsV1Api(api), client.BatchV1Api(api)
-        self.core = core
-        sources = [
-            Source("Pod", core.list_pod_for_all_namespaces),
-            Source("Node", core.list_node),
-            Source("PersistentVolumeClaim", core.list_persistent_volume_claim_for_all_namespaces),
-            Source("PersistentVolume", core.list_persistent_volume),
-            Source("ReplicaSet", apps.list_replica_set_for_all_namespaces),
-            Source("Deployment", apps.list_deployment_for_all_namespaces),
-            Source("StatefulSet", apps.list_stateful_set_for_all_namespaces),
-            Source("Job", batch.list_job_for_all_namespaces),
-            Source("CronJob", batch.list_cron_job_for_all_namespaces),
-        ]
-        for source in sources:
-            self.informers[source.kind] = Informer(source, self._changed)
-        for informer in self.informers.values():
-            informer.start()
+        self.core = client.CoreV1Api(api)
+        self.caches = Caches(workload_sources(api), self._changed).start()
+        self.informers = self.caches.informers
 
     # ----- pods -----
 
@@ -157,7 +138,7 @@ class Labeler:
         while True:
             await self.wake.wait()
             self.wake.clear()
-            if not all(i.synced.is_set() for i in self.informers.values()):
+            if not self.caches.synced():
                 await asyncio.sleep(0.1)  # assess against complete caches only
                 self.wake.set()
                 continue
@@ -192,15 +173,22 @@ class Labeler:
             return None
         if o.status(pod).get("phase") in ("Succeeded", "Failed") or o.meta(pod).get("deletionTimestamp"):
             return None
-        verdict = pod_verdict(pod, self.lookup)
+        verdict = pod_verdict(pod, self.caches.lookup)
         self.assessed.inc()
         (self.eligible_pods.add if verdict.eligible else self.eligible_pods.discard)(key)
         patch = pod_patch(pod, verdict)
         return None if patch is None else (patch, verdict)
 
+    # The answers are not needed: the client's model classes would cost more than the request.
+    def _patch_pod(self, key: Key, patch: dict[str, Any]) -> None:
+        self.core.patch_namespaced_pod(key[1], key[0], patch, _preload_content=False).release_conn()
+
+    def _patch_node(self, name: str, patch: dict[str, Any]) -> None:
+        self.core.patch_node(name, patch, _preload_content=False).release_conn()
+
     async def _write(self, key: Key, patch: dict[str, Any], verdict: PodVerdict) -> None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.pool, self.core.patch_namespaced_pod, key[1], key[0], patch)
+        await loop.run_in_executor(self.pool, self._patch_pod, key, patch)
         self.patched.labels(kind="pod", value=str(verdict.eligible).lower()).inc()
         # The label or the reasons changed: say so (a restart finds them right and says nothing).
         await self.app.publish(
@@ -243,9 +231,7 @@ class Labeler:
                 if patch is None:
                     continue
                 try:
-                    await asyncio.get_running_loop().run_in_executor(
-                        self.pool, self.core.patch_node, name, patch
-                    )
+                    await asyncio.get_running_loop().run_in_executor(self.pool, self._patch_node, name, patch)
                     self.patched.labels(kind="node", value=str(capable).lower()).inc()
                 except Exception as exc:  # - the next round tries again
                     log.warning("node labeling failed", extra={"node": name, "error": str(exc)[:300]})

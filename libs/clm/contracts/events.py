@@ -215,6 +215,49 @@ class NodeDrained(Message):
         return subjects.node_drained(self.node)
 
 
+class PlannedMove(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    namespace: K8sName
+    pod: K8sName
+    action: Literal["live-migrate", "evict"]
+    # The plan's destination; None: the coordinator chooses (or the scheduler, for evictions).
+    destination: str | None = None
+    why: str = ""
+
+
+class PlannedDrain(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    node: NodeName
+    why: Literal["bin-packing", "spot-interruption"]
+    saving_per_hour: float = 0.0
+    moves: list[PlannedMove] = Field(default_factory=list)
+
+
+class DrainPlanned(Message):
+    """What one planner cycle decided (published every cycle, dry-run or not)."""
+
+    kind: Literal["DrainPlanned"] = "DrainPlanned"
+    mode: Literal["default", "aggressive"]
+    dry_run: bool
+    nodes: int = Field(ge=0)
+    pods: int = Field(ge=0)
+    nodes_draining: list[str] = Field(default_factory=list)
+    nodes_reclaimed: list[str] = Field(default_factory=list)
+    # Drains started this cycle (the first 100, each with up to 200 moves).
+    new_drains: list[PlannedDrain] = Field(default_factory=list)
+    # How many nodes the bin-packing plan found worth draining (beyond the limits too).
+    nodes_the_plan_would_drain: int = Field(default=0, ge=0)
+    migrations_in_flight: int = Field(default=0, ge=0)
+    migrations_deferred: int = Field(default=0, ge=0)
+    paused: bool = False
+    cycle_seconds: float = Field(default=0.0, ge=0)
+
+    def subject(self) -> str:
+        return subjects.PLANNER_PLAN
+
+
 class EligibilityReason(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -73,6 +73,10 @@ def pod_eligibility(namespace: str, pod: str) -> str:
     return join(EVENTS_PREFIX, "pod", token(namespace), token(pod), "eligibility")
 
 
+# The evictor-planner's plan of each cycle; the stream's last message on it is the current plan.
+PLANNER_PLAN = join(EVENTS_PREFIX, "planner", "plan")
+
+
 # Commands: stream CLM_COMMANDS (work-queue retention: each command is taken once).
 def migration_request(namespace: str) -> str:
     return join(COMMANDS_PREFIX, "migration", token(namespace), "request")

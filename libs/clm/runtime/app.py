@@ -153,8 +153,9 @@ class ServiceApp:
 
     def publishes(self, model: type[Message], subject: str, description: str) -> None:
         """Document (in the AsyncAPI spec) that this service publishes `model` on `subject`."""
-        self.broker.publisher(subject, schema=model, title=f"{self.name}:{model.__name__}",
-                              description=description)
+        self.broker.publisher(
+            subject, schema=model, title=f"{self.name}:{model.__name__}", description=description
+        )
 
     def on_start(self, fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         """Run `fn` once connected, streams declared and consumers bound."""
@@ -185,16 +186,23 @@ class ServiceApp:
         """Copy a message to its consumer's dead-letter subject, then stop its delivery."""
         meta = raw.metadata
         headers = delivery.dead_letter_headers(
-            policy=policy, cause=cause, reason=reason, subject=raw.subject,
-            stream_seq=meta.sequence.stream, deliveries=meta.num_delivered,
+            policy=policy,
+            cause=cause,
+            reason=reason,
+            subject=raw.subject,
+            stream_seq=meta.sequence.stream,
+            deliveries=meta.num_delivered,
         )
         try:
-            await self.js.publish(policy.dead_letter_subject, raw.data, headers=headers,
-                                  stream=streams.DEAD_LETTERS.name)
+            await self.js.publish(
+                policy.dead_letter_subject, raw.data, headers=headers, stream=streams.DEAD_LETTERS.name
+            )
         except Exception as exc:
             # The message is not lost: leave it to be redelivered and moved later.
-            log.error("could not publish dead letter; will retry",
-                      extra={"consumer": policy.durable, "error": repr(exc)})
+            log.error(
+                "could not publish dead letter; will retry",
+                extra={"consumer": policy.durable, "error": repr(exc)},
+            )
             await raw.nak(delay=policy.backoff_seconds[-1])
             return
         await raw.term()
@@ -202,8 +210,13 @@ class ServiceApp:
         self.metrics.dead_letters.labels(policy.durable, cause).inc()
         log.error(
             "message dead-lettered",
-            extra={"consumer": policy.durable, "subject": raw.subject, "cause": cause,
-                   "reason": reason, "dead_letter_subject": policy.dead_letter_subject},
+            extra={
+                "consumer": policy.durable,
+                "subject": raw.subject,
+                "cause": cause,
+                "reason": reason,
+                "dead_letter_subject": policy.dead_letter_subject,
+            },
         )
 
     async def _on_max_deliveries(self, advisory: Msg) -> None:
@@ -217,19 +230,25 @@ class ServiceApp:
             log.error("could not handle a max-deliveries advisory", extra={"error": repr(exc)})
             return
         headers = delivery.dead_letter_headers(
-            policy=policy, cause="max-deliveries",
+            policy=policy,
+            cause="max-deliveries",
             reason=f"no ack after {info.get('deliveries')} deliveries (handler crashed or timed out)",
-            subject=stored.subject, stream_seq=seq, deliveries=int(info.get("deliveries", 0)),
+            subject=stored.subject,
+            stream_seq=seq,
+            deliveries=int(info.get("deliveries", 0)),
         )
-        await self.js.publish(policy.dead_letter_subject, stored.data or b"", headers=headers,
-                              stream=streams.DEAD_LETTERS.name)
+        await self.js.publish(
+            policy.dead_letter_subject, stored.data or b"", headers=headers, stream=streams.DEAD_LETTERS.name
+        )
         if policy.stream == streams.COMMANDS.name:
             # A work-queue message nobody will ack again would sit there until max_age.
             with contextlib.suppress(Exception):
                 await self.js.delete_msg(policy.stream, seq)
         self.metrics.dead_letters.labels(policy.durable, "max-deliveries").inc()
-        log.error("message dead-lettered after max deliveries",
-                  extra={"consumer": policy.durable, "stream_seq": seq})
+        log.error(
+            "message dead-lettered after max deliveries",
+            extra={"consumer": policy.durable, "stream_seq": seq},
+        )
 
     # ----- lifecycle -----
 
@@ -270,8 +289,14 @@ class ServiceApp:
         for fn in self._on_start:
             await fn()
         self._started = True
-        log.info("service ready", extra={"http_port": self.http.port, "nats": self.settings.nats_url,
-                                         "consumers": sorted(self.policies)})
+        log.info(
+            "service ready",
+            extra={
+                "http_port": self.http.port,
+                "nats": self.settings.nats_url,
+                "consumers": sorted(self.policies),
+            },
+        )
 
     def background(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run `coro` for the life of the service; cancelled first when it stops."""
@@ -311,8 +336,9 @@ class ServiceApp:
             await self.stop()
 
     def asyncapi(self) -> AsyncAPI:
-        return AsyncAPI(self.broker, title=f"clm-{self.name}", version=self.version,
-                        description=self.description)
+        return AsyncAPI(
+            self.broker, title=f"clm-{self.name}", version=self.version, description=self.description
+        )
 
 
 def decode_json(data: bytes) -> dict[str, Any]:

@@ -35,10 +35,12 @@ def run_service(
         epilog=_env_help(settings_cls),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--check-config", action="store_true",
-                        help="validate the environment and exit (0 when valid)")
-    parser.add_argument("--asyncapi", action="store_true",
-                        help="print this service's AsyncAPI document (YAML) and exit")
+    parser.add_argument(
+        "--check-config", action="store_true", help="validate the environment and exit (0 when valid)"
+    )
+    parser.add_argument(
+        "--asyncapi", action="store_true", help="print this service's AsyncAPI document (YAML) and exit"
+    )
     args = parser.parse_args(argv)
     try:
         settings = load_settings(settings_cls)

@@ -98,9 +98,7 @@ def delivery_middleware(app: ServiceApp) -> type[BaseMiddleware]:
                 await _handler_failed(app, raw, policy, exc)
                 return None
             finally:
-                app.metrics.handle_seconds.labels(policy.durable).observe(
-                    time.perf_counter() - started
-                )
+                app.metrics.handle_seconds.labels(policy.durable).observe(time.perf_counter() - started)
             await raw.ack()
             app.metrics.handled.labels(policy.durable, "ack").inc()
             return result
@@ -113,15 +111,22 @@ async def _handler_failed(app: ServiceApp, raw: Msg, policy: ConsumerPolicy, exc
     error = f"{type(exc).__name__}: {exc}"
     if delivery >= policy.max_deliver:
         await app.dead_letter(
-            raw, policy, cause="handler-error",
+            raw,
+            policy,
+            cause="handler-error",
             reason=f"failed on all {delivery} deliveries; last error: {error}",
         )
         return
     delay = policy.delay_after(delivery)
     log.warning(
         "handler failed, will retry",
-        extra={"consumer": policy.durable, "subject": raw.subject, "delivery": delivery,
-               "retry_in_seconds": delay, "error": error},
+        extra={
+            "consumer": policy.durable,
+            "subject": raw.subject,
+            "delivery": delivery,
+            "retry_in_seconds": delay,
+            "error": error,
+        },
         exc_info=exc,
     )
     await raw.nak(delay=delay)

@@ -33,6 +33,16 @@ class Source:
     kind: str
     # The client's list function for all namespaces (e.g. CoreV1Api.list_pod_for_all_namespaces).
     list_fn: Callable[..., Any]
+    # Its positional arguments (custom objects: group, version, plural).
+    args: tuple[Any, ...] = ()
+
+
+class _RawWatch(watch.Watch):
+    """Events as plain dicts: the client's model classes cost ~1 ms per pod and refuse objects
+    they find incomplete (a Node without nodeInfo.bootID)."""
+
+    def get_return_type(self, func: Callable[..., Any]) -> None:
+        return None
 
 
 def key_of(obj: Obj) -> Key:
@@ -60,7 +70,7 @@ class Informer:
         return self.objects.get((namespace, name))
 
     def _list(self) -> str:
-        response = self.source.list_fn(_preload_content=False)
+        response = self.source.list_fn(*self.source.args, _preload_content=False)
         body = orjson.loads(response.data)
         fresh = {key_of(item): item for item in body.get("items") or []}
         for key, obj in fresh.items():
@@ -99,8 +109,9 @@ class Informer:
                 delay = min(delay * 2, 30)
 
     def _watch(self, resource_version: str) -> str:
-        stream = watch.Watch().stream(
+        stream = _RawWatch().stream(
             self.source.list_fn,
+            *self.source.args,
             resource_version=resource_version,
             timeout_seconds=self.watch_seconds,
             allow_watch_bookmarks=True,
@@ -124,3 +135,61 @@ class Informer:
                 self.objects[key] = raw
                 self.on_change(self.source.kind, key, raw)
         return resource_version
+
+
+# Kinds whose objects live in a namespace (the rest are cluster-scoped).
+NAMESPACED = {
+    "Pod",
+    "ReplicaSet",
+    "Deployment",
+    "StatefulSet",
+    "Job",
+    "CronJob",
+    "PersistentVolumeClaim",
+    "PodDisruptionBudget",
+    "Migration",
+}
+
+
+def workload_sources(api: Any) -> list[Source]:
+    """Pods and what the policy core's eligibility looks up (owners, claims, volumes, nodes)."""
+    from kubernetes import client  # - keeps this module importable without building clients
+
+    core, apps, batch = client.CoreV1Api(api), client.AppsV1Api(api), client.BatchV1Api(api)
+    return [
+        Source("Pod", core.list_pod_for_all_namespaces),
+        Source("Node", core.list_node),
+        Source("PersistentVolumeClaim", core.list_persistent_volume_claim_for_all_namespaces),
+        Source("PersistentVolume", core.list_persistent_volume),
+        Source("ReplicaSet", apps.list_replica_set_for_all_namespaces),
+        Source("Deployment", apps.list_deployment_for_all_namespaces),
+        Source("StatefulSet", apps.list_stateful_set_for_all_namespaces),
+        Source("Job", batch.list_job_for_all_namespaces),
+        Source("CronJob", batch.list_cron_job_for_all_namespaces),
+    ]
+
+
+class Caches:
+    """Several informers, one per kind, read through the policy core's `lookup`."""
+
+    def __init__(self, sources: list[Source], on_change: OnChange) -> None:
+        self.informers = {s.kind: Informer(s, on_change) for s in sources}
+
+    def start(self) -> Caches:
+        for informer in self.informers.values():
+            informer.start()
+        return self
+
+    def stop(self) -> None:
+        for informer in self.informers.values():
+            informer.stop()
+
+    def synced(self) -> bool:
+        return all(i.synced.is_set() for i in self.informers.values())
+
+    def objects(self, kind: str) -> list[Obj]:
+        return list(self.informers[kind].objects.values())
+
+    def lookup(self, kind: str, namespace: str, name: str) -> Obj | None:
+        informer = self.informers.get(kind)
+        return informer.get(namespace if kind in NAMESPACED else "", name) if informer else None

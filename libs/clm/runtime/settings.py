@@ -80,8 +80,13 @@ class ServiceSettings(BaseSettings):
             raise ValueError("CLM_NATS_USER and CLM_NATS_PASSWORD must be set together")
         if (self.nats_tls_cert_file is None) != (self.nats_tls_key_file is None):
             raise ValueError("CLM_NATS_TLS_CERT_FILE and CLM_NATS_TLS_KEY_FILE must be set together")
-        for name in ("nats_creds_file", "nats_nkey_seed_file", "nats_tls_ca_file",
-                     "nats_tls_cert_file", "nats_tls_key_file"):
+        for name in (
+            "nats_creds_file",
+            "nats_nkey_seed_file",
+            "nats_tls_ca_file",
+            "nats_tls_cert_file",
+            "nats_tls_key_file",
+        ):
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 raise ValueError(f"{ENV_PREFIX}{name.upper()}: no such file {str(path)!r}")
