@@ -272,7 +272,7 @@ class Planner:
     async def _api(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         # The answer is not needed: skipping the client's model classes saves CPU (and trouble
         # with objects the models find incomplete).
-        call = lambda: fn(*args, _preload_content=False, **kwargs)  # noqa: E731
+        call = lambda: fn(*args, _preload_content=False, **kwargs).data  # noqa: E731 - read it all
         return await asyncio.get_running_loop().run_in_executor(self.pool, call)
 
     async def _act(

@@ -55,6 +55,8 @@ class LabelerSettings(ServiceSettings):
     node_check_seconds: float = Field(default=5.0, gt=0)
     # Patches in flight at once (the API server's patience sets the upper bound).
     api_concurrency: int = Field(default=16, ge=1, le=256)
+    # A pod whose patch failed is assessed and patched again after this long.
+    retry_seconds: float = Field(default=2.0, gt=0)
 
 
 class Labeler:
@@ -115,6 +117,10 @@ class Labeler:
             self.dirty.update(self.pod_node)
         self.wake.set()
 
+    def _retry(self, key: Key) -> None:
+        self.dirty.add(key)
+        self.wake.set()
+
     def _index(self, key: Key, deleted: bool, node: str) -> None:
         old = self.pod_node.pop(key, None)
         if old is not None:
@@ -158,8 +164,9 @@ class Labeler:
                 for key, patch, verdict in pending:
                     try:
                         await self._write(key, patch, verdict)
-                    except Exception as exc:  # - the next change or a restart retries it
+                    except Exception as exc:  # - tried again shortly
                         log.warning("labeling failed", extra={"pod": "/".join(key), "error": str(exc)[:300]})
+                        asyncio.get_running_loop().call_later(self.settings.retry_seconds, self._retry, key)
 
             await asyncio.gather(*(writer(pending) for _ in range(self.settings.api_concurrency)))
 
@@ -181,10 +188,10 @@ class Labeler:
 
     # The answers are not needed: the client's model classes would cost more than the request.
     def _patch_pod(self, key: Key, patch: dict[str, Any]) -> None:
-        self.core.patch_namespaced_pod(key[1], key[0], patch, _preload_content=False).release_conn()
+        self.core.patch_namespaced_pod(key[1], key[0], patch, _preload_content=False).data  # noqa: B018 - read it all
 
     def _patch_node(self, name: str, patch: dict[str, Any]) -> None:
-        self.core.patch_node(name, patch, _preload_content=False).release_conn()
+        self.core.patch_node(name, patch, _preload_content=False).data  # noqa: B018 - read it all
 
     async def _write(self, key: Key, patch: dict[str, Any], verdict: PodVerdict) -> None:
         loop = asyncio.get_running_loop()

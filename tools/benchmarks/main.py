@@ -7,33 +7,53 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from tools.benchmarks import events, kube_emulator, labeler, migrate, plan
+from tools.benchmarks import events, kube_emulator, labeler, migrate, plan, planner_cycle
 from tools.benchmarks.report import emit
 
 Table = tuple[str, list[dict[str, Any]]]
 
 # name -> (what it measures, run(quick) -> tables)
 BENCHMARKS: dict[str, tuple[str, Callable[[bool], list[Table]]]] = {
-    "events": ("events published and consumed through JetStream, publish-to-handler latency",
-               lambda quick: [("Events through JetStream: throughput and publish-to-handler latency",
-                               events.run(quick))]),
+    "events": (
+        "events published and consumed through JetStream, publish-to-handler latency",
+        lambda quick: [
+            ("Events through JetStream: throughput and publish-to-handler latency", events.run(quick))
+        ],
+    ),
     "plan": ("bin-packing plan time at 500 and 5,000 nodes; gap to the exact optimum", plan.run),
     "kube-emulator": ("the API emulator: list of 150,000 pods, watch of 10,000 changes", kube_emulator.run),
-    "labeler": ("the labeler's first full assessment of 150,000 pods through the API emulator "
-                "(1 and 2 replicas), and a restart that must patch nothing", labeler.run),
-    "migrate": ("live migration of a stateful pod (64 MiB-4 GiB): client-visible interruption and "
-                "total time, CLM stop-and-copy vs dump/copy/restore; writes dist/bench/migrate.png (root)",
-                migrate.run),
+    "labeler": (
+        "the labeler's first full assessment of 150,000 pods through the API emulator "
+        "(1 and 2 replicas), and a restart that must patch nothing",
+        labeler.run,
+    ),
+    "planner-cycle": (
+        "the evictor-planner's end-to-end cycle at 5,000 nodes (snapshot, plan, API "
+        "steps, plan published), dry-run, default and aggressive",
+        planner_cycle.run,
+    ),
+    "migrate": (
+        "live migration of a stateful pod (64 MiB-4 GiB): client-visible interruption and "
+        "total time, CLM stop-and-copy vs dump/copy/restore; writes dist/bench/migrate.png (root)",
+        migrate.run,
+    ),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tools/bench", description=__doc__)
-    parser.add_argument("name", choices=sorted(BENCHMARKS), help="which benchmark to run: " + "; ".join(
-        f"{name}: {what}" for name, (what, _) in sorted(BENCHMARKS.items())))
+    parser.add_argument(
+        "name",
+        choices=sorted(BENCHMARKS),
+        help="which benchmark to run: "
+        + "; ".join(f"{name}: {what}" for name, (what, _) in sorted(BENCHMARKS.items())),
+    )
     parser.add_argument("--json", action="store_true", help="one JSON object per result row")
-    parser.add_argument("--quick", action="store_true",
-                        help="small sizes: checks the benchmark runs, numbers are not meaningful")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes: checks the benchmark runs, numbers are not meaningful",
+    )
     args = parser.parse_args(argv)
     _, run = BENCHMARKS[args.name]
     for title, rows in run(args.quick):
