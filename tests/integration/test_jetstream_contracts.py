@@ -71,10 +71,17 @@ async def test_one_logical_event_is_stored_once(nats_server: NatsServer) -> None
 
 
 async def test_streams_are_declared_idempotently(nats_server: NatsServer) -> None:
-    nc = await nats.connect(nats_server.url)
+    # Services start together: separate connections race to create the same streams, and
+    # every one of them must come up (the loser of a create takes the update path).
+    connections = [await nats.connect(nats_server.url) for _ in range(10)]
     try:
-        js = nc.jetstream()
-        await asyncio.gather(*(declare_streams(js, streams.ALL, replicas=1) for _ in range(3)))
+        js = connections[0].jetstream()
+        for _round in range(10):
+            for info in await js.streams_info():
+                await js.delete_stream(info.config.name)
+            await asyncio.gather(
+                *(declare_streams(nc.jetstream(), streams.ALL, replicas=1) for nc in connections)
+            )
         await declare_streams(js, streams.ALL, replicas=1)
         events = await js.stream_info(streams.EVENTS.name)
         commands = await js.stream_info(streams.COMMANDS.name)
@@ -83,4 +90,5 @@ async def test_streams_are_declared_idempotently(nats_server: NatsServer) -> Non
         assert events.config.duplicate_window == streams.EVENTS.duplicate_window_seconds
         assert sorted(s.config.name for s in await js.streams_info()) == sorted(s.name for s in streams.ALL)
     finally:
-        await nc.close()
+        for nc in connections:
+            await nc.close()

@@ -6,7 +6,7 @@ import logging
 
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from clm.contracts.streams import StreamSpec
 
@@ -32,29 +32,54 @@ def stream_config(spec: StreamSpec, *, replicas: int) -> StreamConfig:
 async def declare_streams(js: JetStreamContext, specs: tuple[StreamSpec, ...], *, replicas: int) -> None:
     """Create each stream, or bring an existing one's settings up to date.
 
-    Every service calls this at start-up; concurrent calls converge because add/update are
-    idempotent on the server for identical configurations.
+    Every service calls this at start-up, often several at once: when two create the same
+    stream together, the loser's add fails (the server reports overlapping subjects or a
+    name in use) and it takes the update path against the stream the winner made.
     """
     for spec in specs:
-        wanted = stream_config(spec, replicas=replicas)
+        await _declare_stream(js, spec, stream_config(spec, replicas=replicas))
+
+
+async def _declare_stream(js: JetStreamContext, spec: StreamSpec, wanted: StreamConfig) -> None:
+    for _attempt in range(3):
         try:
             info = await js.stream_info(spec.name)
         except NotFoundError:
-            await js.add_stream(wanted)
+            try:
+                await js.add_stream(wanted)
+            except BadRequestError as exc:
+                if exc.err_code not in _LOST_CREATE_RACE:
+                    raise
+                log.info("stream created concurrently", extra={"stream": spec.name})
+                continue
             log.info("declared stream", extra={"stream": spec.name})
-            continue
-        current = info.config
-        if (
-            sorted(current.subjects or []) != sorted(wanted.subjects or [])
-            or current.max_age != wanted.max_age
-            or current.duplicate_window != wanted.duplicate_window
-            or current.description != wanted.description
-        ):
-            if current.retention != wanted.retention:
-                raise RuntimeError(
-                    f"stream {spec.name} exists with retention {current.retention}, CLM needs"
-                    f" {wanted.retention}; retention cannot change in place: delete the stream"
-                    " (nats stream rm) and restart"
-                )
-            await js.update_stream(wanted)
-            log.info("updated stream", extra={"stream": spec.name})
+            return
+        await _update_if_changed(js, spec, info.config, wanted)
+        return
+    raise RuntimeError(
+        f"stream {spec.name} could not be declared: another stream keeps claiming its subjects"
+        f" {list(spec.subjects)}; list streams with `nats stream ls` and remove the conflicting one"
+    )
+
+
+# 10058: stream name already in use; 10065: subjects overlap with an existing stream.
+_LOST_CREATE_RACE = {10058, 10065}
+
+
+async def _update_if_changed(
+    js: JetStreamContext, spec: StreamSpec, current: StreamConfig, wanted: StreamConfig
+) -> None:
+    if (
+        sorted(current.subjects or []) != sorted(wanted.subjects or [])
+        or current.max_age != wanted.max_age
+        or current.duplicate_window != wanted.duplicate_window
+        or current.description != wanted.description
+    ):
+        if current.retention != wanted.retention:
+            raise RuntimeError(
+                f"stream {spec.name} exists with retention {current.retention}, CLM needs"
+                f" {wanted.retention}; retention cannot change in place: delete the stream"
+                " (nats stream rm) and restart"
+            )
+        await js.update_stream(wanted)
+        log.info("updated stream", extra={"stream": spec.name})
