@@ -49,7 +49,7 @@ from clm.contracts.base import Message
 from clm.policy import objects as o
 from clm.policy.compatibility import Profile, Requirements
 from clm.policy.evictor import matrix
-from clm.policy.naming import clone_name, clone_spec
+from clm.policy.naming import clone_name, clone_spec, runtime_pod_uid
 from clm.policy.precopy import choose_strategy
 from services.coordinator.destination import choose_destination
 from services.coordinator.kube import KubeGateway, now_iso
@@ -249,7 +249,8 @@ class MigrationRunner:
         # Unset in the spec: the label matrix decides what a failure leads to.
         fallback = self.spec.get("fallback") or str(matrix(o.labels(pod)).fallback)
         await self._patch(
-            sourcePodUID=o.meta(pod)["uid"],
+            # For a clone this is its first ancestor's UID: what the agents find it by.
+            sourcePodUID=runtime_pod_uid(pod),
             sourceNode=source,
             destinationNode=destination,
             podIP=ip,

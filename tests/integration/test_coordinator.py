@@ -130,7 +130,7 @@ class Cluster:
         )
         return self.pod
 
-    def migrate(self, name: str, pod: str, **spec: Any) -> None:
+    def migrate(self, name: str, pod: str, to: str = "b", **spec: Any) -> None:
         self.custom.create_namespaced_custom_object(
             "live.cast.ai",
             "v1",
@@ -140,7 +140,7 @@ class Cluster:
                 "apiVersion": "live.cast.ai/v1",
                 "kind": "Migration",
                 "metadata": {"name": name},
-                "spec": {"podName": pod, "destinationNode": self.nodes["b"].node, **spec},
+                "spec": {"podName": pod, "destinationNode": self.nodes[to].node, **spec},
             },
         )
 
@@ -194,23 +194,35 @@ async def test_a_migration_object_moves_the_pod_with_the_documented_events(clust
         cluster.migrate("move-1", pod.name, fallback="evict")
         status = await cluster.wait_phase("move-1", ("Finished", "Failed"))
         await asyncio.sleep(0.5)
+        assert status["phase"] == "Finished", status
+        expected = ["PreDumpSkipped", "PodCreateFinished", "MigrationFinished"]
+        assert await cluster.nats_event_reasons("move-1", len(expected)) == expected
+        assert cluster.k8s_event_reasons("move-1") == expected
+        assert status["clonePod"] == "mc-0-clone-1" and status["committed"] is True
+        assert status["freezeSeconds"] > 0 and status["bytesTransferred"] > STATE_MIB * 2**20
+        clone = cluster.core.read_namespaced_pod("mc-0-clone-1", NS)
+        assert clone.spec.node_name == cluster.nodes["b"].node
+        assert clone.metadata.annotations["cast.ai/restore"] == f"{NS}/mc-0"
+        assert clone.status.phase == "Running" and clone.status.pod_ip == POD_IP
+        with pytest.raises(ApiException) as gone:
+            cluster.core.read_namespaced_pod("mc-0", NS)
+        assert gone.value.status == 404
+        assert running_on(pod, cluster.nodes["b"].runc_root)
+        assert not running_on(pod, cluster.nodes["a"].runc_root)
+
+        # The clone moves on: its containers and network still carry the first pod's UID.
+        assert clone.metadata.annotations["live.cast.ai/runtime-pod-uid"] == pod.uid != clone.metadata.uid
+        cluster.migrate("move-back", "mc-0-clone-1", to="a", fallback="evict")
+        back = await cluster.wait_phase("move-back", ("Finished", "Failed"))
+        assert back["phase"] == "Finished", back
+        assert back["clonePod"] == "mc-0-clone-2" and back["sourceNode"] == cluster.nodes["b"].node
+        assert cluster.core.read_namespaced_pod("mc-0-clone-2", NS).spec.node_name == cluster.nodes["a"].node
+        assert running_on(pod, cluster.nodes["a"].runc_root)
+        assert not running_on(pod, cluster.nodes["b"].runc_root)
+        await asyncio.sleep(0.5)
         result = client_.finish()
     finally:
         client_.kill()
-    assert status["phase"] == "Finished", status
-    expected = ["PreDumpSkipped", "PodCreateFinished", "MigrationFinished"]
-    assert await cluster.nats_event_reasons("move-1", len(expected)) == expected
-    assert cluster.k8s_event_reasons("move-1") == expected
-    assert status["clonePod"] == "mc-0-clone-1" and status["committed"] is True
-    assert status["freezeSeconds"] > 0 and status["bytesTransferred"] > STATE_MIB * 2**20
-    clone = cluster.core.read_namespaced_pod("mc-0-clone-1", NS)
-    assert clone.spec.node_name == cluster.nodes["b"].node
-    assert clone.metadata.annotations["cast.ai/restore"] == f"{NS}/mc-0"
-    assert clone.status.phase == "Running" and clone.status.pod_ip == POD_IP
-    with pytest.raises(ApiException) as gone:
-        cluster.core.read_namespaced_pod("mc-0", NS)
-    assert gone.value.status == 404
-    assert running_on(pod, cluster.nodes["b"].runc_root) and not running_on(pod, cluster.nodes["a"].runc_root)
     assert result["error"] is None and result["in_order"], result
     assert result["hash"] == expected_hash(STATE_MIB, result["answers"])
 

@@ -14,6 +14,10 @@ RESTORE_RUN_POST_START_EXEC = "cast.ai/restore-run-post-start-exec"
 RESTORE_RUN_INIT_CONTAINERS = "cast.ai/restore-run-init-containers"
 # System annotation on clone pods: created by restore from a checkpoint.
 RESTORE = "cast.ai/restore"
+# CLM's own annotation on clone pods: the UID the node runtime knows the pod's containers and
+# network by. Restored containers keep the first pod's identity, so a clone moved again is
+# found by this UID, not by its own.
+RUNTIME_POD_UID = "live.cast.ai/runtime-pod-uid"
 
 # Well-known Kubernetes labels the rules read.
 ARCH = "kubernetes.io/arch"

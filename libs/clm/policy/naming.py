@@ -53,21 +53,40 @@ class CloneSpec:
 
 
 # Server-set or node-specific fields that must not be copied to the clone.
-_DROP_META = ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp",
-              "deletionGracePeriodSeconds", "managedFields", "generation", "selfLink", "generateName")
+_DROP_META = (
+    "uid",
+    "resourceVersion",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "managedFields",
+    "generation",
+    "selfLink",
+    "generateName",
+)
+
+
+def runtime_pod_uid(pod: o.Obj) -> str:
+    """The UID the pod's containers and network carry on its node: its own, or for a clone
+    the one its first ancestor had."""
+    return o.annotations(pod).get(names.RUNTIME_POD_UID) or o.meta(pod).get("uid", "")
 
 
 def clone_spec(pod: o.Obj, *, name: str, node: str) -> CloneSpec:
     """The clone pod to create on `node`: same spec bound to the destination, annotated
     cast.ai/restore, owner references kept; init containers, startup probes and PostStart
     hooks left out unless the restore-run annotations ask for them."""
+    runtime_uid = runtime_pod_uid(pod)
     clone: dict[str, Any] = copy.deepcopy(dict(pod))
     clone.pop("status", None)
     meta = clone.setdefault("metadata", {})
     for key in _DROP_META:
         meta.pop(key, None)
     meta["name"] = name
-    meta.setdefault("annotations", {})[names.RESTORE] = f"{o.namespace(pod)}/{o.name(pod)}"
+    annotations = meta.setdefault("annotations", {})
+    annotations[names.RESTORE] = f"{o.namespace(pod)}/{o.name(pod)}"
+    if runtime_uid:
+        annotations[names.RUNTIME_POD_UID] = runtime_uid
     spec = clone.setdefault("spec", {})
     spec["nodeName"] = node
     spec.pop("schedulerName", None)  # bound directly: no scheduler involved
@@ -78,21 +97,40 @@ def clone_spec(pod: o.Obj, *, name: str, node: str) -> CloneSpec:
 
     def check(annotation: str, wanted: list[str], existing: set[Any], what: str) -> set[str]:
         for missing in sorted(set(wanted) - existing):
-            problems.append(Reason("restore-annotation-unknown-container",
-                                   f"{annotation} names {missing!r}, which is not a {what} of the pod"))
+            problems.append(
+                Reason(
+                    "restore-annotation-unknown-container",
+                    f"{annotation} names {missing!r}, which is not a {what} of the pod",
+                )
+            )
         return set(wanted) & existing
 
-    run_init = check(names.RESTORE_RUN_INIT_CONTAINERS, _listed(pod, names.RESTORE_RUN_INIT_CONTAINERS),
-                     init_names, "init container")
-    run_probe = check(names.RESTORE_RUN_STARTUP_PROBE, _listed(pod, names.RESTORE_RUN_STARTUP_PROBE),
-                      container_names, "container")
-    run_post = check(names.RESTORE_RUN_POST_START_EXEC, _listed(pod, names.RESTORE_RUN_POST_START_EXEC),
-                     container_names, "container")
+    run_init = check(
+        names.RESTORE_RUN_INIT_CONTAINERS,
+        _listed(pod, names.RESTORE_RUN_INIT_CONTAINERS),
+        init_names,
+        "init container",
+    )
+    run_probe = check(
+        names.RESTORE_RUN_STARTUP_PROBE,
+        _listed(pod, names.RESTORE_RUN_STARTUP_PROBE),
+        container_names,
+        "container",
+    )
+    run_post = check(
+        names.RESTORE_RUN_POST_START_EXEC,
+        _listed(pod, names.RESTORE_RUN_POST_START_EXEC),
+        container_names,
+        "container",
+    )
 
     if "initContainers" in spec:
         # Sidecars (restartPolicy: Always) are running containers: they are restored too.
-        kept = [c for c in spec["initContainers"]
-                if c.get("name") in run_init or c.get("restartPolicy") == "Always"]
+        kept = [
+            c
+            for c in spec["initContainers"]
+            if c.get("name") in run_init or c.get("restartPolicy") == "Always"
+        ]
         if kept:
             spec["initContainers"] = kept
         else:

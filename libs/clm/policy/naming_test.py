@@ -4,7 +4,7 @@ import pytest
 
 from clm.policy import builders as b
 from clm.policy import names
-from clm.policy.naming import MAX_NAME, clone_name, clone_spec, split_clone
+from clm.policy.naming import MAX_NAME, clone_name, clone_spec, runtime_pod_uid, split_clone
 
 NAMING_ROWS = [
     ("Deployments", "my-app-7d4b8c9-abc12", "Deployment", "my-app-7d4b8c9-abc12-clone-1"),
@@ -39,14 +39,29 @@ def test_long_names_stay_valid() -> None:
 
 
 def _pod() -> dict:
-    app = b.container("app", startupProbe={"exec": {"command": ["true"]}},
-                      lifecycle={"postStart": {"exec": {"command": ["register"]}},
-                                 "preStop": {"exec": {"command": ["bye"]}}})
-    web = b.container("web", startupProbe={"httpGet": {"path": "/", "port": 80}},
-                      lifecycle={"postStart": {"httpGet": {"path": "/hook", "port": 80}}})
-    pod = b.pod("web-1", owners=[b.owner("ReplicaSet", "web-rs")], containers=[app, web],
-                init_containers=[b.container("init-config"), b.container("init-deps"),
-                                 b.container("proxy", restartPolicy="Always")])
+    app = b.container(
+        "app",
+        startupProbe={"exec": {"command": ["true"]}},
+        lifecycle={
+            "postStart": {"exec": {"command": ["register"]}},
+            "preStop": {"exec": {"command": ["bye"]}},
+        },
+    )
+    web = b.container(
+        "web",
+        startupProbe={"httpGet": {"path": "/", "port": 80}},
+        lifecycle={"postStart": {"httpGet": {"path": "/hook", "port": 80}}},
+    )
+    pod = b.pod(
+        "web-1",
+        owners=[b.owner("ReplicaSet", "web-rs")],
+        containers=[app, web],
+        init_containers=[
+            b.container("init-config"),
+            b.container("init-deps"),
+            b.container("proxy", restartPolicy="Always"),
+        ],
+    )
     pod["metadata"]["resourceVersion"] = "42"
     return pod
 
@@ -70,11 +85,13 @@ def test_clone_defaults_skip_init_probes_and_post_start() -> None:
 
 def test_restore_annotations_bring_them_back() -> None:
     pod = _pod()
-    pod["metadata"]["annotations"].update({
-        names.RESTORE_RUN_INIT_CONTAINERS: "init-config",
-        names.RESTORE_RUN_STARTUP_PROBE: "app, web",
-        names.RESTORE_RUN_POST_START_EXEC: "app,web",
-    })
+    pod["metadata"]["annotations"].update(
+        {
+            names.RESTORE_RUN_INIT_CONTAINERS: "init-config",
+            names.RESTORE_RUN_STARTUP_PROBE: "app, web",
+            names.RESTORE_RUN_POST_START_EXEC: "app,web",
+        }
+    )
     clone = clone_spec(pod, name="c", node="n").pod
     assert [c["name"] for c in clone["spec"]["initContainers"]] == ["init-config", "proxy"]
     app, web = clone["spec"]["containers"]
@@ -97,3 +114,15 @@ def test_source_pod_is_not_modified() -> None:
     before = repr(pod)
     clone_spec(pod, name="c", node="n")
     assert repr(pod) == before
+
+
+def test_a_clone_of_a_clone_keeps_the_first_pods_runtime_uid() -> None:
+    first = b.pod("worker")
+    clone = clone_spec(first, name="worker-clone-1", node="node-b").pod
+    assert clone["metadata"]["annotations"][names.RUNTIME_POD_UID] == "uid-pod-worker"
+    assert "uid" not in clone["metadata"]
+    clone["metadata"]["uid"] = "uid-of-the-clone"  # the API gives the clone its own UID
+    assert runtime_pod_uid(clone) == "uid-pod-worker"
+    again = clone_spec(clone, name="worker-clone-2", node="node-a").pod
+    assert again["metadata"]["annotations"][names.RUNTIME_POD_UID] == "uid-pod-worker"
+    assert runtime_pod_uid(first) == "uid-pod-worker"
