@@ -1,10 +1,14 @@
 """clm: CLM's command-line tool.
 
-    clm explain NAMESPACE/POD   why a pod is (not) eligible, and what the Evictor would do
-    clm plan                    the evictor-planner's current plan
+    clm sandbox up|down|status          a whole CLM cluster on this machine
+    clm events [--follow] [--json]      migration events on NATS
+    clm migrate NAMESPACE/POD [--to NODE]   create a Migration and follow it
+    clm explain NAMESPACE/POD           why a pod is (not) eligible, and what the Evictor would do
+    clm plan                            the evictor-planner's current plan
 
-Reads the Kubernetes API from --kubeconfig (or $KUBECONFIG, ~/.kube/config, in-cluster) and
-NATS from --nats (or $CLM_NATS_URL).
+Reads the Kubernetes API from --kubeconfig (or $KUBECONFIG, ~/.kube/config, the running
+sandbox's, in-cluster) and NATS from --nats (or $CLM_NATS_URL, the running sandbox's,
+nats://127.0.0.1:4222).
 """
 
 from __future__ import annotations
@@ -17,9 +21,45 @@ from pathlib import Path
 
 import orjson
 
+SANDBOX_STATE = Path(os.environ.get("CLM_SANDBOX_DIR", "/tmp/clm-sandbox"))
+
+
+def _sandbox_state() -> dict | None:
+    from tools.sandbox.sandbox import read_state
+
+    return read_state(SANDBOX_STATE)
+
+
+def default_nats() -> str:
+    if os.environ.get("CLM_NATS_URL"):
+        return os.environ["CLM_NATS_URL"]
+    state = _sandbox_state()
+    return state["nats_url"] if state else "nats://127.0.0.1:4222"
+
+
+def _load_kube(command: str, kubeconfig: str | None):
+    """An API client from --kubeconfig, $KUBECONFIG, ~/.kube/config, the sandbox, in-cluster;
+    None (after saying why) when there is none."""
+    from kubernetes import client, config
+
+    try:
+        if kubeconfig or os.environ.get("KUBECONFIG") or Path("~/.kube/config").expanduser().is_file():
+            config.load_kube_config(config_file=kubeconfig)
+        elif (state := _sandbox_state()) is not None:
+            config.load_kube_config(config_file=state["kubeconfig"])
+        else:
+            config.load_incluster_config()
+    except config.ConfigException as exc:
+        print(
+            f"clm {command}: no Kubernetes API configured ({exc}): pass --kubeconfig, "
+            "or start the sandbox (clm sandbox up)",
+            file=sys.stderr,
+        )
+        return None
+    return client.ApiClient()
+
 
 def _explain(args: argparse.Namespace) -> int:
-    from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException
 
     from clm.runtime.informer import NAMESPACED
@@ -29,15 +69,9 @@ def _explain(args: argparse.Namespace) -> int:
     if not name:
         print(f"clm explain: give the pod as NAMESPACE/POD, not {args.pod!r}", file=sys.stderr)
         return 2
-    try:
-        if args.kubeconfig or os.environ.get("KUBECONFIG") or Path("~/.kube/config").expanduser().is_file():
-            config.load_kube_config(config_file=args.kubeconfig)
-        else:
-            config.load_incluster_config()
-    except config.ConfigException as exc:
-        print(f"clm explain: no Kubernetes API configured ({exc}): pass --kubeconfig", file=sys.stderr)
+    api = _load_kube("explain", args.kubeconfig)
+    if api is None:
         return 2
-    api = client.ApiClient()
     paths = {
         "Pod": "/api/v1/namespaces/{ns}/pods/{name}",
         "Node": "/api/v1/nodes/{name}",
@@ -100,6 +134,48 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _events(args: argparse.Namespace) -> int:
+    from tools.clm.events import render, stream_events
+
+    def show(event, raw: bytes) -> None:
+        print(raw.decode() if args.json else render(event), flush=True)
+
+    async def run() -> int:
+        import signal
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await stream_events(args.nats, show, follow=args.follow, stop=stop)
+
+    try:
+        shown = asyncio.run(run())
+    except Exception as exc:  # - any connection trouble: say where
+        print(
+            f"clm events: cannot read events from NATS at {args.nats}: {exc}"
+            " (is NATS running there? pass its address with --nats URL)",
+            file=sys.stderr,
+        )
+        return 1
+    if shown == 0 and not args.follow:
+        print("clm events: no migration events yet", file=sys.stderr)
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from tools.clm.migrate import migrate
+
+    namespace, _, name = args.pod.partition("/")
+    if not name:
+        print(f"clm migrate: give the pod as NAMESPACE/POD, not {args.pod!r}", file=sys.stderr)
+        return 2
+    api = _load_kube("migrate", args.kubeconfig)
+    if api is None:
+        return 2
+    return migrate(api, namespace, name, to=args.to, wait=not args.no_wait, timeout=args.timeout)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="clm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -111,10 +187,29 @@ def main(argv: list[str] | None = None) -> int:
     explain.add_argument("--json", action="store_true")
     explain.set_defaults(run=_explain)
     plan = sub.add_parser("plan", help="the evictor-planner's current plan")
-    plan.add_argument("--nats", default=os.environ.get("CLM_NATS_URL", "nats://127.0.0.1:4222"))
+    plan.add_argument("--nats", default=None)
     plan.add_argument("--json", action="store_true")
     plan.set_defaults(run=_plan)
+    events = sub.add_parser("events", help="migration events on NATS, from the start of the stream")
+    events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    events.add_argument("--json", action="store_true", help="one JSON object per line, as published")
+    events.add_argument("--nats", default=None)
+    events.set_defaults(run=_events)
+    move = sub.add_parser("migrate", help="create a Migration for a pod and follow it to the end")
+    move.add_argument("pod", metavar="NAMESPACE/POD")
+    move.add_argument(
+        "--to", default=None, metavar="NODE", help="destination (default: the coordinator picks)"
+    )
+    move.add_argument("--no-wait", action="store_true", help="return once the Migration is created")
+    move.add_argument("--timeout", type=float, default=300.0)
+    move.add_argument("--kubeconfig", default=None)
+    move.set_defaults(run=_migrate)
+    from tools.sandbox.cli import add_arguments
+
+    add_arguments(sub)
     args = parser.parse_args(argv)
+    if getattr(args, "nats", "") is None:
+        args.nats = default_nats()
     return int(args.run(args))
 
 

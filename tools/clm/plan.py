@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import nats
 from nats.js.errors import NotFoundError
 
 from clm.contracts import DrainPlanned, decode, streams, subjects
+from tools.clm.nats_connect import connect
 
 
 async def latest_plan(url: str) -> DrainPlanned | None:
-    # A command-line tool should fail fast: in nats-py 0 reconnect attempts means "forever", so
-    # allow exactly one retry, and keep the client's per-attempt error log quiet.
-    nc = await nats.connect(
-        url,
-        connect_timeout=3,
-        allow_reconnect=False,
-        max_reconnect_attempts=1,
-        reconnect_time_wait=0.2,
-        error_cb=_quiet,
-    )
+    nc = await connect(url)
     try:
         try:
             msg = await nc.jetstream().get_last_msg(streams.EVENTS.name, subjects.PLANNER_PLAN)
@@ -27,10 +18,6 @@ async def latest_plan(url: str) -> DrainPlanned | None:
         return decode(msg.data or b"", DrainPlanned)
     finally:
         await nc.close()
-
-
-async def _quiet(_: Exception) -> None:
-    return None
 
 
 def render(plan: DrainPlanned) -> str:

@@ -61,6 +61,9 @@ class LocalCluster:
     state_dir: Path
     nodes: list[str]
     nats_port: int | None = None
+    # Extra environment: by service name, and for node services by node name.
+    service_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    node_env: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
     procs: list[Proc] = field(default_factory=list)
     nats: NatsServer | None = None
     kube: EmulatorThread | None = None
@@ -127,6 +130,9 @@ class LocalCluster:
             env["CLM_KUBECONFIG"] = str(self.kubeconfig)
         if service == "ip-handover-agent":
             env["CLM_STATE_DIR"] = str(self.state_dir / "nodes" / str(node) / "ip-handover-agent")
+        env.update(self.service_env.get(service, {}))
+        if node:
+            env.update(self.node_env.get(node, {}).get(service, {}))
         log = self.state_dir / "logs" / f"{service}{'@' + node if node else ''}.log"
         python = shutil.which("python3.11") or "python3"
         with log.open("ab") as out:

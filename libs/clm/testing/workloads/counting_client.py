@@ -3,7 +3,9 @@
 
     python counting_client.py HOST PORT STOP_FILE RESULT_FILE
 
-Runs until STOP_FILE exists, then asks for the state's hash and writes RESULT_FILE (JSON):
+Every half second RESULT_FILE.progress holds the answers so far, the largest gap and the
+last error (for live displays). Runs until STOP_FILE exists, then asks for the state's
+hash and writes RESULT_FILE (JSON):
 answers count, whether every answer was the next number (nothing lost or doubled), the
 largest gap between two answers, each gap above 50 ms with its time, and any error
 (a reset or reconnect would show here: the client never reconnects).
@@ -30,9 +32,15 @@ def main() -> None:
     sock.settimeout(60)
     stream = sock.makefile("rwb", buffering=0)
     count, in_order, largest, gaps, error = 0, True, 0.0, [], None
-    last = time.monotonic()
+    last = reported = time.monotonic()
     with open(result_file + ".ready", "w"):
         pass
+
+    def progress() -> None:
+        with open(result_file + ".progress.tmp", "w") as out:
+            json.dump({"answers": count, "in_order": in_order, "largest_gap": largest, "error": error}, out)
+        os.rename(result_file + ".progress.tmp", result_file + ".progress")
+
     try:
         while not os.path.exists(stop_file):
             sock.sendall(b"inc\n")
@@ -47,11 +55,15 @@ def main() -> None:
             if gap > 0.05:
                 gaps.append([round(time.time(), 3), round(gap, 4)])
             last = now
+            if now - reported > 0.5:
+                progress()
+                reported = now
             time.sleep(0.002)
         sock.sendall(b"hash\n")
         digest = stream.readline().decode().strip()
     except Exception as exc:  # - reported to the test
         error, digest = f"{type(exc).__name__}: {exc}", None
+    progress()
     with open(result_file + ".tmp", "w") as out:
         json.dump({"answers": count, "in_order": in_order, "largest_gap": largest, "gaps": gaps,
                    "error": error, "hash": digest}, out)

@@ -1,0 +1,233 @@
+"""A whole CLM cluster on one machine: NATS JetStream, the Kubernetes API emulator, N nodes
+(network namespaces on one segment, each with both node agents and the sandbox's node
+runtime running its pods as runc containers) and the labeler, evictor-planner and
+coordinator as separate processes.
+
+`Sandbox.up()` starts it and writes `state.json` in the state directory (what `clm sandbox
+status`, `clm events`, `clm migrate` read); `Sandbox.down()` removes everything it created.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kubernetes import client
+
+from clm.policy import builders as b
+from clm.testing.nats_server import free_port
+from tools.kube_emulator.testing import api_client
+from tools.local_cluster.cluster import LocalCluster
+from tools.sandbox.ipam import Ipam
+from tools.sandbox.node_runtime import NodeRuntime
+from tools.sandbox.topology import POD_RANGE, Topology, remove_leftovers
+
+log = logging.getLogger("clm.sandbox")
+
+DEFAULT_STATE_DIR = Path("/tmp/clm-sandbox")
+REQUIRED_TOOLS = ("runc", "criu", "nsenter", "ip", "iptables", "nats-server")
+
+
+def missing_requirements() -> list[str]:
+    problems = [f"{tool} is not installed" for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    if os.geteuid() != 0:
+        problems.insert(0, "the sandbox needs root (network namespaces, runc, CRIU)")
+    return problems
+
+
+def read_state(state_dir: Path) -> dict | None:
+    """The running sandbox's state.json, or None when no sandbox runs from `state_dir`."""
+    path = state_dir / "state.json"
+    if not path.is_file():
+        return None
+    state = json.loads(path.read_text())
+    try:
+        os.kill(int(state["pid"]), 0)
+    except (ProcessLookupError, ValueError, KeyError):
+        return None
+    return state
+
+
+@dataclass
+class Sandbox:
+    state_dir: Path = DEFAULT_STATE_DIR
+    pex_dir: Path = Path("dist")
+    node_count: int = 3
+    nats_port: int | None = 4222
+    planner_dry_run: bool = True
+    topology: Topology | None = None
+    cluster: LocalCluster | None = None
+    runtimes: list[NodeRuntime] = field(default_factory=list)
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def nats_url(self) -> str:
+        assert self.cluster is not None and self.cluster.nats is not None
+        return self.cluster.nats.url
+
+    def api(self) -> client.ApiClient:
+        assert self.cluster is not None and self.cluster.kube is not None
+        return api_client(self.cluster.kube.url)
+
+    def up(self) -> bool:
+        """Start everything; True when every service is ready."""
+        problems = missing_requirements()
+        if problems:
+            raise RuntimeError("cannot start the sandbox: " + "; ".join(problems))
+        existing = read_state(self.state_dir)
+        if existing is not None:
+            raise RuntimeError(
+                f"a sandbox already runs from {self.state_dir} (pid {existing['pid']}): "
+                "stop it with `clm sandbox down` first"
+            )
+        self._clean_state_dir()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        secret = self.state_dir / "transfer-secret"
+        secret.write_text(os.urandom(32).hex())
+        secret.chmod(0o600)
+        self.topology = Topology.create(self.node_count)
+        nodes = list(self.topology.nodes)
+        if self.nats_port is not None and not _port_free(self.nats_port):
+            self.nats_port = free_port()
+        node_env = {
+            node: {
+                "ip-handover-agent": {"CLM_NODE_NETNS": ns.name, "CLM_UPLINK_INTERFACE": "eth0"},
+                "checkpoint-agent": {"CLM_TRANSFER_SECRET_FILE": str(secret)},
+            }
+            for node, ns in self.topology.nodes.items()
+        }
+        self.cluster = LocalCluster(
+            pex_dir=self.pex_dir,
+            state_dir=self.state_dir,
+            nodes=nodes,
+            nats_port=self.nats_port,
+            service_env={
+                "coordinator": {"CLM_COMPATIBILITY_PROFILE": "generic", "CLM_RESYNC_SECONDS": "0.5"},
+                "evictor-planner": {
+                    "CLM_COMPATIBILITY_PROFILE": "generic",
+                    "CLM_DRY_RUN": "true" if self.planner_dry_run else "false",
+                },
+            },
+            node_env=node_env,
+        )
+        self.cluster.start()
+        api = self.api()
+        core = client.CoreV1Api(api)
+        for node in nodes:
+            core.create_node(
+                b.node(
+                    node,
+                    cpu="2",
+                    memory="4Gi",
+                    instance_type="sandbox",
+                    zone="sandbox-1",
+                    migration_enabled=False,
+                )
+            )
+        ipam = Ipam(*POD_RANGE, used=lambda: _pod_ips(core))
+        for node, ns in self.topology.nodes.items():
+            workdir = self.state_dir / "nodes" / node
+            self.runtimes.append(
+                NodeRuntime(
+                    node=node,
+                    node_netns=ns.name,
+                    runc_root=workdir / "runc",  # the checkpoint agent's runc root: one runtime per node
+                    workdir=workdir / "runtime",
+                    api=api,
+                    ipam=ipam,
+                ).start()
+            )
+        ready = self.cluster.wait_ready()
+        self._write_state()
+        return ready
+
+    def _write_state(self) -> None:
+        assert self.cluster is not None and self.topology is not None and self.cluster.kube is not None
+        state = {
+            "pid": os.getpid(),
+            "started": time.time(),
+            "nats_url": self.nats_url,
+            "kube_url": self.cluster.kube.url,
+            "kubeconfig": str(self.kubeconfig),
+            "nodes": {node: ns.name for node, ns in self.topology.nodes.items()},
+            "client_netns": self.topology.client.name,
+            "services": [
+                {"name": p.name, "pid": p.popen.pid, "port": p.port, "log": str(p.log)}
+                for p in self.cluster.procs
+            ],
+        }
+        tmp = self.state_dir / "state.json.tmp"
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.rename(self.state_dir / "state.json")
+
+    def _clean_state_dir(self) -> None:
+        """What an earlier run left: runc containers, namespaces, its state (logs are kept)."""
+        for runc_root in self.state_dir.glob("nodes/*/runc"):
+            _delete_all_containers(runc_root)
+        remove_leftovers()
+        for name in ("nodes", "nats", "kube-state.json", "state.json", "kubeconfig", "demo"):
+            path = self.state_dir / name
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        for old in self.state_dir.glob("logs/*.log"):
+            old.unlink()
+
+    def down(self) -> list[tuple[str, int | None]]:
+        """Stop every process and remove every container, namespace, veth and state file."""
+        (self.state_dir / "state.json").unlink(missing_ok=True)
+        for runtime in self.runtimes:
+            runtime.stop()
+        codes = self.cluster.stop() if self.cluster is not None else []
+        for runtime in self.runtimes:
+            try:
+                runtime.remove_everything()
+            except Exception:  # - the namespace sweep below removes what is left
+                log.exception("removing the pods of %s failed", runtime.node)
+        for runc_root in self.state_dir.glob("nodes/*/runc"):
+            _delete_all_containers(runc_root)
+        if self.topology is not None:
+            self.topology.delete()
+        remove_leftovers()
+        for name in ("nodes", "nats", "kube-state.json", "transfer-secret", "kubeconfig"):
+            path = self.state_dir / name
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return codes
+
+
+def _pod_ips(core: client.CoreV1Api) -> list[str]:
+    return [p.status.pod_ip for p in core.list_pod_for_all_namespaces().items if p.status and p.status.pod_ip]
+
+
+def _delete_all_containers(runc_root: Path) -> None:
+    listed = subprocess.run(
+        ["runc", f"--root={runc_root}", "list", "-q"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    for cid in listed:
+        subprocess.run(
+            ["runc", f"--root={runc_root}", "delete", "--force", cid], capture_output=True, check=False
+        )
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
