@@ -26,7 +26,8 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def emit(title: str, rows: list[dict[str, Any]], *, as_json: bool, out: TextIO = sys.stdout) -> None:
+def emit(title: str, rows: list[dict[str, Any]], *, as_json: bool, out: TextIO | None = None) -> None:
+    out = out or sys.stdout  # looked up at call time: callers may have redirected it
     if as_json:
         for row in rows:
             out.write(orjson.dumps({"benchmark": title, **row}).decode() + "\n")

@@ -139,9 +139,8 @@ def _foreground(args: argparse.Namespace, *, quiet_wait: bool = False) -> int:
         assert sandbox.cluster is not None and sandbox.topology is not None
         emit("CLM sandbox services", sandbox.cluster.status_rows(), as_json=False)
         nodes = list(sandbox.topology.nodes)
-        print(
-            f"\nnodes: {', '.join(nodes)} (network namespaces {', '.join(ns.name for ns in sandbox.topology.nodes.values())})"
-        )
+        namespaces = ", ".join(ns.name for ns in sandbox.topology.nodes.values())
+        print(f"\nnodes: {', '.join(nodes)} (network namespaces {namespaces})")
         print(f"NATS JetStream: {sandbox.nats_url}   (clm events --follow)")
         print(f"Kubernetes API (emulator): export KUBECONFIG={sandbox.kubeconfig}; kubectl get pods -A")
         print(f"a shell on the client host: nsenter --net=/var/run/netns/{sandbox.topology.client.name} bash")
@@ -291,7 +290,7 @@ def _status(args: argparse.Namespace) -> int:
     emit(
         "Services",
         [
-            {"service": s["name"], "pid": s["pid"], "ready": _ready(s["port"]), "log": s["log"]}
+            {"service": s["name"], "pid": str(s["pid"]), "ready": _ready(s["port"]), "log": s["log"]}
             for s in state["services"]
         ],
         as_json=False,

@@ -26,7 +26,7 @@ from tools.kube_emulator.testing import api_client
 from tools.local_cluster.cluster import LocalCluster
 from tools.sandbox.ipam import Ipam
 from tools.sandbox.node_runtime import NodeRuntime
-from tools.sandbox.topology import POD_RANGE, Topology, remove_leftovers
+from tools.sandbox.topology import POD_RANGE, Topology, node_ip, remove_leftovers
 
 log = logging.getLogger("clm.sandbox")
 
@@ -122,17 +122,8 @@ class Sandbox:
         self.cluster.start()
         api = self.api()
         core = client.CoreV1Api(api)
-        for node in nodes:
-            core.create_node(
-                b.node(
-                    node,
-                    cpu="2",
-                    memory="4Gi",
-                    instance_type="sandbox",
-                    zone="sandbox-1",
-                    migration_enabled=False,
-                )
-            )
+        for index, node in enumerate(nodes, start=1):
+            register_node(core, node, node_ip(index))
         ipam = Ipam(*POD_RANGE, used=lambda: _pod_ips(core))
         for node, ns in self.topology.nodes.items():
             workdir = self.state_dir / "nodes" / node
@@ -206,6 +197,37 @@ class Sandbox:
             else:
                 path.unlink(missing_ok=True)
         return codes
+
+
+def register_node(core: client.CoreV1Api, node: str, address: str) -> None:
+    """What kubelet does at start: the Node object, then its status (a subresource)."""
+    obj = b.node(
+        node, cpu="2", memory="4Gi", instance_type="sandbox", zone="sandbox-1", migration_enabled=False
+    )
+    status = obj.pop("status")
+    core.create_node(obj)
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    status["capacity"] = dict(status["allocatable"])
+    status["nodeInfo"].update(
+        machineID=node,
+        systemUUID=node,
+        bootID=node,
+        kernelVersion=os.uname().release,
+        kubeProxyVersion="",
+        operatingSystem="linux",
+    )
+    status["conditions"] = [
+        {
+            "type": "Ready",
+            "status": "True",
+            "reason": "KubeletReady",
+            "lastHeartbeatTime": now,
+            "lastTransitionTime": now,
+            "message": "sandbox node runtime is running",
+        }
+    ]
+    status["addresses"] = [{"type": "InternalIP", "address": address}, {"type": "Hostname", "address": node}]
+    core.patch_node_status(node, {"status": status})
 
 
 def _pod_ips(core: client.CoreV1Api) -> list[str]:

@@ -1,0 +1,143 @@
+"""The sandbox end to end, as a user drives it: `clm sandbox up` (the README's main job,
+with the demo), every service a real process, three nodes as network namespaces with real
+runc containers and CRIU, the API emulator, NATS.
+
+- the demo: the game server is moved node to node (a StatefulSet pod: its name kept) while
+  the player holds one connection: every move finishes, the connection survives, the
+  server's state is exactly the replayed one; afterwards nothing of the sandbox is left;
+- in the background: a user's own pod (the host's programs) runs on the node it is bound
+  to, is labeled eligible, `clm migrate` moves it (a `-clone-1` pod on the new node, same
+  IP), `clm events` shows the documented sequence, `clm sandbox status` answers, and
+  `clm sandbox down` removes everything.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from kubernetes import client
+
+from clm.testing.nats_server import free_port
+from clm.testing.netns import ip
+from tests.integration.support import pex_dir
+from tools.clm import main as clm
+from tools.kube_emulator.testing import api_client
+from tools.sandbox.sandbox import read_state
+
+MISSING = [t for t in ("runc", "criu", "nsenter", "nats-server") if shutil.which(t) is None]
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or bool(MISSING),
+    reason=f"needs root and runc, criu (missing: {MISSING or 'root'}); run tools/setup/install-system-deps",
+)
+
+
+def _pexes() -> Path:
+    built = pex_dir()
+    if built is None:
+        pytest.skip("the sandbox runs the service PEXes: run under `pants test` or set CLM_PEX_DIR=dist")
+    return built
+
+
+def _leftovers() -> list[str]:
+    names = [line.split()[0] for line in ip("netns", "list").stdout.splitlines() if line.strip()]
+    return [n for n in names if n.startswith("clm-sbx")]
+
+
+def test_the_demo_moves_the_game_server_while_the_player_stays_connected(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = clm.main(
+        [
+            "sandbox", "up", "--foreground", "--demo", "--auto-move", "1", "--moves", "3",
+            "--state-dir", str(tmp_path / "sbx"), "--pex-dir", str(_pexes()), "--nats-port", str(free_port()),
+        ]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out[-4000:]
+    assert "the labeler marked it live.cast.ai/migration-enabled=true" in out
+    for move, (src, dst) in enumerate((("sbx-1", "sbx-2"), ("sbx-2", "sbx-3"), ("sbx-3", "sbx-1")), start=1):
+        assert f"game-0-move-{move}: {src} -> {dst}" in out
+        for reason in ("PreDumpSkipped", "PodCreateFinished", "MigrationFinished"):
+            assert f"demo/game-0-move-{move}  {reason}" in out
+        assert f"moved to {dst} as game-0;" in out  # a StatefulSet pod keeps its name
+    summary = out[out.index("Demo summary") :].splitlines()[3].split()
+    moves, finished, _freeze, _gap, _answers, dropped, verified = summary
+    assert (moves, finished, dropped, verified) == ("3", "3", "0", "yes"), out[-2000:]
+    assert "sandbox stopped" in out
+    assert _leftovers() == []
+
+
+def test_a_users_pod_in_the_background_sandbox_moves_with_clm_migrate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state_dir = tmp_path / "sbx"
+    monkeypatch.setattr(clm, "SANDBOX_STATE", state_dir)  # the commands find this sandbox
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("CLM_NATS_URL", raising=False)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    up = subprocess.run(
+        [sys.executable, "-m", "tools.clm.main", "sandbox", "up", "--state-dir", str(state_dir),
+         "--pex-dir", str(_pexes()), "--nats-port", str(free_port())],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    try:
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        assert "sandbox running" in up.stdout
+        state = read_state(state_dir)
+        assert state is not None
+        api = api_client(state["kube_url"])
+        core = client.CoreV1Api(api)
+        core.create_namespaced_pod(
+            "default",
+            {
+                "metadata": {"name": "counter"},
+                "spec": {
+                    "nodeName": "sbx-2",
+                    "containers": [
+                        {
+                            "name": "main",
+                            "image": "host",
+                            "command": ["python3", "-c", "import time\nwhile True: time.sleep(0.1)"],
+                        }
+                    ],
+                },
+            },
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            pod = core.read_namespaced_pod("counter", "default")
+            labeled = (pod.metadata.labels or {}).get("live.cast.ai/migration-enabled") == "true"
+            if labeled and pod.status.pod_ip:
+                break
+            time.sleep(0.3)
+        assert pod.status.phase == "Running" and pod.status.pod_ip, pod.status
+        capsys.readouterr()
+
+        assert clm.main(["migrate", "default/counter", "--to", "sbx-9"]) == 1
+        assert "no node sbx-9 (nodes: sbx-1, sbx-2, sbx-3)" in capsys.readouterr().err
+        assert clm.main(["migrate", "default/counter", "--to", "sbx-3", "--timeout", "120"]) == 0
+        assert "done: counter runs on sbx-3 as counter-clone-1" in capsys.readouterr().out
+        clone = core.read_namespaced_pod("counter-clone-1", "default")
+        assert clone.spec.node_name == "sbx-3" and clone.status.pod_ip == pod.status.pod_ip
+
+        assert clm.main(["events", "--json"]) == 0
+        kinds = [orjson.loads(line)["kind"] for line in capsys.readouterr().out.splitlines()]
+        assert kinds == ["PreDumpSkipped", "PodCreateFinished", "MigrationFinished"]
+
+        assert clm.main(["sandbox", "status", "--state-dir", str(state_dir)]) == 0
+        status = capsys.readouterr().out
+        assert "default/counter-clone-1" in status and "Finished" in status
+    finally:
+        down = clm.main(["sandbox", "down", "--state-dir", str(state_dir)])
+    assert down == 0
+    assert "sandbox stopped" in capsys.readouterr().out
+    assert read_state(state_dir) is None and _leftovers() == []
+    assert clm.main(["sandbox", "status", "--state-dir", str(state_dir)]) == 1
+    assert "no sandbox runs" in capsys.readouterr().err
