@@ -8,8 +8,6 @@ import time
 from pathlib import Path
 from typing import Literal, Protocol
 
-from pydantic import model_validator
-
 from clm.contracts import (
     AgentKind,
     NetworkCommand,
@@ -20,8 +18,9 @@ from clm.contracts import (
     subjects,
 )
 from clm.runtime import ServiceApp
-from clm.runtime.settings import NodeAgentSettings
+from clm.runtime.settings import NodeAgentSettings, SettingsError
 from clm.runtime.version import __version__
+from services.ip_handover_agent import imds
 from services.ip_handover_agent.aws_network import AwsVpcNetwork
 from services.ip_handover_agent.ledger import Ledger, reconcile_actions
 from services.ip_handover_agent.routed import NetworkStepError, PodNet, RoutedBackend
@@ -48,19 +47,32 @@ class IpHandoverSettings(NodeAgentSettings):
     # Records of what the agent did to the node (reconciled at start).
     state_dir: Path = Path("/var/lib/clm/ip-handover-agent")
     network_backend: Literal["routed", "aws-vpc"] = "routed"
-    # aws-vpc: this node's ENI that carries pod IPs, the region, and (tests) an endpoint.
+    # aws-vpc: this node's ENI that carries pod IPs and the region (unset: asked of the instance
+    # metadata service, as a DaemonSet must), and (tests) the EC2 endpoint.
     aws_eni_id: str | None = None
     aws_region: str | None = None
     aws_endpoint_url: str | None = None
+    aws_imds_endpoint: str = imds.DEFAULT_ENDPOINT
     # aws-vpc: the node uses custom networking (ENIConfig); the VPC CNI's prefix delegation.
     aws_custom_network: bool = False
     aws_prefix_delegation: bool = False
 
-    @model_validator(mode="after")
-    def _aws_settings(self) -> IpHandoverSettings:
-        if self.network_backend == "aws-vpc" and not (self.aws_eni_id and self.aws_region):
-            raise ValueError("CLM_NETWORK_BACKEND=aws-vpc needs CLM_AWS_ENI_ID and CLM_AWS_REGION")
-        return self
+    def aws_instance_network(self) -> imds.InstanceNetwork:
+        """The ENI and region the aws-vpc backend works with: from the settings where both are
+        given, otherwise from the instance metadata service."""
+        if self.aws_eni_id and self.aws_region:
+            return imds.InstanceNetwork(eni_id=self.aws_eni_id, region=self.aws_region)
+        try:
+            found = imds.discover(self.aws_imds_endpoint)
+        except imds.ImdsError as exc:
+            raise SettingsError(
+                "CLM_NETWORK_BACKEND=aws-vpc: CLM_AWS_ENI_ID and CLM_AWS_REGION are not both set and the "
+                f"instance metadata service did not answer ({exc}); set them, or run the agent on the EC2 "
+                "instance's host network so it can reach the metadata service"
+            ) from None
+        return imds.InstanceNetwork(
+            eni_id=self.aws_eni_id or found.eni_id, region=self.aws_region or found.region
+        )
 
 
 class Backend(Protocol):
@@ -81,12 +93,12 @@ def make_backend(settings: IpHandoverSettings) -> Backend:
     )
     if settings.network_backend == "routed":
         return local
-    assert settings.aws_eni_id and settings.aws_region
+    instance = settings.aws_instance_network()
     return AwsVpcNetwork.from_settings(
         local=local,
         node=settings.node_name,
-        eni_id=settings.aws_eni_id,
-        region=settings.aws_region,
+        eni_id=instance.eni_id,
+        region=instance.region,
         endpoint_url=settings.aws_endpoint_url,
         custom_network=settings.aws_custom_network,
         prefix_delegation=settings.aws_prefix_delegation,

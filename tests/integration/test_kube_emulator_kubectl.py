@@ -98,7 +98,7 @@ def test_crud_selectors_and_apply(kubectl: Kubectl) -> None:
 
 
 def test_migrations_crd_printer_columns_validation_and_events(kubectl: Kubectl) -> None:
-    kubectl("apply", "-k", "deploy/kustomize/base")
+    kubectl("apply", "-k", "deploy/kustomize/base/crds")
     kubectl("create", "namespace", "games")
     kubectl("apply", "-f", "-", stdin=MIGRATION.format(name="mc-move", extra=""))
     kubectl(
@@ -163,7 +163,7 @@ source: {{component: clm-coordinator}}
 
 
 def test_get_migrations_watch_prints_changes(kubectl: Kubectl) -> None:
-    kubectl("apply", "-k", "deploy/kustomize/base")
+    kubectl("apply", "-k", "deploy/kustomize/base/crds")
     kubectl("create", "namespace", "games")
     kubectl("apply", "-f", "-", stdin=MIGRATION.format(name="w", extra=""))
     watcher = kubectl.popen("get", "migrations", "-A", "-w")
