@@ -6,9 +6,11 @@ what eligibility depends on (owners, PVCs, PVs, nodes). A changed pod is assesse
 changed owner or claim marks its namespace's pods, a changed volume or node every pod.
 Only what differs is patched (`labels.py`), so a watch reconnect or a restart relabels
 nothing that is right. When a pod's label flips, a PodEligibilityChanged event says why.
-Replicas share pods by a hash of their UID (CLM_SHARD / CLM_SHARDS).
+Replicas share pods by a hash of their UID: by default each replica finds the others in
+the NATS KV bucket `clm-labeler-members` and takes its share of the live replicas, so
+`kubectl scale` needs nothing else; CLM_SHARDS (with CLM_SHARD) fixes the split instead.
 
-Nodes (shard 0 only): labeled while their checkpoint agent's latest NodeCapabilities says
+Nodes (the replica with share 0 only): labeled while their checkpoint agent's latest NodeCapabilities says
 the probe works and is younger than CLM_NODE_CAPABILITIES_TTL_SECONDS (agents repeat it);
 unlabeled when the probe breaks or the agent goes quiet.
 """
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -32,10 +36,13 @@ from clm.policy import objects as o
 from clm.runtime import ServiceApp, ServiceSettings
 from clm.runtime.informer import NAMESPACED, Caches, Informer, Key, Obj, workload_sources
 from clm.runtime.kubeapi import api_client
+from clm.runtime.membership import NatsMembership, member_key
 from clm.runtime.version import __version__
 from services.labeler.labels import PodVerdict, node_patch, owns, pod_patch, pod_verdict
 
 log = logging.getLogger(__name__)
+
+MEMBERS_BUCKET = "clm-labeler-members"
 
 SUMMARY = (
     "CLM labeler: watches pods and what their eligibility depends on (owners, PVCs, PVs, nodes) and "
@@ -48,8 +55,12 @@ SUMMARY = (
 
 class LabelerSettings(ServiceSettings):
     kubeconfig: Path | None = None
+    # A fixed split (replica CLM_SHARD of CLM_SHARDS); unset, replicas find each other in NATS.
     shard: int = Field(default=0, ge=0)
-    shards: int = Field(default=1, ge=1)
+    shards: int | None = Field(default=None, ge=1)
+    replica_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    # How often a replica says it is alive; it drops out of the split after 3 silent periods.
+    membership_seconds: float = Field(default=2.0, gt=0)
     node_capabilities_ttl_seconds: float = Field(default=120.0, gt=0)
     # How often node labels are checked against the agents' reports.
     node_check_seconds: float = Field(default=5.0, gt=0)
@@ -96,6 +107,18 @@ class Labeler:
         self.started = time.monotonic()
         self.core: client.CoreV1Api
         self.pool = ThreadPoolExecutor(settings.api_concurrency, thread_name_prefix="labeler-api")
+        # (index, count) of the replicas sharing the pods; None until the first membership read.
+        self.share: tuple[int, int] | None = (
+            (settings.shard, settings.shards) if settings.shards is not None else None
+        )
+        self.share_gauge = Gauge(
+            "clm_labeler_share",
+            "This replica's share of the pods: its index and the replica count.",
+            ["of"],
+            registry=r,
+        )
+        if self.share is not None:
+            self._show_share()
 
     # ----- caches -----
 
@@ -144,8 +167,8 @@ class Labeler:
         while True:
             await self.wake.wait()
             self.wake.clear()
-            if not self.caches.synced():
-                await asyncio.sleep(0.1)  # assess against complete caches only
+            if not self.caches.synced() or self.share is None:
+                await asyncio.sleep(0.1)  # assess against complete caches, with a known share
                 self.wake.set()
                 continue
             self.synced.set(1)
@@ -176,7 +199,9 @@ class Labeler:
         if pod is None:
             self.eligible_pods.discard(key)
             return None
-        if not owns(o.meta(pod).get("uid", ""), self.settings.shard, self.settings.shards):
+        assert self.share is not None
+        if not owns(o.meta(pod).get("uid", ""), *self.share):
+            self.eligible_pods.discard(key)
             return None
         if o.status(pod).get("phase") in ("Succeeded", "Failed") or o.meta(pod).get("deletionTimestamp"):
             return None
@@ -207,6 +232,31 @@ class Labeler:
             )
         )
 
+    # ----- sharing the pods -----
+
+    def _show_share(self) -> None:
+        assert self.share is not None
+        self.share_gauge.labels("index").set(self.share[0])
+        self.share_gauge.labels("count").set(self.share[1])
+
+    def reshare(self, share: tuple[int, int]) -> None:
+        """A new split: every pod is assessed again (a pod may have become this replica's)."""
+        if share == self.share:
+            return
+        log.info("share of the pods changed", extra={"previous": str(self.share), "share": str(share)})
+        self.share = share
+        self._show_share()
+        self.dirty.update(self.pod_node)
+        self.wake.set()
+
+    async def follow_membership(self, membership: NatsMembership) -> None:
+        while True:
+            try:
+                self.reshare(await membership.beat())
+            except Exception as exc:  # - NATS away: keep the last split, try again
+                log.warning("membership update failed", extra={"error": str(exc)[:300]})
+            await asyncio.sleep(self.settings.membership_seconds)
+
     # ----- nodes -----
 
     def report(self, caps: NodeCapabilities) -> None:
@@ -229,6 +279,8 @@ class Labeler:
     async def label_nodes_forever(self) -> None:
         while True:
             await asyncio.sleep(self.settings.node_check_seconds)
+            if self.share is None or self.share[0] != 0:
+                continue  # one replica labels the nodes
             nodes = self.informers.get("Node")
             if nodes is None or not nodes.synced.is_set():
                 continue
@@ -259,12 +311,26 @@ def build(settings: LabelerSettings) -> ServiceApp:
             api_client(settings.kubeconfig, "labeler", connections=settings.api_concurrency)
         )
         app.background(labeler.label_pods_forever())
-        if settings.shard == 0:
-            app.background(labeler.label_nodes_forever())
+        app.background(labeler.label_nodes_forever())
+        if settings.shards is None:
+            membership = NatsMembership(
+                app.js, MEMBERS_BUCKET, settings.replica_id, ttl=3 * settings.membership_seconds
+            )
+            app.background(labeler.follow_membership(membership))
+            app.on_stop(membership.leave)
+
+    # Every replica keeps the agents' reports: whichever has share 0 labels the nodes. With
+    # replicas coming and going (dynamic split), each has its own consumer, removed by NATS
+    # once its replica is gone for an hour.
+    dynamic = settings.shards is None
 
     @app.consumer(
         NodeCapabilities,
-        durable=subjects.durable("labeler-node-capabilities", str(settings.shard)),
+        durable=subjects.durable(
+            "labeler-node-capabilities", member_key(settings.replica_id) if dynamic else str(settings.shard)
+        ),
+        inactive_threshold_seconds=3600.0 if dynamic else None,
+        title="labeler-node-capabilities",
         filter_subject=subjects.ALL_NODE_CAPABILITIES,
         stream=streams.EVENTS,
         description="What each node's checkpoint agent can do (repeated while it runs).",

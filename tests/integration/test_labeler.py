@@ -57,8 +57,15 @@ class Env:
     apps: client.AppsV1Api
     procs: list[AgentProcess]
 
-    def labeler(self, shard: int = 0, shards: int = 1, tag: str = "") -> AgentProcess:
+    def labeler(self, shard: int = 0, shards: int | None = 1, tag: str = "") -> AgentProcess:
+        """A labeler process: replica `shard` of a fixed `shards`, or (shards=None) one that
+        finds the other replicas in NATS."""
         built = pex_dir()
+        split = (
+            {"CLM_SHARD": str(shard), "CLM_SHARDS": str(shards)}
+            if shards
+            else {"CLM_MEMBERSHIP_SECONDS": "0.5"}
+        )
         proc = AgentProcess(
             "labeler",
             "-",
@@ -67,8 +74,7 @@ class Env:
             env={
                 "CLM_NATS_URL": self.nats.url,
                 "CLM_KUBECONFIG": str(self.tmp / "kubeconfig"),
-                "CLM_SHARD": str(shard),
-                "CLM_SHARDS": str(shards),
+                **split,
                 "CLM_NODE_CAPABILITIES_TTL_SECONDS": str(TTL),
                 "CLM_NODE_CHECK_SECONDS": "0.3",
             },
@@ -299,3 +305,53 @@ def test_replicas_share_pods_and_a_restart_patches_nothing(env: Env) -> None:
         fetch_from_stream(env.nats.url, subjects.ALL_POD_ELIGIBILITY, streams.EVENTS.name, count + 10, 3)
     )
     assert len(events) == count  # one per pod: the restart said nothing again
+
+
+def share_of(proc: AgentProcess) -> tuple[int, int] | None:
+    _, text = http_get(proc.port, "/metrics")
+    found = {
+        line.split('of="')[1].split('"')[0]: int(float(line.split()[1]))
+        for line in text.splitlines()
+        if line.startswith("clm_labeler_share{")
+    }
+    return (found["index"], found["count"]) if len(found) == 2 else None
+
+
+def labeled_count(env: Env) -> int:
+    return len(env.core.list_namespaced_pod(NS, label_selector=f"{names.MIGRATION_ENABLED}=true").items)
+
+
+def test_replicas_find_each_other_so_scaling_needs_no_configuration(env: Env) -> None:
+    a, b = env.labeler(shards=None, tag="-a"), env.labeler(shards=None, tag="-b")
+    wait_for(lambda: {share_of(a), share_of(b)} == {(0, 2), (1, 2)}, "two replicas split the pods")
+    count = 40
+    for i in range(count):
+        env.pod(f"p{i:02d}", labels={"app": "fleet"})
+    wait_for(lambda: labeled_count(env) == count, "every pod labeled by one of the two replicas")
+
+    # Each pod is one replica's: their own eligible pods add up to the whole, both have some.
+    def split() -> list[float] | None:
+        owned = [eligible_gauge(a), eligible_gauge(b)]
+        return owned if sum(owned) == count else None
+
+    owned = wait_for(split, "each pod assessed by exactly one replica")
+    assert all(n > 0 for n in owned), owned
+
+    # Scaled down the hard way (the pod killed): the survivor takes every pod after the TTL,
+    # finds b's pods right already and rewrites none of them.
+    before = patches(a)
+    b.kill()
+    wait_for(lambda: share_of(a) == (0, 1), "the survivor owns every pod", timeout=10)
+    wait_for(lambda: eligible_gauge(a) == count, "the survivor assessed b's pods")
+    assert patches(a) == before
+    for i in range(count, count + 10):
+        env.pod(f"p{i:02d}", labels={"app": "fleet"})
+    wait_for(lambda: labeled_count(env) == count + 10, "new pods labeled by the survivor")
+
+    # Scaled up again: the newcomer is counted at once and takes its share.
+    c = env.labeler(shards=None, tag="-c")
+    wait_for(lambda: {share_of(a), share_of(c)} == {(0, 2), (1, 2)}, "the newcomer is counted")
+    wait_for(lambda: eligible_gauge(a) + eligible_gauge(c) == count + 10, "the pods split again")
+    assert eligible_gauge(c) > 0
+    env.core.patch_namespaced_pod("p00", NS, {"metadata": {"labels": {names.MIGRATION_ENABLED: None}}})
+    wait_for(lambda: labeled_count(env) == count + 10, "a label stripped by hand is put back by its owner")

@@ -65,6 +65,7 @@ class ServiceApp:
         self.metrics = RuntimeMetrics(name, version)
         self.policies: dict[str, ConsumerPolicy] = {}
         self._on_start: list[Callable[[], Awaitable[None]]] = []
+        self._on_stop: list[Callable[[], Awaitable[None]]] = []
         self._stop_requested = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
         self._started = False
@@ -108,10 +109,13 @@ class ServiceApp:
         ack_wait_seconds: float | None = None,
         description: str | None = None,
         max_workers: int = 1,
+        inactive_threshold_seconds: float | None = None,
+        title: str | None = None,
     ) -> Callable[[Handler], Handler]:
         """Register a handler on a durable pull consumer accepting the given message kinds.
         With max_workers > 1 up to that many messages are handled at once (their order is
-        then not kept: handlers must serialise what needs it)."""
+        then not kept: handlers must serialise what needs it). A consumer with an inactive
+        threshold is deleted by NATS after that long without a client."""
         models = (accepts,) if isinstance(accepts, type) else tuple(accepts)
         max_deliver = max_deliver or self.settings.max_deliver
         policy = ConsumerPolicy(
@@ -141,9 +145,12 @@ class ServiceApp:
                     max_deliver=max_deliver,
                     ack_wait=ack_wait_seconds or self.settings.ack_wait_seconds,
                     max_ack_pending=max(batch_size * 4, 64),
+                    # NATS removes the consumer after this long without a client (per-replica ones).
+                    inactive_threshold=inactive_threshold_seconds,
                 ),
                 decoder=decoder,
-                title=durable,
+                # The AsyncAPI document's name for it (stable where the durable name is per replica).
+                title=title or durable,
                 description=description or handler.__doc__,
                 **extra,
             )(handler)
@@ -160,6 +167,11 @@ class ServiceApp:
     def on_start(self, fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         """Run `fn` once connected, streams declared and consumers bound."""
         self._on_start.append(fn)
+        return fn
+
+    def on_stop(self, fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """Run `fn` first when stopping, while NATS is still connected (errors are logged)."""
+        self._on_stop.append(fn)
         return fn
 
     # ----- publishing -----
@@ -308,6 +320,14 @@ class ServiceApp:
         """Stop taking messages, let in-flight handlers finish (up to the grace), close."""
         self._started = False
         self._stopping = True
+        for fn in self._on_stop:
+            try:
+                await fn()
+            except Exception as exc:  # - stopping goes on regardless
+                log.warning(
+                    "stop hook failed",
+                    extra={"hook": getattr(fn, "__qualname__", str(fn)), "error": str(exc)},
+                )
         for task in self._background:
             task.cancel()
         self._background.clear()
