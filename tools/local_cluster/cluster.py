@@ -118,14 +118,16 @@ class LocalCluster:
             env["CLM_NODE_NAME"] = node
         if service == "checkpoint-agent":
             # Several nodes' agents on one host: each its own state, images and port.
-            env.update({
-                "CLM_STATE_DIR": str(self.state_dir / "nodes" / str(node) / "checkpoint-agent"),
-                "CLM_IMAGE_DIR": str(self.state_dir / "nodes" / str(node) / "images"),
-                "CLM_RUNC_ROOT": str(self.state_dir / "nodes" / str(node) / "runc"),
-                "CLM_TRANSFER_PORT": "0",
-                "CLM_TRANSFER_LISTEN_HOST": "127.0.0.1",
-                "CLM_TRANSFER_ADVERTISE_HOST": "127.0.0.1",
-            })
+            env.update(
+                {
+                    "CLM_STATE_DIR": str(self.state_dir / "nodes" / str(node) / "checkpoint-agent"),
+                    "CLM_IMAGE_DIR": str(self.state_dir / "nodes" / str(node) / "images"),
+                    "CLM_RUNC_ROOT": str(self.state_dir / "nodes" / str(node) / "runc"),
+                    "CLM_TRANSFER_PORT": "0",
+                    "CLM_TRANSFER_LISTEN_HOST": "127.0.0.1",
+                    "CLM_TRANSFER_ADVERTISE_HOST": "127.0.0.1",
+                }
+            )
         if service in CLUSTER_SERVICES:  # they read and write the cluster through its API
             env["CLM_KUBECONFIG"] = str(self.kubeconfig)
         if service == "ip-handover-agent":
@@ -136,8 +138,13 @@ class LocalCluster:
         log = self.state_dir / "logs" / f"{service}{'@' + node if node else ''}.log"
         python = shutil.which("python3.11") or "python3"
         with log.open("ab") as out:
-            popen = subprocess.Popen([python, str(self.pex(service))], env=env, stdout=out,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+            popen = subprocess.Popen(
+                [python, str(self.pex(service))],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.procs.append(Proc(service, node, port, log, popen))
 
     def wait_ready(self, timeout: float = 120.0) -> bool:
@@ -169,15 +176,47 @@ class LocalCluster:
                     metrics = http_get(proc.port, "/metrics")[1]
                 except OSError:
                     metrics = ""
-            rows.append({
-                "service": proc.name,
-                "pid": str(proc.popen.pid),
-                "http": f"127.0.0.1:{proc.port}",
-                "ready": "yes" if proc.ready else "NO",
-                "nats_connected": "yes" if "clm_nats_connected 1.0" in metrics else "no",
-                "detail": proc.detail,
-            })
+            rows.append(
+                {
+                    "service": proc.name,
+                    "pid": str(proc.popen.pid),
+                    "http": f"127.0.0.1:{proc.port}",
+                    "ready": "yes" if proc.ready else "NO",
+                    "nats_connected": "yes" if "clm_nats_connected 1.0" in metrics else "no",
+                    "detail": proc.detail,
+                }
+            )
         return rows
+
+    def restart(self, service: str, env: dict[str, str], timeout: float = 60.0) -> None:
+        """Stop a cluster service (SIGTERM, drained) and start it again with `env` added to
+        its environment; returns once it is ready."""
+        old = [p for p in self.procs if p.service == service and p.node is None]
+        if not old:
+            raise ValueError(f"no cluster service {service!r} (have: {', '.join(CLUSTER_SERVICES)})")
+        for proc in old:
+            proc.popen.send_signal(signal.SIGTERM)
+            try:
+                proc.popen.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+                proc.popen.wait()
+            self.procs.remove(proc)
+        self.service_env[service] = {**self.service_env.get(service, {}), **env}
+        self._spawn(service, None)
+        new = self.procs[-1]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if new.popen.poll() is not None:
+                raise RuntimeError(f"{service} exited {new.popen.returncode}; see {new.log}")
+            try:
+                if http_get(new.port, "/readyz")[0] == 200:
+                    new.ready = True
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{service} not ready within {timeout:.0f}s; see {new.log}")
 
     def stop(self) -> list[tuple[str, int | None]]:
         """SIGTERM every service, wait for each to drain; returns (name, exit code)."""

@@ -1,0 +1,175 @@
+"""End to end through all five services in the sandbox: the evictor-planner bin-packs a
+fragmented cluster (tools/sandbox/binpack.py) and everything the label matrix says happens,
+for real — runc containers on three nodes (network namespaces), CRIU, both node agents,
+the coordinator, the labeler, NATS and the API emulator:
+
+- the nodes are labeled from their agents' probes, the eligible pods from the policy core;
+- sbx-1 is cordoned and emptied: its StatefulSet pod moves live keeping its name, its
+  ReplicaSet pod moves live as `-clone-1`, each Migration with the documented event
+  sequence on NATS and as Kubernetes Events; its opted-out pod is evicted; NodeDrained;
+- a player holding one connection to the StatefulSet pod never reconnects, and the
+  server's state is exactly what the player sent;
+- the protected pod, and every pod on the nodes not drained, stay where they were.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from clm.contracts import streams, subjects
+from clm.contracts.events import MIGRATION_EVENT_ADAPTER
+from clm.policy import names
+from clm.testing.nats_server import free_port
+from clm.testing.podlab import expected_hash
+from tests.integration.support import fetch_from_stream, pex_dir
+from tools.sandbox import binpack
+from tools.sandbox.demo import Player
+from tools.sandbox.sandbox import Sandbox
+
+MISSING = [t for t in ("runc", "criu", "nsenter", "nats-server") if shutil.which(t) is None]
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or bool(MISSING),
+    reason=f"needs root and runc, criu (missing: {MISSING or 'root'}); run tools/setup/install-system-deps",
+)
+STATE_MIB = 32
+SEQUENCE = ["PreDumpSkipped", "PodCreateFinished", "MigrationFinished"]
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 90) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for: {what}")
+        time.sleep(0.3)
+
+
+def test_the_planner_bin_packs_the_sandbox_live(tmp_path: Path) -> None:
+    built = pex_dir()
+    if built is None:
+        pytest.skip("the sandbox runs the service PEXes: run under `pants test` or set CLM_PEX_DIR=dist")
+    sandbox = Sandbox(state_dir=tmp_path / "sbx", pex_dir=built, nats_port=free_port())
+    player: Player | None = None
+    try:
+        assert sandbox.up(), f"services not ready; logs in {tmp_path / 'sbx' / 'logs'}"
+        api = sandbox.api()
+        core = client.CoreV1Api(api)
+        binpack.deploy(api, state_mib=STATE_MIB)
+
+        def pods() -> dict[str, Any]:
+            return {p.metadata.name: p for p in core.list_namespaced_pod(binpack.NAMESPACE).items}
+
+        def all_running() -> bool:
+            now = pods()
+            return all(
+                n in now and now[n].status.phase == "Running" and now[n].status.pod_ip for n in binpack.PODS
+            )
+
+        wait_for(all_running, "every pod running on its node")
+        nodes = ["sbx-1", "sbx-2", "sbx-3"]
+        wait_for(
+            lambda: all(
+                (core.read_node(n).metadata.labels or {}).get(names.MIGRATION_ENABLED) == "true"
+                for n in nodes
+            ),
+            "every node labeled from its checkpoint agent's probe",
+        )
+
+        def eligible(name: str) -> bool:
+            return (pods()[name].metadata.labels or {}).get(names.MIGRATION_ENABLED) == "true"
+
+        wait_for(lambda: all(eligible(n) for n in binpack.MIGRATED), "the pods to move are labeled eligible")
+        before = {name: (pod.spec.node_name, pod.status.pod_ip) for name, pod in pods().items()}
+        assert sandbox.topology is not None and sandbox.cluster is not None
+        player = Player(sandbox.topology.client.name, before["game-0"][1], tmp_path / "player").start()
+
+        # The planner was started dry (the cluster was empty); now it acts.
+        sandbox.cluster.restart(
+            "evictor-planner",
+            {"CLM_DRY_RUN": "false", "CLM_INTERVAL_SECONDS": "2", "CLM_SETTLE_SECONDS": "1"},
+        )
+
+        def drained() -> bool:
+            now = pods()
+            return all(
+                n in now and now[n].status.phase == "Running" for n in binpack.MIGRATED.values()
+            ) and not any(p.spec.node_name == binpack.DRAINED for p in now.values())
+
+        wait_for(drained, f"{binpack.DRAINED} emptied: its pods moved or evicted", timeout=180)
+        drained_events = wait_for(
+            lambda: asyncio.run(
+                fetch_from_stream(
+                    sandbox.nats_url, subjects.node_drained(binpack.DRAINED), streams.EVENTS.name, 1, 3
+                )
+            ),
+            "NodeDrained published",
+        )
+        assert drained_events[0].subject == subjects.node_drained(binpack.DRAINED)
+
+        result = player.finish()
+        player = None
+        assert result.get("error") is None, result
+        assert result["answers"] > 0 and result["in_order"], result
+        assert result["hash"] == expected_hash(STATE_MIB, int(result["answers"])), "the game state diverged"
+
+        now = pods()
+        for source, clone in binpack.MIGRATED.items():
+            pod = now[clone]
+            assert pod.spec.node_name == "sbx-3", f"{clone} on {pod.spec.node_name}"
+            assert pod.status.pod_ip == before[source][1], f"{clone} kept its IP"
+            if source != clone:
+                assert source not in now, f"source pod {source} deleted after its migration"
+        for name in binpack.EVICTED:
+            assert name not in now, f"{name} was evicted"
+        for name in binpack.STAY:
+            assert (now[name].spec.node_name, now[name].status.pod_ip) == before[name], f"{name} stayed"
+            assert now[name].status.phase == "Running"
+        assert core.read_node(binpack.DRAINED).spec.unschedulable is True
+        assert (
+            not core.read_node("sbx-2").spec.unschedulable and not core.read_node("sbx-3").spec.unschedulable
+        )
+
+        check_migrations(api, sandbox.nats_url)
+    finally:
+        if player is not None:
+            player.finish(timeout=5)
+        sandbox.down()
+
+
+def check_migrations(api: client.ApiClient, nats_url: str) -> None:
+    """One Migration per moved pod, Finished, its clone named per the seed, its events the
+    documented sequence on NATS and as Kubernetes Events on it, one to one, in order."""
+    core = client.CoreV1Api(api)
+    migrations = client.CustomObjectsApi(api).list_namespaced_custom_object(
+        "live.cast.ai", "v1", binpack.NAMESPACE, "migrations"
+    )["items"]
+    assert sorted(m["spec"]["podName"] for m in migrations) == sorted(binpack.MIGRATED)
+    events = core.list_namespaced_event(binpack.NAMESPACE).items
+    nats_events = asyncio.run(
+        fetch_from_stream(nats_url, subjects.ALL_MIGRATION_EVENTS, streams.EVENTS.name, 20, 3)
+    )
+    for m in migrations:
+        name = m["metadata"]["name"]
+        assert m["status"]["phase"] == "Finished", m["status"]
+        assert m["status"]["clonePodName"] == binpack.MIGRATED[m["spec"]["podName"]]
+        recorded = sorted(
+            (e for e in events if e.involved_object.kind == "Migration" and e.involved_object.name == name),
+            key=lambda e: e.metadata.name,  # the coordinator names them in sequence
+        )
+        assert [e.reason for e in recorded] == SEQUENCE, name
+        prefix = subjects.join(subjects.EVENTS_PREFIX, "migration", binpack.NAMESPACE, name) + "."
+        published = [
+            MIGRATION_EVENT_ADAPTER.validate_json(msg.data) for msg in nats_events if msg.subject.startswith(prefix)
+        ]
+        assert [e.kind for e in published] == SEQUENCE, name
