@@ -332,7 +332,8 @@ def test_external_nats_removes_the_bundled_cluster(rendered: dict[str, list[Obj]
 def test_aws_eks_moves_ips_on_the_vpc_and_pulls_from_ecr(rendered: dict[str, list[Obj]]) -> None:
     docs = rendered["overlays/aws-eks"]
     assert one(docs, "ConfigMap", "clm-ip-handover-agent")["data"]["CLM_NETWORK_BACKEND"] == "aws-vpc"
-    assert one(docs, "ConfigMap", "clm-coordinator")["data"]["CLM_COMPATIBILITY_PROFILE"] == "eks"
+    for service in ("clm-coordinator", "clm-evictor-planner"):
+        assert one(docs, "ConfigMap", service)["data"]["CLM_COMPATIBILITY_PROFILE"] == "eks"
     account = one(docs, "ServiceAccount", "clm-ip-handover-agent")
     assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::")
     images = [w["spec"]["template"]["spec"]["containers"][0]["image"] for w in workloads(docs).values()]

@@ -47,6 +47,7 @@ from clm.contracts import (
 from clm.contracts.events import MigrationEvent
 from clm.policy import objects as o
 from clm.policy.binpack import PlannerConfig, snapshot_from_objects
+from clm.policy.compatibility import Profile, Requirements
 from clm.policy.evictor import Mode
 from clm.runtime import ServiceApp, ServiceSettings
 from clm.runtime.informer import Caches, Key, Obj, Source, workload_sources
@@ -90,6 +91,8 @@ TERMINAL = ("Finished", "Failed")
 class PlannerSettings(ServiceSettings):
     kubeconfig: Path | None = None
     mode: Mode = Mode.DEFAULT
+    # Which nodes pods may live-migrate between (as the coordinator's setting of that name).
+    compatibility_profile: Profile = Profile.GENERIC
     dry_run: bool = False
     interval_seconds: float = Field(default=60.0, gt=0)
     settle_seconds: float = Field(default=5.0, ge=0)
@@ -242,7 +245,9 @@ class Planner:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         state, nodes, drains = await loop.run_in_executor(None, self.state)
-        config = PlannerConfig(mode=self.settings.mode)
+        config = PlannerConfig(
+            mode=self.settings.mode, requirements=Requirements(profile=self.settings.compatibility_profile)
+        )
         limits = Limits(self.settings.max_migrations_in_flight, self.settings.max_nodes_draining)
         decisions = await loop.run_in_executor(None, decide, state, config, limits)
         self.last = decisions

@@ -1,8 +1,9 @@
 """A fragmented sandbox cluster for the evictor-planner to bin-pack (sandbox code).
 
-Three nodes of 2 CPUs. sbx-1 is nearly idle; its pods fit on sbx-3, so draining it is the
-plan. sbx-2 is full (a pod that fits nowhere else) and sbx-3 holds a protected pod, so
-neither can be drained. On sbx-1, one pod of each path of the label matrix in default mode:
+Three nodes of 2 CPUs. sbx-1 is nearly idle; its pods fit on the other two (the plan puts
+each on the fullest node with room), so draining it is the plan. sbx-2 is nearly full (a
+pod that fits nowhere else) and sbx-3 holds a protected pod, so neither can be drained.
+On sbx-1, one pod for each path of the label matrix in default mode:
 
 | pod (namespace binpack) | node  | owner                          | Evictor's action |
 | game-0                  | sbx-1 | StatefulSet game (2 replicas)  | live-migrate, keeps its name |

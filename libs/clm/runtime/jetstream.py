@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
@@ -37,7 +40,25 @@ async def declare_streams(js: JetStreamContext, specs: tuple[StreamSpec, ...], *
     name in use) and it takes the update path against the stream the winner made.
     """
     for spec in specs:
-        await _declare_stream(js, spec, stream_config(spec, replicas=replicas))
+        await _patiently(lambda spec=spec: _declare_stream(js, spec, stream_config(spec, replicas=replicas)))
+
+
+# A busy server (a whole cluster of services starting at once, a JetStream leader election)
+# can leave an API request unanswered for seconds: that is worth waiting out, not exiting.
+API_TIMEOUT_RETRIES = 5
+
+
+async def _patiently(
+    declare: Callable[[], Awaitable[None]], *, retries: int = API_TIMEOUT_RETRIES, pause: float = 1.0
+) -> None:
+    for attempt in range(retries + 1):
+        try:
+            return await declare()
+        except NatsTimeoutError:
+            if attempt == retries:
+                raise
+            log.warning("JetStream API did not answer; trying again", extra={"attempt": attempt + 1})
+            await asyncio.sleep(pause * (attempt + 1))
 
 
 async def _declare_stream(js: JetStreamContext, spec: StreamSpec, wanted: StreamConfig) -> None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import pytest
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
@@ -76,3 +77,37 @@ async def test_a_stream_that_never_appears_is_reported() -> None:
     js.add_stream = add_elsewhere  # type: ignore[method-assign]
     with pytest.raises(RuntimeError, match="nats stream ls"):
         await declare_streams(js, (streams.EVENTS,), replicas=1)  # type: ignore[arg-type]
+
+
+async def test_an_unanswered_api_request_is_waited_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("clm.runtime.jetstream.asyncio.sleep", _no_wait)
+    js = RacingJetStream(lose_with=10065)
+    info = js.stream_info
+    silent = iter([True, True])
+
+    async def busy_then_answers(name: str) -> SimpleNamespace:
+        if next(silent, False):
+            js.calls.append(f"timeout {name}")
+            raise NatsTimeoutError()
+        return await info(name)
+
+    js.stream_info = busy_then_answers  # type: ignore[method-assign]
+    js.existing["CLM_EVENTS"] = stream_config(streams.EVENTS, replicas=1)
+    await declare_streams(js, (streams.EVENTS,), replicas=1)  # type: ignore[arg-type]
+    assert js.calls == ["timeout CLM_EVENTS", "timeout CLM_EVENTS", "info CLM_EVENTS"]
+
+
+async def test_a_server_that_never_answers_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("clm.runtime.jetstream.asyncio.sleep", _no_wait)
+    js = RacingJetStream(lose_with=10065)
+
+    async def never(name: str) -> SimpleNamespace:
+        raise NatsTimeoutError()
+
+    js.stream_info = never  # type: ignore[method-assign]
+    with pytest.raises(NatsTimeoutError):
+        await declare_streams(js, (streams.EVENTS,), replicas=1)  # type: ignore[arg-type]
+
+
+async def _no_wait(_seconds: float) -> None:
+    pass
