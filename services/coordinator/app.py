@@ -11,6 +11,7 @@ commands on NATS become Migration objects.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -35,10 +36,11 @@ from clm.contracts import (
 from clm.policy.compatibility import Profile, Requirements
 from clm.runtime import ServiceApp, ServiceSettings
 from clm.runtime.agent_client import AgentClient
+from clm.runtime.informer import Informer, Key, Obj, Source
 from clm.runtime.kubeapi import api_client
 from clm.runtime.version import __version__
 from services.coordinator.admission import Limits, admit
-from services.coordinator.kube import Conflict, KubeGateway
+from services.coordinator.kube import GROUP, PLURAL, VERSION, Conflict, KubeGateway
 from services.coordinator.runner import TERMINAL, MigrationRunner, RunnerConfig
 
 log = logging.getLogger(__name__)
@@ -57,7 +59,9 @@ class CoordinatorSettings(ServiceSettings):
     # Path of a kubeconfig; unset: in-cluster configuration (the pod's service account).
     kubeconfig: Path | None = None
     replica_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    resync_seconds: float = Field(default=2.0, gt=0)
+    # Migrations are watched (a change wakes the coordinator at once); a full pass also runs
+    # this often, to catch up on anything a broken watch missed and on expired leases.
+    resync_seconds: float = Field(default=10.0, gt=0)
     lease_seconds: float = Field(default=30.0, gt=1)
     step_timeout_seconds: float = Field(default=300.0, gt=0)
     max_per_source_node: int = Field(default=2, ge=1)
@@ -80,6 +84,9 @@ class Coordinator:
             "clm_coordinator_migrations_running", "Migrations this replica is driving.", registry=r
         )
         self.running: dict[str, asyncio.Task[None]] = {}
+        self.wake = asyncio.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.watch: Informer | None = None
         self.runner_config = RunnerConfig(
             step_timeout=settings.step_timeout_seconds,
             requirements=Requirements(profile=settings.compatibility_profile),
@@ -150,13 +157,28 @@ class Coordinator:
             if uid not in self.running and (migration.get("status") or {}).get("phase") not in TERMINAL:
                 self.running[uid] = asyncio.create_task(self.drive(uid, migration))
 
+    def start_watch(self, api: client.ApiClient) -> None:
+        """Watch Migrations (list + watch, resumed after disconnects): any change — a new
+        Migration, a runner's status patch, a lease released — wakes the next pass."""
+        self.loop = asyncio.get_running_loop()
+        custom = client.CustomObjectsApi(api)
+        source = Source("Migration", custom.list_cluster_custom_object, (GROUP, VERSION, PLURAL))
+        self.watch = Informer(source, self._changed).start()
+
+    def _changed(self, _kind: str, _key: Key, _obj: Obj | None) -> None:
+        assert self.loop is not None
+        self.loop.call_soon_threadsafe(self.wake.set)
+
     async def resync_forever(self) -> None:
         while True:
+            self.wake.clear()
             try:
                 await self.resync()
             except Exception as exc:  # - the API may be briefly away
                 log.warning("resync failed", extra={"error": str(exc)})
-            await asyncio.sleep(self.settings.resync_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=self.settings.resync_seconds)
+            await asyncio.sleep(0.05)  # a burst of changes (a planner's batch) makes one pass
 
     async def on_request(self, request: RequestMigration) -> None:
         name = f"{request.pod}-{request.message_id[:8].lower()}"[:253]
@@ -202,8 +224,15 @@ def build(settings: CoordinatorSettings) -> ServiceApp:
 
     @app.on_start
     async def start_resync() -> None:
-        coordinator.kube = KubeGateway(api_client(settings.kubeconfig, "coordinator"))
+        api = api_client(settings.kubeconfig, "coordinator")
+        coordinator.kube = KubeGateway(api)
+        coordinator.start_watch(api)
         app.background(coordinator.resync_forever())
+
+    @app.on_stop
+    async def stop_watching() -> None:
+        if coordinator.watch is not None:
+            coordinator.watch.stop()
 
     @app.consumer(
         RequestMigration,
