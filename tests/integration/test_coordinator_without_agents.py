@@ -1,5 +1,7 @@
-"""Two coordinator processes against the API emulator and a real NATS server, with the
-full pass (resync) set far apart so that only the watch can explain a prompt reaction:
+"""Coordinator processes against the API emulator and a real NATS server, no node agents.
+
+Two replicas, with the full pass (resync) set far apart so that only the watch can explain
+a prompt reaction:
 
 - both replicas see each new Migration at once through their watch, both try to drive
   it, and exactly one does: every Migration ends with exactly one outcome event on NATS
@@ -8,6 +10,11 @@ full pass (resync) set far apart so that only the watch can explain a prompt rea
 
 The Migrations name pods that do not exist, so each one fails at its first step (the
 failure path with nothing to roll back): what is tested is who drives it, and how fast.
+
+The evict fallback against a real PodDisruptionBudget: a migration that cannot happen (no
+agent answers for the nodes) falls back to eviction through the Eviction API; while the
+budget allows no disruption the API says 429 and the pod stays; once the budget allows it,
+the retried eviction goes through.
 """
 
 from __future__ import annotations
@@ -136,3 +143,53 @@ def test_two_replicas_share_migrations_and_never_drive_one_twice(replicas: Repli
     # Later, with both idle: a new Migration is seen at once, not at the next full pass.
     replicas.migrate("late")
     assert wait_all_failed(replicas, ["late"], within=10) < 5
+
+
+def test_the_evict_fallback_waits_for_the_disruption_budget(replicas: Replicas) -> None:
+    from clm.policy import builders as b
+
+    replicas.start("coordinator-a")
+    for node in ("n1", "n2"):
+        replicas.core.create_node(b.node(node))
+    replicas.core.create_namespaced_pod(
+        NS,
+        {
+            "metadata": {"name": "solo", "labels": {"app": "solo"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "main", "image": "game:1"}]},
+        },
+    )
+    replicas.core.patch_namespaced_pod_status(
+        "solo", NS, {"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}
+    )
+    policy = client.PolicyV1Api(replicas.core.api_client)
+    policy.create_namespaced_pod_disruption_budget(
+        NS,
+        {
+            "metadata": {"name": "solo"},
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "solo"}}},
+        },
+    )
+    replicas.custom.create_namespaced_custom_object(
+        "live.cast.ai",
+        "v1",
+        NS,
+        "migrations",
+        {
+            "apiVersion": "live.cast.ai/v1",
+            "kind": "Migration",
+            "metadata": {"name": "solo-move"},
+            "spec": {"podName": "solo", "destinationNode": "n2", "fallback": "evict"},
+        },
+    )
+    # The migration fails (nobody answers for n1), the eviction meets the budget: 429, kept.
+    time.sleep(4)
+    assert replicas.core.list_namespaced_pod(NS).items[0].metadata.name == "solo"
+    assert replicas.phases()["solo-move"] != "Failed"  # still retrying the eviction
+
+    policy.patch_namespaced_pod_disruption_budget("solo", NS, {"spec": {"minAvailable": 0}})
+    wait_all_failed(replicas, ["solo-move"], within=30)
+    assert replicas.core.list_namespaced_pod(NS).items == []
+    status = replicas.custom.get_namespaced_custom_object(
+        "live.cast.ai", "v1", NS, "migrations", "solo-move"
+    )["status"]
+    assert "fallback evict: evicted" in status["message"], status
