@@ -123,3 +123,64 @@ def deploy(api: client.ApiClient, state_mib: int = 32) -> None:
             NAMESPACE,
             {"metadata": meta, "spec": {"nodeName": node, "containers": [_container(name, state_mib)]}},
         )
+
+
+def pods(api: client.ApiClient) -> dict[str, Any]:
+    return {p.metadata.name: p for p in client.CoreV1Api(api).list_namespaced_pod(NAMESPACE).items}
+
+
+def ready_to_plan(api: client.ApiClient) -> bool:
+    """Every pod runs, every node is labeled from its agent, the pods to move are labeled."""
+    core, now = client.CoreV1Api(api), pods(api)
+    running = all(n in now and now[n].status.phase == "Running" and now[n].status.pod_ip for n in PODS)
+    nodes = {PODS[n][0] for n in PODS}
+    labeled_nodes = all(
+        (core.read_node(n).metadata.labels or {}).get(names.MIGRATION_ENABLED) == names.TRUE for n in nodes
+    )
+    labeled_pods = running and all(
+        (now[n].metadata.labels or {}).get(names.MIGRATION_ENABLED) == names.TRUE for n in MIGRATED
+    )
+    return running and labeled_nodes and labeled_pods
+
+
+def drained(api: client.ApiClient) -> bool:
+    """The drained node holds no pod and the moved pods run elsewhere."""
+    now = pods(api)
+    return all(n in now and now[n].status.phase == "Running" for n in MIGRATED.values()) and not any(
+        p.spec.node_name == DRAINED for p in now.values()
+    )
+
+
+def placement(api: client.ApiClient) -> dict[str, tuple[str, str]]:
+    """pod -> (node, IP) as the API has it now."""
+    return {name: (p.spec.node_name, p.status.pod_ip or "") for name, p in pods(api).items()}
+
+
+def outcome_rows(
+    before: dict[str, tuple[str, str]], after: dict[str, tuple[str, str]]
+) -> list[dict[str, str]]:
+    """One row per original pod: where it was, where it is (as which pod), what happened."""
+    rows = []
+    for name, (node, ip) in before.items():
+        now_name = MIGRATED.get(name, name)
+        if now_name not in after:
+            rows.append({"pod": name, "was_on": node, "now": "-", "what": "evicted"})
+            continue
+        new_node, new_ip = after[now_name]
+        if new_node == node:
+            what = "stayed"
+        elif name in MIGRATED:
+            what = "moved live" + (", same IP" if new_ip == ip else ", NEW IP")
+        else:
+            what = "moved (not in the plan)"
+        rows.append({"pod": name, "was_on": node, "now": f"{now_name} on {new_node}", "what": what})
+    return rows
+
+
+def as_expected(rows: list[dict[str, str]]) -> bool:
+    what = {r["pod"]: r["what"] for r in rows}
+    return (
+        all(what.get(n) == "moved live, same IP" for n in MIGRATED)
+        and all(what.get(n) == "evicted" for n in EVICTED)
+        and all(what.get(n) == "stayed" for n in STAY)
+    )

@@ -16,9 +16,11 @@ from pathlib import Path
 
 from kubernetes import client
 
+from clm.contracts.events import MigrationEvent
 from tools.benchmarks.report import emit
+from tools.clm.events import render, stream_events
 from tools.kube_emulator.testing import api_client
-from tools.sandbox import demo
+from tools.sandbox import binpack, demo
 from tools.sandbox.sandbox import DEFAULT_STATE_DIR, Sandbox, missing_requirements, read_state
 from tools.sandbox.topology import remove_leftovers
 
@@ -45,6 +47,11 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     )
     up.add_argument("--moves", type=int, default=None, help="with --demo: stop after this many moves")
     up.add_argument("--state-mib", type=int, default=64, help="with --demo: the game server's state size")
+    up.add_argument(
+        "--binpack",
+        action="store_true",
+        help="with --foreground: deploy a fragmented cluster and let the evictor-planner bin-pack it live",
+    )
     up.set_defaults(run=_up)
     down = verbs.add_parser("down", help="stop the sandbox and remove everything it created")
     down.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
@@ -55,6 +62,13 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
+    if args.binpack and (args.demo or not args.foreground):
+        print(
+            "clm sandbox up: --binpack runs in the foreground on its own: "
+            "use `clm sandbox up --foreground --binpack` (without --demo)",
+            file=sys.stderr,
+        )
+        return 2
     problems = missing_requirements()
     missing = [
         s
@@ -148,7 +162,9 @@ def _foreground(args: argparse.Namespace, *, quiet_wait: bool = False) -> int:
         if not ready:
             print("\nsome services are not healthy: see their logs", file=sys.stderr)
             return 1
-        if args.demo:
+        if args.binpack:
+            code = asyncio.run(_binpack(sandbox, args, stop))
+        elif args.demo:
             code = asyncio.run(_demo(sandbox, nodes, args, stop))
         else:
             asyncio.run(_wait_for_signal(stop, quiet_wait))
@@ -238,6 +254,59 @@ async def _demo(sandbox: Sandbox, nodes: list[str], args: argparse.Namespace, st
         print(f"  the player's connection: {summary['client_error']}")
     ok = not summary["failed"] and not summary["connections_dropped"] and summary["state_verified"]
     return 0 if ok else 1
+
+
+async def _binpack(sandbox: Sandbox, args: argparse.Namespace, stop: asyncio.Event) -> int:
+    """The planner's bin-packing, shown: a fragmented cluster, the planner switched live, each
+    migration event as it arrives, then where every pod went and how the player fared."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    api = sandbox.api()
+    assert sandbox.topology is not None and sandbox.cluster is not None
+    await asyncio.to_thread(binpack.deploy, api, min(args.state_mib, 256))
+    print(f"\nbinpack: a fragmented cluster in namespace {binpack.NAMESPACE} (see tools/sandbox/binpack.py)")
+    deadline = loop.time() + 120
+    while not await asyncio.to_thread(binpack.ready_to_plan, api):
+        if loop.time() > deadline or stop.is_set():
+            print("the pods did not all start and get labeled within 120s; see the logs", file=sys.stderr)
+            return 1
+        await asyncio.sleep(0.5)
+    before = await asyncio.to_thread(binpack.placement, api)
+    emit("Before", [{"pod": n, "node": node, "ip": ip} for n, (node, ip) in before.items()], as_json=False)
+    player = await asyncio.to_thread(
+        demo.Player(sandbox.topology.client.name, before["game-0"][1], args.state_dir / "binpack").start
+    )
+    print(f"\na player on the client host holds one connection to game-0 ({before['game-0'][1]})")
+    print("the evictor-planner now acts (it ran dry while the cluster filled)\n", flush=True)
+    await asyncio.to_thread(
+        sandbox.cluster.restart,
+        "evictor-planner",
+        {"CLM_DRY_RUN": "false", "CLM_INTERVAL_SECONDS": "2", "CLM_SETTLE_SECONDS": "1"},
+    )
+
+    def show(event: MigrationEvent, _raw: bytes) -> None:
+        print("  event  " + render(event), flush=True)
+
+    events = asyncio.create_task(stream_events(sandbox.nats_url, show, follow=True, stop=stop))
+    deadline = loop.time() + 180
+    done = False
+    while not stop.is_set() and loop.time() < deadline:
+        if await asyncio.to_thread(binpack.drained, api):
+            done = True
+            break
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(1.0)  # the last events reach the display
+    stop.set()
+    await asyncio.gather(events, return_exceptions=True)
+    result = await asyncio.to_thread(player.finish)
+    rows = binpack.outcome_rows(before, await asyncio.to_thread(binpack.placement, api))
+    print()
+    emit(f"After: {binpack.DRAINED} {'drained' if done else 'NOT drained'}", rows, as_json=False)
+    gap_ms = float(result.get("largest_gap", 0)) * 1000
+    kept = "connection kept" if not result.get("error") else f"connection LOST: {result['error']}"
+    print(f"\nplayer: {result.get('answers', 0)} answers, largest gap {gap_ms:.0f} ms, {kept}", flush=True)
+    return 0 if done and binpack.as_expected(rows) and not result.get("error") else 1
 
 
 def _down(args: argparse.Namespace) -> int:
