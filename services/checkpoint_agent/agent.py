@@ -78,6 +78,8 @@ class AgentConfig:
     node_netns: Path | None = None
     # Copy the packets a frozen pod misses and send them again once it runs (holdback.py).
     holdback: bool = True
+    # Restore memory through userfaultfd from the received images (runc.Runc.restore).
+    lazy_restore: bool = True
 
 
 class CheckpointAgent:
@@ -266,9 +268,7 @@ class CheckpointAgent:
         if not self.config.holdback or uid in self.holds:
             return
         config = json.loads((containers[0].bundle / "config.json").read_text())
-        netns = next(
-            (n.get("path") for n in config["linux"]["namespaces"] if n["type"] == "network"), None
-        )
+        netns = next((n.get("path") for n in config["linux"]["namespaces"] if n["type"] == "network"), None)
         if not netns:
             return
         try:
@@ -394,7 +394,12 @@ class CheckpointAgent:
         (bundle / "config.json").write_text(json.dumps(rebind(config, netns=netns, cgroups_path=cgroups)))
         await asyncio.to_thread(self.runtime.delete, container_id)  # a leftover of an earlier try
         await asyncio.to_thread(
-            self.runtime.restore, container_id, bundle, package / "criu", tcp_established=True
+            self.runtime.restore,
+            container_id,
+            bundle,
+            package / "criu",
+            tcp_established=True,
+            lazy=self.config.lazy_restore,
         )
         state = await asyncio.to_thread(self.runtime.state, container_id)
         if state != "running":

@@ -55,6 +55,9 @@ class CheckpointAgentSettings(NodeAgentSettings):
     node_netns: str | None = None
     # Copy the packets a frozen pod misses and send them again when it runs (see holdback.py).
     holdback: bool = True
+    # Restore memory lazily (CRIU lazy-pages from the received images, over userfaultfd): the
+    # pages are filled faster than CRIU's eager restore reads them. Falls back to eager.
+    lazy_restore: bool = True
     transfer_listen_host: str = "0.0.0.0"
     # 0 picks a free port (tests); the published address carries the real one.
     transfer_port: int = Field(default=7400, ge=0, le=65535)
@@ -159,8 +162,9 @@ def build(settings: CheckpointAgentSettings) -> ServiceApp:  # type: ignore[over
             netns_dir=settings.netns_dir,
             criu=settings.criu_binary,
             secret=settings.secret(),
+            lazy_restore=settings.lazy_restore,
         ),
-        Runc(root=settings.runc_root),
+        Runc(root=settings.runc_root, criu=settings.criu_binary),
         capabilities,
     )
 

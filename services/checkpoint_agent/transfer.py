@@ -22,11 +22,13 @@ reason. (Integrity and authentication, not secrecy: TLS between agents is still 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import os
 import secrets
 import shutil
+import socket
 import struct
 import time
 from dataclasses import dataclass
@@ -34,7 +36,7 @@ from pathlib import Path
 
 import orjson
 
-CHUNK = 1 << 20
+CHUNK = 4 << 20
 MAC_SIZE = 32
 _HEADER = struct.Struct("!BI")  # frame type, payload length
 FILE, DATA, DONE, END, ERROR = 1, 2, 3, 4, 5
@@ -76,26 +78,64 @@ class _Framer:
         self.sequence += 1
         return mac.digest()
 
-    def frame(self, kind: int, payload: bytes) -> bytes:
+    def send(self, sock: socket.socket, kind: int, payload: bytes | memoryview) -> None:
+        """One frame: header, payload, MAC — written without joining them (no copy)."""
         header = _HEADER.pack(kind, len(payload))
-        return header + payload + self.mac(header, payload)
+        mac = self.mac(header, payload)
+        sock.sendall(header)
+        if payload:
+            sock.sendall(payload)
+        sock.sendall(mac)
 
-    async def read(self, reader: asyncio.StreamReader) -> tuple[int, bytes]:
-        header = await reader.readexactly(_HEADER.size)
+    def receive(self, sock: socket.socket | _Connection, buffer: memoryview) -> tuple[int, memoryview]:
+        """One frame into `buffer` (reused: the payload is valid until the next call)."""
+        header = bytes(_recv_exactly(sock, buffer[: _HEADER.size]))
         kind, length = _HEADER.unpack(header)
         if length > MAX_FRAME:
             raise TransferError(f"frame of {length} bytes is larger than allowed")
-        payload = await reader.readexactly(length)
-        mac = await reader.readexactly(MAC_SIZE)
+        payload = _recv_exactly(sock, buffer[:length])
+        mac = bytes(_recv_exactly(sock, buffer[length : length + MAC_SIZE]))
         if not hmac.compare_digest(mac, self.mac(header, payload)):
             raise TransferError(
-                "integrity check failed: a frame was altered, replayed or sent with " "another secret"
+                "integrity check failed: a frame was altered, replayed or sent with another secret"
             )
         return kind, payload
 
 
+class _Connection:
+    """A blocking socket, read after whatever the event loop had already buffered from it."""
+
+    def __init__(self, sock: socket.socket, buffered: bytes = b"") -> None:
+        self.sock, self.buffered = sock, memoryview(buffered)
+
+    def recv_into(self, view: memoryview) -> int:
+        if self.buffered:
+            n = min(len(view), len(self.buffered))
+            view[:n] = self.buffered[:n]
+            self.buffered = self.buffered[n:]
+            return n
+        return self.sock.recv_into(view)
+
+    def sendall(self, data: bytes | memoryview) -> None:
+        self.sock.sendall(data)
+
+
+def _recv_exactly(sock: socket.socket | _Connection, view: memoryview) -> memoryview:
+    got = 0
+    while got < len(view):
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            raise asyncio.IncompleteReadError(bytes(view[:got]), len(view))
+        got += n
+    return view
+
+
 async def _line(reader: asyncio.StreamReader) -> dict:
     raw = await reader.readline()
+    return _parse_line(raw)
+
+
+def _parse_line(raw: bytes) -> dict:
     if not raw:
         raise TransferError("the peer closed the connection during the handshake")
     try:
@@ -107,55 +147,80 @@ async def _line(reader: asyncio.StreamReader) -> dict:
     return value
 
 
+def _read_line(sock: socket.socket, limit: int = 65536) -> dict:
+    """A handshake or verdict line, read byte by byte: nothing after it is consumed."""
+    raw = bytearray()
+    while not raw.endswith(b"\n") and len(raw) < limit:
+        byte = sock.recv(1)
+        if not byte:
+            break
+        raw += byte
+    return _parse_line(bytes(raw))
+
+
+# The bytes move in worker threads over blocking sockets: hashing (BLAKE2b), socket and file
+# calls all release the GIL, so a transfer runs at C speed while the event loop stays free.
+
+
 async def send_directory(
     host: str, port: int, source: Path, *, migration: str, secret: bytes, timeout: float = 600
 ) -> TransferStats:
     """Stream every regular file under `source` (subdirectories included) to a receiver."""
     started = time.perf_counter()
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 30)
     try:
-        nonce = secrets.token_bytes(16)
-        writer.write(orjson.dumps({"migration": migration, "nonce": nonce.hex()}) + b"\n")
-        await writer.drain()
-        answer = await asyncio.wait_for(_line(reader), 30)
-        if "error" in answer:
-            raise TransferError(f"the receiver refused: {answer['error']}")
-        framer = _Framer(_session_key(secret, migration, nonce, bytes.fromhex(answer["nonce"])))
-        try:
-            manifest, total = await _stream_files(writer, framer, source, timeout)
-        except (ConnectionError, asyncio.IncompleteReadError) as exc:
-            # The receiver may have said why before hanging up.
-            try:
-                verdict = await asyncio.wait_for(_line(reader), 2)
-            except (TransferError, ConnectionError, TimeoutError):
-                verdict = {}
-            reason = verdict.get("error") or f"connection lost ({exc})"
-            raise TransferError(f"the receiver rejected the transfer: {reason}") from None
-        verdict = await asyncio.wait_for(_line(reader), timeout)
-        if not verdict.get("ok"):
-            raise TransferError(f"the receiver rejected the transfer: {verdict.get('error')}")
-        return TransferStats(len(manifest), total, time.perf_counter() - started)
+        sock = await asyncio.wait_for(asyncio.to_thread(socket.create_connection, (host, port), 30), 31)
+    except OSError as exc:
+        raise TransferError(f"cannot reach the receiver at {host}:{port}: {exc}") from None
+    sock.settimeout(timeout)
+    try:
+        return await asyncio.to_thread(_send, sock, source, migration, secret, started)
     finally:
-        writer.close()
+        # Also what stops the worker when the step is cancelled: its socket calls fail.
+        sock.close()
 
 
-async def _stream_files(
-    writer: asyncio.StreamWriter, framer: _Framer, source: Path, timeout: float
-) -> tuple[dict[str, int], int]:
+def _send(sock: socket.socket, source: Path, migration: str, secret: bytes, started: float) -> TransferStats:
+    nonce = secrets.token_bytes(16)
+    sock.sendall(orjson.dumps({"migration": migration, "nonce": nonce.hex()}) + b"\n")
+    answer = _read_line(sock)
+    if "error" in answer:
+        raise TransferError(f"the receiver refused: {answer['error']}")
+    framer = _Framer(_session_key(secret, migration, nonce, bytes.fromhex(answer["nonce"])))
+    try:
+        manifest, total = _stream_files(sock, framer, source)
+    except (ConnectionError, OSError) as exc:
+        # The receiver may have said why before hanging up.
+        try:
+            sock.settimeout(2)
+            verdict = _read_line(sock)
+        except (TransferError, OSError):
+            verdict = {}
+        reason = verdict.get("error") or f"connection lost ({exc})"
+        raise TransferError(f"the receiver rejected the transfer: {reason}") from None
+    try:
+        verdict = _read_line(sock)
+    except OSError as exc:
+        raise TransferError(f"the receiver rejected the transfer: connection lost ({exc})") from None
+    if not verdict.get("ok"):
+        raise TransferError(f"the receiver rejected the transfer: {verdict.get('error')}")
+    return TransferStats(len(manifest), total, time.perf_counter() - started)
+
+
+def _stream_files(sock: socket.socket, framer: _Framer, source: Path) -> tuple[dict[str, int], int]:
     manifest: dict[str, int] = {}
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
     for path in sorted(p for p in source.rglob("*") if p.is_file() and not p.is_symlink()):
         name = path.relative_to(source).as_posix()
-        writer.write(framer.frame(FILE, orjson.dumps({"name": name})))
+        framer.send(sock, FILE, orjson.dumps({"name": name}))
         size = 0
-        with path.open("rb") as handle:
-            while chunk := handle.read(CHUNK):
-                size += len(chunk)
-                writer.write(framer.frame(DATA, chunk))
-                await asyncio.wait_for(writer.drain(), timeout)
-        writer.write(framer.frame(DONE, b""))
+        with path.open("rb", buffering=0) as handle:
+            while n := handle.readinto(buffer):
+                size += n
+                framer.send(sock, DATA, view[:n])
+        framer.send(sock, DONE, b"")
         manifest[name] = size
-    writer.write(framer.frame(END, orjson.dumps(manifest)))
-    await writer.drain()
+    framer.send(sock, END, orjson.dumps(manifest))
     return manifest, sum(manifest.values())
 
 
@@ -176,20 +241,40 @@ async def receive_directory(
         writer.write(orjson.dumps({"error": f"no transfer expected for migration {migration!r}"}) + b"\n")
         await writer.drain()
         raise TransferError(f"unexpected transfer for migration {migration!r}")
-    target = destination_for[migration]
-    nonce = secrets.token_bytes(16)
-    writer.write(orjson.dumps({"nonce": nonce.hex()}) + b"\n")
-    await writer.drain()
     try:
         sender_nonce = bytes.fromhex(str(hello.get("nonce", "")))
     except ValueError:
         raise TransferError("malformed handshake: the nonce is not hex") from None
+    # The rest of the connection is read by a worker thread on the same socket, starting
+    # with what the event loop has read already (an honest sender sends nothing before our
+    # nonce; a replaying one does, and its frames must still be checked).
+    writer.transport.pause_reading()
+    buffered = bytes(reader._buffer)  # - StreamReader offers no public way to take it
+    reader._buffer.clear()
+    sock = socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno()))
+    sock.setblocking(True)
+    sock.settimeout(timeout)
+    target = destination_for[migration]
+    try:
+        total, files = await asyncio.to_thread(
+            _receive, _Connection(sock, buffered), migration, sender_nonce, target, secret
+        )
+    finally:
+        sock.close()
+    return migration, TransferStats(files, total, time.perf_counter() - started)
+
+
+def _receive(
+    sock: _Connection, migration: str, sender_nonce: bytes, target: Path, secret: bytes
+) -> tuple[int, int]:
+    nonce = secrets.token_bytes(16)
+    sock.sendall(orjson.dumps({"nonce": nonce.hex()}) + b"\n")
     framer = _Framer(_session_key(secret, migration, sender_nonce, nonce))
     staging = target.with_name(target.name + f".partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        received, total = await _receive_files(reader, framer, staging, timeout)
+        received, total = _receive_files(sock, framer, staging)
         if target.exists():
             # A repeated dump re-sends the whole image; the receiver only offers targets
             # that nothing has been restored from yet.
@@ -198,36 +283,32 @@ async def receive_directory(
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         reason = str(exc) if isinstance(exc, TransferError) else f"{type(exc).__name__}: {exc}"
-        with_context = TransferError(f"transfer for {migration} failed: {reason}")
-        try:
-            writer.write(orjson.dumps({"ok": False, "error": reason}) + b"\n")
-            await writer.drain()
-        except (ConnectionError, RuntimeError):
-            pass
-        if isinstance(exc, asyncio.IncompleteReadError):
+        with contextlib.suppress(OSError):
+            sock.sendall(orjson.dumps({"ok": False, "error": reason}) + b"\n")
+        if isinstance(exc, asyncio.IncompleteReadError | ConnectionError):
             raise TransferError(f"transfer for {migration} failed: the sender went away mid-stream") from None
-        raise with_context from exc
-    writer.write(b'{"ok": true}\n')
-    await writer.drain()
-    return migration, TransferStats(len(received), total, time.perf_counter() - started)
+        if isinstance(exc, TimeoutError):
+            raise TransferError(f"transfer for {migration} failed: the sender went quiet") from None
+        raise TransferError(f"transfer for {migration} failed: {reason}") from exc
+    sock.sendall(b'{"ok": true}\n')
+    return total, len(received)
 
 
-async def _receive_files(
-    reader: asyncio.StreamReader, framer: _Framer, staging: Path, timeout: float
-) -> tuple[dict[str, int], int]:
+def _receive_files(sock: _Connection, framer: _Framer, staging: Path) -> tuple[dict[str, int], int]:
     """Read frames into `staging` until END; check the sender's manifest. Every frame's MAC
     covers its sequence number, so nothing can be altered, dropped, reordered or replayed."""
     received: dict[str, int] = {}
     current = None
+    buffer = memoryview(bytearray(MAX_FRAME + MAC_SIZE))
     while True:
-        kind, payload = await asyncio.wait_for(framer.read(reader), timeout)
+        kind, payload = framer.receive(sock, buffer)
         if kind == FILE:
-            name = str(orjson.loads(payload)["name"])
+            name = str(orjson.loads(bytes(payload))["name"])
             parts = name.split("/")
             if name.startswith("/") or any(part in ("", ".", "..") for part in parts):
                 raise TransferError(f"refusing file name {name!r}")
             (staging / name).parent.mkdir(parents=True, exist_ok=True)
-            current = (name, (staging / name).open("wb"))
+            current = (name, (staging / name).open("wb", buffering=0))
         elif kind == DATA and current:
             current[1].write(payload)
         elif kind == DONE and current:
@@ -236,7 +317,7 @@ async def _receive_files(
             received[name] = (staging / name).stat().st_size
             current = None
         elif kind == END:
-            if orjson.loads(payload) != received:
+            if orjson.loads(bytes(payload)) != received:
                 raise TransferError("the files received do not match the sender's manifest")
             return received, sum(received.values())
         else:
