@@ -10,8 +10,10 @@ gap between two answers (the client-visible interruption). Side by side, in one 
 - naive: what `podman container checkpoint --export` / `restore --import` does — dump to
   local disk, copy the image directory, restore — with the same IP handover.
 
-Post-copy (CRIU lazy pages) is reported as unavailable where CRIU's lazy dump does not
-work (see README: on kernel 6.18 with CRIU 4.2.1 it fails with `page-pipe: tee: EPERM`).
+Post-copy (CRIU lazy pages served from the source) is reported as unavailable: on kernel
+6.18 with CRIU 4.2.1 serving a lazy page fails with `page-pipe: tee: EPERM` (see README).
+CLM's restore is lazy from the received local images, which works; the naive path's is
+eager, as podman's.
 Writes a PNG plot next to the table (`--plot PATH`, default dist/bench/migrate.png).
 """
 
@@ -252,7 +254,7 @@ def run(quick: bool, plot_path: Path = PLOT_PATH) -> list[Table]:
         {
             "strategy": "post-copy",
             "status": "unavailable on this machine",
-            "why": "CRIU 4.2.1 lazy dump fails on this kernel: page-pipe tee() returns EPERM",
+            "why": "CRIU 4.2.1 cannot serve lazy pages on this kernel: page-pipe tee() returns EPERM",
         }
     ]
     return [
