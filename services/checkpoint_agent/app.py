@@ -163,6 +163,8 @@ def build(settings: CheckpointAgentSettings) -> ServiceApp:  # type: ignore[over
             criu=settings.criu_binary,
             secret=settings.secret(),
             lazy_restore=settings.lazy_restore,
+            holdback=settings.holdback,
+            node_netns=settings.netns_dir / settings.node_netns if settings.node_netns else None,
         ),
         Runc(root=settings.runc_root, criu=settings.criu_binary),
         capabilities,

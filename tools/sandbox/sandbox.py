@@ -101,7 +101,7 @@ class Sandbox:
         node_env = {
             node: {
                 "ip-handover-agent": {"CLM_NODE_NETNS": ns.name, "CLM_UPLINK_INTERFACE": "eth0"},
-                "checkpoint-agent": {"CLM_TRANSFER_SECRET_FILE": str(secret)},
+                "checkpoint-agent": {"CLM_TRANSFER_SECRET_FILE": str(secret), "CLM_NODE_NETNS": ns.name},
             }
             for node, ns in self.topology.nodes.items()
         }

@@ -128,6 +128,8 @@ class NodeAgents:
                 "CLM_TRANSFER_LISTEN_HOST": "127.0.0.1",
                 "CLM_TRANSFER_ADVERTISE_HOST": "127.0.0.1",
                 "CLM_TRANSFER_SECRET_FILE": str(self.secret_file),
+                # Held packets are sent again from the node's namespace.
+                "CLM_NODE_NETNS": self.node_netns,
             },
         ).start()
         self.network = AgentProcess(
