@@ -15,6 +15,14 @@ the pod's network namespace the routed way (veth, IP/32, default route via the l
 gateway), not yet announced — the IP-handover agent's commit makes it reachable. DEL and
 CHECK follow what ADD did (a record per container under `state_dir`). VERSION lists the
 spec versions. Errors are CNI error objects on stdout with a non-zero exit status.
+
+Routed main-plugin mode (`"routed": {"node": NAME, "uplink": IFACE}` with an `"ipam"`
+section, no delegate), for nodes whose network routes pod IPs (the sandbox): a pod gets
+the address its IPAM plugin (e.g. the reference `static` or `host-local`) hands out, wired
+the way the IP-handover agent's routed backend wires and moves pods — veth, IP/32, a /32
+route on the node, proxy ARP and a gratuitous ARP on the uplink — so its IP can later move.
+The runtime creates the pod's namespace at the path the routed backend names for the pod
+(`CNI_ARGS` must carry `K8S_POD_UID`).
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from services.ip_handover_agent.routed import NetworkStepError, PodNet, RoutedBackend
 
 RESTORE_ANNOTATION = "cast.ai/restore"
 GATEWAY = "169.254.1.1"
@@ -91,6 +101,19 @@ class Plugin:
         self.version = str(conf.get("cniVersion", "1.0.0"))
         self.state_dir = Path(conf.get("stateDir", STATE_DIR))
         self._lookup = lookup
+        # The sandbox's nodes are network namespaces: the node side of a pod's wiring goes
+        # there, while the plugin itself runs where it can reach the API (the host).
+        self.node_netns: str | None = (conf.get("routed") or {}).get("nodeNetns")
+
+    def _host(self, *args: str) -> str:
+        return _ip(*args, netns=f"/var/run/netns/{self.node_netns}" if self.node_netns else None)
+
+    def _host_link_exists(self, name: str) -> bool:
+        ns = ["-n", self.node_netns] if self.node_netns else []
+        return (
+            subprocess.run(["ip", *ns, "link", "show", name], capture_output=True, check=False).returncode
+            == 0
+        )
 
     def lookup(self) -> KubeLookup:
         if self._lookup is None:
@@ -125,10 +148,16 @@ class Plugin:
             return self.delegate() if "delegate" in self.conf else None
         if command == "ADD":
             source = self.restore_source()
-            return self.delegate() if source is None else self.add_restored(source)
+            if source is not None:
+                return self.add_restored(source)
+            return self.add_routed() if "routed" in self.conf else self.delegate()
         record = self.record_path()
         if record.exists():
+            if json.loads(record.read_text()).get("kind") == "routed":
+                return self.del_routed(record) if command == "DEL" else self.check_restored(record)
             return self.del_restored(record) if command == "DEL" else self.check_restored(record)
+        if "routed" in self.conf:
+            return None  # DEL of what was never added (or already deleted): done
         return self.delegate()
 
     def restore_source(self) -> str | None:
@@ -154,7 +183,11 @@ class Plugin:
         delegate = {"cniVersion": self.version, "name": self.conf.get("name", "clm"), **self.conf["delegate"]}
         if "prevResult" in self.conf:  # CHECK and DEL carry the result of ADD
             delegate["prevResult"] = self.conf["prevResult"]
-        plugin_type = str(delegate.get("type", ""))
+        return self._exec(str(delegate.get("type", "")), delegate, self.env)
+
+    def _exec(self, plugin_type: str, delegate: dict[str, Any], env: dict[str, str]) -> dict[str, Any] | None:
+        """Another plugin (a primary or an IPAM plugin), run per the spec: found in CNI_PATH,
+        the same environment, its configuration on stdin, its result or error on stdout."""
         binary = next(
             (
                 Path(d, plugin_type)
@@ -172,7 +205,7 @@ class Plugin:
             input=json.dumps(delegate),
             capture_output=True,
             text=True,
-            env=self.env,
+            env=env,
             check=False,
         )
         if proc.returncode != 0:
@@ -201,18 +234,7 @@ class Plugin:
         if not ip:
             raise CniError(ERR_RESTORE, f"pod {source} has no IP to restore (status.podIP is empty)")
         veth = host_veth(source_uid)
-        if _link_exists(veth):  # left by an earlier ADD of this pod that did not finish
-            _ip("link", "del", veth)
-        _ip("link", "add", veth, "type", "veth", "peer", "name", ifname, "netns", netns)
-        _ip("link", "set", veth, "up")
-        _ip("addr", "add", f"{ip}/32", "dev", ifname, netns=netns)
-        _ip("link", "set", ifname, "up", netns=netns)
-        _ip("link", "set", "lo", "up", netns=netns)
-        _ip("route", "replace", GATEWAY, "dev", ifname, "scope", "link", netns=netns)
-        _ip("route", "replace", "default", "via", GATEWAY, "dev", ifname, netns=netns)
-        host_mac = _ip("-br", "link", "show", veth).split()[2]
-        _ip("neigh", "replace", GATEWAY, "lladdr", host_mac, "dev", ifname, "nud", "permanent", netns=netns)
-        pod_mac = _ip("-br", "link", "show", ifname, netns=netns).split()[2]
+        result = self._wire(ip, veth, netns, ifname)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.record_path().write_text(
             json.dumps(
@@ -226,6 +248,23 @@ class Plugin:
                 }
             )
         )
+        return result
+
+    def _wire(self, ip: str, veth: str, netns: str, ifname: str) -> dict[str, Any]:
+        """The pod's side of the routed model: veth, IP/32, default route via the link-local
+        gateway answered by the node side of the veth. Returns the CNI result."""
+        if self._host_link_exists(veth):  # left by an earlier ADD of this pod that did not finish
+            self._host("link", "del", veth)
+        self._host("link", "add", veth, "type", "veth", "peer", "name", ifname, "netns", netns)
+        self._host("link", "set", veth, "up")
+        _ip("addr", "add", f"{ip}/32", "dev", ifname, netns=netns)
+        _ip("link", "set", ifname, "up", netns=netns)
+        _ip("link", "set", "lo", "up", netns=netns)
+        _ip("route", "replace", GATEWAY, "dev", ifname, "scope", "link", netns=netns)
+        _ip("route", "replace", "default", "via", GATEWAY, "dev", ifname, netns=netns)
+        host_mac = self._host("-br", "link", "show", veth).split()[2]
+        _ip("neigh", "replace", GATEWAY, "lladdr", host_mac, "dev", ifname, "nud", "permanent", netns=netns)
+        pod_mac = _ip("-br", "link", "show", ifname, netns=netns).split()[2]
         return {
             "cniVersion": self.version,
             "interfaces": [
@@ -237,23 +276,85 @@ class Plugin:
             "dns": {},
         }
 
+    def add_routed(self) -> dict[str, Any]:
+        netns, ifname = self.need("CNI_NETNS"), self.need("CNI_IFNAME")
+        routed = self.conf["routed"]
+        if "ipam" not in self.conf:
+            raise CniError(ERR_CONFIG, 'clm-cni in routed mode needs an "ipam" section (e.g. host-local)')
+        uid = cni_args(self.env.get("CNI_ARGS", "")).get("K8S_POD_UID")
+        if not uid:
+            raise CniError(ERR_ENV, "clm-cni in routed mode needs K8S_POD_UID in CNI_ARGS")
+        backend = RoutedBackend(
+            node=str(routed["node"]), uplink=str(routed.get("uplink", "eth0")), node_netns=self.node_netns
+        )
+        pod = PodNet(uid=uid, ip="")
+        expected = f"/var/run/netns/{backend.pod_netns(pod)}"
+        if os.path.realpath(netns) != os.path.realpath(expected):
+            raise CniError(
+                ERR_CONFIG,
+                f"routed mode wires the pod's namespace at {expected} (it moves by that name); got {netns}",
+            )
+        ipam = self.conf["ipam"]
+        allocated = self._exec(str(ipam.get("type", "")), {**self.conf, "ipam": ipam}, self.env) or {}
+        ips = [
+            str(a["address"]).split("/")[0] for a in allocated.get("ips", []) if ":" not in str(a["address"])
+        ]
+        if not ips:
+            raise CniError(ERR_CONFIG, f"the IPAM plugin {ipam.get('type')!r} returned no IPv4 address")
+        ip = ips[0]
+        try:
+            result = self._wire(ip, host_veth(uid), netns, ifname)
+            backend.announce(PodNet(uid=uid, ip=ip))
+        except (CniError, NetworkStepError) as exc:
+            self._exec(
+                str(ipam.get("type", "")), {**self.conf, "ipam": ipam}, {**self.env, "CNI_COMMAND": "DEL"}
+            )
+            if self._host_link_exists(host_veth(uid)):
+                self._host("link", "del", host_veth(uid))
+            raise CniError(ERR_RESTORE, f"wiring pod {uid} with {ip} failed", str(exc)) from None
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.record_path().write_text(
+            json.dumps(
+                {
+                    "kind": "routed",
+                    "ip": ip,
+                    "veth": host_veth(uid),
+                    "ifname": ifname,
+                    "netns": netns,
+                    "uid": uid,
+                }
+            )
+        )
+        return result
+
+    def del_routed(self, record_path: Path) -> None:
+        record = json.loads(record_path.read_text())
+        routed = self.conf.get("routed") or {}
+        backend = RoutedBackend(
+            node=str(routed.get("node", "")),
+            uplink=str(routed.get("uplink", "eth0")),
+            node_netns=self.node_netns,
+        )
+        backend.withdraw(PodNet(uid=record["uid"], ip=record["ip"]))
+        if self._host_link_exists(record["veth"]):
+            self._host("link", "del", record["veth"])
+        if "ipam" in self.conf:
+            self._exec(str(self.conf["ipam"].get("type", "")), self.conf, {**self.env, "CNI_COMMAND": "DEL"})
+        record_path.unlink(missing_ok=True)
+
     def del_restored(self, record_path: Path) -> None:
         record = json.loads(record_path.read_text())
-        if _link_exists(record["veth"]):
-            _ip("link", "del", record["veth"])
+        if self._host_link_exists(record["veth"]):
+            self._host("link", "del", record["veth"])
         record_path.unlink(missing_ok=True)
 
     def check_restored(self, record_path: Path) -> None:
         record = json.loads(record_path.read_text())
-        if not _link_exists(record["veth"]):
-            raise CniError(ERR_RESTORE, f"the restored pod's veth {record['veth']} is missing")
+        if not self._host_link_exists(record["veth"]):
+            raise CniError(ERR_RESTORE, f"the pod's veth {record['veth']} is missing")
         addresses = _ip("-br", "addr", "show", record["ifname"], netns=record["netns"])
         if f"{record['ip']}/32" not in addresses:
             raise CniError(ERR_RESTORE, f"{record['ifname']} does not hold {record['ip']}/32")
-
-
-def _link_exists(name: str) -> bool:
-    return subprocess.run(["ip", "link", "show", name], capture_output=True, check=False).returncode == 0
 
 
 def main(stdin: str | None = None, env: dict[str, str] | None = None) -> int:

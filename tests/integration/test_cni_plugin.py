@@ -1,7 +1,8 @@
 """The clm-cni plugin run the way a container runtime runs it: CNI_* environment variables,
 the network configuration on stdin, in the host's network namespace (where the runtime
 runs it, and where the API is reachable), with Debian's real bridge and host-local plugins
-as the primary; pods read from the Kubernetes API emulator through the official client.
+as the primary, or in routed mode with the real static IPAM plugin (as the sandbox's node
+runtime runs it); pods read from the Kubernetes API emulator through the official client.
 The test's bridge has a name of its own and is removed afterwards."""
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from kubernetes import client
 
 from clm.testing.netns import NetNS, ip, remove_stale
 from services.ip_handover_agent import cni
+from services.ip_handover_agent.routed import PodNet, RoutedBackend
 from tests.integration.support import pex_dir
 from tools.kube_emulator.testing import api_client, running_emulator
 
@@ -64,6 +66,7 @@ class Env:
         netns: NetNS | None = None,
         container: str = "c1",
         conf: dict | None = None,
+        uid: str | None = None,
     ) -> tuple[int, dict | None]:
         env = {
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
@@ -76,6 +79,8 @@ class Env:
             env["CNI_NETNS"] = str(netns.path)
         if pod is not None:
             env["CNI_ARGS"] = f"IgnoreUnknown=1;K8S_POD_NAMESPACE={pod[0]};K8S_POD_NAME={pod[1]}"
+            if uid is not None:
+                env["CNI_ARGS"] += f";K8S_POD_UID={uid}"
         proc = subprocess.run(
             [str(self.bin_dir / "clm-cni")],
             input=json.dumps(conf or self.conf()),
@@ -197,3 +202,45 @@ def test_clear_errors(env: Env) -> None:
     assert code == 1 and out is not None and out["code"] == cni.ERR_ENV and "CNI_NETNS" in out["msg"]
     code, out = env.run("ADD", pod=("games", "ghost-clone-1"), netns=ns, conf={"cniVersion": "1.0.0"})
     assert code == 1 and out is not None and "kubeconfig" in out["msg"]
+
+
+def test_routed_mode_wires_a_pod_the_way_its_ip_can_move(env: Env) -> None:
+    """As the sandbox's node runtime runs it: a node (a network namespace with an uplink),
+    the address from the reference `static` IPAM plugin, the node side wired in the node."""
+    node = NetNS(f"clm-cni-node-{uuid.uuid4().hex[:6]}").create()
+    ip("-n", node.name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1")
+    ip("-n", node.name, "link", "set", "eth0", "up")
+    uid = env.pod("games", "arena-0")
+    backend = RoutedBackend(node="cninode", uplink="eth0", node_netns=node.name)
+    pod_ns = NetNS(backend.pod_netns(PodNet(uid=uid, ip=""))).create()
+    conf = {
+        "cniVersion": "1.0.0",
+        "name": "pods",
+        "type": "clm-cni",
+        "kubeconfig": str(env.kubeconfig),
+        "stateDir": str(env.state / "clm"),
+        "routed": {"node": "cninode", "uplink": "eth0", "nodeNetns": node.name},
+        "ipam": {"type": "static", "addresses": [{"address": "10.216.1.9/32"}]},
+    }
+    try:
+        code, out = env.run("ADD", pod=("games", "arena-0"), netns=pod_ns, conf=conf, uid=uid)
+        assert code == 0, out
+        assert out is not None and out["ips"][0]["address"] == "10.216.1.9/32"
+        assert "10.216.1.9/32" in addresses(pod_ns)
+        # On the node: the /32 route the IP-handover agent withdraws and proxy ARP on the uplink.
+        assert backend.inventory()["routes"] == ["10.216.1.9"]
+        assert backend.inventory()["proxy_neighbours"] == ["10.216.1.9"]
+        assert ip("link", "show", cni.host_veth(uid), check=False).returncode != 0  # not in the host's
+        assert env.run("CHECK", pod=("games", "arena-0"), netns=pod_ns, conf=conf, uid=uid)[0] == 0
+        wrong = NetNS(f"clm-cni-elsewhere-{uuid.uuid4().hex[:6]}").create()
+        code, out = env.run("ADD", pod=("games", "arena-0"), netns=wrong, conf=conf, container="c2", uid=uid)
+        assert code == 1 and out is not None and "routed mode wires the pod's namespace" in out["msg"]
+        code, out = env.run("DEL", pod=("games", "arena-0"), netns=pod_ns, conf=conf, uid=uid)
+        assert code == 0, out
+        assert backend.inventory()["routes"] == [] and backend.inventory()["proxy_neighbours"] == []
+        assert (
+            env.run("DEL", pod=("games", "arena-0"), netns=pod_ns, conf=conf, uid=uid)[0] == 0
+        )  # again: done
+    finally:
+        for ns in (node, pod_ns):
+            ip("netns", "del", ns.name, check=False)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import secrets
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -29,9 +29,11 @@ def migrate(
     wait: bool,
     timeout: float,
     poll: float = 0.3,
-    out=sys.stdout,
-    err=sys.stderr,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> int:
+    # Looked up at call time: callers (and tests) may have redirected them.
+    out, err = out or sys.stdout, err or sys.stderr
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
     try:
         found = core.read_namespaced_pod(pod, namespace)

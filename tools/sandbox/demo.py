@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -239,10 +239,11 @@ async def run_demo(
     max_moves: int | None,
     state_mib: int,
     stop: asyncio.Event,
-    out=sys.stdout,
+    out: TextIO | None = None,
 ) -> dict[str, Any]:
     """Move the pod every `every` seconds until `stop` (or `max_moves` moves); print as it
     goes; return the summary."""
+    out = out or sys.stdout  # looked up at call time: callers (and tests) may redirect it
     mover = AutoMover(api, nodes, every)
 
     def show(event, _raw: bytes) -> None:

@@ -1,9 +1,12 @@
 """The sandbox's stand-in for kubelet + containerd on one node — sandbox code, never part
 of a deployment.
 
-It runs the pods bound to its node as real runc containers in real network namespaces
-(made by the IP-handover agent's routed backend, as the CNI plugin does on a node), with the
-CRI annotations the checkpoint agent finds pods by, and reports them Running with their IP.
+It runs the pods bound to its node as real runc containers in real network namespaces,
+wired the way a container runtime wires them: it creates the pod's namespace and runs the
+CNI plugin chain in the node's namespace per the CNI spec — clm-cni in its routed mode with
+the reference `static` IPAM plugin (containernetworking-plugins) handing out the address
+the sandbox picked — with the CRI annotations the checkpoint agent finds pods by, and
+reports them Running with their IP.
 Clone pods (`cast.ai/restore`) are not started: the checkpoint agent restores them. A pod
 whose containers are gone while a Migration holds it (frozen and dumped) is not restarted.
 Containers whose pod left the node are removed, with their network.
@@ -13,7 +16,11 @@ Containers whose pod left the node are removed, with their network.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shlex
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -38,6 +45,8 @@ TERMINAL_MIGRATION = ("Finished", "Failed")
 # A container is removed only once its pod has been gone this long: the coordinator deletes
 # a StatefulSet pod before it creates its namesake on the destination.
 REMOVE_AFTER_SECONDS = 3.0
+# Debian's containernetworking-plugins.
+REFERENCE_PLUGINS = "/usr/lib/cni"
 
 
 @dataclass(frozen=True)
@@ -115,10 +124,15 @@ class NodeRuntime:
     workdir: Path
     api: client.ApiClient
     ipam: Ipam
+    # The clm-cni plugin as a command (its PEX, or the module) and the kubeconfig it reads
+    # pods with; None wires pods directly with the routed backend (no CNI).
+    cni_plugin: list[str] | None = None
+    kubeconfig: Path | None = None
     interval: float = 0.5
     started: set[str] = field(default_factory=set)
     ips: dict[str, str] = field(default_factory=dict)  # runtime UID -> pod IP, every pod seen here
     gone_since: dict[str, float] = field(default_factory=dict)
+    cni_pods: set[str] = field(default_factory=set)  # runtime UIDs wired through CNI
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -183,8 +197,11 @@ class NodeRuntime:
             ip = self.ips.get(uid) or self.ipam.allocate(uid)
             self.ips[uid] = ip
             net = PodNet(uid=uid, ip=ip)
-            self.net.prepare(net)
-            self.net.announce(net)
+            if self.cni_plugin is not None:
+                self._cni("ADD", pod, uid, ip)
+            else:
+                self.net.prepare(net)
+                self.net.announce(net)
             for container, args in zip(containers, argv, strict=True):
                 cname = container["name"]
                 env = {e["name"]: str(e.get("value", "")) for e in container.get("env") or [] if "name" in e}
@@ -199,7 +216,7 @@ class NodeRuntime:
                 )
                 self.runc.run(f"{ns}_{name}_{cname}", bundle)
         except Exception as exc:  # - reported on the pod, as kubelet would
-            log.warning("pod failed to start", extra={"pod": f"{ns}/{name}", "error": str(exc)})
+            log.warning("pod %s/%s failed to start: %s", ns, name, exc)
             self._patch_status(
                 ns, name, {"phase": "Failed", "reason": "StartError", "message": str(exc)[:500]}
             )
@@ -242,8 +259,7 @@ class NodeRuntime:
         for cid in container_ids:
             self.runc.delete(cid)
         ip = self.ips.pop(uid, None)
-        if ip is not None:
-            self.net.release(PodNet(uid=uid, ip=ip))
+        self._release_network(uid, ip)
         self.ipam.release(uid)
         self.gone_since.pop(uid, None)
         log.info("pod removed", extra={"node": self.node, "uid": uid})
@@ -253,6 +269,80 @@ class NodeRuntime:
         for uid, ids in self._running().items():
             for cid in ids:
                 self.runc.delete(cid)
-            ip = self.ips.get(uid)
-            if ip is not None:
-                self.net.release(PodNet(uid=uid, ip=ip))
+            self._release_network(uid, self.ips.get(uid))
+
+    # ----- pod networks -----
+
+    def _release_network(self, uid: str, ip: str | None) -> None:
+        if uid in self.cni_pods:
+            self._cni("DEL", None, uid, ip)
+            self.cni_pods.discard(uid)
+            # The runtime owns the namespace it made (a pod that moved away has none left).
+            netns = pod_netns_path(self.node, uid)
+            if netns.exists():
+                subprocess.run(["ip", "netns", "del", netns.name], capture_output=True, check=False)
+        elif ip is not None:  # a clone the checkpoint agent restored: wired by the handover agent
+            self.net.release(PodNet(uid=uid, ip=ip))
+
+    def _cni(self, command: str, pod: o.Obj | None, uid: str, ip: str | None) -> None:
+        """Run the CNI chain as a container runtime does: plugin found in CNI_PATH, the
+        CNI_* environment, the network configuration on stdin. It runs in the host's network
+        namespace, where the API is, and wires the node's side in the node's namespace."""
+        assert self.cni_plugin is not None
+        netns = pod_netns_path(self.node, uid)
+        if command == "ADD" and not netns.exists():
+            subprocess.run(["ip", "netns", "add", netns.name], capture_output=True, check=True)
+        bin_dir = self._cni_bin()
+        args = f"IgnoreUnknown=1;K8S_POD_UID={uid}"  # as kubelet: reference plugins refuse unknown args
+        if pod is not None:
+            args = f"{args};K8S_POD_NAMESPACE={o.namespace(pod)};K8S_POD_NAME={o.name(pod)}"
+        conf = {
+            "cniVersion": "1.0.0",
+            "name": "clm-sandbox",
+            "type": "clm-cni",
+            "routed": {"node": self.node, "uplink": "eth0", "nodeNetns": self.node_netns},
+            "ipam": {"type": "static", "addresses": [{"address": f"{ip}/32"}]} if ip else {"type": "static"},
+            "stateDir": str(self.workdir / "cni-state"),
+            "kubeconfig": str(self.kubeconfig) if self.kubeconfig else "",
+        }
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": uid,
+            "CNI_NETNS": str(netns),
+            "CNI_IFNAME": "eth0",
+            "CNI_PATH": str(bin_dir),
+            "CNI_ARGS": args,
+        }
+        proc = subprocess.run(
+            [str(bin_dir / "clm-cni")],
+            input=json.dumps(conf),
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+            timeout=60,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"CNI {command} for pod {uid} failed: {proc.stdout.strip()} {proc.stderr.strip()[-500:]}"
+            )
+        if command == "ADD":
+            self.cni_pods.add(uid)
+
+    def _cni_bin(self) -> Path:
+        """CNI_PATH for this node: clm-cni (this sandbox's build of it) and the reference
+        plugins from containernetworking-plugins."""
+        assert self.cni_plugin is not None
+        bin_dir = self.workdir / "cni-bin"
+        plugin = bin_dir / "clm-cni"
+        if not plugin.exists():
+            bin_dir.mkdir(parents=True, exist_ok=True)
+            plugin.write_text("#!/bin/sh\nexec " + " ".join(shlex.quote(a) for a in self.cni_plugin) + "\n")
+            plugin.chmod(0o755)
+            for reference in ("static", "host-local", "loopback"):
+                target = Path(REFERENCE_PLUGINS) / reference
+                if target.exists():
+                    (bin_dir / reference).symlink_to(target)
+        return bin_dir

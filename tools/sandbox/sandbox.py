@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,11 +136,21 @@ class Sandbox:
                     workdir=workdir / "runtime",
                     api=api,
                     ipam=ipam,
+                    cni_plugin=self._cni_plugin(),
+                    kubeconfig=self.kubeconfig,
                 ).start()
             )
         ready = self.cluster.wait_ready()
         self._write_state()
         return ready
+
+    def _cni_plugin(self) -> list[str]:
+        """clm-cni as the node runtimes run it: the PEX built with the services, else the
+        module from this source tree."""
+        pex = self.pex_dir / "clm-cni.pex"
+        if pex.is_file():
+            return [shutil.which("python3.11") or sys.executable, str(pex.resolve())]
+        return [sys.executable, "-m", "services.ip_handover_agent.cni"]
 
     def _write_state(self) -> None:
         assert self.cluster is not None and self.topology is not None and self.cluster.kube is not None
