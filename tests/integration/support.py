@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -122,3 +123,26 @@ def pex_dir() -> Path | None:
         if base and Path(base, "clm-checkpoint-agent.pex").is_file():
             return Path(base).resolve()
     return None
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 20, every: float = 0.1) -> Any:
+    """Poll `check` until it returns something true (returned), or fail saying what."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
+def create_migration(custom: Any, namespace: str, name: str, spec: dict[str, Any]) -> None:
+    """A Migration object, as a user or the planner creates it."""
+    custom.create_namespaced_custom_object(
+        "live.cast.ai",
+        "v1",
+        namespace,
+        "migrations",
+        {"apiVersion": "live.cast.ai/v1", "kind": "Migration", "metadata": {"name": name}, "spec": spec},
+    )

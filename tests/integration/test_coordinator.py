@@ -34,7 +34,7 @@ from clm.testing.agents import AgentProcess, NodeAgents
 from clm.testing.nats_server import NatsServer
 from clm.testing.podlab import CountingClient, LabPod, expected_hash, remove_pod, running_on, start_pod
 from clm.testing.segment import POD_IP, Segment
-from tests.integration.support import fetch_from_stream, pex_dir
+from tests.integration.support import create_migration, fetch_from_stream, pex_dir
 from tools.kube_emulator.main import kubeconfig_text
 from tools.kube_emulator.testing import EmulatorThread, api_client, running_emulator
 
@@ -131,17 +131,8 @@ class Cluster:
         return self.pod
 
     def migrate(self, name: str, pod: str, to: str = "b", **spec: Any) -> None:
-        self.custom.create_namespaced_custom_object(
-            "live.cast.ai",
-            "v1",
-            NS,
-            "migrations",
-            {
-                "apiVersion": "live.cast.ai/v1",
-                "kind": "Migration",
-                "metadata": {"name": name},
-                "spec": {"podName": pod, "destinationNode": self.nodes[to].node, **spec},
-            },
+        create_migration(
+            self.custom, NS, name, {"podName": pod, "destinationNode": self.nodes[to].node, **spec}
         )
 
     def migration(self, name: str) -> dict[str, Any]:

@@ -30,22 +30,17 @@ from clm.testing.agents import AgentProcess
 from clm.testing.nats_server import NatsServer
 from services.labeler.labels import INELIGIBLE_ANNOTATION
 from tests.integration.support import fetch_from_stream, http_get, pex_dir
+from tests.integration.support import wait_for as _wait_for
 from tools.kube_emulator.main import kubeconfig_text
 from tools.kube_emulator.testing import EmulatorThread, api_client
 
-NS = "games"
-TTL = 3.0
-
 
 def wait_for(check: Callable[[], Any], what: str, timeout: float = 20) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+    return _wait_for(check, what, timeout, every=0.05)
+
+
+NS = "games"
+TTL = 3.0
 
 
 @dataclass

@@ -32,24 +32,19 @@ from clm.policy import names
 from clm.testing.agents import AgentProcess
 from clm.testing.nats_server import NatsServer
 from tests.integration.support import fetch_from_stream, http_get, pex_dir
+from tests.integration.support import wait_for as _wait_for
 from tools.kube_emulator.main import kubeconfig_text
 from tools.kube_emulator.testing import EmulatorThread, api_client
+
+
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
+    return _wait_for(check, what, timeout, every=0.1)
+
 
 CRD = Path("deploy/kustomize/base/crds/migrations.live.cast.ai.yaml")
 NS = "shop"
 GROUP = ("live.cast.ai", "v1")
 ELIGIBLE = {names.MIGRATION_ENABLED: "true"}
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 @dataclass

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from clm.contracts.events import MIGRATION_EVENT_ADAPTER
 from clm.testing.nats_server import free_port
 from clm.testing.podlab import expected_hash
 from tests.integration.support import fetch_from_stream, pex_dir
+from tests.integration.support import wait_for as _wait_for
 from tools.sandbox import binpack
 from tools.sandbox.demo import Player
 from tools.sandbox.sandbox import Sandbox
@@ -44,14 +44,7 @@ SEQUENCE = ["PreDumpSkipped", "PodCreateFinished", "MigrationFinished"]
 
 
 def wait_for(check: Callable[[], Any], what: str, timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for: {what}")
-        time.sleep(0.3)
+    return _wait_for(check, what, timeout, every=0.3)
 
 
 def test_the_planner_bin_packs_the_sandbox_live(tmp_path: Path) -> None:
