@@ -67,6 +67,9 @@ class CoordinatorSettings(ServiceSettings):
     max_per_source_node: int = Field(default=2, ge=1)
     max_per_destination_node: int = Field(default=2, ge=1)
     max_in_cluster: int = Field(default=20, ge=1)
+    # Migrations this replica drives at once; the rest are left to the other replicas (or to
+    # this one's next pass), so a burst is spread over every replica, not taken by the first.
+    max_per_replica: int = Field(default=5, ge=1)
     # Rules for nodes a pod may move between when the coordinator picks the destination.
     compatibility_profile: Profile = Profile.GENERIC
 
@@ -154,8 +157,11 @@ class Coordinator:
                     log.warning("could not mark a migration pending", extra={"error": str(exc)})
         for migration in admitted:
             uid = migration["metadata"]["uid"]
-            if uid not in self.running and (migration.get("status") or {}).get("phase") not in TERMINAL:
-                self.running[uid] = asyncio.create_task(self.drive(uid, migration))
+            if uid in self.running or (migration.get("status") or {}).get("phase") in TERMINAL:
+                continue
+            if len(self.running) >= self.settings.max_per_replica:
+                break  # another replica takes it, or this one once a slot frees (the watch wakes it)
+            self.running[uid] = asyncio.create_task(self.drive(uid, migration))
 
     def start_watch(self, api: client.ApiClient) -> None:
         """Watch Migrations (list + watch, resumed after disconnects): any change — a new

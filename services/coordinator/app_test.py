@@ -1,0 +1,74 @@
+"""The coordinator's pass over the Migrations: what one replica takes on (the runner itself is
+covered by runner_test.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from services.coordinator.app import Coordinator, CoordinatorSettings
+
+
+class FakeKube:
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self.items = items
+
+    def list_migrations(self) -> list[dict[str, Any]]:
+        return self.items
+
+    def patch_status(self, migration: dict[str, Any], status: dict[str, Any]) -> None:
+        migration["status"] = {**(migration.get("status") or {}), **status}
+
+
+def migration(i: int, phase: str | None = None) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": f"m{i}",
+            "namespace": "ns",
+            "uid": f"uid-{i}",
+            "creationTimestamp": f"2026-01-01T00:00:{i:02d}Z",
+        },
+        "spec": {"podName": f"p{i}", "sourceNode": f"a{i}", "destinationNode": f"b{i}"},
+        "status": {"phase": phase} if phase else {},
+    }
+
+
+def coordinator(**settings: Any) -> Coordinator:
+    app = SimpleNamespace(metrics=SimpleNamespace(registry=CollectorRegistry()))
+    return Coordinator(app, CoordinatorSettings(**settings))  # type: ignore[arg-type]
+
+
+async def test_a_replica_takes_on_at_most_its_share_of_a_burst() -> None:
+    c = coordinator(max_per_replica=3, max_in_cluster=50)
+    c.kube = FakeKube([migration(i) for i in range(10)])  # type: ignore[assignment]
+    started: list[str] = []
+    release = asyncio.Event()
+
+    async def drive(uid: str, _m: dict[str, Any]) -> None:
+        started.append(uid)
+        await release.wait()
+        c.running.pop(uid, None)
+
+    c.drive = drive  # type: ignore[method-assign]
+    await c.resync()
+    await asyncio.sleep(0)
+    assert started == ["uid-0", "uid-1", "uid-2"]  # oldest first, three at most
+    await c.resync()  # a second pass while they run takes nothing more
+    await asyncio.sleep(0)
+    assert len(started) == 3
+    release.set()
+    await asyncio.sleep(0.01)
+    c.kube.items = [m for m in c.kube.items if m["metadata"]["uid"] not in started]  # type: ignore[attr-defined]
+    await c.resync()
+    await asyncio.sleep(0)
+    assert started[3:] == ["uid-3", "uid-4", "uid-5"]
+
+
+async def test_finished_and_failed_migrations_are_left_alone() -> None:
+    c = coordinator()
+    c.kube = FakeKube([migration(1, "Finished"), migration(2, "Failed")])  # type: ignore[assignment]
+    await c.resync()
+    assert c.running == {}
