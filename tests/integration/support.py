@@ -146,3 +146,16 @@ def create_migration(custom: Any, namespace: str, name: str, spec: dict[str, Any
         "migrations",
         {"apiVersion": "live.cast.ai/v1", "kind": "Migration", "metadata": {"name": name}, "spec": spec},
     )
+
+
+def log_excerpts(log_dir: Path, lines: int = 25) -> str:
+    """The last warnings and errors of every service log in `log_dir`, for a failure message."""
+    marks = ("WARNING", "ERROR", "Traceback", "Error", "failed")
+    parts = []
+    for log in sorted(log_dir.glob("*.log")):
+        hits = [
+            line for line in log.read_text(errors="replace").splitlines() if any(m in line for m in marks)
+        ]
+        if hits:
+            parts.append(f"--- {log.name} ---\n" + "\n".join(hits[-lines:]))
+    return "\n".join(parts) or f"(no warnings in {log_dir})"

@@ -28,7 +28,7 @@ from clm.contracts import streams, subjects
 from clm.contracts.events import MIGRATION_EVENT_ADAPTER
 from clm.testing.nats_server import free_port
 from clm.testing.podlab import expected_hash
-from tests.integration.support import fetch_from_stream, pex_dir
+from tests.integration.support import fetch_from_stream, log_excerpts, pex_dir
 from tests.integration.support import wait_for as _wait_for
 from tools.sandbox import binpack
 from tools.sandbox.demo import Player
@@ -73,9 +73,15 @@ def test_the_planner_bin_packs_the_sandbox_live(tmp_path: Path) -> None:
             {"CLM_DRY_RUN": "false", "CLM_INTERVAL_SECONDS": "2", "CLM_SETTLE_SECONDS": "1"},
         )
 
-        wait_for(
-            lambda: binpack.drained(api), f"{binpack.DRAINED} emptied: its pods moved or evicted", timeout=180
-        )
+        try:
+            wait_for(
+                lambda: binpack.drained(api),
+                f"{binpack.DRAINED} emptied: its pods moved or evicted",
+                timeout=180,
+            )
+        except AssertionError as exc:
+            details = binpack.describe(api) + "\n" + log_excerpts(tmp_path / "sbx" / "logs")
+            raise AssertionError(f"{exc}\n{details}") from None
         drained_events = wait_for(
             lambda: asyncio.run(
                 fetch_from_stream(

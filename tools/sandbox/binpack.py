@@ -151,6 +151,30 @@ def drained(api: client.ApiClient) -> bool:
     )
 
 
+def describe(api: client.ApiClient) -> str:
+    """The cluster as the planner and coordinator left it: each pod's node and phase, each
+    node's cordon, each Migration's phase and reason — what a failed wait should show."""
+    core = client.CoreV1Api(api)
+    lines = [
+        f"pod {name}: node={p.spec.node_name} phase={p.status.phase} ip={p.status.pod_ip}"
+        f" deleting={p.metadata.deletion_timestamp is not None}"
+        for name, p in sorted(pods(api).items())
+    ]
+    for node in core.list_node().items:
+        lines.append(f"node {node.metadata.name}: unschedulable={bool(node.spec.unschedulable)}")
+    migrations = client.CustomObjectsApi(api).list_namespaced_custom_object(
+        "live.cast.ai", "v1", NAMESPACE, "migrations"
+    )["items"]
+    for m in migrations:
+        status = m.get("status") or {}
+        lines.append(
+            f"migration {m['metadata']['name']}: pod={m['spec'].get('podName')}"
+            f" to={m['spec'].get('destinationNode')} phase={status.get('phase')}"
+            f" reason={status.get('failureReason')}"
+        )
+    return "\n".join(lines)
+
+
 def placement(api: client.ApiClient) -> dict[str, tuple[str, str]]:
     """pod -> (node, IP) as the API has it now."""
     return {name: (p.spec.node_name, p.status.pod_ip or "") for name, p in pods(api).items()}
