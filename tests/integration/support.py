@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -159,3 +161,15 @@ def log_excerpts(log_dir: Path, lines: int = 25) -> str:
         if hits:
             parts.append(f"--- {log.name} ---\n" + "\n".join(hits[-lines:]))
     return "\n".join(parts) or f"(no warnings in {log_dir})"
+
+
+@contextlib.contextmanager
+def one_sandbox_at_a_time() -> Iterator[None]:
+    """Pants runs test files in parallel; the sandbox is one per machine (fixed names), so
+    sandbox tests take turns instead of failing on each other's machine lock."""
+    with SANDBOX_TESTS_LOCK.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+SANDBOX_TESTS_LOCK = Path("/tmp/clm-sandbox-tests.lock")

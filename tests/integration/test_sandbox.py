@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -26,7 +27,7 @@ from kubernetes import client
 
 from clm.testing.nats_server import free_port
 from clm.testing.netns import ip
-from tests.integration.support import pex_dir
+from tests.integration.support import one_sandbox_at_a_time, pex_dir
 from tools.clm import main as clm
 from tools.kube_emulator.testing import api_client
 from tools.sandbox.sandbox import read_state
@@ -36,6 +37,12 @@ pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or bool(MISSING),
     reason=f"needs root and runc, criu (missing: {MISSING or 'root'}); run tools/setup/install-system-deps",
 )
+
+
+@pytest.fixture(autouse=True)
+def _take_turns() -> Iterator[None]:
+    with one_sandbox_at_a_time():
+        yield
 
 
 def _pexes() -> Path:
@@ -134,6 +141,9 @@ def test_a_users_pod_in_the_background_sandbox_moves_with_clm_migrate(
         assert clm.main(["sandbox", "status", "--state-dir", str(state_dir)]) == 0
         status = capsys.readouterr().out
         assert "default/counter-clone-1" in status and "Finished" in status
+
+        _a_second_sandbox_is_refused(tmp_path, state_dir, int(state["pid"]), capsys)
+        assert core.read_namespaced_pod("counter-clone-1", "default").status.phase == "Running"
     finally:
         down = clm.main(["sandbox", "down", "--state-dir", str(state_dir)])
     assert down == 0
@@ -141,3 +151,18 @@ def test_a_users_pod_in_the_background_sandbox_moves_with_clm_migrate(
     assert read_state(state_dir) is None and _leftovers() == []
     assert clm.main(["sandbox", "status", "--state-dir", str(state_dir)]) == 1
     assert "no sandbox runs" in capsys.readouterr().err
+
+
+def _a_second_sandbox_is_refused(
+    tmp_path: Path, state_dir: Path, pid: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One sandbox per machine: a second is refused, and `down` of another state directory
+    leaves the running one alone (its namespaces would look like leftovers)."""
+    other = str(tmp_path / "other")
+    assert clm.main(["sandbox", "up", "--state-dir", other, "--pex-dir", str(_pexes())]) == 1
+    err = capsys.readouterr().err
+    assert f"another sandbox runs on this machine (pid {pid}, state dir {state_dir})" in err
+    assert clm.main(["sandbox", "down", "--state-dir", other]) == 1
+    assert f"runs from {state_dir}" in capsys.readouterr().err
+    assert read_state(state_dir) is not None
+    assert "clm-sbx-seg" in [line.split()[0] for line in ip("netns", "list").stdout.splitlines() if line]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from clm.contracts import streams, subjects
 from clm.contracts.events import MIGRATION_EVENT_ADAPTER
 from clm.testing.nats_server import free_port
 from clm.testing.podlab import expected_hash
-from tests.integration.support import fetch_from_stream, log_excerpts, pex_dir
+from tests.integration.support import fetch_from_stream, log_excerpts, one_sandbox_at_a_time, pex_dir
 from tests.integration.support import wait_for as _wait_for
 from tools.sandbox import binpack
 from tools.sandbox.demo import Player
@@ -45,6 +45,12 @@ SEQUENCE = ["PreDumpSkipped", "PodCreateFinished", "MigrationFinished"]
 
 def wait_for(check: Callable[[], Any], what: str, timeout: float = 90) -> Any:
     return _wait_for(check, what, timeout, every=0.3)
+
+
+@pytest.fixture(autouse=True)
+def _take_turns() -> Iterator[None]:
+    with one_sandbox_at_a_time():
+        yield
 
 
 def test_the_planner_bin_packs_the_sandbox_live(tmp_path: Path) -> None:

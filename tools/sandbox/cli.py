@@ -21,7 +21,14 @@ from tools.benchmarks.report import emit
 from tools.clm.events import render, stream_events
 from tools.kube_emulator.testing import api_client
 from tools.sandbox import binpack, demo
-from tools.sandbox.sandbox import DEFAULT_STATE_DIR, Sandbox, missing_requirements, read_state
+from tools.sandbox.sandbox import (
+    DEFAULT_STATE_DIR,
+    Sandbox,
+    delete_all_containers,
+    machine_lock_holder,
+    missing_requirements,
+    read_state,
+)
 from tools.sandbox.topology import remove_leftovers
 
 
@@ -91,6 +98,15 @@ def _up(args: argparse.Namespace) -> int:
         print(
             f"clm sandbox up: a sandbox already runs from {args.state_dir} (pid {running['pid']}); "
             "`clm sandbox down` stops it",
+            file=sys.stderr,
+        )
+        return 1
+    holder = machine_lock_holder()
+    if holder is not None:
+        print(
+            f"clm sandbox up: another sandbox runs on this machine (pid {holder.get('pid', '?')}, "
+            f"state dir {holder.get('state_dir', '?')}); one at a time: "
+            f"`clm sandbox down --state-dir {holder.get('state_dir', '?')}` stops it",
             file=sys.stderr,
         )
         return 1
@@ -173,13 +189,14 @@ def _foreground(args: argparse.Namespace, *, quiet_wait: bool = False) -> int:
         print(f"clm sandbox: {exc}", file=sys.stderr)
         return 1
     finally:
-        codes = sandbox.down()
-        bad = [f"{name} exited {c}" for name, c in codes if c != 0]
-        print(
-            "sandbox stopped; removed its processes, namespaces, containers and state"
-            + (f" ({'; '.join(bad)})" if bad else ""),
-            flush=True,
-        )
+        if sandbox.machine_lock is not None:  # else up() refused before creating anything
+            codes = sandbox.down()
+            bad = [f"{name} exited {c}" for name, c in codes if c != 0]
+            print(
+                "sandbox stopped; removed its processes, namespaces, containers and state"
+                + (f" ({'; '.join(bad)})" if bad else ""),
+                flush=True,
+            )
 
 
 async def _wait_for_signal(stop: asyncio.Event, quiet: bool) -> None:
@@ -311,31 +328,46 @@ async def _binpack(sandbox: Sandbox, args: argparse.Namespace, stop: asyncio.Eve
 
 def _down(args: argparse.Namespace) -> int:
     state = read_state(args.state_dir)
-    if state is not None:
-        pid = int(state["pid"])
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.3)
-        else:
-            print(f"clm sandbox down: pid {pid} did not stop within 90s; killing it", file=sys.stderr)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    holder = machine_lock_holder()
+    pid = int(state["pid"]) if state is not None else None
+    if pid is None and holder is not None:
+        if holder.get("state_dir") != str(args.state_dir):
+            # Its namespaces and links look like leftovers by name: leave them alone.
+            print(
+                f"clm sandbox down: no sandbox runs from {args.state_dir}; the one on this machine "
+                f"(pid {holder.get('pid', '?')}) runs from {holder.get('state_dir', '?')}: "
+                f"`clm sandbox down --state-dir {holder.get('state_dir', '?')}` stops it",
+                file=sys.stderr,
+            )
+            return 1
+        pid = int(holder.get("pid", 0)) or None  # still coming up: state.json not written yet
+    if pid is not None:
+        _stop_process(pid)
     # Whatever a crashed sandbox left: containers, namespaces, links.
-    from tools.sandbox.sandbox import _delete_all_containers
-
     for runc_root in args.state_dir.glob("nodes/*/runc"):
-        _delete_all_containers(runc_root)
+        delete_all_containers(runc_root)
     left = remove_leftovers()
-    if state is None and not left:
+    if pid is None and not left:
         print(f"no sandbox runs from {args.state_dir}; nothing left to remove")
     else:
         print("sandbox stopped" + (f"; removed leftovers: {', '.join(left)}" if left else ""))
     return 0
+
+
+def _stop_process(pid: int) -> None:
+    """SIGTERM (the sandbox removes what it created), SIGKILL after 90 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.3)
+    print(f"clm sandbox down: pid {pid} did not stop within 90s; killing it", file=sys.stderr)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
 
 
 def _ready(port: int) -> str:

@@ -9,6 +9,8 @@ status`, `clm events`, `clm migrate` read); `Sandbox.down()` removes everything 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -33,6 +35,48 @@ log = logging.getLogger("clm.sandbox")
 
 DEFAULT_STATE_DIR = Path("/tmp/clm-sandbox")
 REQUIRED_TOOLS = ("runc", "criu", "nsenter", "ip", "iptables", "nats-server")
+
+
+# One sandbox per machine: its namespaces and links have fixed names (remove_leftovers finds
+# them by name), so a second one would tear down the first. Held by the sandbox's process.
+MACHINE_LOCK = Path("/run/clm-sandbox.lock")
+
+
+def take_machine_lock(state_dir: Path) -> int:
+    """The machine's sandbox lock as an open descriptor (closing it releases the lock), or
+    RuntimeError naming the sandbox that holds it."""
+    fd = os.open(MACHINE_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        holder = machine_lock_holder() or {}
+        raise RuntimeError(
+            f"another sandbox runs on this machine (pid {holder.get('pid', '?')}, state dir "
+            f"{holder.get('state_dir', '?')}): stop it with `clm sandbox down --state-dir "
+            f"{holder.get('state_dir', '?')}` first"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "state_dir": str(state_dir)}).encode(), 0)
+    return fd
+
+
+def machine_lock_holder() -> dict | None:
+    """Who holds the machine's sandbox lock ({"pid", "state_dir"}), or None when nobody does."""
+    try:
+        fd = os.open(MACHINE_LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            with contextlib.suppress(ValueError, OSError):
+                return json.loads(os.pread(fd, 4096, 0) or b"{}")
+            return {}
+        return None
+    finally:
+        os.close(fd)
 
 
 def missing_requirements() -> list[str]:
@@ -65,6 +109,7 @@ class Sandbox:
     topology: Topology | None = None
     cluster: LocalCluster | None = None
     runtimes: list[NodeRuntime] = field(default_factory=list)
+    machine_lock: int | None = None
 
     @property
     def kubeconfig(self) -> Path:
@@ -90,6 +135,7 @@ class Sandbox:
                 f"a sandbox already runs from {self.state_dir} (pid {existing['pid']}): "
                 "stop it with `clm sandbox down` first"
             )
+        self.machine_lock = take_machine_lock(self.state_dir)
         self._clean_state_dir()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         secret = self.state_dir / "transfer-secret"
@@ -174,7 +220,7 @@ class Sandbox:
     def _clean_state_dir(self) -> None:
         """What an earlier run left: runc containers, namespaces, its state (logs are kept)."""
         for runc_root in self.state_dir.glob("nodes/*/runc"):
-            _delete_all_containers(runc_root)
+            delete_all_containers(runc_root)
         remove_leftovers()
         for name in ("nodes", "nats", "kube-state.json", "state.json", "kubeconfig", "demo"):
             path = self.state_dir / name
@@ -187,6 +233,8 @@ class Sandbox:
 
     def down(self) -> list[tuple[str, int | None]]:
         """Stop every process and remove every container, namespace, veth and state file."""
+        if self.machine_lock is None:
+            return []  # up() never got the machine: what runs belongs to another sandbox
         (self.state_dir / "state.json").unlink(missing_ok=True)
         for runtime in self.runtimes:
             runtime.stop()
@@ -197,7 +245,7 @@ class Sandbox:
             except Exception:  # - the namespace sweep below removes what is left
                 log.exception("removing the pods of %s failed", runtime.node)
         for runc_root in self.state_dir.glob("nodes/*/runc"):
-            _delete_all_containers(runc_root)
+            delete_all_containers(runc_root)
         if self.topology is not None:
             self.topology.delete()
         remove_leftovers()
@@ -207,6 +255,8 @@ class Sandbox:
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
+        os.close(self.machine_lock)
+        self.machine_lock = None
         return codes
 
 
@@ -245,7 +295,7 @@ def _pod_ips(core: client.CoreV1Api) -> list[str]:
     return [p.status.pod_ip for p in core.list_pod_for_all_namespaces().items if p.status and p.status.pod_ip]
 
 
-def _delete_all_containers(runc_root: Path) -> None:
+def delete_all_containers(runc_root: Path) -> None:
     listed = subprocess.run(
         ["runc", f"--root={runc_root}", "list", "-q"], capture_output=True, text=True, check=False
     ).stdout.split()
