@@ -93,6 +93,8 @@ def test_crud_selectors_and_apply(kubectl: Kubectl) -> None:
         '[{"op":"replace","path":"/metadata/labels/app","value":"api"}]',
     )
     assert kubectl("get", "pod", "web-0", "-o", "jsonpath={.metadata.labels.app}").stdout == "api"
+    logs = kubectl("logs", "web-0", check=False)
+    assert logs.returncode != 0 and "pods/log is not served" in logs.stderr, logs.stderr
     kubectl("delete", "pod", "web-0")
     assert "NotFound" in kubectl("get", "pod", "web-0", check=False).stderr
 

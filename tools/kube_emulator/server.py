@@ -46,6 +46,10 @@ def _wants_table(request: web.Request) -> bool:
     return "as=Table" in request.headers.get("Accept", "")
 
 
+# Answered by the kubelet in a real cluster; the emulator has none.
+KUBELET_SUBRESOURCES = ("log", "exec", "attach", "portforward", "proxy")
+
+
 class Api:
     def __init__(self, store: Store, *, bookmark_seconds: float = 5.0) -> None:
         self.store = store
@@ -208,6 +212,15 @@ class Api:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else None
+        if rt.kind == "Pod" and sub in KUBELET_SUBRESOURCES:
+            raise ApiError(
+                400,
+                "BadRequest",
+                f"pods/{sub} is not served: the Kubernetes API emulator has no kubelets. In the CLM "
+                "sandbox, containers' output is discarded (CRIU restores /dev/null on any node); look "
+                "inside a pod with `runc --root <sandbox state dir>/nodes/<node>/runc list` and "
+                "`... exec -t <namespace>_<pod>_<container> sh`",
+            )
         if (
             sub not in (None, "status", "eviction", "ephemeralcontainers")
             or (sub in ("eviction", "ephemeralcontainers") and rt.kind != "Pod")
