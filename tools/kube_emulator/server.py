@@ -218,8 +218,8 @@ class Api:
                 "BadRequest",
                 f"pods/{sub} is not served: the Kubernetes API emulator has no kubelets. In the CLM "
                 "sandbox, containers' output is discarded (CRIU restores /dev/null on any node); look "
-                "inside a pod with `runc --root <sandbox state dir>/nodes/<node>/runc list` and "
-                "`... exec -t <namespace>_<pod>_<container> sh`",
+                "inside a pod with `runc --root <sandbox state dir>/nodes/<node>/runc list` (its "
+                "containers) and `... exec -t <container id> sh`",
             )
         if (
             sub not in (None, "status", "eviction", "ephemeralcontainers")
