@@ -42,6 +42,7 @@ from pathlib import Path
 from clm.contracts import CheckpointCommand, CheckpointStep, NodeCapabilities
 from clm.runtime.podnet import pod_netns_path
 from services.checkpoint_agent.bundle import config_problems, rebind
+from services.checkpoint_agent.container_log import log_path
 from services.checkpoint_agent.criu_stats import read_stats
 from services.checkpoint_agent.holdback import PacketHold
 from services.checkpoint_agent.runc import Container, ContainerRuntime, RuntimeCommandError
@@ -80,6 +81,8 @@ class AgentConfig:
     holdback: bool = True
     # Restore memory through userfaultfd from the received images (runc.Runc.restore).
     lazy_restore: bool = True
+    # Restored containers' output: CRI log files named by container id (None: discarded).
+    container_log_dir: Path | None = None
 
 
 class CheckpointAgent:
@@ -400,11 +403,16 @@ class CheckpointAgent:
             package / "criu",
             tcp_established=True,
             lazy=self.config.lazy_restore,
+            output=self._output(container_id),
         )
         state = await asyncio.to_thread(self.runtime.state, container_id)
         if state != "running":
             raise RuntimeCommandError(f"container {name} is {state or 'gone'} right after its restore")
         return container_id
+
+    def _output(self, container_id: str) -> Path | None:
+        log_dir = self.config.container_log_dir
+        return log_path(log_dir, container_id) if log_dir is not None else None
 
     def _remove_restored(self, pod_uid: str) -> None:
         for container in self.runtime.pod_containers(pod_uid):
@@ -467,7 +475,12 @@ class CheckpointAgent:
                 continue
             try:
                 await asyncio.to_thread(
-                    self.runtime.restore, record["id"], Path(record["bundle"]), images, tcp_established=True
+                    self.runtime.restore,
+                    record["id"],
+                    Path(record["bundle"]),
+                    images,
+                    tcp_established=True,
+                    output=self._output(record["id"]),
                 )
             except RuntimeCommandError as exc:
                 errors.append(str(exc))

@@ -58,6 +58,10 @@ class CheckpointAgentSettings(NodeAgentSettings):
     # Restore memory lazily (CRIU lazy-pages from the received images, over userfaultfd): the
     # pages are filled faster than CRIU's eager restore reads them. Falls back to eager.
     lazy_restore: bool = True
+    # The local runc runtime only (the sandbox): where restored containers' output goes, one
+    # CRI log file per container id, as the node's runtime keeps it. Unset: discarded.
+    # (On Kubernetes nodes the container runtime keeps pod logs itself.)
+    container_log_dir: Path | None = None
     transfer_listen_host: str = "0.0.0.0"
     # 0 picks a free port (tests); the published address carries the real one.
     transfer_port: int = Field(default=7400, ge=0, le=65535)
@@ -163,6 +167,7 @@ def build(settings: CheckpointAgentSettings) -> ServiceApp:  # type: ignore[over
             criu=settings.criu_binary,
             secret=settings.secret(),
             lazy_restore=settings.lazy_restore,
+            container_log_dir=settings.container_log_dir,
             holdback=settings.holdback,
             node_netns=settings.netns_dir / settings.node_netns if settings.node_netns else None,
         ),

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from services.checkpoint_agent.container_log import start_relay
 
 
 class RuntimeCommandError(RuntimeError):
@@ -61,7 +64,14 @@ class ContainerRuntime(Protocol):
         self, container_id: str, image_dir: Path, *, tcp_established: bool
     ) -> CheckpointResult: ...
     def restore(
-        self, container_id: str, bundle: Path, image_dir: Path, *, tcp_established: bool, lazy: bool = False
+        self,
+        container_id: str,
+        bundle: Path,
+        image_dir: Path,
+        *,
+        tcp_established: bool,
+        lazy: bool = False,
+        output: Path | None = None,
     ) -> float: ...
     def delete(self, container_id: str) -> None: ...
 
@@ -94,25 +104,44 @@ class Runc:
             check=False,
         )
 
-    def _detached(self, *args: str, log: Path, timeout: float = 120) -> tuple[int, str]:
-        """Commands that leave a container running (-d) hand it their stdio: give it
-        /dev/null (CRIU restores that anywhere) and read runc's own errors from --log."""
+    def _detached(
+        self, *args: str, log: Path, output: Path | None = None, timeout: float = 120
+    ) -> tuple[int, str]:
+        """Commands that leave a container running (-d) hand it their stdio: /dev/null (CRIU
+        restores that anywhere), or with `output` pipes to a log relay (runc hands pipes to
+        CRIU at restore); runc's own errors are read from --log."""
         log.unlink(missing_ok=True)
-        proc = subprocess.run(
-            [*self.base, f"--log={log}", *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=timeout,
-            check=False,
-        )
+        stdout: int = subprocess.DEVNULL
+        stderr: int = subprocess.DEVNULL
+        if output is not None:
+            stdout, stderr = start_relay(output)
+        try:
+            proc = subprocess.run(
+                [*self.base, f"--log={log}", *args],
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=stderr,
+                timeout=timeout,
+                check=False,
+            )
+        finally:
+            if output is not None:
+                os.close(stdout)  # the container holds its own copies
+                os.close(stderr)
         text = log.read_text(errors="replace") if log.exists() else ""
         errors = [line for line in text.splitlines() if '"level":"error"' in line or "level=error" in line]
         return proc.returncode, "\n".join(errors[-5:]) or text[-1000:]
 
-    def run(self, container_id: str, bundle: Path) -> None:
+    def run(self, container_id: str, bundle: Path, *, output: Path | None = None) -> None:
+        """Start a container; its output goes to the CRI log file `output`, or nowhere."""
         code, errors = self._detached(
-            "run", "-d", "-b", str(bundle), container_id, log=bundle / f"runc-run-{container_id}.log"
+            "run",
+            "-d",
+            "-b",
+            str(bundle),
+            container_id,
+            log=bundle / f"runc-run-{container_id}.log",
+            output=output,
         )
         if code != 0:
             raise RuntimeCommandError(f"runc run {container_id} failed: {errors}")
@@ -171,12 +200,14 @@ class Runc:
         *,
         tcp_established: bool = True,
         lazy: bool = False,
+        output: Path | None = None,
     ) -> float:
         """Restore a container from its images. With `lazy`, CRIU restores everything but the
         anonymous memory, which a `criu lazy-pages` daemon then fills from the same local
         images through userfaultfd (faster than the eager restore's reads); this returns only
         once every page is in place, so a restored container never depends on a helper. If
-        the daemon cannot start (no userfaultfd), the restore is the eager one."""
+        the daemon cannot start (no userfaultfd), the restore is the eager one. Output
+        the container wrote to pipes continues into the CRI log file `output` (else nowhere)."""
         started = time.perf_counter()
         image_dir = image_dir.resolve()
         daemon = self._lazy_pages_daemon(image_dir) if lazy else None
@@ -187,7 +218,9 @@ class Runc:
         if daemon is not None:
             # CRIU finds the daemon's socket in its work directory.
             args += ["--lazy-pages", f"--work-path={image_dir}"]
-        code, errors = self._detached(*args, container_id, log=bundle / f"runc-restore-{container_id}.log")
+        code, errors = self._detached(
+            *args, container_id, log=bundle / f"runc-restore-{container_id}.log", output=output
+        )
         if code != 0:
             if daemon is not None:
                 daemon.kill()

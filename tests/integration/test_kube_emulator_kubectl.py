@@ -93,8 +93,10 @@ def test_crud_selectors_and_apply(kubectl: Kubectl) -> None:
         '[{"op":"replace","path":"/metadata/labels/app","value":"api"}]',
     )
     assert kubectl("get", "pod", "web-0", "-o", "jsonpath={.metadata.labels.app}").stdout == "api"
-    logs = kubectl("logs", "web-0", check=False)
-    assert logs.returncode != 0 and "pods/log is not served" in logs.stderr, logs.stderr
+    logs = kubectl("logs", "web-0", check=False)  # no kubelet serves node-a here
+    assert logs.returncode != 0 and "pods/log is not served for default/web-0" in logs.stderr, logs.stderr
+    shell = kubectl("exec", "web-0", "--", "sh", check=False)
+    assert shell.returncode != 0 and "pods/exec is not served" in shell.stderr, shell.stderr
     kubectl("delete", "pod", "web-0")
     assert "NotFound" in kubectl("get", "pod", "web-0", check=False).stderr
 

@@ -45,6 +45,18 @@ def _take_turns() -> Iterator[None]:
         yield
 
 
+COUNTER = "import itertools, time\nfor i in itertools.count():\n    print(i, flush=True)\n    time.sleep(0.1)"
+
+
+def _counts(log: str) -> list[int]:
+    return [int(line) for line in log.splitlines() if line.strip()]
+
+
+def _log(core: client.CoreV1Api, pod: str) -> str:
+    # Unpreloaded: the client turns a text body it cannot parse as JSON into "b'...'".
+    return core.read_namespaced_pod_log(pod, "default", _preload_content=False).data.decode()
+
+
 def _pexes() -> Path:
     built = pex_dir()
     if built is None:
@@ -111,7 +123,7 @@ def test_a_users_pod_in_the_background_sandbox_moves_with_clm_migrate(
                         {
                             "name": "main",
                             "image": "host",
-                            "command": ["python3", "-c", "import time\nwhile True: time.sleep(0.1)"],
+                            "command": ["python3", "-u", "-c", COUNTER],
                         }
                     ],
                 },
@@ -127,12 +139,17 @@ def test_a_users_pod_in_the_background_sandbox_moves_with_clm_migrate(
         assert pod.status.phase == "Running" and pod.status.pod_ip, pod.status
         capsys.readouterr()
 
+        # Its output, as `kubectl logs` reads it (the API proxies to the node's runtime).
+        counted = _counts(_log(core, "counter"))
+        assert counted and counted == list(range(counted[0], counted[0] + len(counted))), counted[-5:]
+
         assert clm.main(["migrate", "default/counter", "--to", "sbx-9"]) == 1
         assert "no node sbx-9 (nodes: sbx-1, sbx-2, sbx-3)" in capsys.readouterr().err
         assert clm.main(["migrate", "default/counter", "--to", "sbx-3", "--timeout", "120"]) == 0
         assert "done: counter runs on sbx-3 as counter-clone-1" in capsys.readouterr().out
         clone = core.read_namespaced_pod("counter-clone-1", "default")
         assert clone.spec.node_name == "sbx-3" and clone.status.pod_ip == pod.status.pod_ip
+        _the_clone_logs_on(core, "counter-clone-1", counted[-1])
 
         assert clm.main(["events", "--json"]) == 0
         kinds = [orjson.loads(line)["kind"] for line in capsys.readouterr().out.splitlines()]
@@ -166,3 +183,22 @@ def _a_second_sandbox_is_refused(
     assert f"runs from {state_dir}" in capsys.readouterr().err
     assert read_state(state_dir) is not None
     assert "clm-sbx-seg" in [line.split()[0] for line in ip("netns", "list").stdout.splitlines() if line]
+
+
+def _the_clone_logs_on(core: client.CoreV1Api, clone: str, last_before: int) -> None:
+    """The restored process writes on where it was, into its new node's log of the clone;
+    `kubectl logs -f` follows it."""
+    after = _counts(_log(core, clone))
+    assert after and after[0] > last_before, (last_before, after[:3])
+    assert after == list(range(after[0], after[0] + len(after))), after[:5]
+    follow = core.read_namespaced_pod_log(clone, "default", follow=True, tail_lines=1, _preload_content=False)
+    text = b""
+    try:
+        for chunk in follow.stream(16):  # the tail, then lines as they are written
+            text += chunk
+            if text.count(b"\n") >= 3:
+                break
+    finally:
+        follow.release_conn()
+    seen = _counts(text.decode())[:3]
+    assert seen == list(range(seen[0], seen[0] + 3)) and seen[0] >= after[-1], seen

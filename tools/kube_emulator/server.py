@@ -10,6 +10,7 @@ import contextlib
 import logging
 from typing import Any
 
+import aiohttp
 import orjson
 from aiohttp import web
 
@@ -46,7 +47,8 @@ def _wants_table(request: web.Request) -> bool:
     return "as=Table" in request.headers.get("Accept", "")
 
 
-# Answered by the kubelet in a real cluster; the emulator has none.
+# Answered by the kubelet in a real cluster: the emulator proxies pods/log to a node's
+# kubelet endpoint (the sandbox's node runtimes serve one) and refuses the rest.
 KUBELET_SUBRESOURCES = ("log", "exec", "attach", "portforward", "proxy")
 
 
@@ -212,14 +214,15 @@ class Api:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         name = rest[1] if len(rest) > 1 else None
         sub = rest[2] if len(rest) > 2 else None
+        if rt.kind == "Pod" and sub == "log" and request.method == "GET":
+            return rt, namespace, name, sub
         if rt.kind == "Pod" and sub in KUBELET_SUBRESOURCES:
             raise ApiError(
                 400,
                 "BadRequest",
-                f"pods/{sub} is not served: the Kubernetes API emulator has no kubelets. In the CLM "
-                "sandbox, containers' output is discarded (CRIU restores /dev/null on any node); look "
-                "inside a pod with `runc --root <sandbox state dir>/nodes/<node>/runc list` (its "
-                "containers) and `... exec -t <container id> sh`",
+                f"pods/{sub} is not served: the Kubernetes API emulator streams no sessions into "
+                "containers. In the CLM sandbox, look inside a pod with `runc --root <sandbox state "
+                "dir>/nodes/<node>/runc list` (its containers) and `... exec -t <container id> sh`",
             )
         if (
             sub not in (None, "status", "eviction", "ephemeralcontainers")
@@ -237,6 +240,8 @@ class Api:
                     if request.query.get("watch") in ("1", "true", "True"):
                         return await self._watch(request, rt, namespace)
                     return self._list(request, rt, namespace)
+                if sub == "log":
+                    return await self._pod_log(request, rt, namespace or "", name)
                 return self._object(request, rt, self.store.get(rt, namespace or "", name))
             body = await self._body(request)
             if request.method == "POST":
@@ -341,6 +346,61 @@ class Api:
             wanted or current["metadata"]["resourceVersion"]
         )
         return self.store.update(rt, namespace, name, patched, subresource=sub)
+
+    async def _pod_log(
+        self, request: web.Request, rt: ResourceType, namespace: str, name: str
+    ) -> web.StreamResponse:
+        """pods/log, as the API server does it: proxied to the kubelet of the pod's node (its
+        `status.daemonEndpoints.kubeletEndpoint.Port`, reached on loopback here)."""
+        pod = self.store.get(rt, namespace, name).obj
+        containers = [c.get("name", "") for c in (pod.get("spec") or {}).get("containers") or []]
+        container = request.query.get("container") or (containers[0] if len(containers) == 1 else "")
+        if container not in containers:
+            raise ApiError(
+                400,
+                "BadRequest",
+                f"a container name must be specified for pod {name}, choose one of: {containers}"
+                if not container
+                else f"container {container} is not valid for pod {name}",
+            )
+        node_name = (pod.get("spec") or {}).get("nodeName")
+        nodes = self.store.registry.get("", "v1", "nodes")
+        node = None
+        if node_name and nodes is not None:
+            with contextlib.suppress(ApiError):
+                node = self.store.get(nodes, "", node_name).obj
+        port = (
+            (((node or {}).get("status") or {}).get("daemonEndpoints") or {}).get("kubeletEndpoint") or {}
+        ).get("Port")
+        if not port:
+            raise ApiError(
+                400,
+                "BadRequest",
+                f"pods/log is not served for {namespace}/{name}: no kubelet serves node "
+                f"{node_name or '(none: the pod is not scheduled)'}. In the CLM sandbox every node's "
+                "runtime serves its pods' output",
+            )
+        query = {k: v for k, v in request.query.items() if k in ("follow", "tailLines", "timestamps")}
+        url = f"http://127.0.0.1:{int(port)}/containerLogs/{namespace}/{name}/{container}"
+        async with aiohttp.ClientSession() as session:
+            try:
+                upstream = await session.get(url, params=query, timeout=aiohttp.ClientTimeout(total=None))
+            except aiohttp.ClientError as exc:
+                raise ApiError(
+                    500, "InternalError", f"the kubelet of {node_name} cannot be reached: {exc}"
+                ) from None
+            async with upstream:
+                if upstream.status != 200:
+                    text = (await upstream.text()).strip()
+                    raise ApiError(
+                        upstream.status, "BadRequest" if upstream.status == 400 else "NotFound", text
+                    )
+                response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+                await response.prepare(request)
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+                await response.write_eof()
+                return response
 
     def _object(
         self, request: web.Request, rt: ResourceType, entry: Entry, status: int = 200

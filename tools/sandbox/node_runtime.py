@@ -35,9 +35,11 @@ from clm.policy import objects as o
 from clm.policy.naming import runtime_pod_uid
 from clm.runtime.podnet import pod_netns_path
 from services.checkpoint_agent.bundle import write_bundle
+from services.checkpoint_agent.container_log import log_path
 from services.checkpoint_agent.runc import CONTAINER_NAME, POD_NAME, POD_NAMESPACE, POD_UID, Runc
 from services.ip_handover_agent.routed import PodNet, RoutedBackend
 from tools.sandbox.ipam import Ipam
+from tools.sandbox.log_server import LogServer
 
 log = logging.getLogger("clm.sandbox.runtime")
 
@@ -129,12 +131,16 @@ class NodeRuntime:
     cni_plugin: list[str] | None = None
     kubeconfig: Path | None = None
     interval: float = 0.5
+    # Containers' output, one CRI log file per container id (the checkpoint agent of this
+    # node writes restored containers' there too); served like kubelet's containerLogs.
+    container_logs: Path | None = None
     started: set[str] = field(default_factory=set)
     ips: dict[str, str] = field(default_factory=dict)  # runtime UID -> pod IP, every pod seen here
     gone_since: dict[str, float] = field(default_factory=dict)
     cni_pods: set[str] = field(default_factory=set)  # runtime UIDs wired through CNI
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
+    _logs: LogServer | None = None
 
     def __post_init__(self) -> None:
         self.core = client.CoreV1Api(self.api)
@@ -143,6 +149,12 @@ class NodeRuntime:
         self.net = RoutedBackend(node=self.node, uplink="eth0", node_netns=self.node_netns)
 
     def start(self) -> NodeRuntime:
+        if self.container_logs is not None:
+            self._logs = LogServer(self.node, self._log_of, self._alive).start()
+            # As kubelet reports it; the API emulator reaches it on loopback.
+            self.core.patch_node_status(
+                self.node, {"status": {"daemonEndpoints": {"kubeletEndpoint": {"Port": self._logs.port}}}}
+            )
         self._thread = threading.Thread(target=self._loop, name=f"runtime-{self.node}", daemon=True)
         self._thread.start()
         return self
@@ -151,6 +163,23 @@ class NodeRuntime:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(10)
+        if self._logs is not None:
+            self._logs.stop()
+
+    def _log_of(self, namespace: str, pod: str, container: str) -> tuple[Path, str] | None:
+        assert self.container_logs is not None
+        try:
+            obj = self.api.sanitize_for_serialization(self.core.read_namespaced_pod(pod, namespace))
+        except ApiException:
+            return None
+        uid = runtime_pod_uid(obj)
+        for c in self.runc.list():
+            if c.annotations.get(POD_UID) == uid and c.annotations.get(CONTAINER_NAME) == container:
+                return log_path(self.container_logs, c.id), c.id
+        return None
+
+    def _alive(self, container_id: str) -> bool:
+        return self.runc.state(container_id) in ("running", "paused")
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -214,7 +243,9 @@ class NodeRuntime:
                     annotations={POD_UID: uid, POD_NAME: name, POD_NAMESPACE: ns, CONTAINER_NAME: cname},
                     cgroups_path=f"/clm/{self.node}/{ns}_{name}_{cname}",
                 )
-                self.runc.run(f"{ns}_{name}_{cname}", bundle)
+                cid = f"{ns}_{name}_{cname}"
+                output = log_path(self.container_logs, cid) if self.container_logs is not None else None
+                self.runc.run(cid, bundle, output=output)
         except Exception as exc:  # - reported on the pod, as kubelet would
             log.warning("pod %s/%s failed to start: %s", ns, name, exc)
             self._patch_status(

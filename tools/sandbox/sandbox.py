@@ -148,7 +148,11 @@ class Sandbox:
         node_env = {
             node: {
                 "ip-handover-agent": {"CLM_NODE_NETNS": ns.name, "CLM_UPLINK_INTERFACE": "eth0"},
-                "checkpoint-agent": {"CLM_TRANSFER_SECRET_FILE": str(secret), "CLM_NODE_NETNS": ns.name},
+                "checkpoint-agent": {
+                    "CLM_TRANSFER_SECRET_FILE": str(secret),
+                    "CLM_NODE_NETNS": ns.name,
+                    "CLM_CONTAINER_LOG_DIR": str(self._container_logs(node)),
+                },
             }
             for node, ns in self.topology.nodes.items()
         }
@@ -184,11 +188,16 @@ class Sandbox:
                     ipam=ipam,
                     cni_plugin=self._cni_plugin(),
                     kubeconfig=self.kubeconfig,
+                    container_logs=self._container_logs(node),
                 ).start()
             )
         ready = self.cluster.wait_ready()
         self._write_state()
         return ready
+
+    def _container_logs(self, node: str) -> Path:
+        """The node's container logs, shared by its runtime and its checkpoint agent."""
+        return self.state_dir / "nodes" / node / "container-logs"
 
     def _cni_plugin(self) -> list[str]:
         """clm-cni as the node runtimes run it: the PEX built with the services, else the
