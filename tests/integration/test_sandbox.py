@@ -27,7 +27,7 @@ from kubernetes import client
 
 from clm.testing.nats_server import free_port
 from clm.testing.netns import ip
-from tests.integration.support import one_sandbox_at_a_time, pex_dir
+from tests.integration.support import one_sandbox_at_a_time, pex_dir, wait_for
 from tools.clm import main as clm
 from tools.kube_emulator.testing import api_client
 from tools.sandbox.sandbox import read_state
@@ -140,7 +140,7 @@ def test_a_users_pod_in_the_background_sandbox_moves_with_clm_migrate(
         capsys.readouterr()
 
         # Its output, as `kubectl logs` reads it (the API proxies to the node's runtime).
-        counted = _counts(_log(core, "counter"))
+        counted = wait_for(lambda: _counts(_log(core, "counter")), "the counter's first lines in its log")
         assert counted and counted == list(range(counted[0], counted[0] + len(counted))), counted[-5:]
 
         assert clm.main(["migrate", "default/counter", "--to", "sbx-9"]) == 1
@@ -188,8 +188,8 @@ def _a_second_sandbox_is_refused(
 def _the_clone_logs_on(core: client.CoreV1Api, clone: str, last_before: int) -> None:
     """The restored process writes on where it was, into its new node's log of the clone;
     `kubectl logs -f` follows it."""
-    after = _counts(_log(core, clone))
-    assert after and after[0] > last_before, (last_before, after[:3])
+    after = wait_for(lambda: _counts(_log(core, clone)), f"{clone}'s first lines in its new node's log")
+    assert after[0] > last_before, (last_before, after[:3])
     assert after == list(range(after[0], after[0] + len(after))), after[:5]
     follow = core.read_namespaced_pod_log(clone, "default", follow=True, tail_lines=1, _preload_content=False)
     text = b""
