@@ -6,8 +6,8 @@ to the destination agent over TCP.
 Handshake: the sender opens with {"migration", "nonce"}; the receiver answers with its own
 nonce. Both derive a session key HMAC(secret, migration | both nonces); the cluster-wide
 agent secret itself never crosses the wire, and fresh nonces make every session's key
-unique (a recorded stream cannot be replayed). Then frames, each followed by a keyed
-BLAKE2b MAC of (sequence number, frame):
+unique (a recorded stream cannot be replayed). Then frames, each followed by an
+HMAC-SHA256 of (sequence number, frame):
 
     FILE  name      then DATA chunks, then DONE
     END   manifest {name: size}
@@ -38,6 +38,8 @@ import orjson
 
 CHUNK = 4 << 20
 MAC_SIZE = 32
+# 2: HMAC-SHA256 frames (1: keyed BLAKE2b). Both agents must speak the same one.
+PROTOCOL = 2
 _HEADER = struct.Struct("!BI")  # frame type, payload length
 FILE, DATA, DONE, END, ERROR = 1, 2, 3, 4, 5
 MAX_FRAME = CHUNK + 4096
@@ -61,7 +63,7 @@ class TransferStats:
 def _session_key(secret: bytes, migration: str, sender_nonce: bytes, receiver_nonce: bytes) -> bytes:
     return hmac.new(
         secret,
-        b"clm-transfer-v1|" + migration.encode() + b"|" + sender_nonce + b"|" + receiver_nonce,
+        b"clm-transfer-v2|" + migration.encode() + b"|" + sender_nonce + b"|" + receiver_nonce,
         hashlib.sha256,
     ).digest()
 
@@ -72,8 +74,9 @@ class _Framer:
         self.sequence = 0
 
     def mac(self, header: bytes, payload: bytes) -> bytes:
-        # Keyed BLAKE2b: one pass over the data (HMAC-SHA256 takes two, and is slower).
-        mac = hashlib.blake2b(struct.pack("!Q", self.sequence) + header, key=self.key, digest_size=MAC_SIZE)
+        # HMAC-SHA256 through OpenSSL: with the CPU's SHA instructions ~2.8x the speed of
+        # keyed BLAKE2b here (1.4 GB/s vs 0.5), which had capped a transfer at ~400 MiB/s.
+        mac = hmac.new(self.key, struct.pack("!Q", self.sequence) + header, "sha256")
         mac.update(payload)
         self.sequence += 1
         return mac.digest()
@@ -158,7 +161,7 @@ def _read_line(sock: socket.socket, limit: int = 65536) -> dict:
     return _parse_line(bytes(raw))
 
 
-# The bytes move in worker threads over blocking sockets: hashing (BLAKE2b), socket and file
+# The bytes move in worker threads over blocking sockets: hashing (HMAC-SHA256), socket and file
 # calls all release the GIL, so a transfer runs at C speed while the event loop stays free.
 
 
@@ -181,7 +184,7 @@ async def send_directory(
 
 def _send(sock: socket.socket, source: Path, migration: str, secret: bytes, started: float) -> TransferStats:
     nonce = secrets.token_bytes(16)
-    sock.sendall(orjson.dumps({"migration": migration, "nonce": nonce.hex()}) + b"\n")
+    sock.sendall(orjson.dumps({"migration": migration, "nonce": nonce.hex(), "protocol": PROTOCOL}) + b"\n")
     answer = _read_line(sock)
     if "error" in answer:
         raise TransferError(f"the receiver refused: {answer['error']}")
@@ -237,6 +240,15 @@ async def receive_directory(
     started = time.perf_counter()
     hello = await asyncio.wait_for(_line(reader), 30)
     migration = str(hello.get("migration", ""))
+    protocol = hello.get("protocol", 1)
+    if protocol != PROTOCOL:
+        reason = (
+            f"the sender speaks transfer protocol {protocol}, this agent {PROTOCOL}: "
+            "run the same CLM version on every node"
+        )
+        writer.write(orjson.dumps({"error": reason}) + b"\n")
+        await writer.drain()
+        raise TransferError(reason)
     if migration not in destination_for:
         writer.write(orjson.dumps({"error": f"no transfer expected for migration {migration!r}"}) + b"\n")
         await writer.drain()

@@ -167,3 +167,16 @@ async def test_unexpected_migration_is_refused(tmp_path: Path) -> None:
         await send_directory("127.0.0.1", port, tmp_path / "src", migration="mig-2", secret=SECRET)
     with pytest.raises(TransferError, match="unexpected transfer"):
         await receiver.result
+
+
+async def test_a_sender_of_another_protocol_version_is_told_why(tmp_path: Path) -> None:
+    receiver = Receiver({"mig-1": tmp_path / "dst"})
+    port = await receiver.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b'{"migration": "mig-1", "nonce": "00"}\n')  # protocol 1 sent no version
+    answer = await reader.readline()
+    writer.close()
+    assert b"the sender speaks transfer protocol 1, this agent 2" in answer
+    with pytest.raises(TransferError, match="run the same CLM version on every node"):
+        await receiver.result
+    assert not (tmp_path / "dst").exists()
