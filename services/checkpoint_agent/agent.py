@@ -368,9 +368,10 @@ class CheckpointAgent:
         self.expected_transfers.pop(uid, None)
         started = time.perf_counter()
         restored: list[str] = []
+        phases: dict[str, float] = {}
         try:
             for package in sorted(p for p in incoming.iterdir() if p.is_dir()):
-                restored.append(await self._restore_container(package, pod_uid, netns))
+                restored.append(await self._restore_container(package, pod_uid, netns, phases))
         except (RuntimeCommandError, OSError, KeyError, ValueError) as exc:
             await asyncio.to_thread(self._remove_restored, pod_uid)
             self.expected_transfers[uid] = incoming
@@ -380,10 +381,16 @@ class CheckpointAgent:
         shutil.rmtree(incoming, ignore_errors=True)
         (self._workdir(uid) / "expected").unlink(missing_ok=True)
         details: Details = {"containers": len(restored), "restore_seconds": round(seconds, 6)}
+        details.update({k: round(v, 6) for k, v in phases.items()})
         details.update({k: v for k, v in stats.items() if k in ("forking_seconds", "pages_restored")})
         return details
 
-    async def _restore_container(self, package: Path, pod_uid: str, netns: Path) -> str:
+    async def _restore_container(
+        self, package: Path, pod_uid: str, netns: Path, phases: dict[str, float]
+    ) -> str:
+        """Unpack one container's package into a bundle and restore it; `phases` adds up
+        the time spent unpacking and in the runtime's restore."""
+        unpacking = time.perf_counter()
         config = json.loads((package / "config.json").read_text())
         name = package.name
         container_id = json.loads((package / "container.json").read_text())["id"]
@@ -396,6 +403,8 @@ class CheckpointAgent:
         cgroups = f"/clm/{self.node}/{container_id}"
         (bundle / "config.json").write_text(json.dumps(rebind(config, netns=netns, cgroups_path=cgroups)))
         await asyncio.to_thread(self.runtime.delete, container_id)  # a leftover of an earlier try
+        restoring = time.perf_counter()
+        phases["unpack_seconds"] = phases.get("unpack_seconds", 0.0) + restoring - unpacking
         await asyncio.to_thread(
             self.runtime.restore,
             container_id,
@@ -404,6 +413,9 @@ class CheckpointAgent:
             tcp_established=True,
             lazy=self.config.lazy_restore,
             output=self._output(container_id),
+        )
+        phases["runtime_restore_seconds"] = (
+            phases.get("runtime_restore_seconds", 0.0) + time.perf_counter() - restoring
         )
         state = await asyncio.to_thread(self.runtime.state, container_id)
         if state != "running":

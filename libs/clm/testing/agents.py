@@ -100,6 +100,7 @@ class NodeAgents:
     secret_file: Path
     image_dir: Path
     pex_dir: Path | None = None
+    # Extra settings for the checkpoint agent (e.g. CLM_LAZY_RESTORE=false).
     checkpoint_env: dict[str, str] = field(default_factory=dict)
     checkpoint: AgentProcess | None = None
     network: AgentProcess | None = None
@@ -130,6 +131,7 @@ class NodeAgents:
                 "CLM_TRANSFER_SECRET_FILE": str(self.secret_file),
                 # Held packets are sent again from the node's namespace.
                 "CLM_NODE_NETNS": self.node_netns,
+                **self.checkpoint_env,
             },
         ).start()
         self.network = AgentProcess(
