@@ -132,13 +132,17 @@ class Runc:
         errors = [line for line in text.splitlines() if '"level":"error"' in line or "level=error" in line]
         return proc.returncode, "\n".join(errors[-5:]) or text[-1000:]
 
-    def run(self, container_id: str, bundle: Path, *, output: Path | None = None) -> None:
-        """Start a container; its output goes to the CRI log file `output`, or nowhere."""
+    def run(
+        self, container_id: str, bundle: Path, *, output: Path | None = None, pid_file: Path | None = None
+    ) -> None:
+        """Start a container; its output goes to the CRI log file `output`, or nowhere; its
+        first process's host PID to `pid_file`."""
         code, errors = self._detached(
             "run",
             "-d",
             "-b",
             str(bundle),
+            *(["--pid-file", str(pid_file)] if pid_file is not None else []),
             container_id,
             log=bundle / f"runc-run-{container_id}.log",
             output=output,

@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -139,6 +140,8 @@ def test_a_users_pod_in_the_background_sandbox_moves_with_clm_migrate(
         assert pod.status.phase == "Running" and pod.status.pod_ip, pod.status
         capsys.readouterr()
 
+        _exits_follow_the_restart_policy(core)
+
         # Its output, as `kubectl logs` reads it (the API proxies to the node's runtime).
         counted = wait_for(lambda: _counts(_log(core, "counter")), "the counter's first lines in its log")
         assert counted and counted == list(range(counted[0], counted[0] + len(counted))), counted[-5:]
@@ -202,3 +205,43 @@ def _the_clone_logs_on(core: client.CoreV1Api, clone: str, last_before: int) -> 
         follow.release_conn()
     seen = _counts(text.decode())[:3]
     assert seen == list(range(seen[0], seen[0] + 3)) and seen[0] >= after[-1], seen
+
+
+def _exits_follow_the_restart_policy(core: client.CoreV1Api) -> None:
+    """A container that exits: restarted (Always, the default), or its pod finished with the
+    exit code (Never), as kubelet does it."""
+    for name, policy in (("once", "Never"), ("crashy", "Always")):
+        core.create_namespaced_pod(
+            "default",
+            {
+                "metadata": {"name": name},
+                "spec": {
+                    "nodeName": "sbx-1",
+                    "restartPolicy": policy,
+                    "containers": [
+                        {
+                            "name": "main",
+                            "image": "host",
+                            "command": ["python3", "-c", "print('bye'); import sys; sys.exit(3)"],
+                        }
+                    ],
+                },
+            },
+        )
+
+    def status(name: str) -> Any:
+        return core.read_namespaced_pod(name, "default").status
+
+    def restarts(name: str) -> int:
+        statuses = status(name).container_statuses
+        return (statuses[0].restart_count or 0) if statuses else 0
+
+    wait_for(lambda: status("once").phase == "Failed", "the Never pod Failed", timeout=30)
+    assert status("once").container_statuses[0].state.terminated.exit_code == 3
+    assert _log(core, "once") == "bye\n"
+    wait_for(lambda: restarts("crashy") >= 1, "the Always pod restarted", timeout=30)
+    crashy = status("crashy")
+    assert crashy.phase == "Running", crashy
+    assert crashy.container_statuses[0].last_state.terminated.exit_code == 3
+    for name in ("once", "crashy"):
+        core.delete_namespaced_pod(name, "default")

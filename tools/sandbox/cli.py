@@ -27,6 +27,7 @@ from tools.sandbox.sandbox import (
     delete_all_containers,
     machine_lock_holder,
     missing_requirements,
+    pid_alive,
     read_state,
 )
 from tools.sandbox.topology import remove_leftovers
@@ -360,9 +361,7 @@ def _stop_process(pid: int) -> None:
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not pid_alive(pid):
             return
         time.sleep(0.3)
     print(f"clm sandbox down: pid {pid} did not stop within 90s; killing it", file=sys.stderr)

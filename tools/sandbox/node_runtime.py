@@ -39,6 +39,7 @@ from services.checkpoint_agent.container_log import log_path
 from services.checkpoint_agent.runc import CONTAINER_NAME, POD_NAME, POD_NAMESPACE, POD_UID, Runc
 from services.ip_handover_agent.routed import PodNet, RoutedBackend
 from tools.sandbox.ipam import Ipam
+from tools.sandbox.lifecycle import after_exit, become_subreaper, exit_code, pod_phase, restart_delay
 from tools.sandbox.log_server import LogServer
 
 log = logging.getLogger("clm.sandbox.runtime")
@@ -141,6 +142,13 @@ class NodeRuntime:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _logs: LogServer | None = None
+    # Exits and restarts, per (runtime pod UID, container name).
+    # container id -> (host pid, its slot) while it runs
+    pids: dict[str, tuple[int, tuple[str, str]]] = field(default_factory=dict)
+    exits: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)  # (container id, code)
+    restarts: dict[tuple[str, str], int] = field(default_factory=dict)
+    restart_at: dict[tuple[str, str], float] = field(default_factory=dict)
+    outcomes: dict[tuple[str, str], str] = field(default_factory=dict)  # Succeeded or Failed
 
     def __post_init__(self) -> None:
         self.core = client.CoreV1Api(self.api)
@@ -149,6 +157,7 @@ class NodeRuntime:
         self.net = RoutedBackend(node=self.node, uplink="eth0", node_netns=self.node_netns)
 
     def start(self) -> NodeRuntime:
+        become_subreaper()  # the containers' exit codes come to this process
         if self.container_logs is not None:
             self._logs = LogServer(self.node, self._log_of, self._alive).start()
             # As kubelet reports it; the API emulator reaches it on loopback.
@@ -207,6 +216,7 @@ class NodeRuntime:
         for p in pods:
             if o.status(p).get("podIP"):
                 self.ips[runtime_pod_uid(p)] = o.status(p)["podIP"]
+        self._watch_exits(pods, migrations)
         running = self._running()
         actions = decide(
             self.node, pods, migrations, set(running), self.started, self.gone_since, time.monotonic()
@@ -232,20 +242,7 @@ class NodeRuntime:
                 self.net.prepare(net)
                 self.net.announce(net)
             for container, args in zip(containers, argv, strict=True):
-                cname = container["name"]
-                env = {e["name"]: str(e.get("value", "")) for e in container.get("env") or [] if "name" in e}
-                bundle = write_bundle(
-                    self.workdir / "pods" / uid / cname,
-                    args=args,
-                    netns=pod_netns_path(self.node, uid),
-                    env=env,
-                    hostname=name[:63],
-                    annotations={POD_UID: uid, POD_NAME: name, POD_NAMESPACE: ns, CONTAINER_NAME: cname},
-                    cgroups_path=f"/clm/{self.node}/{ns}_{name}_{cname}",
-                )
-                cid = f"{ns}_{name}_{cname}"
-                output = log_path(self.container_logs, cid) if self.container_logs is not None else None
-                self.runc.run(cid, bundle, output=output)
+                self._run_container(pod, container, args)
         except Exception as exc:  # - reported on the pod, as kubelet would
             log.warning("pod %s/%s failed to start: %s", ns, name, exc)
             self._patch_status(
@@ -278,6 +275,107 @@ class NodeRuntime:
             },
         )
         log.info("pod started", extra={"pod": f"{ns}/{name}", "node": self.node, "ip": ip})
+
+    def _run_container(self, pod: o.Obj, container: dict[str, Any], args: list[str]) -> str:
+        uid, ns, name, cname = runtime_pod_uid(pod), o.namespace(pod), o.name(pod), container["name"]
+        env = {e["name"]: str(e.get("value", "")) for e in container.get("env") or [] if "name" in e}
+        bundle = write_bundle(
+            self.workdir / "pods" / uid / cname,
+            args=args,
+            netns=pod_netns_path(self.node, uid),
+            env=env,
+            hostname=name[:63],
+            annotations={POD_UID: uid, POD_NAME: name, POD_NAMESPACE: ns, CONTAINER_NAME: cname},
+            cgroups_path=f"/clm/{self.node}/{ns}_{name}_{cname}",
+        )
+        cid = f"{ns}_{name}_{cname}"
+        output = log_path(self.container_logs, cid) if self.container_logs is not None else None
+        pid_file = bundle / "init.pid"
+        self.runc.run(cid, bundle, output=output, pid_file=pid_file)
+        # Known at once: a container that exits before the next sync is still reaped.
+        self.pids[cid] = (int(pid_file.read_text()), (uid, cname))
+        return cid
+
+    # ----- containers that exit -----
+
+    def _watch_exits(self, pods: list[o.Obj], migrations: list[o.Obj]) -> None:
+        """Collect exit codes (we are the containers' subreaper), then restart or finish as
+        the pod's restartPolicy says. A pod that any Migration names is left alone: CRIU
+        ends a dumped container with SIGKILL, and restarting it would run the pod twice."""
+        moved = {(o.namespace(m), (m.get("spec") or {}).get("podName", "")) for m in migrations}
+        here = {runtime_pod_uid(p): p for p in pods}
+        for c in self.runc.list():
+            if c.pid and c.annotations.get(POD_UID) and c.annotations.get(CONTAINER_NAME):
+                self.pids[c.id] = (c.pid, (c.annotations[POD_UID], c.annotations[CONTAINER_NAME]))
+        now = time.monotonic()
+        changed: set[str] = set()
+        for cid, (pid, slot) in list(self.pids.items()):
+            code = exit_code(pid)
+            if code is None:
+                continue
+            del self.pids[cid]
+            pod = here.get(slot[0])
+            if pod is None or (o.namespace(pod), o.name(pod)) in moved:
+                continue
+            self.exits[slot] = (cid, code)
+            if after_exit(o.spec(pod).get("restartPolicy"), code) == "restart":
+                self.restart_at[slot] = now + restart_delay(self.restarts.get(slot, 0))
+            else:
+                self.outcomes[slot] = after_exit(o.spec(pod).get("restartPolicy"), code)
+            changed.add(slot[0])
+            log.info("container exited", extra={"container": cid, "code": code, "node": self.node})
+        for slot, at in list(self.restart_at.items()):
+            pod = here.get(slot[0])
+            if pod is None or (o.namespace(pod), o.name(pod)) in moved:
+                del self.restart_at[slot]
+                continue
+            if now < at:
+                continue
+            del self.restart_at[slot]
+            container = next((c for c in o.spec(pod).get("containers") or [] if c["name"] == slot[1]), None)
+            if container is None:
+                continue
+            self.runc.delete(self.exits[slot][0])
+            try:
+                self._run_container(pod, container, container_args(container))
+            except Exception as exc:  # - the next exit check or the pod's deletion decides
+                log.warning("restarting %s failed: %s", slot, exc)
+            self.restarts[slot] = self.restarts.get(slot, 0) + 1
+            changed.add(slot[0])
+        for uid in changed:
+            if uid in here:
+                self._report(here[uid])
+
+    def _report(self, pod: o.Obj) -> None:
+        """The pod's container statuses and phase after exits and restarts."""
+        uid = runtime_pod_uid(pod)
+        statuses, outcomes = [], []
+        for c in o.spec(pod).get("containers") or []:
+            slot = (uid, c["name"])
+            outcome = self.outcomes.get(slot)
+            outcomes.append(outcome)
+            code = self.exits.get(slot, ("", 0))[1]
+            terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error"}
+            if outcome is not None:
+                state: dict[str, Any] = {"terminated": terminated}
+            elif slot in self.restart_at:
+                state = {"waiting": {"reason": "CrashLoopBackOff"}}
+            else:
+                state = {"running": {"startedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}}
+            status: dict[str, Any] = {
+                "name": c["name"],
+                "image": c.get("image", "host"),
+                "imageID": "sandbox://host",
+                "ready": "running" in state,
+                "restartCount": self.restarts.get(slot, 0),
+                "started": "running" in state,
+                "state": state,
+            }
+            if slot in self.exits and outcome is None:
+                status["lastState"] = {"terminated": terminated}
+            statuses.append(status)
+        phase = pod_phase(outcomes) or "Running"
+        self._patch_status(o.namespace(pod), o.name(pod), {"phase": phase, "containerStatuses": statuses})
 
     def _patch_status(self, ns: str, name: str, status: dict[str, Any]) -> None:
         try:

@@ -93,10 +93,23 @@ def read_state(state_dir: Path) -> dict | None:
         return None
     state = json.loads(path.read_text())
     try:
-        os.kill(int(state["pid"]), 0)
-    except (ProcessLookupError, ValueError, KeyError):
+        pid = int(state["pid"])
+    except (ValueError, KeyError):
         return None
-    return state
+    return state if pid_alive(pid) else None
+
+
+def pid_alive(pid: int) -> bool:
+    """True while `pid` runs; an exited process nobody has reaped yet (a zombie, e.g. under
+    a subreaper such as a sandbox's node runtime) counts as gone."""
+    try:
+        os.kill(pid, 0)
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+    except PermissionError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 @dataclass
