@@ -24,6 +24,7 @@ from tools.sandbox import binpack, demo
 from tools.sandbox.sandbox import (
     DEFAULT_STATE_DIR,
     Sandbox,
+    another_sandbox,
     delete_all_containers,
     machine_lock_holder,
     missing_requirements,
@@ -104,12 +105,7 @@ def _up(args: argparse.Namespace) -> int:
         return 1
     holder = machine_lock_holder()
     if holder is not None:
-        print(
-            f"clm sandbox up: another sandbox runs on this machine (pid {holder.get('pid', '?')}, "
-            f"state dir {holder.get('state_dir', '?')}); one at a time: "
-            f"`clm sandbox down --state-dir {holder.get('state_dir', '?')}` stops it",
-            file=sys.stderr,
-        )
+        print(f"clm sandbox up: {another_sandbox(holder)}", file=sys.stderr)
         return 1
     if args.foreground:
         return _foreground(args)

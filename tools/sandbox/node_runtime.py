@@ -36,7 +36,7 @@ from clm.policy.naming import runtime_pod_uid
 from clm.runtime.podnet import pod_netns_path
 from services.checkpoint_agent.bundle import write_bundle
 from services.checkpoint_agent.container_log import log_path
-from services.checkpoint_agent.runc import CONTAINER_NAME, POD_NAME, POD_NAMESPACE, POD_UID, Runc
+from services.checkpoint_agent.runc import CONTAINER_NAME, POD_NAME, POD_NAMESPACE, POD_UID, Container, Runc
 from services.ip_handover_agent.routed import PodNet, RoutedBackend
 from tools.sandbox.ipam import Ipam
 from tools.sandbox.lifecycle import after_exit, become_subreaper, exit_code, pod_phase, restart_delay
@@ -198,10 +198,10 @@ class NodeRuntime:
                 log.exception("node runtime sync failed", extra={"node": self.node})
             self._stop.wait(self.interval)
 
-    def _running(self) -> dict[str, list[str]]:
+    def _running(self, containers: list[Container] | None = None) -> dict[str, list[str]]:
         """Containers on this node by pod runtime UID, whatever their state."""
         by_uid: dict[str, list[str]] = {}
-        for c in self.runc.list():
+        for c in self.runc.list() if containers is None else containers:
             uid = c.annotations.get(POD_UID)
             if uid:
                 by_uid.setdefault(uid, []).append(c.id)
@@ -216,8 +216,9 @@ class NodeRuntime:
         for p in pods:
             if o.status(p).get("podIP"):
                 self.ips[runtime_pod_uid(p)] = o.status(p)["podIP"]
-        self._watch_exits(pods, migrations)
-        running = self._running()
+        containers = self.runc.list()
+        self._watch_exits(pods, migrations, containers)
+        running = self._running(containers)  # a restart keeps its pod's runtime UID
         actions = decide(
             self.node, pods, migrations, set(running), self.started, self.gone_since, time.monotonic()
         )
@@ -298,13 +299,13 @@ class NodeRuntime:
 
     # ----- containers that exit -----
 
-    def _watch_exits(self, pods: list[o.Obj], migrations: list[o.Obj]) -> None:
+    def _watch_exits(self, pods: list[o.Obj], migrations: list[o.Obj], containers: list[Container]) -> None:
         """Collect exit codes (we are the containers' subreaper), then restart or finish as
         the pod's restartPolicy says. A pod that any Migration names is left alone: CRIU
         ends a dumped container with SIGKILL, and restarting it would run the pod twice."""
         moved = {(o.namespace(m), (m.get("spec") or {}).get("podName", "")) for m in migrations}
         here = {runtime_pod_uid(p): p for p in pods}
-        for c in self.runc.list():
+        for c in containers:
             if c.pid and c.annotations.get(POD_UID) and c.annotations.get(CONTAINER_NAME):
                 self.pids[c.id] = (c.pid, (c.annotations[POD_UID], c.annotations[CONTAINER_NAME]))
         now = time.monotonic()
@@ -318,10 +319,11 @@ class NodeRuntime:
             if pod is None or (o.namespace(pod), o.name(pod)) in moved:
                 continue
             self.exits[slot] = (cid, code)
-            if after_exit(o.spec(pod).get("restartPolicy"), code) == "restart":
+            verdict = after_exit(o.spec(pod).get("restartPolicy"), code)
+            if verdict == "restart":
                 self.restart_at[slot] = now + restart_delay(self.restarts.get(slot, 0))
             else:
-                self.outcomes[slot] = after_exit(o.spec(pod).get("restartPolicy"), code)
+                self.outcomes[slot] = verdict
             changed.add(slot[0])
             log.info("container exited", extra={"container": cid, "code": code, "node": self.node})
         for slot, at in list(self.restart_at.items()):

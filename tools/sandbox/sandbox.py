@@ -50,15 +50,19 @@ def take_machine_lock(state_dir: Path) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        holder = machine_lock_holder() or {}
-        raise RuntimeError(
-            f"another sandbox runs on this machine (pid {holder.get('pid', '?')}, state dir "
-            f"{holder.get('state_dir', '?')}): stop it with `clm sandbox down --state-dir "
-            f"{holder.get('state_dir', '?')}` first"
-        ) from None
+        raise RuntimeError(another_sandbox(machine_lock_holder() or {})) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps({"pid": os.getpid(), "state_dir": str(state_dir)}).encode(), 0)
     return fd
+
+
+def another_sandbox(holder: dict) -> str:
+    """Why a second sandbox cannot start, and how to stop the first."""
+    state_dir = holder.get("state_dir", "?")
+    return (
+        f"another sandbox runs on this machine (pid {holder.get('pid', '?')}, state dir {state_dir}): "
+        f"one at a time — `clm sandbox down --state-dir {state_dir}` stops it"
+    )
 
 
 def machine_lock_holder() -> dict | None:
