@@ -17,8 +17,19 @@ def _checksum_ok(packet: bytes) -> bool:
 
 def _packet(payload: bytes, checksum: int) -> bytes:
     tcp = struct.pack("!HHIIBBHHH", 40000, 7000, 1, 2, 5 << 4, 0x18, 65535, checksum, 0) + payload
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, socket.IPPROTO_TCP, 0,
-                     socket.inet_aton("10.0.0.1"), socket.inet_aton("10.0.0.2"))
+    ip = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(tcp),
+        1,
+        0,
+        64,
+        socket.IPPROTO_TCP,
+        0,
+        socket.inet_aton("10.0.0.1"),
+        socket.inet_aton("10.0.0.2"),
+    )
     return ip + tcp
 
 

@@ -1,8 +1,4 @@
-"""The container runtime adapter for runc (the local node runtime and tests).
-
-On Kubernetes nodes the containers belong to containerd; the agent talks to a runtime only
-through this small interface, so a containerd adapter can stand beside this one.
-"""
+"""The container runtime adapter for runc (the sandbox's node runtime and tests)."""
 
 from __future__ import annotations
 
@@ -11,69 +7,21 @@ import logging
 import os
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from services.checkpoint_agent.container_log import start_relay
+from services.checkpoint_agent.runtime import (
+    POD_UID,
+    CheckpointResult,
+    Container,
+    RuntimeCommandError,
+)
 
-
-class RuntimeCommandError(RuntimeError):
-    """A runtime command failed; the message carries runc's and CRIU's own words."""
-
-
-# The annotations containerd's CRI plugin puts on every container, and that the local node
-# runtime puts on its runc containers too: how the agent finds a pod's containers.
-POD_UID = "io.kubernetes.pod.uid"
-POD_NAME = "io.kubernetes.pod.name"
-POD_NAMESPACE = "io.kubernetes.pod.namespace"
-CONTAINER_NAME = "io.kubernetes.container.name"
 LAZY_LOG = "lazy-pages.log"
 # The lazy-pages daemon fills memory at several hundred MiB/s; this bounds a stuck one.
 LAZY_FILL_TIMEOUT = 600.0
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Container:
-    id: str
-    status: str
-    pid: int
-    bundle: Path
-    annotations: dict[str, str]
-
-    @property
-    def name(self) -> str:
-        return self.annotations.get(CONTAINER_NAME, self.id)
-
-
-@dataclass(frozen=True)
-class CheckpointResult:
-    image_dir: Path
-    seconds: float
-    bytes: int
-
-
-class ContainerRuntime(Protocol):
-    def list(self) -> list[Container]: ...
-    def pod_containers(self, pod_uid: str) -> list[Container]: ...
-    def run(self, container_id: str, bundle: Path) -> None: ...
-    def state(self, container_id: str) -> str | None: ...
-    def checkpoint(
-        self, container_id: str, image_dir: Path, *, tcp_established: bool
-    ) -> CheckpointResult: ...
-    def restore(
-        self,
-        container_id: str,
-        bundle: Path,
-        image_dir: Path,
-        *,
-        tcp_established: bool,
-        lazy: bool = False,
-        output: Path | None = None,
-    ) -> float: ...
-    def delete(self, container_id: str) -> None: ...
 
 
 def _criu_log_tail(image_dir: Path, name: str) -> str:

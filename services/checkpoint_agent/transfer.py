@@ -31,6 +31,7 @@ import shutil
 import socket
 import struct
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,7 +232,7 @@ async def receive_directory(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
     *,
-    destination_for: dict[str, Path],
+    destination_for: Mapping[str, Path],
     secret: bytes,
     timeout: float = 600,
 ) -> tuple[str, TransferStats]:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client
-from nats.js.errors import NotFoundError
 from prometheus_client import Counter, Gauge
 from pydantic import Field
 
@@ -27,9 +26,7 @@ from clm.contracts import (
     MIGRATION_EVENT_MODELS,
     CheckpointCommand,
     NetworkCommand,
-    NodeCapabilities,
     RequestMigration,
-    decode,
     streams,
     subjects,
 )
@@ -98,13 +95,6 @@ class Coordinator:
             settings.max_per_source_node, settings.max_per_destination_node, settings.max_in_cluster
         )
 
-    async def capabilities(self, node: str) -> NodeCapabilities | None:
-        try:
-            raw = await self.app.js.get_last_msg(streams.EVENTS.name, subjects.node_capabilities(node))
-        except NotFoundError:
-            return None
-        return decode(raw.data or b"", NodeCapabilities)
-
     async def _keep_lease(self, migration: dict[str, Any]) -> None:
         meta = migration["metadata"]
         while True:
@@ -129,8 +119,8 @@ class Coordinator:
             runner = MigrationRunner(
                 migration,
                 kube=self.kube,
-                send=AgentClient(self.app.broker.connection).send,
-                capabilities=self.capabilities,
+                send=AgentClient(self.app.nc).send,
+                capabilities=self.app.node_capabilities,
                 publish=self.app.publish,
                 config=self.runner_config,
             )

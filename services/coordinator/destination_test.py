@@ -1,6 +1,6 @@
-from clm.policy import builders as b
 from clm.policy.compatibility import DEFAULT_REQUIREMENTS
 from services.coordinator.destination import choose_destination
+from tests.kit import builders as b
 
 
 def test_the_fullest_compatible_node_that_fits_is_chosen() -> None:

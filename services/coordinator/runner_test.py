@@ -16,8 +16,8 @@ from clm.contracts import (
     step_result_for,
 )
 from clm.contracts.base import Message
-from clm.policy import builders as b
 from services.coordinator.runner import MigrationRunner, RunnerConfig
+from tests.kit import builders as b
 
 SOURCE, DEST = "node-a", "node-b"
 

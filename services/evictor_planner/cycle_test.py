@@ -1,5 +1,4 @@
 from clm.contracts.fields import Fallback
-from clm.policy import builders as b
 from clm.policy import names
 from clm.policy.binpack import NodeInfo, PlannerConfig, PodInfo, Snapshot
 from clm.policy.evictor import Mode
@@ -14,6 +13,7 @@ from services.evictor_planner.cycle import (
     StartDrain,
     decide,
 )
+from tests.kit import builders as b
 
 GI = 2**30
 ELIGIBLE = {names.MIGRATION_ENABLED: "true"}

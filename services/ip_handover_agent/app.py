@@ -11,19 +11,20 @@ from typing import Literal, Protocol
 from clm.contracts import (
     AgentKind,
     NetworkCommand,
-    NetworkStep,
     StepResult,
+    protocol,
     step_result_for,
     streams,
     subjects,
 )
+from clm.contracts.protocol import StepFailed
 from clm.runtime import ServiceApp
 from clm.runtime.settings import NodeAgentSettings, SettingsError
 from clm.runtime.version import __version__
 from services.ip_handover_agent import imds
 from services.ip_handover_agent.aws_network import AwsVpcNetwork
 from services.ip_handover_agent.ledger import Ledger, reconcile_actions
-from services.ip_handover_agent.routed import NetworkStepError, PodNet, RoutedBackend
+from services.ip_handover_agent.routed import PodNet, RoutedBackend
 
 log = logging.getLogger(__name__)
 
@@ -105,20 +106,6 @@ def make_backend(settings: IpHandoverSettings) -> Backend:
     )
 
 
-def _action(command: NetworkCommand) -> str:
-    """What this node does for the command (prepare/abort go to the destination, release to
-    the source, commit to both: the source withdraws, then the destination announces)."""
-    on_source = command.node == command.source_node
-    step = NetworkStep(command.step)
-    if step is NetworkStep.COMMIT:
-        return "withdraw" if on_source else "announce"
-    wanted_on_source = step is NetworkStep.RELEASE
-    if on_source != wanted_on_source:
-        side = "source" if wanted_on_source else "destination"
-        raise NetworkStepError(f"{step} is a {side}-node step, but {command.node} is not the {side}")
-    return {NetworkStep.PREPARE: "prepare", NetworkStep.ABORT: "abort", NetworkStep.RELEASE: "release"}[step]
-
-
 def build(settings: IpHandoverSettings) -> ServiceApp:
     app = ServiceApp(name="ip-handover-agent", version=__version__, settings=settings, description=SUMMARY)
     node = settings.node_name
@@ -138,7 +125,7 @@ def build(settings: IpHandoverSettings) -> ServiceApp:
             try:
                 await asyncio.to_thread(act, action, pod)
                 log.info("reconciled", extra={"action": action, "pod_uid": pod.uid, "pod_ip": pod.ip})
-            except NetworkStepError as exc:
+            except StepFailed as exc:
                 log.warning(
                     "reconcile failed", extra={"action": action, "pod_uid": pod.uid, "error": str(exc)}
                 )
@@ -160,10 +147,11 @@ def build(settings: IpHandoverSettings) -> ServiceApp:
         started = time.perf_counter()
         pod = PodNet(uid=command.pod.uid, ip=str(command.pod_ip))
         try:
-            action = _action(command)
+            # Which node plays which role, and what each does, is the protocol's.
+            action = protocol.step_of(AgentKind.NETWORK, command).action
             # The steps shell out to iproute2: keep the event loop (and health checks) free.
             await asyncio.to_thread(act, action, pod)
-        except NetworkStepError as exc:
+        except StepFailed as exc:
             result = step_result_for(
                 command,
                 agent=AgentKind.NETWORK,

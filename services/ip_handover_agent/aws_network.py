@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from clm.contracts.protocol import StepFailed
 from services.ip_handover_agent.aws_vpc import AwsHandoverError, AwsNode, AwsVpcBackend
-from services.ip_handover_agent.routed import NetworkStepError, PodNet, RoutedBackend
+from services.ip_handover_agent.routed import PodNet, RoutedBackend
 
 
 class AwsVpcNetwork:
@@ -45,7 +46,7 @@ class AwsVpcNetwork:
     def _source(self, pod: PodNet) -> AwsNode:
         eni = self.vpc.eni_holding(pod.ip)
         if eni is None:
-            raise NetworkStepError(f"no ENI in the VPC holds {pod.ip} as a secondary address")
+            raise StepFailed(f"no ENI in the VPC holds {pod.ip} as a secondary address")
         # The other node's custom-networking label is not known here; the zone rule is
         # checked whenever this node uses custom networking.
         return AwsNode(name=f"the node of {eni}", eni_id=eni, custom_network=self.node.custom_network)
@@ -56,9 +57,9 @@ class AwsVpcNetwork:
             try:
                 reasons = self.vpc.refusals(source, self.node)
             except AwsHandoverError as exc:
-                raise NetworkStepError(str(exc)) from None
+                raise StepFailed(str(exc)) from None
             if reasons:
-                raise NetworkStepError("refused: " + "; ".join(reasons))
+                raise StepFailed("refused: " + "; ".join(reasons))
         self.local.prepare(pod)
 
     def announce(self, pod: PodNet) -> None:
@@ -66,14 +67,14 @@ class AwsVpcNetwork:
             eni = self.vpc.eni_holding(pod.ip)
             if eni != self.node.eni_id:
                 if eni is None:
-                    raise NetworkStepError(f"no ENI in the VPC holds {pod.ip}")
+                    raise StepFailed(f"no ENI in the VPC holds {pod.ip}")
                 self.vpc.move(
                     pod.ip,
                     AwsNode(name="source", eni_id=eni, custom_network=self.node.custom_network),
                     self.node,
                 )
         except AwsHandoverError as exc:
-            raise NetworkStepError(str(exc)) from None
+            raise StepFailed(str(exc)) from None
         self.local.announce(pod)
 
     def withdraw(self, pod: PodNet) -> None:

@@ -35,7 +35,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from services.ip_handover_agent.routed import NetworkStepError, PodNet, RoutedBackend
+from clm.contracts.protocol import StepFailed
+from services.ip_handover_agent.routed import PodNet, RoutedBackend
 
 RESTORE_ANNOTATION = "cast.ai/restore"
 GATEWAY = "169.254.1.1"
@@ -305,7 +306,7 @@ class Plugin:
         try:
             result = self._wire(ip, host_veth(uid), netns, ifname)
             backend.announce(PodNet(uid=uid, ip=ip))
-        except (CniError, NetworkStepError) as exc:
+        except (CniError, StepFailed) as exc:
             self._exec(
                 str(ipam.get("type", "")), {**self.conf, "ipam": ipam}, {**self.env, "CNI_COMMAND": "DEL"}
             )

@@ -25,15 +25,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from clm.contracts.protocol import StepFailed
 from clm.runtime.podnet import pod_netns_name
 from services.ip_handover_agent import arp
 
 ROUTE_PROTO = "199"
 GATEWAY = "169.254.1.1"  # link-local next hop the pod uses: the node side of its veth
-
-
-class NetworkStepError(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -114,7 +111,7 @@ class RoutedBackend:
     def announce(self, pod: PodNet) -> None:
         veth = self.veth(pod)
         if self._ip("link", "show", veth, check=False).returncode != 0:
-            raise NetworkStepError(f"cannot announce {pod.ip}: pod {pod.uid} was not prepared on {self.node}")
+            raise StepFailed(f"cannot announce {pod.ip}: pod {pod.uid} was not prepared on {self.node}")
         self._ip("route", "replace", f"{pod.ip}/32", "dev", veth, "proto", ROUTE_PROTO)
         if not self.segment_announce:
             return
@@ -166,5 +163,5 @@ def _run(
 ) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
     if check and proc.returncode != 0:
-        raise NetworkStepError(f"{' '.join(argv)} failed: {proc.stderr.strip()}")
+        raise StepFailed(f"{' '.join(argv)} failed: {proc.stderr.strip()}")
     return proc

@@ -1,6 +1,6 @@
-from clm.policy import builders as b
 from clm.policy import names
 from services.labeler.labels import INELIGIBLE_ANNOTATION, node_patch, owns, pod_patch, pod_verdict
+from tests.kit import builders as b
 
 
 def store_for(pod: dict) -> b.Store:

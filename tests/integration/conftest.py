@@ -2,8 +2,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from clm.testing.nats_server import NatsServer
-from clm.testing.segment import Segment, make_segment
+from tests.kit.nats_server import NatsServer
+from tests.kit.segment import Segment, make_segment
 
 
 @pytest.fixture

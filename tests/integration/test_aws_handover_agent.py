@@ -15,14 +15,14 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from clm.contracts import NetworkStep, PodRef
-from clm.testing.agents import AgentProcess
-from clm.testing.migration import Driver, Move
-from clm.testing.nats_server import NatsServer, free_port
-from clm.testing.segment import POD_IP, Segment
+from clm.contracts import PodRef, protocol
 from services.ip_handover_agent.aws_vpc import DISCOVERY_TAG
 from services.ip_handover_agent.routed import PodNet, RoutedBackend
 from tests.integration.support import pex_dir
+from tests.kit.agents import AgentProcess
+from tests.kit.migration import Driver, Move
+from tests.kit.nats_server import NatsServer, free_port
+from tests.kit.segment import POD_IP, Segment
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 REGION = "us-east-1"
@@ -118,18 +118,18 @@ async def test_the_pod_ip_moves_between_enis_on_command(
         on_a.announce(net)
         move = Move(pod=pod, pod_ip=POD_IP, source=a_node, destination=b_node)
 
-        prepared = await driver.send(driver._network(move, b_node, NetworkStep.PREPARE), 30)
+        prepared = await driver.send(driver.command(move, protocol.PREPARE_NETWORK), 30)
         assert prepared.ok, prepared.error
         assert cloud.holders(POD_IP) == {cloud.eni_a}  # prepared: nothing moved yet
-        withdrawn = await driver.send(driver._network(move, a_node, NetworkStep.COMMIT), 30)
+        withdrawn = await driver.send(driver.command(move, protocol.WITHDRAW), 30)
         assert withdrawn.ok and POD_IP not in on_a.routed_ips()
-        announced = await driver.send(driver._network(move, b_node, NetworkStep.COMMIT), 30)
+        announced = await driver.send(driver.command(move, protocol.ANNOUNCE), 30)
         assert announced.ok, announced.error
         assert cloud.holders(POD_IP) == {cloud.eni_b}  # EC2 reassigned it, and only to B
         assert POD_IP in on_b.routed_ips()
-        again = await driver.send(driver._network(move, b_node, NetworkStep.COMMIT), 30)
+        again = await driver.send(driver.command(move, protocol.ANNOUNCE), 30)
         assert again.ok and cloud.holders(POD_IP) == {cloud.eni_b}  # idempotent
-        released = await driver.send(driver._network(move, a_node, NetworkStep.RELEASE), 30)
+        released = await driver.send(driver.command(move, protocol.RELEASE), 30)
         assert released.ok and on_a.inventory()["namespaces"] == []
     finally:
         await driver.close()
@@ -156,7 +156,7 @@ async def test_a_move_the_seed_documents_rule_out_is_refused_at_prepare(
     try:
         b.wait_ready()
         move = Move(pod=pod, pod_ip=ip, source="elsewhere", destination=b_node)
-        refused = await driver.send(driver._network(move, b_node, NetworkStep.PREPARE), 30)
+        refused = await driver.send(driver.command(move, protocol.PREPARE_NETWORK), 30)
         assert not refused.ok
         assert DISCOVERY_TAG in (refused.error or "") and "one subnet" in (refused.error or ""), refused.error
         on_b = RoutedBackend(node=b_node, uplink="eth0", node_netns=segment.nodes["b"].name)

@@ -13,9 +13,9 @@ import pytest
 from kubernetes import client
 
 from clm.contracts import DrainPlanned, PlannedDrain, PlannedMove, encode, streams
-from clm.policy import builders as b
 from clm.runtime.jetstream import declare_streams
-from clm.testing.nats_server import NatsServer
+from tests.kit import builders as b
+from tests.kit.nats_server import NatsServer
 from tools.clm.main import main
 from tools.kube_emulator.main import kubeconfig_text
 from tools.kube_emulator.testing import api_client, running_emulator

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from clm.testing.netns import NetNS, ip, remove_stale
 from services.ip_handover_agent import cni
 from services.ip_handover_agent.routed import PodNet, RoutedBackend
 from tests.integration.support import pex_dir
+from tests.kit.netns import NetNS, ip, remove_stale
 from tools.kube_emulator.testing import api_client, running_emulator
 
 PRIMARY_DIR = Path("/usr/lib/cni")

@@ -30,11 +30,11 @@ from kubernetes.client.exceptions import ApiException
 from clm.contracts import RequestMigration, encode, streams, subjects
 from clm.contracts.events import MIGRATION_EVENT_ADAPTER
 from clm.runtime.podnet import pod_netns_name
-from clm.testing.agents import AgentProcess, NodeAgents
-from clm.testing.nats_server import NatsServer
-from clm.testing.podlab import CountingClient, LabPod, expected_hash, remove_pod, running_on, start_pod
-from clm.testing.segment import POD_IP, Segment
 from tests.integration.support import create_migration, fetch_from_stream, pex_dir
+from tests.kit.agents import AgentProcess, NodeAgents
+from tests.kit.nats_server import NatsServer
+from tests.kit.podlab import CountingClient, LabPod, expected_hash, remove_pod, running_on, start_pod
+from tests.kit.segment import POD_IP, Segment
 from tools.kube_emulator.main import kubeconfig_text
 from tools.kube_emulator.testing import EmulatorThread, api_client, running_emulator
 

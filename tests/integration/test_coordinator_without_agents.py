@@ -31,9 +31,9 @@ from kubernetes import client
 
 from clm.contracts import streams, subjects
 from clm.contracts.events import MIGRATION_EVENT_ADAPTER
-from clm.testing.agents import AgentProcess
-from clm.testing.nats_server import NatsServer
 from tests.integration.support import create_migration, fetch_from_stream, http_get, pex_dir
+from tests.kit.agents import AgentProcess
+from tests.kit.nats_server import NatsServer
 from tools.kube_emulator.main import kubeconfig_text
 from tools.kube_emulator.testing import api_client, running_emulator
 
@@ -141,7 +141,7 @@ def test_two_replicas_never_drive_one_migration_twice(replicas: Replicas) -> Non
 
 
 def test_the_evict_fallback_waits_for_the_disruption_budget(replicas: Replicas) -> None:
-    from clm.policy import builders as b
+    from tests.kit import builders as b
 
     replicas.start("coordinator-a")
     for node in ("n1", "n2"):

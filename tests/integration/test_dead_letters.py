@@ -14,9 +14,9 @@ from nats.aio.msg import Msg
 from clm.contracts import NodeCapabilities, RequestMigration, streams, subjects
 from clm.runtime.delivery import H_CAUSE, H_DELIVERIES, H_REASON, H_SUBJECT
 from clm.runtime.errors import PermanentError
-from clm.testing.nats_server import NatsServer
 from tests.integration import crashing_consumer
 from tests.integration.support import eventually, fetch_from_stream, make_app
+from tests.kit.nats_server import NatsServer
 
 
 async def _dead_letters(url: str, durable: str, count: int, timeout: float = 10.0) -> list[Msg]:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from clm.contracts import NodeCapabilities, streams, subjects
-from clm.testing.nats_server import NatsServer
 from tests.integration.support import eventually, make_app
+from tests.kit.nats_server import NatsServer
 
 
 def _caps(i: int) -> NodeCapabilities:

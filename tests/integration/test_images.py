@@ -25,9 +25,9 @@ import yaml
 from docker.models.containers import Container
 from kubernetes import client
 
-from clm.policy import builders as b
 from clm.policy import names
 from tests.integration.support import http_get
+from tests.kit import builders as b
 from tools.kube_emulator.main import kubeconfig_text
 from tools.kube_emulator.testing import EmulatorThread, api_client
 

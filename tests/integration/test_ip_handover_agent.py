@@ -22,12 +22,12 @@ from clm.contracts import (
     streams,
     subjects,
 )
-from clm.testing.agents import AgentProcess
-from clm.testing.nats_server import NatsServer
-from clm.testing.segment import POD_IP, Segment, serve_identity
 from services.ip_handover_agent.ledger import Ledger
 from services.ip_handover_agent.routed import PodNet, RoutedBackend
 from tests.integration.support import fetch_from_stream, pex_dir
+from tests.kit.agents import AgentProcess
+from tests.kit.nats_server import NatsServer
+from tests.kit.segment import POD_IP, Segment, serve_identity
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 POD = PodRef(namespace="games", name="mc-0", uid="5d1e9c3a-0000-4000-8000-00000000abcd")

@@ -10,8 +10,8 @@ from nats.js.api import RetentionPolicy
 from clm.contracts import REGISTRY, Message, streams, subjects
 from clm.contracts.examples import examples
 from clm.runtime.jetstream import declare_streams
-from clm.testing.nats_server import NatsServer
 from tests.integration.support import eventually, make_app
+from tests.kit.nats_server import NatsServer
 
 EVENT_KINDS = [m for m in REGISTRY.values() if m.__module__.endswith(".events")]
 COMMAND_KINDS = [m for m in REGISTRY.values() if m.__module__.endswith(".commands")]

@@ -20,12 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from clm.contracts import CheckpointStep, NetworkStep
+from clm.contracts import protocol
 from clm.runtime.podnet import pod_netns_name, pod_netns_path
-from clm.testing.agents import NodeAgents
-from clm.testing.migration import Driver, Move
-from clm.testing.nats_server import NatsServer
-from clm.testing.podlab import (
+from tests.integration.support import pex_dir
+from tests.kit.agents import NodeAgents
+from tests.kit.migration import Driver, Move
+from tests.kit.nats_server import NatsServer
+from tests.kit.podlab import (
     CountingClient,
     LabPod,
     expected_hash,
@@ -34,8 +35,7 @@ from clm.testing.podlab import (
     running_on,
     start_pod,
 )
-from clm.testing.segment import POD_IP, Segment
-from tests.integration.support import pex_dir
+from tests.kit.segment import POD_IP, Segment
 
 MISSING = [t for t in ("runc", "criu", "nsenter", "iptables-save") if shutil.which(t) is None]
 pytestmark = pytest.mark.skipif(
@@ -159,13 +159,13 @@ async def test_repeated_commands_do_not_redo_work(lab: Lab) -> None:
         first = await driver.migrate(move)
         assert first.ok, first.error
         # The same dump and restore again (as a redelivery would): answered, not redone.
-        again = await driver.send(driver._checkpoint(move, move.source, CheckpointStep.DUMP), 30)
+        again = await driver.send(driver.command(move, protocol.DUMP), 30)
         assert again.ok and again.details.get("repeated") is True
-        restore = await driver.send(driver._checkpoint(move, move.destination, CheckpointStep.RESTORE), 30)
+        restore = await driver.send(driver.command(move, protocol.RESTORE), 30)
         assert restore.ok and restore.details.get("repeated") is True
         assert running_on(lab.pod, lab.b.runc_root)
         # Abort after the commit point is refused: the source's copy is gone for good.
-        late = await driver.send(driver._checkpoint(move, move.source, CheckpointStep.ABORT), 30)
+        late = await driver.send(driver.command(move, protocol.ABORT_SOURCE), 30)
         assert not late.ok and "finalized" in (late.error or "")
     finally:
         await driver.close()
@@ -214,7 +214,7 @@ async def test_failed_restore_leaves_pod_on_a(lab: Lab) -> None:
     try:
         # Prepare B's network first, then take the pod's port there: CRIU cannot bind the
         # restored listening socket, so the restore really fails.
-        prepared = await driver.send(driver._network(move, move.destination, NetworkStep.PREPARE), 30)
+        prepared = await driver.send(driver.command(move, protocol.PREPARE_NETWORK), 30)
         assert prepared.ok, prepared.error
         blocker = await asyncio.create_subprocess_exec(
             "nsenter",

@@ -27,12 +27,12 @@ import yaml
 from kubernetes import client
 
 from clm.contracts import DrainPlanned, NodeDrained, decode, streams, subjects
-from clm.policy import builders as b
 from clm.policy import names
-from clm.testing.agents import AgentProcess
-from clm.testing.nats_server import NatsServer
 from tests.integration.support import fetch_from_stream, http_get, pex_dir
 from tests.integration.support import wait_for as _wait_for
+from tests.kit import builders as b
+from tests.kit.agents import AgentProcess
+from tests.kit.nats_server import NatsServer
 from tools.kube_emulator.main import kubeconfig_text
 from tools.kube_emulator.testing import EmulatorThread, api_client
 

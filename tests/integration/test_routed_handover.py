@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from clm.testing.segment import POD_IP, Segment, serve_identity
 from services.ip_handover_agent.routed import PodNet, RoutedBackend
+from tests.kit.segment import POD_IP, Segment, serve_identity
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 

@@ -26,9 +26,9 @@ import orjson
 import pytest
 from kubernetes import client
 
-from clm.testing.nats_server import free_port
-from clm.testing.netns import ip
 from tests.integration.support import one_sandbox_at_a_time, pex_dir, wait_for
+from tests.kit.nats_server import free_port
+from tests.kit.netns import ip
 from tools.clm import main as clm
 from tools.kube_emulator.testing import api_client
 from tools.sandbox.sandbox import read_state

@@ -26,10 +26,10 @@ from kubernetes import client
 
 from clm.contracts import streams, subjects
 from clm.contracts.events import MIGRATION_EVENT_ADAPTER
-from clm.testing.nats_server import free_port
-from clm.testing.podlab import expected_hash
 from tests.integration.support import fetch_from_stream, log_excerpts, one_sandbox_at_a_time, pex_dir
 from tests.integration.support import wait_for as _wait_for
+from tests.kit.nats_server import free_port
+from tests.kit.podlab import expected_hash
 from tools.sandbox import binpack
 from tools.sandbox.demo import Player
 from tools.sandbox.sandbox import Sandbox

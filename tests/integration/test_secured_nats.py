@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from clm.contracts import NodeCapabilities, streams, subjects
-from clm.testing.nats_server import NatsServer
 from tests.integration.support import eventually, make_app
+from tests.kit.nats_server import NatsServer
 
 
 def _openssl(*args: str) -> None:

@@ -27,8 +27,8 @@ from clm.contracts import (
 )
 from clm.contracts.examples import examples
 from clm.runtime.delivery import H_CAUSE, H_REASON
-from clm.testing.nats_server import NatsServer, free_port
 from tests.integration.support import fetch_from_stream, http_get, pex_path, wait_ready
+from tests.kit.nats_server import NatsServer, free_port
 from tools.kube_emulator.main import kubeconfig_text
 from tools.kube_emulator.testing import EmulatorThread
 

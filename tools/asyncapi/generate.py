@@ -57,13 +57,15 @@ def render() -> str:
         ),
     )
     # FastStream keeps publishers in a set: sort keys so the document is reproducible.
-    return HEADER + yaml.safe_dump(spec.to_specification().to_jsonable(), sort_keys=True,
-                                   allow_unicode=True, width=100)
+    return HEADER + yaml.safe_dump(
+        spec.to_specification().to_jsonable(), sort_keys=True, allow_unicode=True, width=100
+    )
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 if the document is stale")
     args = parser.parse_args()
     # `pants run` executes in a sandbox; write into the repository it was started from.

@@ -7,9 +7,9 @@ from tools.asyncapi.generate import DOC, render
 
 
 def test_checked_in_asyncapi_document_is_up_to_date() -> None:
-    assert Path(DOC).read_text() == render(), (
-        f"{DOC} is out of date: run ./pants run tools/asyncapi:generate and commit the result"
-    )
+    assert (
+        Path(DOC).read_text() == render()
+    ), f"{DOC} is out of date: run ./pants run tools/asyncapi:generate and commit the result"
 
 
 def test_document_covers_every_service_and_the_eight_reasons() -> None:

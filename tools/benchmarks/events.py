@@ -17,8 +17,8 @@ from typing import Any
 from clm.contracts import MigrationFinished, NodeDrained, streams, subjects
 from clm.contracts.examples import examples
 from clm.runtime import ServiceApp, ServiceSettings
-from clm.testing.nats_server import NatsServer
-from tools.benchmarks.report import percentile
+from tests.kit.nats_server import NatsServer
+from tools.console.report import percentile
 
 
 def _settings(url: str) -> ServiceSettings:
@@ -27,15 +27,20 @@ def _settings(url: str) -> ServiceSettings:
 
 def _consumer_process(url: str, durable: str, count: int, batch: int, ready: Any, conn: Any) -> None:
     async def run() -> None:
-        app = ServiceApp(name="bench-consumer", version="bench", settings=_settings(url),
-                         description="benchmark consumer")
+        app = ServiceApp(
+            name="bench-consumer", version="bench", settings=_settings(url), description="benchmark consumer"
+        )
         latencies: list[float] = []
         done = asyncio.Event()
         first: list[float] = []
 
-        @app.consumer([NodeDrained, MigrationFinished], durable=durable,
-                      filter_subject=f"{subjects.EVENTS_PREFIX}.>", stream=streams.EVENTS,
-                      batch_size=batch)
+        @app.consumer(
+            [NodeDrained, MigrationFinished],
+            durable=durable,
+            filter_subject=f"{subjects.EVENTS_PREFIX}.>",
+            stream=streams.EVENTS,
+            batch_size=batch,
+        )
         async def on_event(event: NodeDrained | MigrationFinished) -> None:
             now = time.time()
             if not first:
@@ -55,16 +60,18 @@ def _consumer_process(url: str, durable: str, count: int, batch: int, ready: Any
 
 
 async def _publish(url: str, kind: str, count: int, window: int) -> float:
-    app = ServiceApp(name="bench-publisher", version="bench", settings=_settings(url),
-                     description="benchmark publisher")
+    app = ServiceApp(
+        name="bench-publisher", version="bench", settings=_settings(url), description="benchmark publisher"
+    )
     await app.start()
     template = next(m for m in examples() if m.kind == kind)
     sem = asyncio.Semaphore(window)
 
     async def one(i: int) -> None:
         async with sem:
-            event = template.model_copy(update={"message_id": f"bench-{kind}-{i}",
-                                                "occurred_at": datetime.now(UTC)})
+            event = template.model_copy(
+                update={"message_id": f"bench-{kind}-{i}", "occurred_at": datetime.now(UTC)}
+            )
             await app.publish(event)
 
     started = time.perf_counter()
@@ -83,8 +90,9 @@ def run_case(kind: str, count: int, window: int, batch: int) -> dict[str, Any]:
         ctx = multiprocessing.get_context("fork")
         ready = ctx.Event()
         parent, child = ctx.Pipe()
-        consumer = ctx.Process(target=_consumer_process,
-                               args=(server.url, "bench", count, batch, ready, child))
+        consumer = ctx.Process(
+            target=_consumer_process, args=(server.url, "bench", count, batch, ready, child)
+        )
         consumer.start()
         if not ready.wait(60):
             consumer.kill()

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tools.benchmarks.report import percentile
+from tools.console.report import percentile
 from tools.kube_emulator import main as emulator_main
 
 
@@ -85,7 +85,10 @@ class EmulatorProcess:
         with self.log.open("wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", emulator_main.__name__, "--port", "0", "--seed-file", str(state)],
-                env=env, stdout=subprocess.PIPE, stderr=err, text=True,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
             )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()

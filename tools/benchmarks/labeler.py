@@ -18,9 +18,9 @@ from typing import Any
 
 import orjson
 
-from clm.testing.agents import AgentProcess, built_pex
-from clm.testing.cluster_objects import dense_cluster_objects, eligible_count
-from clm.testing.nats_server import NatsServer
+from tests.kit.agents import AgentProcess, built_pex
+from tests.kit.cluster_objects import dense_cluster_objects, eligible_count
+from tests.kit.nats_server import NatsServer
 from tools.benchmarks.kube_emulator import EmulatorProcess
 from tools.kube_emulator.main import kubeconfig_text
 

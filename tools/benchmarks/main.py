@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tools.benchmarks import events, kube_emulator, labeler, migrate, plan, planner_cycle
-from tools.benchmarks.report import emit
+from tools.console.report import emit
 
 Table = tuple[str, list[dict[str, Any]]]
 

@@ -31,16 +31,16 @@ from pathlib import Path
 from typing import Any
 
 from clm.runtime.podnet import pod_netns_path
-from clm.testing.agents import NodeAgents, built_pex
-from clm.testing.migration import Driver, Move
-from clm.testing.nats_server import NatsServer
-from clm.testing.podlab import CountingClient, LabPod, remove_pod, start_pod
-from clm.testing.segment import POD_IP, Segment, make_segment
 from services.checkpoint_agent import main as checkpoint_agent_main
 from services.checkpoint_agent.bundle import rebind
 from services.checkpoint_agent.runc import Runc
 from services.ip_handover_agent import main as ip_handover_agent_main
 from services.ip_handover_agent.routed import PodNet, RoutedBackend
+from tests.kit.agents import NodeAgents, built_pex
+from tests.kit.migration import Driver, Move
+from tests.kit.nats_server import NatsServer
+from tests.kit.podlab import CountingClient, LabPod, remove_pod, start_pod
+from tests.kit.segment import POD_IP, Segment, make_segment
 
 # Started as `python -m` by NodeAgents: named here so the benchmark's PEX carries them.
 AGENT_MAINS = (checkpoint_agent_main.__name__, ip_handover_agent_main.__name__)

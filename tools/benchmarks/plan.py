@@ -14,9 +14,9 @@ import time
 from typing import Any
 
 from clm.policy.binpack import PlannerConfig, plan
-from clm.policy.clusters import dense_cluster, random_cluster
 from clm.policy.evictor import Mode
-from clm.policy.exact import max_drained
+from tests.kit.clusters import dense_cluster, random_cluster
+from tests.kit.exact import max_drained
 
 Table = tuple[str, list[dict[str, Any]]]
 
@@ -34,15 +34,21 @@ def timing_rows(sizes: tuple[int, ...], runs: int) -> list[dict[str, Any]]:
                 result = plan(snap, config)
                 seconds.append(time.perf_counter() - started)
             assert result is not None
-            rows.append({
-                "nodes": nodes, "pods": len(snap.pods), "mode": str(mode),
-                "nodes_drained": len(result.drains),
-                "live_migrations": sum(m.action == "live-migrate" for d in result.drains for m in d.moves),
-                "evictions": sum(m.action == "evict" for d in result.drains for m in d.moves),
-                "plan_seconds_median": statistics.median(seconds),
-                "plan_seconds_max": max(seconds),
-                "goal_seconds": 2.0 if nodes >= 5000 else "",
-            })
+            rows.append(
+                {
+                    "nodes": nodes,
+                    "pods": len(snap.pods),
+                    "mode": str(mode),
+                    "nodes_drained": len(result.drains),
+                    "live_migrations": sum(
+                        m.action == "live-migrate" for d in result.drains for m in d.moves
+                    ),
+                    "evictions": sum(m.action == "evict" for d in result.drains for m in d.moves),
+                    "plan_seconds_median": statistics.median(seconds),
+                    "plan_seconds_max": max(seconds),
+                    "goal_seconds": 2.0 if nodes >= 5000 else "",
+                }
+            )
     return rows
 
 
@@ -53,15 +59,21 @@ def gap_rows(clusters: int) -> list[dict[str, Any]]:
         greedy = optimum = below = 0
         for seed in range(clusters):
             rng = random.Random(seed)
-            snap = random_cluster(rng, nodes=rng.randint(2, 8), pods_per_node=6,
-                                  fill=rng.uniform(0.2, 0.9))
+            snap = random_cluster(rng, nodes=rng.randint(2, 8), pods_per_node=6, fill=rng.uniform(0.2, 0.9))
             g, best = len(plan(snap, config).drains), max_drained(snap, config)
             greedy += g
             optimum += best
             below += g < best
-        rows.append({"mode": str(mode), "clusters": clusters, "greedy_nodes_freed": greedy,
-                     "optimal_nodes_freed": optimum, "gap_percent": 100 * (1 - greedy / optimum),
-                     "clusters_below_optimum": below})
+        rows.append(
+            {
+                "mode": str(mode),
+                "clusters": clusters,
+                "greedy_nodes_freed": greedy,
+                "optimal_nodes_freed": optimum,
+                "gap_percent": 100 * (1 - greedy / optimum),
+                "clusters_below_optimum": below,
+            }
+        )
     return rows
 
 

@@ -22,9 +22,9 @@ import orjson
 import yaml
 
 from clm.contracts import DrainPlanned, decode, streams, subjects
-from clm.testing.agents import AgentProcess, built_pex
-from clm.testing.cluster_objects import dense_cluster_objects
-from clm.testing.nats_server import NatsServer
+from tests.kit.agents import AgentProcess, built_pex
+from tests.kit.cluster_objects import dense_cluster_objects
+from tests.kit.nats_server import NatsServer
 from tools.benchmarks.kube_emulator import EmulatorProcess
 from tools.kube_emulator.main import kubeconfig_text
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 from typing import Any
 
 from clm.contracts import DrainPlanned, PlannedDrain, PlannedMove
-from clm.policy import builders as b
 from clm.policy import names
+from tests.kit import builders as b
 from tools.clm import plan
 from tools.clm.explain import explain, render
 

@@ -135,7 +135,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _events(args: argparse.Namespace) -> int:
-    from tools.clm.events import render, stream_events
+    from tools.console.events import render, stream_events
 
     def show(event, raw: bytes) -> None:
         print(raw.decode() if args.json else render(event), flush=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from nats.js.errors import NotFoundError
 
 from clm.contracts import DrainPlanned, decode, streams, subjects
-from tools.clm.nats_connect import connect
+from tools.console.nats_connect import connect
 
 
 async def latest_plan(url: str) -> DrainPlanned | None:

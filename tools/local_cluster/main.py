@@ -15,7 +15,7 @@ from pathlib import Path
 import nats
 
 from clm.contracts import ContractError, decode
-from tools.benchmarks.report import emit
+from tools.console.report import emit
 from tools.local_cluster.cluster import LocalCluster
 
 
@@ -39,15 +39,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tools/run", description=__doc__)
     parser.add_argument("--pex-dir", type=Path, default=Path("dist"))
     parser.add_argument("--state-dir", type=Path, default=Path("/tmp/clm-local"))
-    parser.add_argument("--nodes", default="node-a,node-b,node-c",
-                        help="comma-separated node names; each gets both node agents")
-    parser.add_argument("--nats-port", type=int, default=None,
-                        help="NATS port (default: a free one)")
+    parser.add_argument(
+        "--nodes",
+        default="node-a,node-b,node-c",
+        help="comma-separated node names; each gets both node agents",
+    )
+    parser.add_argument("--nats-port", type=int, default=None, help="NATS port (default: a free one)")
     parser.add_argument("--check", action="store_true", help="exit after showing health")
     args = parser.parse_args(argv)
 
-    cluster = LocalCluster(pex_dir=args.pex_dir, state_dir=args.state_dir,
-                           nodes=[n for n in args.nodes.split(",") if n], nats_port=args.nats_port)
+    cluster = LocalCluster(
+        pex_dir=args.pex_dir,
+        state_dir=args.state_dir,
+        nodes=[n for n in args.nodes.split(",") if n],
+        nats_port=args.nats_port,
+    )
     try:
         cluster.start()
     except FileNotFoundError as exc:
@@ -58,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         assert cluster.nats is not None
         print(f"NATS JetStream: {cluster.nats.url} (store {cluster.nats.store_dir})")
         if cluster.kube is not None:
-            print(f"Kubernetes API (emulator): {cluster.kube.url}  "
-                  f"(KUBECONFIG={cluster.kubeconfig} kubectl get migrations -A)")
+            print(
+                f"Kubernetes API (emulator): {cluster.kube.url}  "
+                f"(KUBECONFIG={cluster.kubeconfig} kubectl get migrations -A)"
+            )
         emit("CLM services", cluster.status_rows(), as_json=False)
         print(f"\nlogs: {args.state_dir / 'logs'}")
         if not healthy:

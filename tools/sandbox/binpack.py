@@ -26,9 +26,9 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from clm.policy import builders as b
 from clm.policy import names
-from clm.testing.workloads import stateful_server
+from tests.kit import builders as b
+from tests.kit.workloads import stateful_server
 
 NAMESPACE = "binpack"
 GAME_PORT = 7000

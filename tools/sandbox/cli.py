@@ -17,8 +17,8 @@ from pathlib import Path
 from kubernetes import client
 
 from clm.contracts.events import MigrationEvent
-from tools.benchmarks.report import emit
-from tools.clm.events import render, stream_events
+from tools.console.events import render, stream_events
+from tools.console.report import emit
 from tools.kube_emulator.testing import api_client
 from tools.sandbox import binpack, demo
 from tools.sandbox.sandbox import (

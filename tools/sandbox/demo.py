@@ -18,11 +18,11 @@ from typing import Any, TextIO
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from clm.policy import builders as b
 from clm.policy import names
-from clm.testing.podlab import expected_hash
-from clm.testing.workloads import counting_client, stateful_server
-from tools.clm.events import render, stream_events
+from tests.kit import builders as b
+from tests.kit.podlab import expected_hash
+from tests.kit.workloads import counting_client, stateful_server
+from tools.console.events import render, stream_events
 
 NAMESPACE = "demo"
 STATEFULSET = "game"

@@ -36,7 +36,8 @@ from clm.policy.naming import runtime_pod_uid
 from clm.runtime.podnet import pod_netns_path
 from services.checkpoint_agent.bundle import write_bundle
 from services.checkpoint_agent.container_log import log_path
-from services.checkpoint_agent.runc import CONTAINER_NAME, POD_NAME, POD_NAMESPACE, POD_UID, Container, Runc
+from services.checkpoint_agent.runc import Runc
+from services.checkpoint_agent.runtime import CONTAINER_NAME, POD_NAME, POD_NAMESPACE, POD_UID, Container
 from services.ip_handover_agent.routed import PodNet, RoutedBackend
 from tools.sandbox.ipam import Ipam
 from tools.sandbox.lifecycle import after_exit, become_subreaper, exit_code, pod_phase, restart_delay

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from clm.policy import builders as b
 from clm.policy import names
+from tests.kit import builders as b
 from tools.sandbox.node_runtime import REMOVE_AFTER_SECONDS, container_args, decide
 
 

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from kubernetes import client
 
-from clm.policy import builders as b
-from clm.testing.nats_server import free_port
+from tests.kit import builders as b
+from tests.kit.nats_server import free_port
 from tools.kube_emulator.testing import api_client
 from tools.local_cluster.cluster import LocalCluster
 from tools.sandbox.ipam import Ipam

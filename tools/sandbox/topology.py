@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from clm.testing.netns import NetNS, ip, remove_stale
+from tests.kit.netns import NetNS, ip, remove_stale
 
 PREFIX = "clm-sbx"
 SUBNET = "10.215.0"

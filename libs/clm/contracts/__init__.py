@@ -4,7 +4,7 @@ Publishers build a model and `encode` it; subscribers `decode` bytes into the mo
 expect. Each model knows its NATS `subject()`; its `message_id` is the `Nats-Msg-Id`.
 """
 
-from clm.contracts import subjects
+from clm.contracts import protocol, subjects
 from clm.contracts.base import REGISTRY, Message
 from clm.contracts.codec import ContractError, decode, encode
 from clm.contracts.commands import (
@@ -79,5 +79,6 @@ __all__ = [
     "decode",
     "encode",
     "step_result_for",
+    "protocol",
     "subjects",
 ]

@@ -47,9 +47,7 @@ def decode(data: bytes | str, expected: type[M] | Iterable[type[M]] | None = Non
         raise ContractError("payload has no 'kind' field naming the message type")
     model = REGISTRY.get(kind)
     if model is None:
-        raise ContractError(
-            f"unknown message kind {kind!r}; known kinds: {', '.join(sorted(REGISTRY))}"
-        )
+        raise ContractError(f"unknown message kind {kind!r}; known kinds: {', '.join(sorted(REGISTRY))}")
     if expected is not None:
         allowed = (expected,) if isinstance(expected, type) else tuple(expected)
         if not any(issubclass(model, a) for a in allowed):

@@ -26,8 +26,14 @@ def test_round_trip(message) -> None:
 
 def test_the_eight_documented_reasons() -> None:
     assert [r.value for r in MigrationReason] == [
-        "PreDumpSkipped", "PreDumpFinished", "PreDumpFailed", "MigrationReconfigured",
-        "PodCreateFinished", "PodCreateFailed", "MigrationFinished", "MigrationFailed",
+        "PreDumpSkipped",
+        "PreDumpFinished",
+        "PreDumpFailed",
+        "MigrationReconfigured",
+        "PodCreateFinished",
+        "PodCreateFailed",
+        "MigrationFinished",
+        "MigrationFailed",
     ]
     kinds = {m.kind for m in examples()}
     assert {r.value for r in MigrationReason} <= kinds
@@ -46,12 +52,18 @@ def test_reason_is_last_subject_token() -> None:
         (b"[1, 2]", "must be a JSON object"),
         (b'{"a": 1}', "no 'kind' field"),
         (b'{"kind": "Teleport"}', "unknown message kind 'Teleport'"),
-        (b'{"kind": "RequestMigration", "schema_version": 9, "namespace": "a", "pod": "b"}',
-         "newer than this service understands"),
-        (b'{"kind": "RequestMigration", "namespace": "Not_Valid", "pod": "b"}',
-         "invalid RequestMigration: namespace"),
-        (b'{"kind": "RequestMigration", "namespace": "a", "pod": "b", "colour": "red"}',
-         "colour: Extra inputs are not permitted"),
+        (
+            b'{"kind": "RequestMigration", "schema_version": 9, "namespace": "a", "pod": "b"}',
+            "newer than this service understands",
+        ),
+        (
+            b'{"kind": "RequestMigration", "namespace": "Not_Valid", "pod": "b"}',
+            "invalid RequestMigration: namespace",
+        ),
+        (
+            b'{"kind": "RequestMigration", "namespace": "a", "pod": "b", "colour": "red"}',
+            "colour: Extra inputs are not permitted",
+        ),
     ],
 )
 def test_rejections_say_what_is_wrong(payload: bytes, fragment: str) -> None:

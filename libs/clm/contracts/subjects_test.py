@@ -11,8 +11,10 @@ def test_dotted_names_are_escaped_reversibly() -> None:
 
 
 def test_subjects_run_broad_to_narrow() -> None:
-    assert (subjects.migration_event("games", "mc-0-abc", "MigrationFinished")
-            == "clm.events.migration.games.mc-0-abc.MigrationFinished")
+    assert (
+        subjects.migration_event("games", "mc-0-abc", "MigrationFinished")
+        == "clm.events.migration.games.mc-0-abc.MigrationFinished"
+    )
     assert subjects.checkpoint_command("n1", "dump") == "clm.cmd.node.n1.checkpoint.dump"
     assert subjects.network_command("n1", "commit") == "clm.cmd.node.n1.network.commit"
 

@@ -143,8 +143,7 @@ def pod_decision(info: PodInfo, source_problems: Iterable[Reason], mode: Mode) -
     """The Evictor's decision for a pod in a plan: the label matrix and mode, except that a
     pod on a node that cannot live-migrate takes its fallback at once."""
     if info.daemonset:
-        return evictor.Decision(Action.NONE, Fallback.NONE,
-                                "DaemonSet or static pod: leaves with its node")
+        return evictor.Decision(Action.NONE, Fallback.NONE, "DaemonSet or static pod: leaves with its node")
     decision = evictor.decide(info.labels, replicas=info.replicas, mode=mode)
     problems = list(source_problems)
     if decision.action is not Action.LIVE_MIGRATE or not problems:
@@ -182,8 +181,8 @@ class _Planner:
         self.free_mem = [n.allocatable.get("memory", 0) for n in self.nodes]
         self.free_pods = [n.allocatable.get("pods", 110) for n in self.nodes]
         self.free_other: list[dict[str, int]] = [
-            {k: v for k, v in n.allocatable.items() if k not in _BASIC_RESOURCES}
-            for n in self.nodes]
+            {k: v for k, v in n.allocatable.items() if k not in _BASIC_RESOURCES} for n in self.nodes
+        ]
         # Destinations are indexed by the tighter of their free cpu and memory, each as a
         # share of the median node: a node whose key reaches a pod's larger share surely
         # fits it, so best-fit lookups scan only a short stretch.
@@ -238,24 +237,43 @@ class _Planner:
     def _digest(self, info: PodInfo, idx: int) -> _Pod:
         labels = info.labels
         # The decision depends only on these; most pods share one of a handful of answers.
-        decision_key = (labels.get(names.MIGRATION_ENABLED), labels.get(names.REMOVAL_DISABLED),
-                        labels.get(names.LIVE_MIGRATION_DISABLED), info.replicas > 1,
-                        info.daemonset, idx if self.node_problems[idx] else -1)
+        decision_key = (
+            labels.get(names.MIGRATION_ENABLED),
+            labels.get(names.REMOVAL_DISABLED),
+            labels.get(names.LIVE_MIGRATION_DISABLED),
+            info.replicas > 1,
+            info.daemonset,
+            idx if self.node_problems[idx] else -1,
+        )
         decision = self._decisions.get(decision_key)
         if decision is None:
             decision = pod_decision(info, self.node_problems[idx], self.config.mode)
             self._decisions[decision_key] = decision
         req = info.requests
         mem = req.get("memory", 0)
-        other = (() if req.keys() <= _BASIC_RESOURCES
-                 else tuple(sorted((k, v) for k, v in req.items() if k not in _BASIC_RESOURCES)))
-        pod = _Pod(info, decision.action, decision.fallback, decision.why, mem, req.get("cpu", 0),
-                   other, info.memory_bytes if info.memory_bytes is not None else mem)
+        other = (
+            ()
+            if req.keys() <= _BASIC_RESOURCES
+            else tuple(sorted((k, v) for k, v in req.items() if k not in _BASIC_RESOURCES))
+        )
+        pod = _Pod(
+            info,
+            decision.action,
+            decision.fallback,
+            decision.why,
+            mem,
+            req.get("cpu", 0),
+            other,
+            info.memory_bytes if info.memory_bytes is not None else mem,
+        )
         spec = o.spec(info.obj)
         tolerations, selector = spec.get("tolerations"), spec.get("nodeSelector")
         affinity = (spec.get("affinity") or {}).get("nodeAffinity")
-        placement = ((repr(tolerations), repr(selector), repr(affinity), info.zones)
-                     if tolerations or selector or affinity or info.zones is not None else _PLAIN)
+        placement = (
+            (repr(tolerations), repr(selector), repr(affinity), info.zones)
+            if tolerations or selector or affinity or info.zones is not None
+            else _PLAIN
+        )
         source_class = self.class_keys[idx] if pod.action is Action.LIVE_MIGRATE else None
         pod.signature = (placement, source_class)
         return pod
@@ -266,8 +284,12 @@ class _Planner:
         node = self.nodes[dest]
         # Selectors and affinity read labels and the name: then the node itself is the key.
         selective = pod.signature[0][1:3] != ("None", "None")
-        node_key = (repr(o.spec(node.obj).get("taints")), o.labels(node.obj).get(names.ZONE),
-                    node.name if selective else None, self.cordoned[dest])
+        node_key = (
+            repr(o.spec(node.obj).get("taints")),
+            o.labels(node.obj).get(names.ZONE),
+            node.name if selective else None,
+            self.cordoned[dest],
+        )
         key = (pod.signature[0], node_key)
         ok = self._static_cache.get(key)
         if ok is None:
@@ -290,8 +312,11 @@ class _Planner:
     def _group(self, pod: _Pod) -> list[tuple[int, int, int]]:
         group = self.groups.get(pod.signature)
         if group is None:
-            group = sorted((self.tier[i], self._key(i), i) for i in range(len(self.nodes))
-                           if not self.draining[i] and self._statically_ok(pod, i))
+            group = sorted(
+                (self.tier[i], self._key(i), i)
+                for i in range(len(self.nodes))
+                if not self.draining[i] and self._statically_ok(pod, i)
+            )
             self.groups[pod.signature] = group
             for _, _, i in group:
                 self.group_members[i].append(pod.signature)
@@ -352,8 +377,9 @@ class _Planner:
         node = self.nodes[idx]
         saving = node.price if node.price is not None else estimated_price(node.allocatable)
         moved = self.moved_bytes[idx]
-        cost = (moved / GIB * self.config.cost_per_gib_moved
-                + self.evictions[idx] * self.config.cost_per_eviction)
+        cost = (
+            moved / GIB * self.config.cost_per_gib_moved + self.evictions[idx] * self.config.cost_per_eviction
+        )
         return saving / (1.0 + cost / max(saving, 1e-9)), saving, moved
 
     def _blockers(self, idx: int) -> list[Reason]:
@@ -362,8 +388,10 @@ class _Planner:
             return [Reason("cordoned", f"node {name} is already cordoned (being drained elsewhere)")]
         if not self.movable[idx] and not self.protected[idx]:
             return [Reason("empty", f"node {name} runs only DaemonSet pods: nothing to move")]
-        return [Reason("protected-pod", f"pod {p.info.namespace}/{p.info.name} stays: {p.why}")
-                for p in self.protected[idx]]
+        return [
+            Reason("protected-pod", f"pod {p.info.namespace}/{p.info.name} stays: {p.why}")
+            for p in self.protected[idx]
+        ]
 
     def _try_drain(self, idx: int) -> tuple[list[tuple[_Pod, int]], list[Reason]]:
         placed: list[tuple[_Pod, int]] = []
@@ -373,15 +401,24 @@ class _Planner:
                 left = self.pdb_left.get(pod.info.pdb, 0) - spent.get(pod.info.pdb, 0)
                 if left < 1:
                     self._undo(placed)
-                    return [], [Reason("pdb", f"evicting {pod.info.namespace}/{pod.info.name} would "
-                                       f"break PodDisruptionBudget {pod.info.pdb}")]
+                    return [], [
+                        Reason(
+                            "pdb",
+                            f"evicting {pod.info.namespace}/{pod.info.name} would "
+                            f"break PodDisruptionBudget {pod.info.pdb}",
+                        )
+                    ]
                 spent[pod.info.pdb] = spent.get(pod.info.pdb, 0) + 1
             dest = self._place(pod, exclude=idx)
             if dest is None:
                 self._undo(placed)
                 what = "compatible node" if pod.action is Action.LIVE_MIGRATE else "node"
-                return [], [Reason("no-destination", f"no {what} has room for "
-                                   f"{pod.info.namespace}/{pod.info.name} ({pod.action})")]
+                return [], [
+                    Reason(
+                        "no-destination",
+                        f"no {what} has room for " f"{pod.info.namespace}/{pod.info.name} ({pod.action})",
+                    )
+                ]
             self._apply(pod, dest, +1)
             placed.append((pod, dest))
         for pdb, n in spent.items():
@@ -413,9 +450,18 @@ class _Planner:
             largest = self.movable[idx][0]
             if self._place(largest, exclude=idx) is None:
                 what = "compatible node" if largest.action is Action.LIVE_MIGRATE else "node"
-                rejections.append(NodeRejection(candidate[1], (Reason(
-                    "no-destination", f"no {what} has room for {largest.info.namespace}/"
-                    f"{largest.info.name} ({largest.action})"),)))
+                rejections.append(
+                    NodeRejection(
+                        candidate[1],
+                        (
+                            Reason(
+                                "no-destination",
+                                f"no {what} has room for {largest.info.namespace}/"
+                                f"{largest.info.name} ({largest.action})",
+                            ),
+                        ),
+                    )
+                )
                 self._reindex(idx, tier=STAYS)
             else:
                 viable.append(candidate)
@@ -427,8 +473,11 @@ class _Planner:
                 self._reindex(idx, tier=STAYS)
                 continue
             if self.receiving[idx]:
-                rejections.append(NodeRejection(name, (Reason(
-                    "receiving", f"node {name} receives pods from a node drained first"),)))
+                rejections.append(
+                    NodeRejection(
+                        name, (Reason("receiving", f"node {name} receives pods from a node drained first"),)
+                    )
+                )
                 continue
             placed, reasons = self._try_drain(idx)
             if reasons:
@@ -442,8 +491,16 @@ class _Planner:
                 if not self.receiving[dest]:
                     self.receiving[dest] = True
                     self._reindex(dest, tier=STAYS)
-                moves.append(PodMove(pod.info.namespace, pod.info.name, pod.action, pod.fallback,
-                                     self.nodes[dest].name, pod.why))
+                moves.append(
+                    PodMove(
+                        pod.info.namespace,
+                        pod.info.name,
+                        pod.action,
+                        pod.fallback,
+                        self.nodes[dest].name,
+                        pod.why,
+                    )
+                )
             moves.sort(key=lambda m: (m.namespace, m.name))
             drains.append(NodeDrain(name, -neg_score, saving, moved, tuple(moves)))
         rejections.sort(key=lambda r: r.node)
@@ -489,21 +546,37 @@ def snapshot_from_objects(
     from clm.policy.eligibility import assess  # - avoids a cycle at import time
 
     lookup = lookup or (lambda kind, ns, name: None)
-    pdb_list = [(f"{o.namespace(p)}/{o.name(p)}", o.namespace(p), o.spec(p).get("selector"),
-                 int(o.status(p).get("disruptionsAllowed", 0))) for p in pdbs]
-    node_infos = [NodeInfo(o.name(n), o.node_allocatable(n), n, (prices or {}).get(o.name(n)))
-                  for n in nodes]
+    pdb_list = [
+        (
+            f"{o.namespace(p)}/{o.name(p)}",
+            o.namespace(p),
+            o.spec(p).get("selector"),
+            int(o.status(p).get("disruptionsAllowed", 0)),
+        )
+        for p in pdbs
+    ]
+    node_infos = [NodeInfo(o.name(n), o.node_allocatable(n), n, (prices or {}).get(o.name(n))) for n in nodes]
     pod_infos = []
     for pod in pods:
         if o.status(pod).get("phase") in ("Succeeded", "Failed"):
             continue
         assessment = assess(pod, lookup)
         labels = o.labels(pod)
-        pdb = next((key for key, ns, sel, _ in pdb_list
-                    if ns == o.namespace(pod) and _selects(sel, labels)), None)
-        pod_infos.append(PodInfo(
-            namespace=o.namespace(pod), name=o.name(pod), node=o.spec(pod).get("nodeName", ""),
-            requests=o.pod_requests(pod), labels=labels, replicas=assessment.workload.replicas,
-            daemonset=assessment.workload.kind in ("DaemonSet", "Node"), pdb=pdb, zones=assessment.zones,
-            obj=pod))
+        pdb = next(
+            (key for key, ns, sel, _ in pdb_list if ns == o.namespace(pod) and _selects(sel, labels)), None
+        )
+        pod_infos.append(
+            PodInfo(
+                namespace=o.namespace(pod),
+                name=o.name(pod),
+                node=o.spec(pod).get("nodeName", ""),
+                requests=o.pod_requests(pod),
+                labels=labels,
+                replicas=assessment.workload.replicas,
+                daemonset=assessment.workload.kind in ("DaemonSet", "Node"),
+                pdb=pdb,
+                zones=assessment.zones,
+                obj=pod,
+            )
+        )
     return Snapshot(node_infos, pod_infos, {key: allowed for key, _, _, allowed in pdb_list})

@@ -8,16 +8,21 @@ from hypothesis import strategies as st
 
 from clm.policy import compatibility, scheduling
 from clm.policy.binpack import Plan, PlannerConfig, Snapshot, plan, pod_decision
-from clm.policy.clusters import random_cluster
 from clm.policy.evictor import Action, Mode
+from tests.kit.clusters import random_cluster
 
 clusters = st.builds(
-    lambda seed, nodes, per_node, fill: random_cluster(random.Random(seed), nodes=nodes,
-                                                        pods_per_node=per_node, fill=fill),
-    st.integers(0, 2**32 - 1), st.integers(1, 9), st.integers(0, 8), st.floats(0.1, 1.0),
+    lambda seed, nodes, per_node, fill: random_cluster(
+        random.Random(seed), nodes=nodes, pods_per_node=per_node, fill=fill
+    ),
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 9),
+    st.integers(0, 8),
+    st.floats(0.1, 1.0),
 )
-configs = st.builds(PlannerConfig, mode=st.sampled_from(list(Mode)),
-                    max_nodes=st.one_of(st.none(), st.integers(1, 4)))
+configs = st.builds(
+    PlannerConfig, mode=st.sampled_from(list(Mode)), max_nodes=st.one_of(st.none(), st.integers(1, 4))
+)
 
 
 def check(snap: Snapshot, result: Plan, config: PlannerConfig) -> None:
@@ -34,8 +39,9 @@ def check(snap: Snapshot, result: Plan, config: PlannerConfig) -> None:
     usage = {name: Counter() for name in nodes}
     evictions = Counter()
     for key, pod in pods.items():
-        decision = pod_decision(pod, compatibility.node_problems(nodes[pod.node].obj, config.requirements),
-                                config.mode)
+        decision = pod_decision(
+            pod, compatibility.node_problems(nodes[pod.node].obj, config.requirements), config.mode
+        )
         if pod.node in drained and not pod.daemonset:
             # Every pod of a drained node goes somewhere; protected pods are never touched.
             assert key in moved, f"{key} left behind on drained {pod.node}"
@@ -59,8 +65,9 @@ def check(snap: Snapshot, result: Plan, config: PlannerConfig) -> None:
         if name in drained:
             continue
         for resource, amount in used.items():
-            before = sum(p.requests.get(resource, 0) if resource != "pods" else 1
-                         for p in snap.pods if p.node == name)
+            before = sum(
+                p.requests.get(resource, 0) if resource != "pods" else 1 for p in snap.pods if p.node == name
+            )
             # Never overcommit: a node that was within its allocatable stays within it.
             if before <= nodes[name].allocatable.get(resource, 0):
                 assert amount <= nodes[name].allocatable.get(resource, 0), (name, resource)
@@ -80,6 +87,9 @@ def test_plans_keep_every_invariant(snap: Snapshot, config: PlannerConfig) -> No
 @settings(max_examples=60, deadline=None)
 @given(clusters, st.randoms(use_true_random=False))
 def test_plans_are_deterministic_whatever_the_input_order(snap: Snapshot, rnd: random.Random) -> None:
-    shuffled = Snapshot(nodes=rnd.sample(snap.nodes, len(snap.nodes)),
-                        pods=rnd.sample(snap.pods, len(snap.pods)), pdb_allowed=dict(snap.pdb_allowed))
+    shuffled = Snapshot(
+        nodes=rnd.sample(snap.nodes, len(snap.nodes)),
+        pods=rnd.sample(snap.pods, len(snap.pods)),
+        pdb_allowed=dict(snap.pdb_allowed),
+    )
     assert plan(snap) == plan(shuffled) == plan(snap)

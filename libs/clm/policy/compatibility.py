@@ -49,13 +49,17 @@ def node_problems(node: o.Obj, req: Requirements) -> list[Reason]:
     info = o.status(node).get("nodeInfo") or {}
     problems = []
     if not names.is_true(labels, names.MIGRATION_ENABLED):
-        problems.append(Reason("node-not-enabled",
-                               f"node {name} lacks {names.MIGRATION_ENABLED}=true"))
+        problems.append(Reason("node-not-enabled", f"node {name} lacks {names.MIGRATION_ENABLED}=true"))
     kubelet = _version(info.get("kubeletVersion", ""))
     if kubelet is None or kubelet < req.min_kubernetes:
         want = ".".join(map(str, req.min_kubernetes))
-        problems.append(Reason("kubernetes-too-old", f"node {name} runs Kubernetes "
-                               f"{info.get('kubeletVersion') or 'unknown'}; live migration needs {want}+"))
+        problems.append(
+            Reason(
+                "kubernetes-too-old",
+                f"node {name} runs Kubernetes "
+                f"{info.get('kubeletVersion') or 'unknown'}; live migration needs {want}+",
+            )
+        )
     runtime, _, runtime_version = (info.get("containerRuntimeVersion") or "").partition("://")
     minimum = dict(req.runtimes).get(runtime)
     parsed = _version(runtime_version)
@@ -65,13 +69,23 @@ def node_problems(node: o.Obj, req: Requirements) -> list[Reason]:
         problems.append(Reason("runtime-unsupported", f"node {name} runs {running}; needs {wanted}"))
     if req.profile is Profile.EKS:
         if not (info.get("osImage") or "").startswith(req.os_image_prefix):
-            problems.append(Reason("os-image-unsupported", f"node {name} runs "
-                                   f"{info.get('osImage') or 'an unknown OS'}; the EKS profile needs "
-                                   f"{req.os_image_prefix}"))
+            problems.append(
+                Reason(
+                    "os-image-unsupported",
+                    f"node {name} runs "
+                    f"{info.get('osImage') or 'an unknown OS'}; the EKS profile needs "
+                    f"{req.os_image_prefix}",
+                )
+            )
         if instance_families.generation_set(labels.get(names.INSTANCE_TYPE, "")) is None:
-            problems.append(Reason("unknown-instance-family", f"node {name}: instance type "
-                                   f"{labels.get(names.INSTANCE_TYPE) or '(none)'} is in no known "
-                                   "CPU generation set"))
+            problems.append(
+                Reason(
+                    "unknown-instance-family",
+                    f"node {name}: instance type "
+                    f"{labels.get(names.INSTANCE_TYPE) or '(none)'} is in no known "
+                    "CPU generation set",
+                )
+            )
     return problems
 
 
@@ -83,27 +97,46 @@ def pair_problems(source: o.Obj, dest: o.Obj, req: Requirements) -> list[Reason]
     if src_name == dst_name:
         problems.append(Reason("same-node", f"source and destination are both {src_name}"))
     if not src.get(names.ARCH) or src.get(names.ARCH) != dst.get(names.ARCH):
-        problems.append(Reason("arch-mismatch", f"{src_name} is {src.get(names.ARCH) or 'unknown'}, "
-                               f"{dst_name} is {dst.get(names.ARCH) or 'unknown'}"))
+        problems.append(
+            Reason(
+                "arch-mismatch",
+                f"{src_name} is {src.get(names.ARCH) or 'unknown'}, "
+                f"{dst_name} is {dst.get(names.ARCH) or 'unknown'}",
+            )
+        )
     if req.profile is Profile.EKS:
         src_type, dst_type = src.get(names.INSTANCE_TYPE, ""), dst.get(names.INSTANCE_TYPE, "")
         src_set = instance_families.generation_set(src_type)
         dst_set = instance_families.generation_set(dst_type)
         if src_set and dst_set and src_set != dst_set:
-            problems.append(Reason(
-                "instance-generation-mismatch",
-                f"{instance_families.family(src_type)} ({src_set}) and "
-                f"{instance_families.family(dst_type)} ({dst_set}) are different CPU generation sets"))
+            problems.append(
+                Reason(
+                    "instance-generation-mismatch",
+                    f"{instance_families.family(src_type)} ({src_set}) and "
+                    f"{instance_families.family(dst_type)} ({dst_set}) are different CPU generation sets",
+                )
+            )
     if names.is_true(src, names.CUSTOM_NETWORK):
         if not src.get(names.ZONE) or src.get(names.ZONE) != dst.get(names.ZONE):
-            problems.append(Reason("zone-mismatch", "custom networking (ENIConfig is per zone): "
-                                   f"{src_name} is in {src.get(names.ZONE) or 'unknown'}, "
-                                   f"{dst_name} in {dst.get(names.ZONE) or 'unknown'}"))
-    elif req.profile is Profile.EKS and (not src.get(names.SUBNET_ID)
-                                         or src.get(names.SUBNET_ID) != dst.get(names.SUBNET_ID)):
-        problems.append(Reason("subnet-mismatch", "standard networking needs one subnet: "
-                               f"{src_name} is in {src.get(names.SUBNET_ID) or 'unknown'}, "
-                               f"{dst_name} in {dst.get(names.SUBNET_ID) or 'unknown'}"))
+            problems.append(
+                Reason(
+                    "zone-mismatch",
+                    "custom networking (ENIConfig is per zone): "
+                    f"{src_name} is in {src.get(names.ZONE) or 'unknown'}, "
+                    f"{dst_name} in {dst.get(names.ZONE) or 'unknown'}",
+                )
+            )
+    elif req.profile is Profile.EKS and (
+        not src.get(names.SUBNET_ID) or src.get(names.SUBNET_ID) != dst.get(names.SUBNET_ID)
+    ):
+        problems.append(
+            Reason(
+                "subnet-mismatch",
+                "standard networking needs one subnet: "
+                f"{src_name} is in {src.get(names.SUBNET_ID) or 'unknown'}, "
+                f"{dst_name} in {dst.get(names.SUBNET_ID) or 'unknown'}",
+            )
+        )
     return problems
 
 
@@ -119,7 +152,8 @@ def class_key(node: o.Obj, req: Requirements) -> tuple[object, ...]:
     return (
         labels.get(names.ARCH),
         instance_families.generation_set(labels.get(names.INSTANCE_TYPE, ""))
-        if req.profile is Profile.EKS else None,
+        if req.profile is Profile.EKS
+        else None,
         names.is_true(labels, names.CUSTOM_NETWORK),
         labels.get(names.ZONE),
         labels.get(names.SUBNET_ID) if req.profile is Profile.EKS else None,

@@ -2,30 +2,58 @@
 
 import pytest
 
-from clm.policy import builders as b
 from clm.policy import names
 from clm.policy.compatibility import Profile, Requirements, class_key, compatible
 from clm.policy.instance_families import compatible_families, generation_set
+from tests.kit import builders as b
 
 CASES = [
     ("m5 with c5", dict(instance_type="m5.large"), dict(instance_type="c5.xlarge"), []),
     ("m3 with c3", dict(instance_type="m3.large"), dict(instance_type="c3.large"), []),
     ("m4 with r4", dict(instance_type="m4.large"), dict(instance_type="r4.large"), []),
-    ("c3 with c5", dict(instance_type="c3.large"), dict(instance_type="c5.large"),
-     ["instance-generation-mismatch"]),
-    ("m5 with m4", dict(instance_type="m5.large"), dict(instance_type="m4.large"),
-     ["instance-generation-mismatch"]),
-    ("graviton2 with graviton3", dict(arch="arm64", instance_type="m6g.large"),
-     dict(arch="arm64", instance_type="c7g.large"), ["instance-generation-mismatch"]),
-    ("graviton2 family mix", dict(arch="arm64", instance_type="m6g.large"),
-     dict(arch="arm64", instance_type="r6gd.large"), []),
-    ("amd64 to arm64", dict(instance_type="m6i.large"), dict(arch="arm64", instance_type="m6g.large"),
-     ["arch-mismatch", "instance-generation-mismatch"]),
+    (
+        "c3 with c5",
+        dict(instance_type="c3.large"),
+        dict(instance_type="c5.large"),
+        ["instance-generation-mismatch"],
+    ),
+    (
+        "m5 with m4",
+        dict(instance_type="m5.large"),
+        dict(instance_type="m4.large"),
+        ["instance-generation-mismatch"],
+    ),
+    (
+        "graviton2 with graviton3",
+        dict(arch="arm64", instance_type="m6g.large"),
+        dict(arch="arm64", instance_type="c7g.large"),
+        ["instance-generation-mismatch"],
+    ),
+    (
+        "graviton2 family mix",
+        dict(arch="arm64", instance_type="m6g.large"),
+        dict(arch="arm64", instance_type="r6gd.large"),
+        [],
+    ),
+    (
+        "amd64 to arm64",
+        dict(instance_type="m6i.large"),
+        dict(arch="arm64", instance_type="m6g.large"),
+        ["arch-mismatch", "instance-generation-mismatch"],
+    ),
     ("across subnets", dict(subnet="subnet-1"), dict(subnet="subnet-2"), ["subnet-mismatch"]),
-    ("custom networking, same zone", dict(subnet="s1", labels={names.CUSTOM_NETWORK: "true"}),
-     dict(subnet="s2"), []),
-    ("custom networking across zones", dict(zone="us-east-1a", labels={names.CUSTOM_NETWORK: "true"}),
-     dict(zone="us-east-1b"), ["zone-mismatch"]),
+    (
+        "custom networking, same zone",
+        dict(subnet="s1", labels={names.CUSTOM_NETWORK: "true"}),
+        dict(subnet="s2"),
+        [],
+    ),
+    (
+        "custom networking across zones",
+        dict(zone="us-east-1a", labels={names.CUSTOM_NETWORK: "true"}),
+        dict(zone="us-east-1b"),
+        ["zone-mismatch"],
+    ),
     ("destination without the label", {}, dict(migration_enabled=False), ["node-not-enabled"]),
     ("Kubernetes 1.29", {}, dict(kubelet="v1.29.8-eks-1"), ["kubernetes-too-old"]),
     ("containerd 1.7", dict(runtime="containerd://1.7.22"), {}, ["runtime-unsupported"]),
@@ -76,5 +104,6 @@ def test_every_family_is_in_exactly_one_set() -> None:
 def test_class_key_groups_interchangeable_nodes() -> None:
     req = Requirements()
     assert class_key(b.node("a", instance_type="m5.large"), req) == class_key(
-        b.node("b", instance_type="c5.2xlarge"), req)
+        b.node("b", instance_type="c5.2xlarge"), req
+    )
     assert class_key(b.node("a"), req) != class_key(b.node("b", subnet="other"), req)

@@ -46,17 +46,24 @@ def _is_gpu(resource: str) -> bool:
 
 def _owner_reasons(workload: Workload, pod: o.Obj, config: EligibilityConfig) -> list[Reason]:
     if workload.kind == "DaemonSet":
-        return [Reason("owner-daemonset",
-                       f"DaemonSet pods cannot be migrated by design (owned by {workload.name})")]
+        return [
+            Reason(
+                "owner-daemonset", f"DaemonSet pods cannot be migrated by design (owned by {workload.name})"
+            )
+        ]
     if workload.kind == "Node" or names.MIRROR_POD in o.annotations(pod):
         return [Reason("static-pod", "static (mirror) pods are managed by the kubelet and cannot move")]
     if workload.kind in SUPPORTED_KINDS:
         return []
     if workload.kind in config.allowed_custom_kinds or workload.qualified_kind in config.allowed_custom_kinds:
         return []
-    return [Reason("owner-unsupported",
-                   f"owned by {workload.qualified_kind} {workload.name!r}, a custom controller with"
-                   " limited support: add its kind to the allowed custom kinds after assessing it")]
+    return [
+        Reason(
+            "owner-unsupported",
+            f"owned by {workload.qualified_kind} {workload.name!r}, a custom controller with"
+            " limited support: add its kind to the allowed custom kinds after assessing it",
+        )
+    ]
 
 
 def _container_reasons(pod: o.Obj) -> list[Reason]:
@@ -75,8 +82,11 @@ def _container_reasons(pod: o.Obj) -> list[Reason]:
 
 def _pod_level_reasons(pod: o.Obj) -> list[Reason]:
     spec = o.spec(pod)
-    reasons = [Reason(f"host-{k.removeprefix('host').lower()}", f"the pod uses {k}: true")
-               for k in ("hostNetwork", "hostPID", "hostIPC") if spec.get(k)]
+    reasons = [
+        Reason(f"host-{k.removeprefix('host').lower()}", f"the pod uses {k}: true")
+        for k in ("hostNetwork", "hostPID", "hostIPC")
+        if spec.get(k)
+    ]
     if o.meta(pod).get("deletionTimestamp"):
         reasons.append(Reason("terminating", "the pod is terminating"))
     phase = o.status(pod).get("phase")
@@ -100,13 +110,16 @@ def _pv_zones(pv: o.Obj) -> frozenset[str]:
 
 def _pv_node_bound(pv: o.Obj) -> bool:
     affinity = (o.spec(pv).get("nodeAffinity") or {}).get("required") or {}
-    return any(expr.get("key") == names.HOSTNAME
-               for term in affinity.get("nodeSelectorTerms") or []
-               for expr in term.get("matchExpressions") or [])
+    return any(
+        expr.get("key") == names.HOSTNAME
+        for term in affinity.get("nodeSelectorTerms") or []
+        for expr in term.get("matchExpressions") or []
+    )
 
 
-def _volume_reasons(pod: o.Obj, lookup: Lookup, config: EligibilityConfig
-                    ) -> tuple[list[Reason], list[Reason], frozenset[str] | None]:
+def _volume_reasons(
+    pod: o.Obj, lookup: Lookup, config: EligibilityConfig
+) -> tuple[list[Reason], list[Reason], frozenset[str] | None]:
     reasons: list[Reason] = []
     notes: list[Reason] = []
     zones: frozenset[str] | None = None
@@ -125,8 +138,12 @@ def _volume_reasons(pod: o.Obj, lookup: Lookup, config: EligibilityConfig
             continue
         if kind == "hostPath":
             if not config.allow_host_path:
-                reasons.append(Reason("host-path", f"volume {vname!r} is a hostPath volume"
-                                      " (experimental support is switched off)"))
+                reasons.append(
+                    Reason(
+                        "host-path",
+                        f"volume {vname!r} is a hostPath volume" " (experimental support is switched off)",
+                    )
+                )
             continue
         if kind == "awsElasticBlockStore":
             node = lookup("Node", "", o.spec(pod).get("nodeName", ""))
@@ -135,8 +152,9 @@ def _volume_reasons(pod: o.Obj, lookup: Lookup, config: EligibilityConfig
                 pin(frozenset({zone}), f"EBS volume {vname!r}")
             continue
         if kind in ("persistentVolumeClaim", "ephemeral"):
-            claim = (vol[kind].get("claimName") if kind == "persistentVolumeClaim"
-                     else f"{o.name(pod)}-{vname}")
+            claim = (
+                vol[kind].get("claimName") if kind == "persistentVolumeClaim" else f"{o.name(pod)}-{vname}"
+            )
             pvc = lookup("PersistentVolumeClaim", ns, claim)
             if pvc is None:
                 reasons.append(Reason("pvc-missing", f"volume {vname!r}: PVC {claim!r} not found"))
@@ -151,8 +169,9 @@ def _volume_reasons(pod: o.Obj, lookup: Lookup, config: EligibilityConfig
             if any(src in pv_spec for src in SHARED_PV_SOURCES) or csi_driver in SHARED_CSI_DRIVERS:
                 continue
             if "hostPath" in pv_spec or "local" in pv_spec or _pv_node_bound(pv):
-                reasons.append(Reason("node-local-volume",
-                                      f"volume {vname!r}: PV {pv_name!r} is bound to one node"))
+                reasons.append(
+                    Reason("node-local-volume", f"volume {vname!r}: PV {pv_name!r} is bound to one node")
+                )
                 continue
             pv_zones = _pv_zones(pv)
             if pv_zones:
@@ -166,16 +185,26 @@ def assess(pod: o.Obj, lookup: Lookup, config: EligibilityConfig | None = None) 
     """Is this pod eligible for live migration (the live.cast.ai/migration-enabled label)?"""
     config = config or EligibilityConfig()
     workload = resolve(pod, lookup)
-    reasons = [*_owner_reasons(workload, pod, config), *_pod_level_reasons(pod),
-               *_container_reasons(pod)]
+    reasons = [*_owner_reasons(workload, pod, config), *_pod_level_reasons(pod), *_container_reasons(pod)]
     volume_reasons, notes, zones = _volume_reasons(pod, lookup, config)
     reasons += volume_reasons
     pod_labels = o.labels(pod)
     if names.is_true(pod_labels, names.LIVE_MIGRATION_DISABLED):
-        notes.append(Reason("opted-out", f"{names.LIVE_MIGRATION_DISABLED}=true: the Evictor evicts"
-                            " this pod instead of live-migrating it"))
+        notes.append(
+            Reason(
+                "opted-out",
+                f"{names.LIVE_MIGRATION_DISABLED}=true: the Evictor evicts"
+                " this pod instead of live-migrating it",
+            )
+        )
     if names.is_true(pod_labels, names.REMOVAL_DISABLED):
-        notes.append(Reason("removal-disabled", f"{names.REMOVAL_DISABLED}=true: never evicted; restored"
-                            " on the source node if a live migration fails"))
-    return Eligibility(eligible=not reasons, workload=workload, reasons=tuple(reasons),
-                       notes=tuple(notes), zones=zones)
+        notes.append(
+            Reason(
+                "removal-disabled",
+                f"{names.REMOVAL_DISABLED}=true: never evicted; restored"
+                " on the source node if a live migration fails",
+            )
+        )
+    return Eligibility(
+        eligible=not reasons, workload=workload, reasons=tuple(reasons), notes=tuple(notes), zones=zones
+    )

@@ -3,14 +3,16 @@ the container requirements (TTY, GPU), pod-level limits and multi-container pods
 
 import pytest
 
-from clm.policy import builders as b
 from clm.policy import names
 from clm.policy.eligibility import EligibilityConfig, assess
+from tests.kit import builders as b
 
 
 def _rs_chain() -> tuple[dict, list[dict]]:
-    objs = [b.workload("Deployment", "web", replicas=3),
-            b.workload("ReplicaSet", "web-7d4b8c9", replicas=3, owners=[b.owner("Deployment", "web")])]
+    objs = [
+        b.workload("Deployment", "web", replicas=3),
+        b.workload("ReplicaSet", "web-7d4b8c9", replicas=3, owners=[b.owner("Deployment", "web")]),
+    ]
     return b.pod("web-7d4b8c9-abc12", owners=[b.owner("ReplicaSet", "web-7d4b8c9")]), objs
 
 
@@ -24,21 +26,43 @@ def _job_chain(cron: bool) -> tuple[dict, list[dict]]:
 
 # Seed 002, "Supported workload types".
 WORKLOAD_ROWS = [
-    ("StatefulSets", lambda: (b.pod("db-0", owners=[b.owner("StatefulSet", "db")]),
-                              [b.workload("StatefulSet", "db", replicas=3)]), True, "StatefulSet", 3),
+    (
+        "StatefulSets",
+        lambda: (
+            b.pod("db-0", owners=[b.owner("StatefulSet", "db")]),
+            [b.workload("StatefulSet", "db", replicas=3)],
+        ),
+        True,
+        "StatefulSet",
+        3,
+    ),
     ("Deployments", _rs_chain, True, "Deployment", 3),
     ("Bare pods", lambda: (b.pod("lonely"), []), True, "Pod", 1),
     ("Jobs", lambda: _job_chain(cron=False), True, "Job", 2),
     ("CronJobs", lambda: _job_chain(cron=True), True, "CronJob", 2),
-    ("Custom controllers", lambda: (b.pod("r-1", owners=[b.owner("Rollout", "r", "argoproj.io/v1alpha1")]),
-                                    [b.workload("Rollout", "r", replicas=2)]), False, "Rollout", 2),
-    ("DaemonSets", lambda: (b.pod("agent-x", owners=[b.owner("DaemonSet", "agent")]), []),
-     False, "DaemonSet", 1),
+    (
+        "Custom controllers",
+        lambda: (
+            b.pod("r-1", owners=[b.owner("Rollout", "r", "argoproj.io/v1alpha1")]),
+            [b.workload("Rollout", "r", replicas=2)],
+        ),
+        False,
+        "Rollout",
+        2,
+    ),
+    (
+        "DaemonSets",
+        lambda: (b.pod("agent-x", owners=[b.owner("DaemonSet", "agent")]), []),
+        False,
+        "DaemonSet",
+        1,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("row", "make", "eligible", "kind", "replicas"), WORKLOAD_ROWS,
-                         ids=[r[0] for r in WORKLOAD_ROWS])
+@pytest.mark.parametrize(
+    ("row", "make", "eligible", "kind", "replicas"), WORKLOAD_ROWS, ids=[r[0] for r in WORKLOAD_ROWS]
+)
 def test_supported_workload_types(row, make, eligible, kind, replicas) -> None:
     pod, objs = make()
     result = assess(pod, b.Store(objs).lookup)
@@ -61,13 +85,28 @@ def _with_volume(volume: dict, objs: list[dict]) -> tuple[dict, list[dict]]:
 
 # Seed 002, "Supported storage types" (PVC and EBS pin the destination's zone).
 STORAGE_ROWS = [
-    ("Persistent Volume Claims", {"name": "data", "persistentVolumeClaim": {"claimName": "data-0"}},
-     [b.pvc("data-0", "pv-1"), b.pv("pv-1", zone="us-east-1a")], True, frozenset({"us-east-1a"})),
+    (
+        "Persistent Volume Claims",
+        {"name": "data", "persistentVolumeClaim": {"claimName": "data-0"}},
+        [b.pvc("data-0", "pv-1"), b.pv("pv-1", zone="us-east-1a")],
+        True,
+        frozenset({"us-east-1a"}),
+    ),
     ("Network File System", {"name": "shared", "nfs": {"server": "nfs.local", "path": "/x"}}, [], True, None),
-    ("NFS through a PVC", {"name": "shared", "persistentVolumeClaim": {"claimName": "nfs"}},
-     [b.pvc("nfs", "pv-nfs"), b.pv("pv-nfs", source={"nfs": {"server": "s", "path": "/"}})], True, None),
-    ("Amazon EBS volumes", {"name": "ebs", "awsElasticBlockStore": {"volumeID": "vol-1"}}, [], True,
-     frozenset({"us-east-1b"})),
+    (
+        "NFS through a PVC",
+        {"name": "shared", "persistentVolumeClaim": {"claimName": "nfs"}},
+        [b.pvc("nfs", "pv-nfs"), b.pv("pv-nfs", source={"nfs": {"server": "s", "path": "/"}})],
+        True,
+        None,
+    ),
+    (
+        "Amazon EBS volumes",
+        {"name": "ebs", "awsElasticBlockStore": {"volumeID": "vol-1"}},
+        [],
+        True,
+        frozenset({"us-east-1b"}),
+    ),
     ("EmptyDir volumes", {"name": "tmp", "emptyDir": {}}, [], True, None),
     ("ConfigMap volumes", {"name": "cfg", "configMap": {"name": "cfg"}}, [], True, None),
     ("Secret volumes", {"name": "s", "secret": {"secretName": "s"}}, [], True, None),
@@ -76,8 +115,9 @@ STORAGE_ROWS = [
 ]
 
 
-@pytest.mark.parametrize(("row", "volume", "objs", "eligible", "zones"), STORAGE_ROWS,
-                         ids=[r[0] for r in STORAGE_ROWS])
+@pytest.mark.parametrize(
+    ("row", "volume", "objs", "eligible", "zones"), STORAGE_ROWS, ids=[r[0] for r in STORAGE_ROWS]
+)
 def test_storage_types(row, volume, objs, eligible, zones) -> None:
     pod, objs = _with_volume(volume, objs)
     result = assess(pod, b.Store(objs).lookup)
@@ -96,11 +136,16 @@ def test_host_path_is_experimental_and_switchable() -> None:
     [
         ({"name": "x", "iscsi": {"targetPortal": "t"}}, [], "volume-unsupported"),
         ({"name": "x", "persistentVolumeClaim": {"claimName": "gone"}}, [], "pvc-missing"),
-        ({"name": "x", "persistentVolumeClaim": {"claimName": "pending"}}, [b.pvc("pending", None)],
-         "pvc-unbound"),
-        ({"name": "x", "persistentVolumeClaim": {"claimName": "local"}},
-         [b.pvc("local", "pv-l"), b.pv("pv-l", source={"local": {"path": "/mnt"}}, node_bound="node-a")],
-         "node-local-volume"),
+        (
+            {"name": "x", "persistentVolumeClaim": {"claimName": "pending"}},
+            [b.pvc("pending", None)],
+            "pvc-unbound",
+        ),
+        (
+            {"name": "x", "persistentVolumeClaim": {"claimName": "local"}},
+            [b.pvc("local", "pv-l"), b.pv("pv-l", source={"local": {"path": "/mnt"}}, node_bound="node-a")],
+            "node-local-volume",
+        ),
     ],
 )
 def test_other_volumes_are_not_eligible_with_their_type(volume, objs, code) -> None:
@@ -112,8 +157,10 @@ def test_other_volumes_are_not_eligible_with_their_type(volume, objs, code) -> N
 
 
 def test_two_zonal_volumes_intersect() -> None:
-    volumes = [{"name": "a", "persistentVolumeClaim": {"claimName": "a"}},
-               {"name": "b", "persistentVolumeClaim": {"claimName": "b"}}]
+    volumes = [
+        {"name": "a", "persistentVolumeClaim": {"claimName": "a"}},
+        {"name": "b", "persistentVolumeClaim": {"claimName": "b"}},
+    ]
     objs = [b.pvc("a", "pv-a"), b.pv("pv-a", zone="z1"), b.pvc("b", "pv-b"), b.pv("pv-b", zone="z1")]
     result = assess(b.pod("p", volumes=volumes), b.Store(objs).lookup)
     assert result.eligible and result.zones == frozenset({"z1"})
@@ -133,15 +180,15 @@ def test_gpu_requests_block(resource: str) -> None:
     assert [r.code for r in assess(b.pod(containers=[gpu]), b.Store().lookup).reasons] == ["gpu"]
 
 
-@pytest.mark.parametrize(("field", "code"), [("hostNetwork", "host-network"), ("hostPID", "host-pid"),
-                                             ("hostIPC", "host-ipc")])
+@pytest.mark.parametrize(
+    ("field", "code"), [("hostNetwork", "host-network"), ("hostPID", "host-pid"), ("hostIPC", "host-ipc")]
+)
 def test_host_namespaces_block(field: str, code: str) -> None:
     assert [r.code for r in assess(b.pod(**{field: True}), b.Store().lookup).reasons] == [code]
 
 
 def test_static_pods_pending_and_terminating_pods_block() -> None:
-    mirror = b.pod("kube-proxy-n1", owners=[b.owner("Node", "n1")],
-                   annotations={names.MIRROR_POD: "abc"})
+    mirror = b.pod("kube-proxy-n1", owners=[b.owner("Node", "n1")], annotations={names.MIRROR_POD: "abc"})
     assert "static-pod" in [r.code for r in assess(mirror, b.Store().lookup).reasons]
     pending = b.pod(phase="Pending")
     assert [r.code for r in assess(pending, b.Store().lookup).reasons] == ["not-running"]
@@ -151,8 +198,10 @@ def test_static_pods_pending_and_terminating_pods_block() -> None:
 
 
 def test_multi_container_pods_and_init_containers_are_eligible() -> None:
-    pod = b.pod(containers=[b.container("app"), b.container("sidecar")],
-                init_containers=[b.container("migrate-db", tty=True)])  # exited: its TTY is gone
+    pod = b.pod(
+        containers=[b.container("app"), b.container("sidecar")],
+        init_containers=[b.container("migrate-db", tty=True)],
+    )  # exited: its TTY is gone
     assert assess(pod, b.Store().lookup).eligible
 
 
@@ -162,8 +211,7 @@ def test_running_sidecar_init_container_with_tty_blocks() -> None:
 
 
 def test_every_reason_is_reported_not_only_the_first() -> None:
-    pod = b.pod(owners=[b.owner("DaemonSet", "ds")], hostNetwork=True,
-                containers=[b.container(tty=True)])
+    pod = b.pod(owners=[b.owner("DaemonSet", "ds")], hostNetwork=True, containers=[b.container(tty=True)])
     codes = {r.code for r in assess(pod, b.Store().lookup).reasons}
     assert codes == {"owner-daemonset", "host-network", "tty"}
 

@@ -46,22 +46,29 @@ class Decision:
 
 # The matrix's outcomes (decisions are immutable, so one object each serves every pod).
 MIGRATE_RESTORE_FALLBACK = Decision(
-    Action.LIVE_MIGRATE, Fallback.RESTORE_ON_SOURCE,
-    "eligible and removal-disabled: live-migrate, restore on source if it fails")
-PROTECTED_BOTH = Decision(Action.NONE, Fallback.NONE,
-                          "removal-disabled and live-migration-disabled: protected")
+    Action.LIVE_MIGRATE,
+    Fallback.RESTORE_ON_SOURCE,
+    "eligible and removal-disabled: live-migrate, restore on source if it fails",
+)
+PROTECTED_BOTH = Decision(
+    Action.NONE, Fallback.NONE, "removal-disabled and live-migration-disabled: protected"
+)
 EVICT_OPTED_OUT = Decision(Action.EVICT, Fallback.NONE, "live-migration-disabled: traditional eviction")
-MIGRATE_EVICT_FALLBACK = Decision(Action.LIVE_MIGRATE, Fallback.EVICT,
-                                  "eligible: live-migrate, evict if it fails")
-PROTECTED_NOT_ELIGIBLE = Decision(Action.NONE, Fallback.NONE,
-                                  "not eligible and removal-disabled: protected")
-EVICT_NOT_ELIGIBLE = Decision(Action.EVICT, Fallback.NONE,
-                              "not eligible for live migration: traditional eviction")
-STAYS_SINGLE_REPLICA = Decision(Action.NONE, Fallback.NONE,
-                                "default mode: single replica and removal-disabled, so it stays")
+MIGRATE_EVICT_FALLBACK = Decision(
+    Action.LIVE_MIGRATE, Fallback.EVICT, "eligible: live-migrate, evict if it fails"
+)
+PROTECTED_NOT_ELIGIBLE = Decision(Action.NONE, Fallback.NONE, "not eligible and removal-disabled: protected")
+EVICT_NOT_ELIGIBLE = Decision(
+    Action.EVICT, Fallback.NONE, "not eligible for live migration: traditional eviction"
+)
+STAYS_SINGLE_REPLICA = Decision(
+    Action.NONE, Fallback.NONE, "default mode: single replica and removal-disabled, so it stays"
+)
 EVICT_SINGLE_REPLICA = Decision(
-    Action.EVICT, Fallback.NONE,
-    "default mode: single-replica workloads are evicted (aggressive mode migrates them)")
+    Action.EVICT,
+    Fallback.NONE,
+    "default mode: single-replica workloads are evicted (aggressive mode migrates them)",
+)
 
 
 def matrix(labels: Mapping[str, str] | None) -> Decision:

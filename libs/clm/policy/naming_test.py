@@ -2,9 +2,9 @@
 
 import pytest
 
-from clm.policy import builders as b
 from clm.policy import names
 from clm.policy.naming import MAX_NAME, clone_name, clone_spec, runtime_pod_uid, split_clone
+from tests.kit import builders as b
 
 NAMING_ROWS = [
     ("Deployments", "my-app-7d4b8c9-abc12", "Deployment", "my-app-7d4b8c9-abc12-clone-1"),

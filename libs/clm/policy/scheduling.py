@@ -28,8 +28,11 @@ def tolerates(tolerations: Iterable[Mapping[str, Any]], taint: Mapping[str, Any]
 
 def untolerated_taints(pod: o.Obj, node: o.Obj) -> list[Mapping[str, Any]]:
     tolerations = o.spec(pod).get("tolerations") or []
-    return [t for t in o.spec(node).get("taints") or []
-            if t.get("effect") in HARD_EFFECTS and not tolerates(tolerations, t)]
+    return [
+        t
+        for t in o.spec(node).get("taints") or []
+        if t.get("effect") in HARD_EFFECTS and not tolerates(tolerations, t)
+    ]
 
 
 def _expression_matches(expr: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
@@ -55,8 +58,9 @@ def _expression_matches(expr: Mapping[str, Any], labels: Mapping[str, str]) -> b
 def _term_matches(term: Mapping[str, Any], node: o.Obj) -> bool:
     labels = o.labels(node)
     fields = {"metadata.name": o.name(node)}
-    return (all(_expression_matches(e, labels) for e in term.get("matchExpressions") or [])
-            and all(_expression_matches(e, fields) for e in term.get("matchFields") or []))
+    return all(_expression_matches(e, labels) for e in term.get("matchExpressions") or []) and all(
+        _expression_matches(e, fields) for e in term.get("matchFields") or []
+    )
 
 
 def affinity_matches(pod: o.Obj, node: o.Obj) -> bool:
@@ -64,8 +68,9 @@ def affinity_matches(pod: o.Obj, node: o.Obj) -> bool:
     labels = o.labels(node)
     if any(labels.get(k) != v for k, v in selector.items()):
         return False
-    required = (((o.spec(pod).get("affinity") or {}).get("nodeAffinity") or {})
-                .get("requiredDuringSchedulingIgnoredDuringExecution") or {})
+    required = ((o.spec(pod).get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
     terms = required.get("nodeSelectorTerms")
     # Terms are ORed; an empty list matches nothing, a missing one everything.
     return terms is None or any(_term_matches(t, node) for t in terms)
@@ -78,27 +83,43 @@ def placement_problems(pod: o.Obj, node: o.Obj, zones: frozenset[str] | None) ->
     if o.spec(node).get("unschedulable"):
         problems.append(Reason("cordoned", f"node {name} is cordoned"))
     for taint in untolerated_taints(pod, node):
-        problems.append(Reason("taint", f"node {name} has taint {taint.get('key')}"
-                               f"={taint.get('value', '')}:{taint.get('effect')} the pod does not tolerate"))
+        problems.append(
+            Reason(
+                "taint",
+                f"node {name} has taint {taint.get('key')}"
+                f"={taint.get('value', '')}:{taint.get('effect')} the pod does not tolerate",
+            )
+        )
     if not affinity_matches(pod, node):
-        problems.append(Reason("affinity", f"node {name} does not match the pod's nodeSelector "
-                               "or required node affinity"))
+        problems.append(
+            Reason(
+                "affinity", f"node {name} does not match the pod's nodeSelector " "or required node affinity"
+            )
+        )
     zone = o.labels(node).get("topology.kubernetes.io/zone")
     if zones is not None and zone not in zones:
-        problems.append(Reason("zone", f"node {name} is in {zone or 'no zone'}; the pod's volumes "
-                               f"need {', '.join(sorted(zones))}"))
+        problems.append(
+            Reason(
+                "zone",
+                f"node {name} is in {zone or 'no zone'}; the pod's volumes "
+                f"need {', '.join(sorted(zones))}",
+            )
+        )
     return problems
 
 
-def resource_problems(requests: Mapping[str, int], free: Mapping[str, int], node_name: str
-                      ) -> list[Reason]:
+def resource_problems(requests: Mapping[str, int], free: Mapping[str, int], node_name: str) -> list[Reason]:
     """`free` is allocatable minus what the pods already there request (pods counted too)."""
     problems = []
     for resource, amount in requests.items():
         if amount > free.get(resource, 0):
-            problems.append(Reason("insufficient-" + resource.replace("/", "-").replace(".", "-"),
-                                   f"node {node_name} has {free.get(resource, 0)} {resource} free, "
-                                   f"the pod needs {amount}"))
+            problems.append(
+                Reason(
+                    "insufficient-" + resource.replace("/", "-").replace(".", "-"),
+                    f"node {node_name} has {free.get(resource, 0)} {resource} free, "
+                    f"the pod needs {amount}",
+                )
+            )
     return problems
 
 
@@ -111,9 +132,12 @@ def free_resources(node: o.Obj, pods_on_node: Iterable[o.Obj]) -> dict[str, int]
     return free
 
 
-def fits(pod: o.Obj, node: o.Obj, pods_on_node: Iterable[o.Obj],
-         zones: frozenset[str] | None = None) -> list[Reason]:
+def fits(
+    pod: o.Obj, node: o.Obj, pods_on_node: Iterable[o.Obj], zones: frozenset[str] | None = None
+) -> list[Reason]:
     """Every reason `node` cannot take `pod` now (empty: it can)."""
     requests = {**o.pod_requests(pod), "pods": 1}
-    return [*placement_problems(pod, node, zones),
-            *resource_problems(requests, free_resources(node, pods_on_node), o.name(node))]
+    return [
+        *placement_problems(pod, node, zones),
+        *resource_problems(requests, free_resources(node, pods_on_node), o.name(node)),
+    ]

@@ -1,7 +1,7 @@
 import pytest
 
-from clm.policy import builders as b
 from clm.policy.scheduling import fits
+from tests.kit import builders as b
 
 
 def codes(problems) -> list[str]:
@@ -23,8 +23,10 @@ def test_pod_count_limit() -> None:
 
 def test_init_containers_count_by_peak_not_sum() -> None:
     node = b.node("n", cpu="1")
-    pod = b.pod(containers=[b.container(cpu="400m")],
-                init_containers=[b.container("i1", cpu="900m"), b.container("i2", cpu="900m")])
+    pod = b.pod(
+        containers=[b.container(cpu="400m")],
+        init_containers=[b.container("i1", cpu="900m"), b.container("i2", cpu="900m")],
+    )
     assert fits(pod, node, []) == []
     pod["spec"]["initContainers"][0]["resources"]["requests"]["cpu"] = "1100m"
     assert codes(fits(pod, node, [])) == ["insufficient-cpu"]
@@ -36,10 +38,14 @@ def test_cordoned_nodes_are_refused() -> None:
 
 @pytest.mark.parametrize(
     ("toleration", "ok"),
-    [(None, False), ({"key": "dedicated", "operator": "Equal", "value": "db"}, True),
-     ({"key": "dedicated", "operator": "Equal", "value": "web"}, False),
-     ({"key": "dedicated", "operator": "Exists"}, True), ({"operator": "Exists"}, True),
-     ({"key": "dedicated", "operator": "Exists", "effect": "NoExecute"}, False)],
+    [
+        (None, False),
+        ({"key": "dedicated", "operator": "Equal", "value": "db"}, True),
+        ({"key": "dedicated", "operator": "Equal", "value": "web"}, False),
+        ({"key": "dedicated", "operator": "Exists"}, True),
+        ({"operator": "Exists"}, True),
+        ({"key": "dedicated", "operator": "Exists", "effect": "NoExecute"}, False),
+    ],
 )
 def test_taints_need_tolerations(toleration, ok) -> None:
     node = b.node("n", taints=[{"key": "dedicated", "value": "db", "effect": "NoSchedule"}])
@@ -61,18 +67,23 @@ def test_node_selector_and_required_affinity() -> None:
         term = {"matchExpressions": list(exprs)}
         if fields:
             term["matchFields"] = list(fields)
-        return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-            "nodeSelectorTerms": [term]}}}
+        return {
+            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}
+        }
 
-    ok = [affinity({"key": "disk", "operator": "In", "values": ["ssd", "nvme"]}),
-          affinity({"key": "disk", "operator": "NotIn", "values": ["hdd"]}),
-          affinity({"key": "gen", "operator": "Gt", "values": ["4"]}),
-          affinity({"key": "gpu", "operator": "DoesNotExist"}),
-          affinity(fields=[{"key": "metadata.name", "operator": "In", "values": ["n"]}])]
-    bad = [affinity({"key": "disk", "operator": "In", "values": ["hdd"]}),
-           affinity({"key": "gen", "operator": "Lt", "values": ["5"]}),
-           affinity({"key": "gpu", "operator": "Exists"}),
-           affinity(fields=[{"key": "metadata.name", "operator": "In", "values": ["other"]}])]
+    ok = [
+        affinity({"key": "disk", "operator": "In", "values": ["ssd", "nvme"]}),
+        affinity({"key": "disk", "operator": "NotIn", "values": ["hdd"]}),
+        affinity({"key": "gen", "operator": "Gt", "values": ["4"]}),
+        affinity({"key": "gpu", "operator": "DoesNotExist"}),
+        affinity(fields=[{"key": "metadata.name", "operator": "In", "values": ["n"]}]),
+    ]
+    bad = [
+        affinity({"key": "disk", "operator": "In", "values": ["hdd"]}),
+        affinity({"key": "gen", "operator": "Lt", "values": ["5"]}),
+        affinity({"key": "gpu", "operator": "Exists"}),
+        affinity(fields=[{"key": "metadata.name", "operator": "In", "values": ["other"]}]),
+    ]
     for a in ok:
         assert fits(b.pod(affinity=a), node, []) == [], a
     for a in bad:

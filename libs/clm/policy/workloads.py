@@ -54,8 +54,12 @@ def resolve(pod: o.Obj, lookup: Lookup) -> Workload:
             return Workload("Deployment", parent["name"], replicas, "apps")
         if parent:  # a ReplicaSet run by some other controller (e.g. Argo Rollouts)
             owner = lookup(parent.get("kind", ""), ns, parent["name"])
-            return Workload(parent.get("kind", ""), parent["name"], _replicas(owner or rs),
-                            _group(parent.get("apiVersion", "")))
+            return Workload(
+                parent.get("kind", ""),
+                parent["name"],
+                _replicas(owner or rs),
+                _group(parent.get("apiVersion", "")),
+            )
         return Workload("ReplicaSet", name, _replicas(rs), "apps")
     if kind == "Job":
         job = lookup("Job", ns, name)
@@ -64,8 +68,9 @@ def resolve(pod: o.Obj, lookup: Lookup) -> Workload:
         if parent and parent.get("kind") == "CronJob":
             return Workload("CronJob", parent["name"], parallelism, "batch")
         if parent:
-            return Workload(parent.get("kind", ""), parent["name"], parallelism,
-                            _group(parent.get("apiVersion", "")))
+            return Workload(
+                parent.get("kind", ""), parent["name"], parallelism, _group(parent.get("apiVersion", ""))
+            )
         return Workload("Job", name, parallelism, "batch")
     if kind in ("StatefulSet", "Deployment"):
         return Workload(kind, name, _replicas(lookup(kind, ns, name)), "apps")

@@ -23,19 +23,18 @@ import signal
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
-import orjson
 from faststream import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
 from faststream.specification import AsyncAPI
-from nats.aio.msg import Msg
+from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
+from nats.js.errors import NotFoundError
 
-from clm.contracts import Message, decode, encode, streams, subjects
+from clm.contracts import Message, NodeCapabilities, decode, encode, streams, subjects
 from clm.contracts.streams import StreamSpec
-from clm.runtime import delivery
 from clm.runtime.connection import security
-from clm.runtime.delivery import ConsumerPolicy
+from clm.runtime.delivery import ConsumerPolicy, Deliveries, delivery_middleware
 from clm.runtime.http import HealthServer
 from clm.runtime.jetstream import declare_streams
 from clm.runtime.metrics import RuntimeMetrics
@@ -63,7 +62,7 @@ class ServiceApp:
         self.settings = settings
         self.description = description
         self.metrics = RuntimeMetrics(name, version)
-        self.policies: dict[str, ConsumerPolicy] = {}
+        self.deliveries = Deliveries(metrics=self.metrics, js=lambda: self.js)
         self._on_start: list[Callable[[], Awaitable[None]]] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
         self._stop_requested = asyncio.Event()
@@ -71,11 +70,14 @@ class ServiceApp:
         self._started = False
         self._stopping = False
         self._advisory_subs: list[Any] = []
+        # Kept from the connection's own callbacks: whether NATS is reachable right now.
+        self._connected = False
+        self._js: JetStreamContext | None = None
         self.broker = NatsBroker(
             settings.nats_servers,
             name=f"clm-{name}",
             apply_types=False,
-            middlewares=[delivery.delivery_middleware(self)],
+            middlewares=[delivery_middleware(self.deliveries)],
             graceful_timeout=settings.shutdown_grace_seconds,
             security=security(settings),
             connect_timeout=max(1, round(settings.nats_connect_timeout_seconds)),
@@ -126,9 +128,7 @@ class ServiceApp:
             backoff_seconds=tuple(backoff_seconds or self.settings.redelivery_backoff_seconds),
             dead_letter_subject=subjects.dead_letter(durable),
         )
-        if durable in self.policies:
-            raise ValueError(f"durable consumer {durable!r} is registered twice")
-        self.policies[durable] = policy
+        self.deliveries.register(policy)
 
         async def decoder(msg: Any) -> Message:
             return decode(msg.body, models)
@@ -177,8 +177,19 @@ class ServiceApp:
     # ----- publishing -----
 
     @property
+    def nc(self) -> Client:
+        """The NATS connection (once started)."""
+        return self.broker.connection
+
+    @property
     def js(self) -> JetStreamContext:
-        return self.broker.config.connection_state.stream
+        if self._js is None:
+            self._js = self.broker.connection.jetstream()
+        return self._js
+
+    @property
+    def policies(self) -> dict[str, ConsumerPolicy]:
+        return self.deliveries.policies
 
     async def publish(self, message: Message) -> PubAck:
         """Publish to JetStream with Nats-Msg-Id = message_id (a retry is stored once)."""
@@ -194,91 +205,32 @@ class ServiceApp:
             self.metrics.publish_duplicates.labels(message.kind).inc()
         return ack
 
-    async def dead_letter(self, raw: Msg, policy: ConsumerPolicy, *, cause: str, reason: str) -> None:
-        """Copy a message to its consumer's dead-letter subject, then stop its delivery."""
-        meta = raw.metadata
-        headers = delivery.dead_letter_headers(
-            policy=policy,
-            cause=cause,
-            reason=reason,
-            subject=raw.subject,
-            stream_seq=meta.sequence.stream,
-            deliveries=meta.num_delivered,
-        )
+    async def node_capabilities(self, node: str) -> NodeCapabilities | None:
+        """What `node`'s checkpoint agent last published about itself (None: nothing yet)."""
         try:
-            await self.js.publish(
-                policy.dead_letter_subject, raw.data, headers=headers, stream=streams.DEAD_LETTERS.name
-            )
-        except Exception as exc:
-            # The message is not lost: leave it to be redelivered and moved later.
-            log.error(
-                "could not publish dead letter; will retry",
-                extra={"consumer": policy.durable, "error": repr(exc)},
-            )
-            await raw.nak(delay=policy.backoff_seconds[-1])
-            return
-        await raw.term()
-        self.metrics.handled.labels(policy.durable, "dead_letter").inc()
-        self.metrics.dead_letters.labels(policy.durable, cause).inc()
-        log.error(
-            "message dead-lettered",
-            extra={
-                "consumer": policy.durable,
-                "subject": raw.subject,
-                "cause": cause,
-                "reason": reason,
-                "dead_letter_subject": policy.dead_letter_subject,
-            },
-        )
-
-    async def _on_max_deliveries(self, advisory: Msg) -> None:
-        """JetStream gave up redelivering (the handler never finished): dead-letter it."""
-        try:
-            info = decode_json(advisory.data)
-            policy = self.policies[info["consumer"]]
-            seq = int(info["stream_seq"])
-            stored = await self.js.get_msg(policy.stream, seq)
-        except Exception as exc:
-            log.error("could not handle a max-deliveries advisory", extra={"error": repr(exc)})
-            return
-        headers = delivery.dead_letter_headers(
-            policy=policy,
-            cause="max-deliveries",
-            reason=f"no ack after {info.get('deliveries')} deliveries (handler crashed or timed out)",
-            subject=stored.subject,
-            stream_seq=seq,
-            deliveries=int(info.get("deliveries", 0)),
-        )
-        await self.js.publish(
-            policy.dead_letter_subject, stored.data or b"", headers=headers, stream=streams.DEAD_LETTERS.name
-        )
-        if policy.stream == streams.COMMANDS.name:
-            # A work-queue message nobody will ack again would sit there until max_age.
-            with contextlib.suppress(Exception):
-                await self.js.delete_msg(policy.stream, seq)
-        self.metrics.dead_letters.labels(policy.durable, "max-deliveries").inc()
-        log.error(
-            "message dead-lettered after max deliveries",
-            extra={"consumer": policy.durable, "stream_seq": seq},
-        )
+            raw = await self.js.get_last_msg(streams.EVENTS.name, subjects.node_capabilities(node))
+        except NotFoundError:
+            return None
+        return decode(raw.data or b"", NodeCapabilities)
 
     # ----- lifecycle -----
 
     def readiness(self) -> tuple[bool, str]:
         if not self._started:
             return False, "starting: not yet connected to NATS with consumers bound"
-        conn = self.broker._connection  # None once closed; the public property raises instead
-        if conn is None or not conn.is_connected:
+        if not self._connected:
             return False, "not connected to NATS"
         return True, f"ready: {len(self.policies)} consumers bound"
 
     async def _on_disconnect(self) -> None:
+        self._connected = False
         self.metrics.nats_connected.set(0)
         if self._stopping:
             return  # our own close, not an outage
         log.warning("disconnected from NATS")
 
     async def _on_reconnect(self) -> None:
+        self._connected = True
         self.metrics.nats_connected.set(1)
         log.info("reconnected to NATS")
 
@@ -286,6 +238,8 @@ class ServiceApp:
         self._stopping = False
         await self.http.start()
         await self.broker.connect()
+        self._connected = True
+        self._js = None
         self.metrics.nats_connected.set(1)
         await declare_streams(self.js, streams.ALL, replicas=self.settings.stream_replicas)
         # Listen for give-ups before the first fetch, so none is missed.
@@ -293,7 +247,7 @@ class ServiceApp:
             sub = await self.broker.connection.subscribe(
                 f"{_ADVISORY_MAX_DELIVERIES}.{policy.stream}.{policy.durable}",
                 queue=f"clm-advisory-{policy.durable}",
-                cb=self._on_max_deliveries,
+                cb=self.deliveries.on_max_deliveries,
             )
             self._advisory_subs.append(sub)
         await self.broker.start()
@@ -336,6 +290,7 @@ class ServiceApp:
                 await sub.unsubscribe()
         self._advisory_subs.clear()
         await self.broker.stop()
+        self._connected = False
         self.metrics.nats_connected.set(0)
         await self.http.stop()
         log.info("service stopped")
@@ -359,10 +314,3 @@ class ServiceApp:
         return AsyncAPI(
             self.broker, title=f"clm-{self.name}", version=self.version, description=self.description
         )
-
-
-def decode_json(data: bytes) -> dict[str, Any]:
-    value = orjson.loads(data)
-    if not isinstance(value, dict):
-        raise ValueError("advisory is not a JSON object")
-    return value

@@ -1,23 +1,70 @@
-"""The one HTTP port of a service: /metrics, /healthz, /readyz.
+"""HTTP for CLM's processes, on aiohttp (the one HTTP stack of the repository).
 
-A deliberately tiny asyncio server (GET only, one request per connection): probes and
-Prometheus scrapes are all it serves, and it must keep answering while handlers are busy.
+`HttpServer` serves an aiohttp application on a port (0: a free one); `HealthServer` is the
+one port of every service: /healthz, /readyz and /metrics. Probes and Prometheus scrapes are
+all it serves, on the service's event loop, so it answers while handlers are busy.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 
+from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-log = logging.getLogger(__name__)
 
-_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+class HttpServer:
+    def __init__(self, app: web.Application, *, host: str, port: int) -> None:
+        self._app, self._host, self._port = app, host, port
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when configured with port 0)."""
+        if self._runner is None or not self._runner.addresses:
+            raise RuntimeError("server not started")
+        return int(self._runner.addresses[0][1])
+
+    async def start(self) -> None:
+        # Access logs would log every probe and scrape.
+        self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self._host, self._port)
+        await self._site.start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self._runner = self._site = None
 
 
-class HealthServer:
+def health_app(*, registry: CollectorRegistry, readiness: Callable[[], tuple[bool, str]]) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        ready, detail = readiness()
+        return web.Response(status=200 if ready else 503, text=f"{detail}\n")
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = await asyncio.to_thread(generate_latest, registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def not_found(_: web.Request) -> web.Response:
+        return web.Response(status=404, text="not found: try /healthz, /readyz or /metrics\n")
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    # GET only: any other method on a known path is a 405, as on the routes above.
+    app.router.add_get("/{tail:.*}", not_found)
+    return app
+
+
+class HealthServer(HttpServer):
     def __init__(
         self,
         *,
@@ -26,55 +73,4 @@ class HealthServer:
         registry: CollectorRegistry,
         readiness: Callable[[], tuple[bool, str]],
     ) -> None:
-        self._host = host
-        self._port = port
-        self._registry = registry
-        self._readiness = readiness
-        self._server: asyncio.Server | None = None
-
-    @property
-    def port(self) -> int:
-        """The bound port (useful when configured with port 0)."""
-        if self._server is None:
-            raise RuntimeError("server not started")
-        return self._server.sockets[0].getsockname()[1]
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self._host, self._port)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-
-    def _route(self, method: str, path: str) -> tuple[int, str, bytes]:
-        path = path.split("?", 1)[0]
-        if method != "GET":
-            return 405, "text/plain", b"only GET is served here\n"
-        if path == "/healthz":
-            return 200, "text/plain", b"ok\n"
-        if path == "/readyz":
-            ready, detail = self._readiness()
-            return (200 if ready else 503), "text/plain", f"{detail}\n".encode()
-        if path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, generate_latest(self._registry)
-        return 404, "text/plain", b"not found: try /healthz, /readyz or /metrics\n"
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
-            method, path, *_ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
-            status, ctype, body = self._route(method, path)
-            writer.write(
-                f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
-                + body
-            )
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
-            pass  # a client that sends no complete request gets nothing
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
+        super().__init__(health_app(registry=registry, readiness=readiness), host=host, port=port)

@@ -3,9 +3,9 @@
 import random
 
 from clm.policy.binpack import PlannerConfig, plan
-from clm.policy.clusters import random_cluster
 from clm.policy.evictor import Mode
-from clm.policy.exact import max_drained
+from tests.kit.clusters import random_cluster
+from tests.kit.exact import max_drained
 
 
 def gap_report(seeds: range, mode: Mode) -> tuple[int, int, int]:
@@ -27,7 +27,9 @@ def test_greedy_is_close_to_the_exact_optimum() -> None:
     for mode in Mode:
         greedy, optimum, worse = gap_report(range(120), mode)
         gap = 1 - greedy / optimum
-        print(f"{mode}: greedy freed {greedy} nodes, optimum {optimum} (gap {gap:.1%}, "
-              f"{worse}/120 clusters below optimum)")
+        print(
+            f"{mode}: greedy freed {greedy} nodes, optimum {optimum} (gap {gap:.1%}, "
+            f"{worse}/120 clusters below optimum)"
+        )
         assert optimum > 50, "the random clusters should leave room to drain"
         assert gap <= 0.10, f"{mode}: greedy frees {greedy} of {optimum} possible nodes ({gap:.1%} gap)"

@@ -18,10 +18,11 @@ from pathlib import Path
 
 from clm.contracts import PodRef
 from clm.runtime.podnet import pod_netns_path
-from clm.testing.workloads import counting_client, stateful_server
 from services.checkpoint_agent.bundle import write_bundle
-from services.checkpoint_agent.runc import CONTAINER_NAME, POD_NAME, POD_NAMESPACE, POD_UID, Runc
+from services.checkpoint_agent.runc import Runc
+from services.checkpoint_agent.runtime import CONTAINER_NAME, POD_NAME, POD_NAMESPACE, POD_UID
 from services.ip_handover_agent.routed import PodNet, RoutedBackend
+from tests.kit.workloads import counting_client, stateful_server
 
 PORT = 7000
 

@@ -65,8 +65,17 @@ def main() -> None:
         error, digest = f"{type(exc).__name__}: {exc}", None
     progress()
     with open(result_file + ".tmp", "w") as out:
-        json.dump({"answers": count, "in_order": in_order, "largest_gap": largest, "gaps": gaps,
-                   "error": error, "hash": digest}, out)
+        json.dump(
+            {
+                "answers": count,
+                "in_order": in_order,
+                "largest_gap": largest,
+                "gaps": gaps,
+                "error": error,
+                "hash": digest,
+            },
+            out,
+        )
     os.rename(result_file + ".tmp", result_file)
 
 

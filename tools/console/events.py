@@ -12,7 +12,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from clm.contracts import streams, subjects
 from clm.contracts.events import MIGRATION_EVENT_ADAPTER, MigrationEvent
-from tools.clm.nats_connect import connect
+from tools.console.nats_connect import connect
 
 # How long a stream with nothing (more) in it is waited on before `clm events` returns.
 QUIET_SECONDS = 1.0

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from clm.testing.netns import NetNS, ip, remove_stale
 from services.ip_handover_agent import arp
+from tests.kit.netns import NetNS, ip, remove_stale
 
 POD_IP = "10.214.0.50"
 CLIENT_IP = "10.214.0.100"

@@ -13,7 +13,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clm.testing.nats_server import free_port
+from tests.kit.nats_server import free_port
 
 
 def built_pex(service: str) -> Path | None:
@@ -139,8 +139,12 @@ class NodeAgents:
             self.node,
             pex=self._pex("ip-handover-agent"),
             log_path=self.workdir / "ip-handover-agent.log",
-            env={**common, "CLM_NODE_NETNS": self.node_netns, "CLM_UPLINK_INTERFACE": "eth0",
-                 "CLM_STATE_DIR": str(self.workdir / "network-state")},
+            env={
+                **common,
+                "CLM_NODE_NETNS": self.node_netns,
+                "CLM_UPLINK_INTERFACE": "eth0",
+                "CLM_STATE_DIR": str(self.workdir / "network-state"),
+            },
         ).start()
         return self
 

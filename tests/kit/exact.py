@@ -43,7 +43,8 @@ def max_drained(snap: Snapshot, config: PlannerConfig | None = None, time_limit:
             if dest.name == pod.node or scheduling.placement_problems(pod.obj, dest.obj, pod.zones):
                 continue
             if decision.action is Action.LIVE_MIGRATE and compatibility.compatible(
-                    by_name[pod.node].obj, dest.obj, req):
+                by_name[pod.node].obj, dest.obj, req
+            ):
                 continue
             x = model.new_bool_var(f"x[{pod.name},{dest.name}]")
             model.add_implication(x, drained[dest.name].Not())
@@ -57,10 +58,15 @@ def max_drained(snap: Snapshot, config: PlannerConfig | None = None, time_limit:
     for n in nodes:
         resources = {r for _, reqs in incoming[n.name] for r in reqs}
         for resource in resources:
-            used = sum(p.requests.get(resource, 0) if resource != "pods" else 1
-                       for p in snap.pods if p.node == n.name)
-            model.add(sum(x * reqs.get(resource, 0) for x, reqs in incoming[n.name])
-                      <= max(0, n.allocatable.get(resource, 0) - used))
+            used = sum(
+                p.requests.get(resource, 0) if resource != "pods" else 1
+                for p in snap.pods
+                if p.node == n.name
+            )
+            model.add(
+                sum(x * reqs.get(resource, 0) for x, reqs in incoming[n.name])
+                <= max(0, n.allocatable.get(resource, 0) - used)
+            )
     if config.max_nodes is not None:
         model.add(sum(drained.values()) <= config.max_nodes)
     model.maximize(sum(drained.values()))

@@ -2,7 +2,7 @@ import io
 
 import orjson
 
-from tools.benchmarks.report import emit, percentile
+from tools.console.report import emit, percentile
 
 
 def test_percentile_nearest_rank() -> None:

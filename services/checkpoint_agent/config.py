@@ -1,0 +1,50 @@
+"""The checkpoint agent's configuration, shared by both sides of a move."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from clm.contracts import NodeCapabilities
+from clm.contracts.protocol import StepFailed
+from services.checkpoint_agent.container_log import log_path
+from services.checkpoint_agent.layout import Layout
+
+# The last NodeCapabilities a node's agent published (None: it never did).
+CapabilityLookup = Callable[[str], Awaitable[NodeCapabilities | None]]
+
+
+@dataclass
+class AgentConfig:
+    node: str
+    state_dir: Path
+    image_dir: Path
+    netns_dir: Path = Path("/var/run/netns")
+    criu: str = "criu"
+    # Shared by every node's agent; None refuses migrations (with that reason).
+    secret: bytes | None = None
+    # Tests and the sandbox: the namespace standing for this node (None: the host's).
+    node_netns: Path | None = None
+    # Copy the packets a frozen pod misses and send them again once it runs (holdback.py).
+    holdback: bool = True
+    # Restore memory through userfaultfd from the received images (runc.Runc.restore).
+    lazy_restore: bool = True
+    # Restored containers' output: CRI log files named by container id (None: discarded).
+    container_log_dir: Path | None = None
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(state_dir=self.state_dir, image_dir=self.image_dir)
+
+    def output_for(self, container_id: str) -> Path | None:
+        log_dir = self.container_log_dir
+        return log_path(log_dir, container_id) if log_dir is not None else None
+
+    def require_secret(self) -> bytes:
+        if not self.secret:
+            raise StepFailed(
+                "no agent transfer secret is configured on this node: set CLM_TRANSFER_SECRET_FILE "
+                "(the same secret on every node)"
+            )
+        return self.secret

@@ -1,0 +1,165 @@
+"""The destination side of a move: check the CPU before any freeze, expect the images,
+restore the pod into its prepared network namespace, or remove what was restored (abort)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from clm.contracts import CheckpointCommand, CheckpointStep
+from clm.contracts.protocol import StepFailed
+from clm.runtime.podnet import pod_netns_path
+from services.checkpoint_agent import process
+from services.checkpoint_agent.bundle import rebind
+from services.checkpoint_agent.config import AgentConfig, CapabilityLookup
+from services.checkpoint_agent.criu_stats import read_stats
+from services.checkpoint_agent.outcomes import Details, OutcomeStore
+from services.checkpoint_agent.runtime import ContainerRuntime, RuntimeCommandError
+
+
+class DestinationSide:
+    def __init__(
+        self,
+        config: AgentConfig,
+        runtime: ContainerRuntime,
+        capabilities: CapabilityLookup,
+        outcomes: OutcomeStore,
+    ) -> None:
+        self.config, self.layout = config, config.layout
+        self.node = config.node
+        self.runtime, self.capabilities, self.outcomes = runtime, capabilities, outcomes
+        # Offered to the transfer server: migration uid -> where its images go.
+        self.expected_transfers: dict[str, Path] = {}
+        # An agent killed mid-transfer leaves a staging directory: never restorable.
+        for partial in (config.image_dir / "in").glob("*.partial-*"):
+            shutil.rmtree(partial, ignore_errors=True)
+        for marker in (config.state_dir / "migrations").glob("*/expected"):
+            uid = marker.parent.name
+            self.expected_transfers[uid] = self.layout.incoming(uid)
+
+    # ----- check-cpu -----
+
+    async def check_cpu(self, command: CheckpointCommand) -> Details:
+        """Before any freeze: can this node run what the source's CPU runs? Also announces
+        that this node expects the migration's images."""
+        self.config.require_secret()
+        source = await self.capabilities(command.source_node)
+        if source is None:
+            raise StepFailed(
+                f"no capabilities known for source node {command.source_node}: is its agent running?"
+            )
+        mine = await self.capabilities(self.node)
+        if mine is not None and mine.arch != source.arch:
+            raise StepFailed(
+                f"architecture differs: {command.source_node} is {source.arch}, {self.node} is {mine.arch}"
+            )
+        if not source.cpuinfo_image_b64:
+            raise StepFailed(
+                f"{command.source_node} published no CPU description (criu cpuinfo dump failed there)"
+            )
+        with tempfile.TemporaryDirectory(prefix="clm-cpuinfo-") as tmp:
+            Path(tmp, "cpuinfo.img").write_bytes(base64.b64decode(source.cpuinfo_image_b64))
+            code, out = await process.run(self.config.criu, "cpuinfo", "check", "-D", tmp)
+        if code != 0:
+            lines = [line for line in out.splitlines() if "Error" in line or "mismatch" in line.lower()]
+            raise StepFailed(
+                f"this node's CPU cannot run what {command.source_node} runs (criu cpuinfo check): "
+                + ("; ".join(lines[-3:]) or out.strip()[-300:])
+            )
+        uid = command.migration.uid
+        self.layout.workdir(uid).mkdir(parents=True, exist_ok=True)
+        self.layout.expected(uid).write_text(command.source_node)
+        self.expected_transfers[uid] = self.layout.incoming(uid)
+        return {"source_arch": source.arch}
+
+    # ----- restore -----
+
+    async def restore(self, command: CheckpointCommand) -> Details:
+        uid, pod_uid = command.migration.uid, command.pod.uid
+        incoming = self.layout.incoming(uid)
+        if not incoming.is_dir():
+            raise StepFailed(f"no complete image of the pod has arrived from {command.source_node}")
+        netns = pod_netns_path(self.node, pod_uid, self.config.netns_dir)
+        if not netns.exists():
+            raise StepFailed(
+                f"the pod's network namespace {netns} is not prepared on {self.node} "
+                "(the IP-handover agent's prepare step)"
+            )
+        # No more transfers for this migration: what is restored is what arrived.
+        self.expected_transfers.pop(uid, None)
+        started = time.perf_counter()
+        restored: list[str] = []
+        phases: dict[str, float] = {}
+        try:
+            for package in sorted(p for p in incoming.iterdir() if p.is_dir()):
+                restored.append(await self._restore_container(package, pod_uid, netns, phases))
+        except (RuntimeCommandError, OSError, KeyError, ValueError) as exc:
+            await asyncio.to_thread(self._remove_restored, pod_uid)
+            self.expected_transfers[uid] = incoming
+            raise StepFailed(f"restore on {self.node} failed, nothing left running here: {exc}") from None
+        seconds = time.perf_counter() - started
+        stats = read_stats(next(iter(sorted(incoming.glob("*/criu/stats-restore"))), incoming / "-"))
+        shutil.rmtree(incoming, ignore_errors=True)
+        self.layout.expected(uid).unlink(missing_ok=True)
+        details: Details = {"containers": len(restored), "restore_seconds": round(seconds, 6)}
+        details.update({k: round(v, 6) for k, v in phases.items()})
+        details.update({k: v for k, v in stats.items() if k in ("forking_seconds", "pages_restored")})
+        return details
+
+    async def _restore_container(
+        self, package: Path, pod_uid: str, netns: Path, phases: dict[str, float]
+    ) -> str:
+        """Unpack one container's package into a bundle and restore it; `phases` adds up
+        the time spent unpacking and in the runtime's restore."""
+        unpacking = time.perf_counter()
+        config = json.loads((package / "config.json").read_text())
+        name = package.name
+        container_id = json.loads((package / "container.json").read_text())["id"]
+        bundle = self.layout.pod_bundles(pod_uid) / name
+        shutil.rmtree(bundle, ignore_errors=True)
+        (bundle / "rootfs").mkdir(parents=True)
+        code, out = await process.run("tar", "-C", str(bundle / "rootfs"), "-xf", str(package / "rootfs.tar"))
+        if code != 0:
+            raise OSError(f"unpacking the root filesystem of {name} failed: {out.strip()[-300:]}")
+        cgroups = f"/clm/{self.node}/{container_id}"
+        (bundle / "config.json").write_text(json.dumps(rebind(config, netns=netns, cgroups_path=cgroups)))
+        await asyncio.to_thread(self.runtime.delete, container_id)  # a leftover of an earlier try
+        restoring = time.perf_counter()
+        phases["unpack_seconds"] = phases.get("unpack_seconds", 0.0) + restoring - unpacking
+        await asyncio.to_thread(
+            self.runtime.restore,
+            container_id,
+            bundle,
+            package / "criu",
+            tcp_established=True,
+            lazy=self.config.lazy_restore,
+            output=self.config.output_for(container_id),
+        )
+        phases["runtime_restore_seconds"] = (
+            phases.get("runtime_restore_seconds", 0.0) + time.perf_counter() - restoring
+        )
+        state = await asyncio.to_thread(self.runtime.state, container_id)
+        if state != "running":
+            raise RuntimeCommandError(f"container {name} is {state or 'gone'} right after its restore")
+        return container_id
+
+    def _remove_restored(self, pod_uid: str) -> None:
+        for container in self.runtime.pod_containers(pod_uid):
+            self.runtime.delete(container.id)
+        shutil.rmtree(self.layout.pod_bundles(pod_uid), ignore_errors=True)
+
+    # ----- abort -----
+
+    async def abort(self, command: CheckpointCommand) -> Details:
+        uid = command.migration.uid
+        await asyncio.to_thread(self._remove_restored, command.pod.uid)
+        self.expected_transfers.pop(uid, None)
+        shutil.rmtree(self.layout.incoming(uid), ignore_errors=True)
+        self.layout.expected(uid).unlink(missing_ok=True)
+        self.outcomes.forget(uid, CheckpointStep.RESTORE, CheckpointStep.CHECK_CPU)
+        return {"removed": True}

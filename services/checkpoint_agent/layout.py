@@ -1,0 +1,52 @@
+"""Where the checkpoint agent keeps things on its node.
+
+`state_dir` is small and durable; `image_dir` is large, ideally a tmpfs (it holds a pod's
+memory while it moves):
+
+    state_dir/migrations/<uid>/results/<step>.json   stored outcomes (outcomes.py)
+    state_dir/migrations/<uid>/pod.json              the pod's containers (source)
+    state_dir/migrations/<uid>/dumped                the images hold the pod (source)
+    state_dir/migrations/<uid>/expected              a transfer is expected (destination)
+    state_dir/pods/<pod-uid>/<container>/            bundles of restored containers
+    image_dir/out/<uid>/<container>/{criu/,config.json,rootfs.tar}    (source)
+    image_dir/in/<uid>/...                                            (destination)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Layout:
+    state_dir: Path
+    image_dir: Path
+
+    def workdir(self, uid: str) -> Path:
+        return self.state_dir / "migrations" / uid
+
+    def pod_record(self, uid: str) -> Path:
+        return self.workdir(uid) / "pod.json"
+
+    def dumped(self, uid: str) -> Path:
+        return self.workdir(uid) / "dumped"
+
+    def expected(self, uid: str) -> Path:
+        return self.workdir(uid) / "expected"
+
+    def results(self, uid: str) -> Path:
+        return self.workdir(uid) / "results"
+
+    def outgoing(self, uid: str) -> Path:
+        return self.image_dir / "out" / uid
+
+    def incoming(self, uid: str) -> Path:
+        return self.image_dir / "in" / uid
+
+    def pod_bundles(self, pod_uid: str) -> Path:
+        return self.state_dir / "pods" / pod_uid
+
+
+def tree_size(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.exists() else 0

@@ -1,0 +1,65 @@
+"""What the checkpoint agent needs of a node's container runtime, and nothing more.
+
+The agent finds a pod's containers, checkpoints them with CRIU, restores them and removes
+them only through `ContainerRuntime`; `runc.Runc` implements it for runc containers (the
+sandbox's node runtime, tests), and a containerd adapter can stand beside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+class RuntimeCommandError(RuntimeError):
+    """A runtime command failed; the message carries runc's and CRIU's own words."""
+
+
+# The annotations containerd's CRI plugin puts on every container, and that the local node
+# runtime puts on its runc containers too: how the agent finds a pod's containers.
+POD_UID = "io.kubernetes.pod.uid"
+POD_NAME = "io.kubernetes.pod.name"
+POD_NAMESPACE = "io.kubernetes.pod.namespace"
+CONTAINER_NAME = "io.kubernetes.container.name"
+
+
+@dataclass(frozen=True)
+class Container:
+    id: str
+    status: str
+    pid: int
+    bundle: Path
+    annotations: dict[str, str]
+
+    @property
+    def name(self) -> str:
+        return self.annotations.get(CONTAINER_NAME, self.id)
+
+
+@dataclass(frozen=True)
+class CheckpointResult:
+    image_dir: Path
+    seconds: float
+    bytes: int
+
+
+class ContainerRuntime(Protocol):
+    def list(self) -> list[Container]: ...
+    def pod_containers(self, pod_uid: str) -> list[Container]: ...
+    def run(self, container_id: str, bundle: Path) -> None: ...
+    def state(self, container_id: str) -> str | None: ...
+    def checkpoint(
+        self, container_id: str, image_dir: Path, *, tcp_established: bool
+    ) -> CheckpointResult: ...
+    def restore(
+        self,
+        container_id: str,
+        bundle: Path,
+        image_dir: Path,
+        *,
+        tcp_established: bool,
+        lazy: bool = False,
+        output: Path | None = None,
+    ) -> float: ...
+    def delete(self, container_id: str) -> None: ...

@@ -1,0 +1,52 @@
+"""The checkpoint agent's settings (CLM_* environment variables)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+
+from clm.runtime.settings import NodeAgentSettings
+
+
+class CheckpointAgentSettings(NodeAgentSettings):
+    criu_binary: str = "criu"
+    # Containers are runc containers under this state root (the local node runtime).
+    runc_root: Path | None = None
+    state_dir: Path = Path("/var/lib/clm/checkpoint-agent")
+    # Checkpoint images; a tmpfs makes the dump faster (it holds a pod's memory while moving).
+    image_dir: Path = Path("/var/lib/clm/checkpoint-agent/images")
+    netns_dir: Path = Path("/var/run/netns")
+    # Tests and the sandbox: the network namespace standing for this node.
+    node_netns: str | None = None
+    # Copy the packets a frozen pod misses and send them again when it runs (see holdback.py).
+    holdback: bool = True
+    # Restore memory lazily (CRIU lazy-pages from the received images, over userfaultfd): the
+    # pages are filled faster than CRIU's eager restore reads them. Falls back to eager.
+    lazy_restore: bool = True
+    # The local runc runtime only (the sandbox): where restored containers' output goes, one
+    # CRI log file per container id, as the node's runtime keeps it. Unset: discarded.
+    # (On Kubernetes nodes the container runtime keeps pod logs itself.)
+    container_log_dir: Path | None = None
+    transfer_listen_host: str = "0.0.0.0"
+    # 0 picks a free port (tests); the published address carries the real one.
+    transfer_port: int = Field(default=7400, ge=0, le=65535)
+    # The address other nodes' agents reach this one at (on Kubernetes: status.hostIP).
+    transfer_advertise_host: str | None = None
+    transfer_secret_file: Path | None = None
+    transfer_secret: SecretStr | None = None
+    # NodeCapabilities is repeated this often; the labeler unlabels a node whose agent goes quiet.
+    capabilities_interval_seconds: float = Field(default=30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _secret_readable(self) -> CheckpointAgentSettings:
+        if self.transfer_secret_file is not None and not self.transfer_secret_file.is_file():
+            raise ValueError(f"CLM_TRANSFER_SECRET_FILE: no such file {str(self.transfer_secret_file)!r}")
+        return self
+
+    def secret(self) -> bytes | None:
+        if self.transfer_secret_file is not None:
+            return self.transfer_secret_file.read_bytes().strip() or None
+        if self.transfer_secret is not None:
+            return self.transfer_secret.get_secret_value().encode() or None
+        return None

@@ -1,0 +1,280 @@
+"""The source side of a move: freeze and dump the pod, stream it to the destination, and
+either give it back (rollback, before the commit point) or let it go (finalize, after)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from clm.contracts import CheckpointCommand, CheckpointStep
+from clm.contracts.protocol import StepFailed
+from services.checkpoint_agent import process
+from services.checkpoint_agent.bundle import config_problems
+from services.checkpoint_agent.config import AgentConfig, CapabilityLookup
+from services.checkpoint_agent.criu_stats import read_stats
+from services.checkpoint_agent.holdback import PacketHold
+from services.checkpoint_agent.layout import tree_size
+from services.checkpoint_agent.outcomes import Details, OutcomeStore
+from services.checkpoint_agent.runtime import Container, ContainerRuntime, RuntimeCommandError
+from services.checkpoint_agent.transfer import TransferError, send_directory
+
+log = logging.getLogger(__name__)
+
+
+def container_record(container: Container) -> dict[str, str]:
+    return {"id": container.id, "name": container.name, "bundle": str(container.bundle)}
+
+
+class SourceSide:
+    def __init__(
+        self,
+        config: AgentConfig,
+        runtime: ContainerRuntime,
+        capabilities: CapabilityLookup,
+        outcomes: OutcomeStore,
+    ) -> None:
+        self.config, self.layout = config, config.layout
+        self.node = config.node
+        self.runtime, self.capabilities, self.outcomes = runtime, capabilities, outcomes
+        # Packets the frozen pod misses, per migration, and since when.
+        self.holds: dict[str, tuple[PacketHold, float]] = {}
+
+    # ----- pre-dump -----
+
+    async def pre_dump(self, command: CheckpointCommand) -> Details:
+        mine = await self.capabilities(self.node)
+        if mine is None or not mine.dirty_memory_tracking:
+            raise StepFailed(
+                f"pre-dump needs dirty-memory tracking, which {self.node} does not have "
+                "(criu check --feature mem_dirty_track); migrate with stop-and-copy or post-copy"
+            )
+        raise StepFailed("pre-copy rounds are not implemented by this agent version; use stop-and-copy")
+
+    # ----- dump -----
+
+    async def dump(self, command: CheckpointCommand) -> Details:
+        """Lock the network, freeze, dump every container of the pod, stream the images to
+        the destination. On failure the pod runs again here before this step answers."""
+        secret = self.config.require_secret()
+        uid = command.migration.uid
+        outgoing = self.layout.outgoing(uid)
+        if not self.layout.dumped(uid).exists():
+            dump_details, address = await self._first_dump(command, outgoing)
+        else:
+            # A repeated dump after the images were made (e.g. the agent restarted during
+            # the transfer): send the same images again.
+            dump_details = json.loads(self.layout.dumped(uid).read_text())
+            address = await self._transfer_address(command.destination_node)
+        host, port = address.rsplit(":", 1)
+        try:
+            sent = await send_directory(
+                host.strip("[]"),
+                int(port),
+                outgoing,
+                migration=uid,
+                secret=secret,
+                timeout=command.timeout_seconds,
+            )
+        except (TransferError, OSError, TimeoutError) as exc:
+            reason = f"sending the images to {command.destination_node} failed: {exc}"
+            raise StepFailed(reason + await self._rollback_note(command)) from None
+        return {
+            **dump_details,
+            "bytes": sent.bytes,
+            "files": sent.files,
+            "transfer_seconds": round(sent.seconds, 6),
+            "transfer_mib_per_s": round(sent.mib_per_s, 1),
+        }
+
+    async def _first_dump(self, command: CheckpointCommand, outgoing: Path) -> tuple[Details, str]:
+        """Freeze and dump the pod into `outgoing`; its details and where to send them."""
+        uid = command.migration.uid
+        containers = await asyncio.to_thread(self.runtime.pod_containers, command.pod.uid)
+        if not containers:
+            raise StepFailed(
+                f"pod {command.pod.namespace}/{command.pod.name} (uid {command.pod.uid}) has no "
+                f"containers on {self.node}"
+            )
+        await self._refuse_unmovable(containers)
+        # Before freezing anything: a destination that cannot receive fails the step now.
+        address = await self._transfer_address(command.destination_node)
+        self.layout.workdir(uid).mkdir(parents=True, exist_ok=True)
+        self.layout.pod_record(uid).write_text(json.dumps([container_record(c) for c in containers]))
+        shutil.rmtree(outgoing, ignore_errors=True)
+        self._start_hold(uid, containers)
+        try:
+            details = await self._freeze_and_dump(command, containers, outgoing)
+        except StepFailed:
+            await self._replay(uid)
+            raise
+        self.layout.dumped(uid).write_text(json.dumps(details))
+        return details, address
+
+    def _start_hold(self, uid: str, containers: list[Container]) -> None:
+        if not self.config.holdback or uid in self.holds:
+            return
+        config = json.loads((containers[0].bundle / "config.json").read_text())
+        netns = next((n.get("path") for n in config["linux"]["namespaces"] if n["type"] == "network"), None)
+        if not netns:
+            return
+        try:
+            self.holds[uid] = (PacketHold(Path(netns)).start(), time.monotonic())
+        except OSError as exc:
+            # Only an optimisation: the peers' own retransmissions still get through.
+            log.warning("cannot copy the pod's packets during the freeze", extra={"error": str(exc)})
+
+    async def _replay(self, uid: str) -> int:
+        held = self.holds.pop(uid, None)
+        if held is None:
+            return 0
+        hold, since = held
+        return await asyncio.to_thread(hold.replay, since=since, from_netns=self.config.node_netns)
+
+    async def _refuse_unmovable(self, containers: list[Container]) -> None:
+        problems = []
+        for container in containers:
+            config = json.loads((container.bundle / "config.json").read_text())
+            problems += [f"container {container.name}: {p}" for p in config_problems(config)]
+            if container.status not in ("running", "paused"):
+                problems.append(f"container {container.name} is {container.status}, not running")
+        if problems:
+            raise StepFailed("refused before freezing anything: " + "; ".join(problems))
+
+    async def _transfer_address(self, node: str) -> str:
+        caps = await self.capabilities(node)
+        if caps is None or not caps.transfer_address:
+            raise StepFailed(
+                f"destination {node} has not published where its agent receives images "
+                "(NodeCapabilities.transfer_address): is its checkpoint agent running?"
+            )
+        return caps.transfer_address
+
+    async def _freeze_and_dump(
+        self, command: CheckpointCommand, containers: list[Container], outgoing: Path
+    ) -> Details:
+        started = time.perf_counter()
+
+        def dump_one(container: Container) -> None:
+            target = outgoing / container.name
+            self.runtime.checkpoint(container.id, target / "criu", tcp_established=True)
+
+        # All containers of the pod together: each CRIU freezes its own container.
+        results = await asyncio.gather(
+            *(asyncio.to_thread(dump_one, c) for c in containers), return_exceptions=True
+        )
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            note = await self._rollback_containers(command, containers)
+            raise StepFailed(f"checkpoint failed: {failures[0]}{note}")
+        dump_seconds = time.perf_counter() - started
+        for container in containers:
+            await self._package(container, outgoing / container.name)
+        stats = [read_stats(outgoing / c.name / "criu" / "stats-dump") for c in containers]
+        details: Details = {
+            "containers": len(containers),
+            "dump_seconds": round(dump_seconds, 6),
+            "package_seconds": round(time.perf_counter() - started - dump_seconds, 6),
+        }
+        for key in ("freezing_seconds", "frozen_seconds", "memdump_seconds", "memwrite_seconds"):
+            values = [float(s[key]) for s in stats if key in s]
+            if values:
+                details[key] = max(values)
+        details["pages_written"] = sum(int(s.get("pages_written", 0)) for s in stats)
+        return details
+
+    @staticmethod
+    async def _package(container: Container, target: Path) -> None:
+        """What the destination needs besides CRIU's images: the OCI config, the container's
+        record and its root filesystem."""
+        shutil.copy(container.bundle / "config.json", target / "config.json")
+        (target / "container.json").write_text(json.dumps(container_record(container)))
+        await process.run(
+            "tar",
+            "-C",
+            str(container.bundle / "rootfs"),
+            "--one-file-system",
+            "-cf",
+            str(target / "rootfs.tar"),
+            ".",
+        )
+
+    # ----- rollback -----
+
+    async def abort(self, command: CheckpointCommand) -> Details:
+        uid = command.migration.uid
+        if self.outcomes.done(uid, CheckpointStep.FINALIZE):
+            raise StepFailed("the migration was finalized (past its commit point): nothing to abort")
+        if self.layout.dumped(uid).exists():
+            pod = json.loads(self.layout.pod_record(uid).read_text())
+            await self._restore_source(command, pod)
+            self.outcomes.forget(uid, CheckpointStep.DUMP)
+            return {"rolled_back": True}
+        return {"rolled_back": False}
+
+    async def _rollback_note(self, command: CheckpointCommand) -> str:
+        """Roll back a dump on the source; the text to add to the step's error."""
+        uid = command.migration.uid
+        if not self.layout.dumped(uid).exists():
+            return f"; the pod was not frozen and keeps running on {self.node}"
+        try:
+            await self._restore_source(command, json.loads(self.layout.pod_record(uid).read_text()))
+        except StepFailed as exc:
+            return f"; ROLLBACK FAILED: {exc.reason}"
+        return f"; rolled back: the pod runs again on {self.node} with its connections"
+
+    async def _rollback_containers(self, command: CheckpointCommand, containers: list[Container]) -> str:
+        records = [container_record(c) for c in containers]
+        try:
+            await self._restore_source(command, records)
+        except StepFailed as exc:
+            return f"; ROLLBACK FAILED: {exc.reason}"
+        return f"; rolled back: the pod runs again on {self.node}"
+
+    async def _restore_source(self, command: CheckpointCommand, pod: list[dict[str, str]]) -> None:
+        """Bring the pod back on the source from its local images, into its own network
+        namespace (CRIU's restore lifts the network lock)."""
+        uid = command.migration.uid
+        outgoing = self.layout.outgoing(uid)
+        errors = []
+        for record in pod:
+            state = await asyncio.to_thread(self.runtime.state, record["id"])
+            if state in ("running", "paused"):
+                continue
+            images = outgoing / record["name"] / "criu"
+            if not (images / "inventory.img").exists():
+                errors.append(f"container {record['name']}: no image to restore from")
+                continue
+            try:
+                await asyncio.to_thread(
+                    self.runtime.restore,
+                    record["id"],
+                    Path(record["bundle"]),
+                    images,
+                    tcp_established=True,
+                    output=self.config.output_for(record["id"]),
+                )
+            except RuntimeCommandError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise StepFailed("; ".join(errors))
+        await self._replay(uid)
+        self.layout.dumped(uid).unlink(missing_ok=True)
+        shutil.rmtree(outgoing, ignore_errors=True)
+
+    # ----- finalize -----
+
+    async def finalize(self, command: CheckpointCommand) -> Details:
+        uid = command.migration.uid
+        if not self.layout.dumped(uid).exists():
+            raise StepFailed("nothing was dumped for this migration on this node: refusing to finalize")
+        for record in json.loads(self.layout.pod_record(uid).read_text()):
+            await asyncio.to_thread(self.runtime.delete, record["id"])
+        replayed = await self._replay(uid)
+        freed = tree_size(self.layout.outgoing(uid))
+        shutil.rmtree(self.layout.outgoing(uid), ignore_errors=True)
+        self.layout.dumped(uid).unlink()
+        return {"freed_bytes": freed, "replayed_packets": replayed}

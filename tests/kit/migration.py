@@ -1,0 +1,134 @@
+"""Drive one live migration through the two node agents over NATS, without a coordinator.
+
+For tests and benchmarks that exercise the agents alone: the steps, their order and the
+roles come from `clm.contracts.protocol`, exactly as the coordinator's runner takes them;
+real commands are published and the agents' StepResults awaited. There is no Migration
+object, no clone pod and no events: those are the coordinator's.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import nats
+from nats.aio.client import Client
+
+from clm.contracts import (
+    CheckpointCommand,
+    MigrationRef,
+    MigrationStrategy,
+    NetworkCommand,
+    PodRef,
+    StepResult,
+    protocol,
+)
+from clm.contracts.protocol import StepFailed
+from clm.runtime.agent_client import AgentClient
+
+
+@dataclass
+class MigrationReport:
+    ok: bool
+    committed: bool
+    results: list[StepResult] = field(default_factory=list)
+    error: str | None = None
+    total_seconds: float = 0.0
+
+    def result(self, agent: str, step: str) -> StepResult | None:
+        return next((r for r in self.results if r.agent == agent and r.step == step), None)
+
+
+@dataclass
+class Move:
+    pod: PodRef
+    pod_ip: str
+    source: str
+    destination: str
+    migration: MigrationRef = field(
+        default_factory=lambda: MigrationRef(
+            namespace="default", name=f"m-{uuid.uuid4().hex[:8]}", uid=str(uuid.uuid4())
+        )
+    )
+    strategy: MigrationStrategy = MigrationStrategy.STOP_AND_COPY
+    step_timeout: float = 300.0
+
+    def protocol_move(self) -> protocol.Move:
+        return protocol.Move(
+            migration=self.migration,
+            pod=self.pod,
+            pod_ip=self.pod_ip,
+            source=self.source,
+            destination=self.destination,
+        )
+
+
+class Driver:
+    def __init__(self, nc: Client) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+
+    @classmethod
+    async def connect(cls, url: str) -> Driver:
+        return cls(await nats.connect(url))
+
+    async def close(self) -> None:
+        await self.nc.close()
+
+    def command(self, move: Move, step: protocol.Step) -> CheckpointCommand | NetworkCommand:
+        """`step` of `move` as a one-off command with a new message id: sent twice, it reaches
+        the agent twice (which must recognise the repeat) instead of being stored once."""
+        command = move.protocol_move().command(
+            step, strategy=move.strategy, timeout_seconds=move.step_timeout
+        )
+        return command.model_copy(update={"message_id": uuid.uuid4().hex})
+
+    async def send(self, command: CheckpointCommand | NetworkCommand, timeout: float) -> StepResult:
+        return await AgentClient(self.nc).send(command, timeout)
+
+    async def _send(self, move: Move, step: protocol.Step, report: MigrationReport) -> StepResult:
+        command = move.protocol_move().command(
+            step, strategy=move.strategy, timeout_seconds=move.step_timeout
+        )
+        result = await self.send(command, move.step_timeout + 30)
+        report.results.append(result)
+        return result
+
+    async def _step(self, move: Move, step: protocol.Step, report: MigrationReport) -> StepResult:
+        result = await self._send(move, step, report)
+        if not result.ok:
+            raise StepFailed(
+                f"{result.agent} {result.step} on {result.node} failed: {result.error}",
+                stage=step.stage,
+                result=result,
+            )
+        return result
+
+    async def migrate(self, move: Move) -> MigrationReport:
+        report = MigrationReport(ok=False, committed=False)
+        started = time.perf_counter()
+        try:
+            for step in protocol.before_commit(move.strategy):
+                await self._step(move, step, report)
+        except (StepFailed, TimeoutError) as exc:
+            report.error = exc.reason if isinstance(exc, StepFailed) else str(exc)
+            await self.abort(move, report)
+            report.total_seconds = time.perf_counter() - started
+            return report
+        for step in protocol.COMMIT:
+            await self._step(move, step, report)
+        report.committed = True
+        for step in protocol.AFTER_COMMIT:
+            await self._step(move, step, report)
+        report.ok = True
+        report.total_seconds = time.perf_counter() - started
+        return report
+
+    async def abort(self, move: Move, report: MigrationReport) -> None:
+        """Roll back in the protocol's order (the destination's copy first)."""
+        for step in protocol.ROLLBACK:
+            try:
+                await self._send(move, step, report)
+            except TimeoutError as exc:
+                report.error = f"{report.error}; abort: {exc}"
