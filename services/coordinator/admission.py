@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-TERMINAL = ("Finished", "Failed")
+from clm.contracts.protocol import Phase, is_terminal
 
 
 @dataclass(frozen=True)
@@ -26,13 +26,21 @@ def _nodes(m: dict[str, Any]) -> tuple[str, str]:
     )
 
 
+def _phase(m: dict[str, Any]) -> str | None:
+    return (m.get("status") or {}).get("phase")
+
+
+def _waiting(m: dict[str, Any]) -> bool:
+    return _phase(m) in (Phase.PENDING, None)
+
+
 def admit(
     items: list[dict[str, Any]], limits: Limits
 ) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], str]]]:
     """(migrations to drive, [(migration, why it waits)])."""
-    active = [m for m in items if (m.get("status") or {}).get("phase") not in (*TERMINAL, "Pending", None)]
+    active = [m for m in items if not _waiting(m) and not is_terminal(_phase(m))]
     pending = sorted(
-        (m for m in items if (m.get("status") or {}).get("phase") in ("Pending", None)),
+        (m for m in items if _waiting(m)),
         key=lambda m: (m["metadata"].get("creationTimestamp") or "", m["metadata"]["name"]),
     )
     sources = Counter(_nodes(m)[0] for m in active)

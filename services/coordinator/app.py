@@ -27,9 +27,11 @@ from clm.contracts import (
     CheckpointCommand,
     NetworkCommand,
     RequestMigration,
+    protocol,
     streams,
     subjects,
 )
+from clm.contracts.protocol import Phase, is_terminal
 from clm.policy.compatibility import Profile, Requirements
 from clm.runtime import ServiceApp, ServiceSettings
 from clm.runtime.agent_client import AgentClient
@@ -37,8 +39,8 @@ from clm.runtime.informer import Informer, Key, Obj, Source
 from clm.runtime.kubeapi import api_client
 from clm.runtime.version import __version__
 from services.coordinator.admission import Limits, admit
-from services.coordinator.kube import GROUP, PLURAL, VERSION, Conflict, KubeGateway
-from services.coordinator.runner import TERMINAL, MigrationRunner, RunnerConfig
+from services.coordinator.kube import Conflict, KubeGateway
+from services.coordinator.runner import MigrationRunner, RunnerConfig
 
 log = logging.getLogger(__name__)
 
@@ -138,16 +140,16 @@ class Coordinator:
         admitted, waiting = admit(items, self.limits)
         for migration, why in waiting:
             status = migration.get("status") or {}
-            if status.get("phase") != "Pending" or status.get("message") != why:
+            if status.get("phase") != Phase.PENDING or status.get("message") != why:
                 try:
                     await asyncio.to_thread(
-                        self.kube.patch_status, migration, {"phase": "Pending", "message": why}
+                        self.kube.patch_status, migration, {"phase": str(Phase.PENDING), "message": why}
                     )
                 except Exception as exc:  # - the next resync tries again
                     log.warning("could not mark a migration pending", extra={"error": str(exc)})
         for migration in admitted:
             uid = migration["metadata"]["uid"]
-            if uid in self.running or (migration.get("status") or {}).get("phase") in TERMINAL:
+            if uid in self.running or is_terminal((migration.get("status") or {}).get("phase")):
                 continue
             if len(self.running) >= self.settings.max_per_replica:
                 break  # another replica takes it, or this one once a slot frees (the watch wakes it)
@@ -158,7 +160,7 @@ class Coordinator:
         Migration, a runner's status patch, a lease released — wakes the next pass."""
         self.loop = asyncio.get_running_loop()
         custom = client.CustomObjectsApi(api)
-        source = Source("Migration", custom.list_cluster_custom_object, (GROUP, VERSION, PLURAL))
+        source = Source(protocol.KIND, custom.list_cluster_custom_object, protocol.CRD)
         self.watch = Informer(source, self._changed).start()
 
     def _changed(self, _kind: str, _key: Key, _obj: Obj | None) -> None:
@@ -179,8 +181,8 @@ class Coordinator:
     async def on_request(self, request: RequestMigration) -> None:
         name = f"{request.pod}-{request.message_id[:8].lower()}"[:253]
         body: dict[str, Any] = {
-            "apiVersion": "live.cast.ai/v1",
-            "kind": "Migration",
+            "apiVersion": protocol.API_VERSION,
+            "kind": protocol.KIND,
             "metadata": {
                 "name": name,
                 "namespace": request.namespace,

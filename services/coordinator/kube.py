@@ -14,7 +14,8 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-GROUP, VERSION, PLURAL = "live.cast.ai", "v1", "migrations"
+from clm.contracts.protocol import API_VERSION, CRD, GROUP, KIND, PLURAL, VERSION
+
 LEASE_HOLDER = "live.cast.ai/coordinator"
 LEASE_UNTIL = "live.cast.ai/coordinator-lease-until"
 
@@ -36,7 +37,7 @@ class KubeGateway:
     # ----- migrations -----
 
     def list_migrations(self) -> list[dict[str, Any]]:
-        return self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL)["items"]
+        return self.custom.list_cluster_custom_object(*CRD)["items"]
 
     def get_migration(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -154,8 +155,8 @@ class KubeGateway:
                 "namespace": meta["namespace"],
             },
             "involvedObject": {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "Migration",
+                "apiVersion": API_VERSION,
+                "kind": KIND,
                 "name": meta["name"],
                 "namespace": meta["namespace"],
                 "uid": meta["uid"],

@@ -41,10 +41,12 @@ from clm.contracts import (
     PlannedDrain,
     PlannedMove,
     RequestMigration,
+    protocol,
     streams,
     subjects,
 )
 from clm.contracts.events import MigrationEvent
+from clm.contracts.protocol import Phase, is_terminal
 from clm.policy import objects as o
 from clm.policy.binpack import PlannerConfig, snapshot_from_objects
 from clm.policy.compatibility import Profile, Requirements
@@ -84,8 +86,6 @@ SUMMARY = (
 DRAINING = "live.cast.ai/draining"  # on a node: the drain in progress (JSON: id, why, since)
 DRAINED = "live.cast.ai/drained"  # on a node: when it was emptied
 DRAIN_NODE_LABEL = "live.cast.ai/drain-node"  # on a Migration the planner created
-MIGRATIONS = ("live.cast.ai", "v1", "migrations")
-TERMINAL = ("Finished", "Failed")
 
 
 class PlannerSettings(ServiceSettings):
@@ -176,7 +176,7 @@ class Planner:
         sources = [
             *workload_sources(api),
             Source("PodDisruptionBudget", policy.list_pod_disruption_budget_for_all_namespaces),
-            Source("Migration", self.custom.list_cluster_custom_object, MIGRATIONS),
+            Source(protocol.KIND, self.custom.list_cluster_custom_object, protocol.CRD),
         ]
         self.caches = Caches(sources, self._on_change).start()
 
@@ -200,12 +200,12 @@ class Planner:
         latest: dict[Key, Obj] = {}
         recent_failures = 0
         now = time.time()
-        for m in self.caches.objects("Migration"):
+        for m in self.caches.objects(protocol.KIND):
             status, key = m.get("status") or {}, (o.namespace(m), o.spec(m).get("podName", ""))
-            if status.get("phase") not in TERMINAL:
+            if not is_terminal(status.get("phase")):
                 in_flight += 1
                 busy.add(key)
-            elif status.get("phase") == "Failed":
+            elif status.get("phase") == Phase.FAILED:
                 done = _parse_time(status.get("completionTime"))
                 recent_failures += now - done < self.settings.failure_window_seconds
             created = o.meta(m).get("creationTimestamp", "")
@@ -215,7 +215,7 @@ class Planner:
         failed = frozenset(
             key
             for key, m in latest.items()
-            if (m.get("status") or {}).get("phase") == "Failed"
+            if (m.get("status") or {}).get("phase") == Phase.FAILED
             and (m.get("status") or {}).get("sourcePodUID") == pod_uids.get(key)
         )
         backing_off = frozenset(n for n, (until, _) in self.backoff.items() if until > time.monotonic())
@@ -325,8 +325,8 @@ class Planner:
         if step.destination:
             spec["destinationNode"] = step.destination
         body = {
-            "apiVersion": "live.cast.ai/v1",
-            "kind": "Migration",
+            "apiVersion": protocol.API_VERSION,
+            "kind": protocol.KIND,
             "metadata": {
                 "name": migration_name(step.pod, o.meta(pod).get("uid", ""), drain_id),
                 "labels": {DRAIN_NODE_LABEL: step.node},
@@ -336,9 +336,10 @@ class Planner:
         try:
             await self._api(
                 self.custom.create_namespaced_custom_object,
-                *MIGRATIONS[:2],
+                protocol.GROUP,
+                protocol.VERSION,
                 step.namespace,
-                MIGRATIONS[2],
+                protocol.PLURAL,
                 body,
             )
         except ApiException as exc:
@@ -359,9 +360,9 @@ class Planner:
     async def _finish(self, node: str) -> None:
         migrated = sum(
             1
-            for m in self.caches.objects("Migration")
+            for m in self.caches.objects(protocol.KIND)
             if o.labels(m).get(DRAIN_NODE_LABEL) == node
-            and (m.get("status") or {}).get("phase") == "Finished"
+            and (m.get("status") or {}).get("phase") == Phase.FINISHED
         )
         action = self.settings.drained_node_action
         if action == "delete":

@@ -1,18 +1,17 @@
 """`clm migrate NAMESPACE/POD [--to NODE]`: create a Migration object for the pod and follow
-its phases to the end, as the coordinator records them."""
+its phases to the end (a watch), as the coordinator records them."""
 
 from __future__ import annotations
 
 import secrets
 import sys
-import time
 from typing import Any, TextIO
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-GROUP, VERSION, PLURAL = "live.cast.ai", "v1", "migrations"
-TERMINAL = ("Finished", "Failed")
+from clm.contracts.protocol import Phase
+from tools.console.migrations import create_migration, follow, migration_body
 
 
 def migration_name(pod: str) -> str:
@@ -28,7 +27,6 @@ def migrate(
     to: str | None,
     wait: bool,
     timeout: float,
-    poll: float = 0.3,
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
@@ -56,22 +54,8 @@ def migrate(
                 return 1
             raise
     name = migration_name(pod)
-    spec: dict[str, Any] = {"podName": pod}
-    if to:
-        spec["destinationNode"] = to
     try:
-        custom.create_namespaced_custom_object(
-            GROUP,
-            VERSION,
-            namespace,
-            PLURAL,
-            {
-                "apiVersion": f"{GROUP}/{VERSION}",
-                "kind": "Migration",
-                "metadata": {"name": name},
-                "spec": spec,
-            },
-        )
+        create_migration(custom, namespace, migration_body(name, pod, destination=to))
     except ApiException as exc:
         print(f"clm migrate: the API refused the Migration: {exc.status} {exc.body or exc.reason}", file=err)
         return 1
@@ -82,29 +66,26 @@ def migrate(
     )
     if not wait:
         return 0
-    deadline, last = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        status = (
-            custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name).get("status") or {}
+    seen: list[str] = []
+
+    def show(status: dict[str, Any]) -> None:
+        phase = status.get("phase") or Phase.PENDING
+        seen.append(phase)
+        print(f"  {phase}: {status.get('message', '')}", file=out, flush=True)
+
+    status = follow(custom, namespace, name, timeout=timeout, on_change=show)
+    if status is None:
+        print(
+            f"clm migrate: {name} did not finish within {timeout:.0f}s "
+            f"(still {seen[-1] if seen else Phase.PENDING}); is the coordinator running?",
+            file=err,
         )
-        phase = status.get("phase", "Pending")
-        seen = (phase, status.get("message", ""))
-        if seen != last:
-            print(f"  {phase}: {status.get('message', '')}", file=out, flush=True)
-            last = seen
-        if phase in TERMINAL:
-            if phase == "Finished":
-                print(
-                    f"done: {pod} runs on {status.get('destinationNode')} as {status.get('clonePod')}, "
-                    f"frozen {float(status.get('freezeSeconds', 0)) * 1000:.0f} ms",
-                    file=out,
-                )
-                return 0
-            return 1
-        time.sleep(poll)
+        return 1
+    if status.get("phase") != Phase.FINISHED:
+        return 1
     print(
-        f"clm migrate: {name} did not finish within {timeout:.0f}s (still {last[0] if last else 'Pending'}); "
-        "is the coordinator running?",
-        file=err,
+        f"done: {pod} runs on {status.get('destinationNode')} as {status.get('clonePod')}, "
+        f"frozen {float(status.get('freezeSeconds', 0)) * 1000:.0f} ms",
+        file=out,
     )
-    return 1
+    return 0

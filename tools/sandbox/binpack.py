@@ -26,6 +26,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from clm.contracts import protocol
 from clm.policy import names
 from tests.kit import builders as b
 from tests.kit.workloads import stateful_server
@@ -163,7 +164,7 @@ def describe(api: client.ApiClient) -> str:
     for node in core.list_node().items:
         lines.append(f"node {node.metadata.name}: unschedulable={bool(node.spec.unschedulable)}")
     migrations = client.CustomObjectsApi(api).list_namespaced_custom_object(
-        "live.cast.ai", "v1", NAMESPACE, "migrations"
+        protocol.GROUP, protocol.VERSION, NAMESPACE, protocol.PLURAL
     )["items"]
     for m in migrations:
         status = m.get("status") or {}

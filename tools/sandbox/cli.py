@@ -16,7 +16,9 @@ from pathlib import Path
 
 from kubernetes import client
 
+from clm.contracts import protocol
 from clm.contracts.events import MigrationEvent
+from clm.contracts.protocol import Phase
 from tools.console.events import render, stream_events
 from tools.console.report import emit
 from tools.kube_emulator.testing import api_client
@@ -422,16 +424,14 @@ def _status(args: argparse.Namespace) -> int:
         or [{"pod": "(none)"}],
         as_json=False,
     )
-    migrations = client.CustomObjectsApi(api).list_cluster_custom_object("live.cast.ai", "v1", "migrations")[
-        "items"
-    ]
+    migrations = client.CustomObjectsApi(api).list_cluster_custom_object(*protocol.CRD)["items"]
     emit(
         "Migrations",
         [
             {
                 "migration": f"{m['metadata']['namespace']}/{m['metadata']['name']}",
                 "pod": m["spec"].get("podName"),
-                "phase": (m.get("status") or {}).get("phase", "Pending"),
+                "phase": (m.get("status") or {}).get("phase", Phase.PENDING),
                 "from": (m.get("status") or {}).get("sourceNode", "-"),
                 "to": (m.get("status") or {}).get("destinationNode", m["spec"].get("destinationNode", "-")),
             }

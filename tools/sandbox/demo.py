@@ -18,17 +18,18 @@ from typing import Any, TextIO
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from clm.contracts.protocol import Phase
 from clm.policy import names
 from tests.kit import builders as b
 from tests.kit.podlab import expected_hash
 from tests.kit.workloads import counting_client, stateful_server
 from tools.console.events import render, stream_events
+from tools.console.migrations import create_migration, follow, migration_body
 
 NAMESPACE = "demo"
 STATEFULSET = "game"
 POD = "game-0"
 PORT = 7000
-TERMINAL = ("Finished", "Failed")
 
 
 def deploy(api: client.ApiClient, node: str, state_mib: int) -> None:
@@ -158,7 +159,7 @@ class Move:
     name: str
     source: str
     destination: str
-    phase: str = "Pending"
+    phase: str = Phase.PENDING
     freeze_ms: float = 0.0
     total_s: float = 0.0
     message: str = ""
@@ -186,46 +187,21 @@ class AutoMover:
         move = Move(
             name=f"{POD}-move-{len(self.moves) + 1}", source=source, destination=self.next_node(source)
         )
-        self.custom.create_namespaced_custom_object(
-            "live.cast.ai",
-            "v1",
-            NAMESPACE,
-            "migrations",
-            {
-                "apiVersion": "live.cast.ai/v1",
-                "kind": "Migration",
-                "metadata": {"name": move.name},
-                "spec": {
-                    "podName": POD,
-                    "destinationNode": move.destination,
-                    "fallback": "restore-on-source",
-                },
-            },
-        )
+        body = migration_body(move.name, POD, destination=move.destination, fallback="restore-on-source")
+        create_migration(self.custom, NAMESPACE, body)
         self.moves.append(move)
         return move
 
     async def wait(self, move: Move, timeout: float = 180) -> Move:
         started = time.monotonic()
-        deadline = started + timeout
-        while time.monotonic() < deadline:
-            m = await asyncio.to_thread(
-                self.custom.get_namespaced_custom_object,
-                "live.cast.ai",
-                "v1",
-                NAMESPACE,
-                "migrations",
-                move.name,
-            )
-            status = m.get("status") or {}
-            if status.get("phase") in TERMINAL:
-                move.phase = status["phase"]
-                move.freeze_ms = float(status.get("freezeSeconds", 0)) * 1000
-                move.message = status.get("message", "")
-                move.total_s = time.monotonic() - started
-                return move
-            await asyncio.sleep(0.2)
-        move.phase, move.message = "TimedOut", f"not finished within {timeout:.0f}s"
+        status = await asyncio.to_thread(follow, self.custom, NAMESPACE, move.name, timeout=timeout)
+        if status is None:
+            move.phase, move.message = "TimedOut", f"not finished within {timeout:.0f}s"
+            return move
+        move.phase = status["phase"]
+        move.freeze_ms = float(status.get("freezeSeconds", 0)) * 1000
+        move.message = status.get("message", "")
+        move.total_s = time.monotonic() - started
         return move
 
 
@@ -268,7 +244,7 @@ async def run_demo(
                 f"  {move.phase}: frozen {move.freeze_ms:.0f} ms, {move.total_s:.1f} s from request to done; "
                 f"player: {p['answers']} answers, largest gap so far {p['largest_gap'] * 1000:.0f} ms"
                 + (f", ERROR {p['error']}" if p.get("error") else "")
-                + (f" — {move.message}" if move.phase != "Finished" else ""),
+                + (f" — {move.message}" if move.phase != Phase.FINISHED else ""),
                 file=out,
                 flush=True,
             )
@@ -277,11 +253,11 @@ async def run_demo(
         stop.set()
         await asyncio.gather(events, return_exceptions=True)
     result = await asyncio.to_thread(player.finish)
-    finished = [m for m in mover.moves if m.phase == "Finished"]
+    finished = [m for m in mover.moves if m.phase == Phase.FINISHED]
     return {
         "moves": len(mover.moves),
         "finished": len(finished),
-        "failed": [f"{m.name}: {m.phase} {m.message}" for m in mover.moves if m.phase != "Finished"],
+        "failed": [f"{m.name}: {m.phase} {m.message}" for m in mover.moves if m.phase != Phase.FINISHED],
         "largest_freeze_ms": max((m.freeze_ms for m in finished), default=0.0),
         "largest_client_gap_ms": round(float(result.get("largest_gap", 0.0)) * 1000, 1),
         "answers": result.get("answers", 0),

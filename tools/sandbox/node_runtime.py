@@ -30,6 +30,8 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from clm.contracts import protocol
+from clm.contracts.protocol import is_terminal
 from clm.policy import names
 from clm.policy import objects as o
 from clm.policy.naming import runtime_pod_uid
@@ -45,7 +47,6 @@ from tools.sandbox.log_server import LogServer
 
 log = logging.getLogger("clm.sandbox.runtime")
 
-TERMINAL_MIGRATION = ("Finished", "Failed")
 # A container is removed only once its pod has been gone this long: the coordinator deletes
 # a StatefulSet pod before it creates its namesake on the destination.
 REMOVE_AFTER_SECONDS = 3.0
@@ -65,7 +66,7 @@ def held_by_migrations(migrations: list[o.Obj], node: str) -> tuple[set[tuple[st
     moving, arriving = set(), set()
     for m in migrations:
         status = m.get("status") or {}
-        if status.get("phase") in TERMINAL_MIGRATION:
+        if is_terminal(status.get("phase")):
             continue
         moving.add((o.namespace(m), (m.get("spec") or {}).get("podName", "")))
         if status.get("destinationNode") == node and status.get("sourcePodUID"):
@@ -213,7 +214,7 @@ class NodeRuntime:
             self.api.sanitize_for_serialization(p)
             for p in self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={self.node}").items
         ]
-        migrations = self.custom.list_cluster_custom_object("live.cast.ai", "v1", "migrations")["items"]
+        migrations = self.custom.list_cluster_custom_object(*protocol.CRD)["items"]
         for p in pods:
             if o.status(p).get("podIP"):
                 self.ips[runtime_pod_uid(p)] = o.status(p)["podIP"]

@@ -24,6 +24,45 @@ class StrategyChoice:
     strategy: MigrationStrategy
     # (reason, why) in the order they are to be published.
     events: list[tuple[MigrationReason, str]] = field(default_factory=list)
+    # Set when the migration cannot start at all (no working agent on a node).
+    problem: str | None = None
+
+
+def strategy_for(
+    requested: MigrationStrategy,
+    capabilities: dict[str, NodeCapabilities | None],
+    *,
+    source: str,
+    destination: str,
+    post_copy_offered: bool,
+) -> StrategyChoice:
+    """The strategy a migration runs with, from what was requested and what both nodes' agents
+    published (None: nothing), and the events that say so. `post_copy_offered`: whether this
+    version's agents move memory lazily after the restore."""
+    for node in (source, destination):
+        caps = capabilities.get(node)
+        if caps is None or not caps.probe_ok:
+            found = "no capabilities published" if caps is None else caps.problems
+            return StrategyChoice(
+                MigrationStrategy.STOP_AND_COPY,
+                problem=f"node {node} has no working checkpoint agent ({found})",
+            )
+    source_caps, destination_caps = capabilities[source], capabilities[destination]
+    assert source_caps is not None and destination_caps is not None
+    choice = choose_strategy(requested, source_caps, destination_caps)
+    if choice.strategy is MigrationStrategy.POST_COPY and not post_copy_offered:
+        return StrategyChoice(
+            MigrationStrategy.STOP_AND_COPY,
+            [
+                (MigrationReason.PRE_DUMP_SKIPPED, "post-copy requested"),
+                (
+                    MigrationReason.MIGRATION_RECONFIGURED,
+                    "post-copy is not offered by this version's checkpoint agents: "
+                    "continuing as stop-and-copy",
+                ),
+            ],
+        )
+    return choice
 
 
 def choose_strategy(

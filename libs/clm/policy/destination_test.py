@@ -1,5 +1,5 @@
 from clm.policy.compatibility import DEFAULT_REQUIREMENTS
-from services.coordinator.destination import choose_destination
+from clm.policy.destination import choose_destination
 from tests.kit import builders as b
 
 

@@ -1,0 +1,95 @@
+"""The clone pod: its name and spec come from the policy core (`-clone-N`, `cast.ai/restore`);
+this creates it when the protocol says, and hands the workload over to it at the end.
+
+A Deployment's (or any other owner's) clone is created before the dump, so a refusal fails
+the migration before anything freezes; a StatefulSet pod's namesake only after the commit
+point, once the source object is deleted (`protocol.clone_before_dump`).
+"""
+
+from __future__ import annotations
+
+from clm.contracts import PodCreateFailed, PodCreateFinished
+from clm.contracts.protocol import StepFailed
+from clm.policy.naming import clone_name, clone_spec
+from services.coordinator.recorder import StatusRecorder, in_thread
+
+
+class Clones:
+    def __init__(self, record: StatusRecorder) -> None:
+        self.record = record
+        self.kube = record.kube
+
+    @property
+    def _pod_name(self) -> str:
+        return str(self.record.spec["podName"])
+
+    async def create_before_dump(self) -> None:
+        record, namespace = self.record, self.record.namespace
+        dst = record.status["destinationNode"]
+        pod = await in_thread(self.kube.get_pod, namespace, self._pod_name)
+        if pod is None:
+            raise StepFailed("the source pod disappeared", stage="pod-create")
+        name = record.status.get("clonePod")
+        if not name:
+            taken = await in_thread(self.kube.pod_names, namespace)
+            name = clone_name(self._pod_name, record.status.get("ownerKind", ""), taken)
+            await record.patch(clonePod=name)
+        spec = clone_spec(pod, name=name, node=dst)
+        try:
+            if spec.problems:
+                raise ValueError("; ".join(p.message for p in spec.problems))
+            await in_thread(self.kube.create_pod, namespace, spec.pod)
+        except Exception as exc:  # - any API refusal is a failed pod creation
+            await record.emit(
+                "pod-create-failed",
+                PodCreateFailed,
+                f"clone {name}: {exc}",
+                clone_pod=name,
+                node=dst,
+                error=str(exc)[:1000],
+            )
+            raise StepFailed(f"creating the clone pod {name} failed: {exc}", stage="pod-create") from None
+        await record.emit(
+            "pod-create-finished",
+            PodCreateFinished,
+            f"clone pod {name} created on {dst}",
+            clone_pod=name,
+            node=dst,
+        )
+
+    async def replace_after_commit(self) -> None:
+        """A StatefulSet pod: delete the source object, then create its namesake."""
+        record = self.record
+        await in_thread(self.kube.delete_pod, record.namespace, self._pod_name)
+        if not record.status.get("clonePod"):
+            await record.patch(clonePod=self._pod_name)
+        if record.emitted("pod-create-finished"):
+            return
+        dst = record.status["destinationNode"]
+        source = record.status.get("sourcePodSpec")
+        if source is None:
+            raise StepFailed("the StatefulSet pod's spec was not kept", stage="pod-create")
+        spec = clone_spec(source, name=self._pod_name, node=dst)
+        await in_thread(self.kube.create_pod, record.namespace, spec.pod)
+        await record.emit(
+            "pod-create-finished",
+            PodCreateFinished,
+            f"pod {self._pod_name} recreated on {dst}",
+            clone_pod=self._pod_name,
+            node=dst,
+        )
+
+    async def hand_over(self) -> str:
+        """The clone is the pod now: running with the pod's IP, the source object gone."""
+        record = self.record
+        clone = record.status["clonePod"]
+        await in_thread(self.kube.set_pod_running, record.namespace, clone, record.status.get("podIP"))
+        if clone != self._pod_name:
+            await in_thread(self.kube.delete_pod, record.namespace, self._pod_name)
+        return str(clone)
+
+    async def remove(self) -> None:
+        """Rollback: a clone that never ran goes (a StatefulSet's namesake does not exist yet)."""
+        clone = self.record.status.get("clonePod")
+        if clone and clone != self._pod_name:
+            await in_thread(self.kube.delete_pod, self.record.namespace, clone)

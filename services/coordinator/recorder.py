@@ -1,0 +1,96 @@
+"""What a migration run writes down: its status on the Migration object, and its events,
+published on NATS and recorded as Kubernetes Events one to one, in order, once per key."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from clm.contracts import EVENT_TYPE, MigrationReason
+from clm.contracts.base import Message
+from clm.contracts.protocol import Phase, is_terminal
+from services.coordinator.kube import KubeGateway, now_iso
+
+log = logging.getLogger(__name__)
+
+Publish = Callable[[Message], Awaitable[Any]]
+
+
+async def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """The Kubernetes client is synchronous: keep the event loop free while it waits."""
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+class StatusRecorder:
+    def __init__(self, migration: dict[str, Any], *, kube: KubeGateway, publish: Publish) -> None:
+        self.m = migration
+        self.kube, self.publish = kube, publish
+        meta = migration["metadata"]
+        self.namespace, self.name, self.uid = meta["namespace"], meta["name"], meta["uid"]
+        self.spec: dict[str, Any] = migration.get("spec") or {}
+        self.status: dict[str, Any] = dict(migration.get("status") or {})
+
+    def note(self, **fields: Any) -> None:
+        """Kept in the status and written with the next patch: no API round trip while the
+        pod is frozen."""
+        self.status.update(fields)
+
+    async def patch(self, **fields: Any) -> None:
+        self.status.update(fields)
+        self.status["observedGeneration"] = self.m["metadata"].get("generation", 1)
+        self.m = await in_thread(self.kube.patch_status, self.m, self.status)
+
+    async def phase(self, phase: Phase, message: str, **fields: Any) -> None:
+        condition = {
+            "type": "Progressing",
+            "status": "False" if is_terminal(phase) else "True",
+            "reason": str(phase),
+            "message": message,
+            "lastTransitionTime": now_iso(),
+            "observedGeneration": self.m["metadata"].get("generation", 1),
+        }
+        if phase is Phase.FINISHED:
+            condition = {**condition, "type": "Succeeded", "status": "True"}
+        if phase is Phase.FAILED:
+            condition = {**condition, "type": "Succeeded", "status": "False"}
+        conditions = [c for c in self.status.get("conditions") or [] if c.get("type") != condition["type"]]
+        log.info(
+            "migration phase",
+            extra={"migration": f"{self.namespace}/{self.name}", "phase": str(phase), "detail": message},
+        )
+        await self.patch(phase=str(phase), message=message, conditions=[*conditions, condition], **fields)
+
+    async def emit(self, key: str, model: type[Message], message: str, **fields: Any) -> None:
+        """Publish the event on NATS and record it on the Migration, once per key, in order."""
+        keys: list[str] = list(self.status.get("eventKeys") or [])
+        if key in keys:
+            return
+        sequence = len(keys) + 1
+        event = model(
+            namespace=self.namespace,
+            migration=self.name,
+            migration_uid=self.uid,
+            pod=self.spec["podName"],
+            source_node=self.status.get("sourceNode") or self.spec.get("sourceNode") or "unknown",
+            destination_node=self.status.get("destinationNode") or None,
+            sequence=sequence,
+            message=message,
+            message_id=f"{self.uid}:{key}",
+            **fields,
+        )
+        await self.publish(event)
+        reason = MigrationReason(event.kind)
+        try:
+            await in_thread(
+                self.kube.record_event, self.m, sequence, reason.value, EVENT_TYPE[reason], message
+            )
+        except Exception as exc:  # - a Kubernetes Event is best-effort
+            log.warning(
+                "could not record the Kubernetes Event", extra={"reason": reason.value, "error": str(exc)}
+            )
+        await self.patch(eventKeys=[*keys, key])
+
+    def emitted(self, key: str) -> bool:
+        return key in (self.status.get("eventKeys") or [])
