@@ -16,7 +16,7 @@ from services.evictor_planner.app import PlannerSettings
 from services.ip_handover_agent.app import IpHandoverSettings
 from services.labeler.app import LabelerSettings
 
-SERVICES = {
+SERVICES: dict[str, type[ServiceSettings]] = {
     "checkpoint_agent": CheckpointAgentSettings,
     "coordinator": CoordinatorSettings,
     "evictor_planner": PlannerSettings,

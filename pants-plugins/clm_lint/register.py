@@ -17,7 +17,7 @@ from pants.backend.python.util_rules.pex import PexRequest, VenvPex, VenvPexProc
 from pants.core.goals.check import CheckResults
 from pants.core.goals.lint import LintResult, LintTargetsRequest
 from pants.core.util_rules.config_files import ConfigFiles, ConfigFilesRequest
-from pants.core.util_rules.partitions import Partition, Partitions, PartitionerType
+from pants.core.util_rules.partitions import Partition, PartitionerType, Partitions
 from pants.core.util_rules.source_files import SourceFiles, SourceFilesRequest
 from pants.engine.fs import Digest, MergeDigests
 from pants.engine.process import FallibleProcessResult
@@ -42,7 +42,9 @@ class RuffFormatCheckRequest(LintTargetsRequest):
 
 
 @rule(desc="Check formatting with ruff format", level=LogLevel.DEBUG)
-async def ruff_format_check(request: RuffFormatCheckRequest.Batch[RuffFieldSet, Any], ruff: Ruff) -> LintResult:
+async def ruff_format_check(
+    request: RuffFormatCheckRequest.Batch[RuffFieldSet, Any], ruff: Ruff
+) -> LintResult:
     sources = await Get(SourceFiles, SourceFilesRequest(fs.source for fs in request.elements))
     ruff_pex, config = await MultiGet(
         Get(VenvPex, PexRequest, ruff.to_pex_request()),
@@ -78,7 +80,9 @@ class MyPyLintRequest(LintTargetsRequest):
 
 
 @rule
-async def partition_mypy(request: MyPyLintRequest.PartitionRequest[MyPyFieldSet], mypy: MyPy) -> Partitions[AllFieldSets, Any]:
+async def partition_mypy(
+    request: MyPyLintRequest.PartitionRequest[MyPyFieldSet], mypy: MyPy
+) -> Partitions[AllFieldSets, Any]:
     if mypy.skip or not request.field_sets:
         return Partitions()
     return Partitions([Partition((AllFieldSets(tuple(request.field_sets)),), None)])

@@ -15,7 +15,7 @@ LIBS = (CLM_PACKAGE, CONTRACTS, POLICY, RUNTIME)
 
 def layer(*allowed):
     """The dependency rules of the BUILD file's tree: what it may import (path globs)."""
-    base = (CLM_PACKAGE, THIRD_PARTY) + tuple(allowed)
+    base = (CLM_PACKAGE, THIRD_PARTY, *allowed)
     __dependencies_rules__(  # noqa: F821 - a BUILD-file symbol
         ("<python_tests>", base + TEST_KIT, "!*"),
         ("*", base, "!*"),

@@ -53,7 +53,7 @@ def agent_config(settings: CheckpointAgentSettings) -> AgentConfig:
     )
 
 
-def build(settings: CheckpointAgentSettings) -> ServiceApp:  # type: ignore[override]
+def build(settings: CheckpointAgentSettings) -> ServiceApp:
     app = ServiceApp(name="checkpoint-agent", version=__version__, settings=settings, description=SUMMARY)
     node = settings.node_name
     metrics = AgentMetrics(app.metrics.registry)

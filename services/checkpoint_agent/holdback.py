@@ -21,8 +21,12 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 CLONE_NEWNET = 0x40000000
 ETH_P_IP = 0x0800
@@ -43,7 +47,7 @@ def _setns(path: Path | str) -> None:
         os.close(fd)
 
 
-def in_netns(netns: Path | None, make):  # type: ignore[no-untyped-def]
+def in_netns(netns: Path | None, make: Callable[[], T]) -> T:
     """Run `make()` with the calling thread in network namespace `netns` (None: as is).
     Sockets keep the namespace they were created in."""
     if netns is None:

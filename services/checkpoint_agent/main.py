@@ -9,7 +9,7 @@ from services.checkpoint_agent.app import SUMMARY, CheckpointAgentSettings, buil
 def main() -> int:
     return run_service(
         name="checkpoint-agent", summary=SUMMARY, settings_cls=CheckpointAgentSettings, build=build
-    )  # type: ignore[arg-type]
+    )
 
 
 if __name__ == "__main__":

@@ -98,7 +98,7 @@ class Runc:
         if code != 0:
             raise RuntimeCommandError(f"runc run {container_id} failed: {errors}")
 
-    def list(self) -> list[Container]:
+    def containers(self) -> list[Container]:
         proc = self._run("list", "--format", "json")
         if proc.returncode != 0:
             raise RuntimeCommandError(f"runc list failed: {proc.stderr.strip()}")
@@ -114,7 +114,7 @@ class Runc:
         ]
 
     def pod_containers(self, pod_uid: str) -> list[Container]:
-        return [c for c in self.list() if c.annotations.get(POD_UID) == pod_uid]
+        return [c for c in self.containers() if c.annotations.get(POD_UID) == pod_uid]
 
     def state(self, container_id: str) -> str | None:
         proc = self._run("state", container_id)

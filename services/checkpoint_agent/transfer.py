@@ -74,7 +74,7 @@ class _Framer:
         self.key = key
         self.sequence = 0
 
-    def mac(self, header: bytes, payload: bytes) -> bytes:
+    def mac(self, header: bytes, payload: bytes | memoryview) -> bytes:
         # HMAC-SHA256 through OpenSSL: with the CPU's SHA instructions ~2.8x the speed of
         # keyed BLAKE2b here (1.4 GB/s vs 0.5), which had capped a transfer at ~400 MiB/s.
         mac = hmac.new(self.key, struct.pack("!Q", self.sequence) + header, "sha256")
@@ -261,9 +261,11 @@ async def receive_directory(
     # The rest of the connection is read by a worker thread on the same socket, starting
     # with what the event loop has read already (an honest sender sends nothing before our
     # nonce; a replaying one does, and its frames must still be checked).
-    writer.transport.pause_reading()
-    buffered = bytes(reader._buffer)  # - StreamReader offers no public way to take it
-    reader._buffer.clear()
+    # A server's transport reads (a ReadTransport too), though typed as the writer's.
+    writer.transport.pause_reading()  # type: ignore[attr-defined]
+    # StreamReader offers no public way to take what it buffered already.
+    buffered = bytes(reader._buffer)  # type: ignore[attr-defined]
+    reader._buffer.clear()  # type: ignore[attr-defined]
     sock = socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno()))
     sock.setblocking(True)
     sock.settimeout(timeout)

@@ -107,8 +107,9 @@ async def test_a_flipped_bit_is_detected(tmp_path: Path) -> None:
     def flip(offset: int, data: bytes) -> bytes:
         target = 3 * 2**20  # somewhere inside the pages
         if offset <= target < offset + len(data):
-            data = bytearray(data)
-            data[target - offset] ^= 0x01
+            flipped = bytearray(data)
+            flipped[target - offset] ^= 0x01
+            data = bytes(flipped)
             return bytes(data)
         return data
 

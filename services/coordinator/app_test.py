@@ -52,7 +52,7 @@ async def test_a_replica_takes_on_at_most_its_share_of_a_burst() -> None:
         await release.wait()
         c.running.pop(uid, None)
 
-    c.drive = drive  # type: ignore[method-assign]
+    c.drive = drive  # type: ignore[method-assign,assignment]  # the fake stands in for the method
     await c.resync()
     await asyncio.sleep(0)
     assert started == ["uid-0", "uid-1", "uid-2"]  # oldest first, three at most

@@ -7,7 +7,7 @@ from services.coordinator.app import SUMMARY, CoordinatorSettings, build
 
 
 def main() -> int:
-    return run_service(name="coordinator", summary=SUMMARY, settings_cls=CoordinatorSettings, build=build)  # type: ignore[arg-type]
+    return run_service(name="coordinator", summary=SUMMARY, settings_cls=CoordinatorSettings, build=build)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from typing import Any
 
 from clm.contracts import EVENT_TYPE, MigrationReason
 from clm.contracts.base import Message
+from clm.contracts.events import _MigrationEvent
 from clm.contracts.protocol import Phase, is_terminal
 from services.coordinator.kube import KubeGateway, now_iso
 
@@ -62,7 +63,7 @@ class StatusRecorder:
         )
         await self.patch(phase=str(phase), message=message, conditions=[*conditions, condition], **fields)
 
-    async def emit(self, key: str, model: type[Message], message: str, **fields: Any) -> None:
+    async def emit(self, key: str, model: type[_MigrationEvent], message: str, **fields: Any) -> None:
         """Publish the event on NATS and record it on the Migration, once per key, in order."""
         keys: list[str] = list(self.status.get("eventKeys") or [])
         if key in keys:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from clm.contracts import (
+    AgentKind,
     CheckpointCommand,
     NetworkCommand,
     NodeCapabilities,
@@ -74,16 +75,18 @@ class FakeAgents:
         self.sent: list[tuple[str, str, str]] = []
 
     async def send(self, command: CheckpointCommand | NetworkCommand, timeout: float) -> StepResult:
-        agent = "checkpoint" if isinstance(command, CheckpointCommand) else "network"
+        agent = AgentKind.CHECKPOINT if isinstance(command, CheckpointCommand) else AgentKind.NETWORK
         self.sent.append((agent, str(command.step), command.node))
         error = self.fail.get(f"{agent}:{command.step}")
-        details = {"bytes": 123, "pages_written": 7} if command.step in ("dump", "pre-dump") else {}
+        details: dict[str, float | int | str | bool] = (
+            {"bytes": 123, "pages_written": 7} if command.step in ("dump", "pre-dump") else {}
+        )
         return step_result_for(
             command,
             agent=agent,
             ok=error is None,
             duration_seconds=0.1,
-            error=error,  # type: ignore[arg-type]
+            error=error,
             details=details,
         )
 
@@ -141,9 +144,9 @@ def make(
     }
     runner = MigrationRunner(
         migration,
-        kube=kube,
+        kube=kube,  # type: ignore[arg-type]  # a recording fake of KubeGateway
         send=agents.send,
-        capabilities=capabilities,  # type: ignore[arg-type]
+        capabilities=capabilities,
         publish=publish,
         config=RunnerConfig(step_timeout=5),
     )

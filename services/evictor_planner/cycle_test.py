@@ -72,8 +72,10 @@ def test_a_reclaimed_node_goes_first_even_beyond_the_drain_limit() -> None:
     state = ClusterState(snap, draining=frozenset({"c"}), reclaimed=frozenset({"a"}))
     out = decide(state, PlannerConfig(), Limits(nodes_draining=1))
     assert out.steps[0] == StartDrain("a", "spot-interruption")
-    assert out.steps[1] == Migrate(
-        "default", "a1", "a", None, Fallback.EVICT, out.steps[1].why
+    moved = out.steps[1]
+    assert isinstance(moved, Migrate)
+    assert moved == Migrate(
+        "default", "a1", "a", None, Fallback.EVICT, moved.why
     )  # the coordinator picks the destination
     assert {s.node for s in out.of(StartDrain)} == {"a"}  # "c" was already draining: no new one
 

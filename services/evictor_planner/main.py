@@ -7,7 +7,7 @@ from services.evictor_planner.app import SUMMARY, PlannerSettings, build
 
 
 def main() -> int:
-    return run_service(name="evictor-planner", summary=SUMMARY, settings_cls=PlannerSettings, build=build)  # type: ignore[arg-type]
+    return run_service(name="evictor-planner", summary=SUMMARY, settings_cls=PlannerSettings, build=build)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import boto3
 import pytest
@@ -16,7 +17,7 @@ POD_IP = "10.0.1.50"
 
 @dataclass
 class Vpc:
-    ec2: object
+    ec2: Any
     subnet_a1: str
     subnet_a2: str
     subnet_b: str

@@ -154,9 +154,12 @@ class Plugin:
             return self.add_routed() if "routed" in self.conf else self.delegate()
         record = self.record_path()
         if record.exists():
-            if json.loads(record.read_text()).get("kind") == "routed":
-                return self.del_routed(record) if command == "DEL" else self.check_restored(record)
-            return self.del_restored(record) if command == "DEL" else self.check_restored(record)
+            routed = json.loads(record.read_text()).get("kind") == "routed"
+            if command == "DEL":
+                (self.del_routed if routed else self.del_restored)(record)
+            else:
+                self.check_restored(record)
+            return None
         if "routed" in self.conf:
             return None  # DEL of what was never added (or already deleted): done
         return self.delegate()

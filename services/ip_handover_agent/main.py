@@ -9,7 +9,7 @@ from services.ip_handover_agent.app import SUMMARY, IpHandoverSettings, build
 def main() -> int:
     return run_service(
         name="ip-handover-agent", summary=SUMMARY, settings_cls=IpHandoverSettings, build=build
-    )  # type: ignore[arg-type]
+    )
 
 
 if __name__ == "__main__":

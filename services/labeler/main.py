@@ -7,7 +7,7 @@ from services.labeler.app import SUMMARY, LabelerSettings, build
 
 
 def main() -> int:
-    return run_service(name="labeler", summary=SUMMARY, settings_cls=LabelerSettings, build=build)  # type: ignore[arg-type]
+    return run_service(name="labeler", summary=SUMMARY, settings_cls=LabelerSettings, build=build)
 
 
 if __name__ == "__main__":

@@ -8,14 +8,16 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from typing import Any
 
-from clm.contracts import NodeCapabilities, RequestMigration, streams, subjects
+from clm.contracts import Message, NodeCapabilities, RequestMigration, StreamSpec, streams, subjects
 from tests.integration.support import make_app
 
 DURABLE = "crash-test"
-SETTINGS = {"max_deliver": 2, "ack_wait_seconds": 1.0}
+MAX_DELIVER = 2
+SETTINGS: dict[str, Any] = {"max_deliver": MAX_DELIVER, "ack_wait_seconds": 1.0}
 # What the crashing consumer reads: an event (limits stream) or a command (work queue).
-TARGETS = {
+TARGETS: dict[str, tuple[type[Message], str, StreamSpec]] = {
     "event": (NodeCapabilities, subjects.ALL_NODE_CAPABILITIES, streams.EVENTS),
     "command": (RequestMigration, subjects.ALL_MIGRATION_REQUESTS, streams.COMMANDS),
 }

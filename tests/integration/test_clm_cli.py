@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import nats
 import orjson
@@ -50,7 +51,7 @@ def test_explain_says_why_and_what_the_evictor_would_do(
             ("mc-0", {"name": "c", "image": "mc"}),
             ("shell", {"name": "sh", "image": "busybox", "tty": True}),
         ):
-            meta = {"name": name, "labels": {"app": "mc"}}
+            meta: dict[str, Any] = {"name": name, "labels": {"app": "mc"}}
             if name == "mc-0":
                 meta["ownerReferences"] = [b.owner("StatefulSet", "mc")]
             core.create_namespaced_pod(

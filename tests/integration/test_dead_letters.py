@@ -144,7 +144,7 @@ async def test_handler_that_keeps_crashing_the_process_is_dead_lettered(
     await publisher.start()
     poison = _caps("poison") if target == "event" else RequestMigration(namespace="games", pod="poison")
     await publisher.publish(poison)
-    for _ in range(crashing_consumer.SETTINGS["max_deliver"]):
+    for _ in range(crashing_consumer.MAX_DELIVER):
         proc = await asyncio.to_thread(
             subprocess.run,
             [sys.executable, "-m", "tests.integration.crashing_consumer", nats_server.url, target],

@@ -161,7 +161,7 @@ def test_a_restarted_agent_finishes_what_it_left_half_done(
         inventory = backend.inventory()
         assert backend.pod_netns(half_aborted) not in inventory["namespaces"]
         assert ledger.get(half_aborted.uid) is None
-        assert drifted.ip in inventory["routes"] and ledger.get(drifted.uid).state == "announced"  # type: ignore[union-attr]
+        assert drifted.ip in inventory["routes"] and ledger.get(drifted.uid).state == "announced"
         assert foreign.ip in inventory["routes"] and backend.pod_netns(foreign) in inventory["namespaces"]
     finally:
         agent.stop()

@@ -78,7 +78,7 @@ async def test_streams_are_declared_idempotently(nats_server: NatsServer) -> Non
         js = connections[0].jetstream()
         for _round in range(10):
             for info in await js.streams_info():
-                await js.delete_stream(info.config.name)
+                await js.delete_stream(str(info.config.name))
             await asyncio.gather(
                 *(declare_streams(nc.jetstream(), streams.ALL, replicas=1) for nc in connections)
             )
@@ -88,7 +88,9 @@ async def test_streams_are_declared_idempotently(nats_server: NatsServer) -> Non
         assert events.config.retention == RetentionPolicy.LIMITS
         assert commands.config.retention == RetentionPolicy.WORK_QUEUE
         assert events.config.duplicate_window == streams.EVENTS.duplicate_window_seconds
-        assert sorted(s.config.name for s in await js.streams_info()) == sorted(s.name for s in streams.ALL)
+        assert sorted(str(s.config.name) for s in await js.streams_info()) == sorted(
+            s.name for s in streams.ALL
+        )
     finally:
         for nc in connections:
             await nc.close()

@@ -56,7 +56,11 @@ def dependencies(checkout: Path, path: str, source: str) -> subprocess.Completed
         # A service must not import another one: they talk through NATS and the API.
         ("services/labeler/zz_layer.py", "from services.coordinator import kube", "services/BUILD[!*]"),
         # Libraries never import services.
-        ("libs/clm/runtime/zz_layer.py", "from services.checkpoint_agent import runc", "libs/clm/runtime/BUILD[!*]"),
+        (
+            "libs/clm/runtime/zz_layer.py",
+            "from services.checkpoint_agent import runc",
+            "libs/clm/runtime/BUILD[!*]",
+        ),
     ],
 )
 def test_an_import_across_a_layer_fails_the_build(checkout: Path, path: str, wrong: str, rule: str) -> None:
@@ -67,6 +71,8 @@ def test_an_import_across_a_layer_fails_the_build(checkout: Path, path: str, wro
 
 
 def test_an_import_down_the_layers_passes(checkout: Path) -> None:
-    result = dependencies(checkout, "services/labeler/zz_layer.py", "from clm.policy import names  # noqa: F401\n")
+    result = dependencies(
+        checkout, "services/labeler/zz_layer.py", "from clm.policy import names  # noqa: F401\n"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "libs/clm/policy/names.py" in result.stdout

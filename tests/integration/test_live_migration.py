@@ -140,7 +140,7 @@ async def test_pod_moves_to_node_b_with_its_connection(lab: Lab) -> None:
     assert running_on(lab.pod, lab.b.runc_root) and not running_on(lab.pod, lab.a.runc_root)
     assert not pod_netns_path(lab.a.node, lab.pod.uid).exists()  # released
     dump = report.result("checkpoint", "dump")
-    assert dump is not None and dump.details["bytes"] > STATE_MIB * 2**20
+    assert dump is not None and int(dump.details["bytes"]) > STATE_MIB * 2**20
     for phase in ("frozen_seconds", "memdump_seconds", "memwrite_seconds", "transfer_seconds"):
         assert float(dump.details[phase]) > 0, phase
     for r in report.results:

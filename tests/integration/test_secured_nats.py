@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -70,7 +71,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-async def _round_trip(url: str, **settings: object) -> None:
+async def _round_trip(url: str, **settings: Any) -> None:
     app = make_app(url, **settings)
     seen: list[str] = []
 

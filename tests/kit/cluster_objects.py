@@ -107,7 +107,11 @@ def _workloads() -> list[Obj]:
 
 
 # (user labels, weight): mostly nothing; some opted out or protected.
-USER_LABELS = (({}, 90), ({names.LIVE_MIGRATION_DISABLED: "true"}, 5), ({names.REMOVAL_DISABLED: "true"}, 5))
+USER_LABELS: tuple[tuple[dict[str, str], int], ...] = (
+    ({}, 90),
+    ({names.LIVE_MIGRATION_DISABLED: "true"}, 5),
+    ({names.REMOVAL_DISABLED: "true"}, 5),
+)
 
 
 def dense_cluster_objects(
@@ -120,7 +124,8 @@ def dense_cluster_objects(
 ) -> list[Obj]:
     rng = random.Random(seed)
     out = _workloads()
-    user_choices, weights = zip(*USER_LABELS, strict=True)
+    user_choices = tuple(labels for labels, _ in USER_LABELS)
+    weights = tuple(weight for _, weight in USER_LABELS)
     for i in range(nodes):
         itype, arch, cores, mem, _ = rng.choice(DENSE_SHAPES)
         name = f"node-{i:05d}"

@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 from faststream.specification import AsyncAPI
@@ -37,7 +38,7 @@ NODE = "{node}"
 
 
 def render() -> str:
-    settings = {"nats_url": "nats://nats.clm-system.svc:4222"}
+    settings: dict[str, Any] = {"nats_url": "nats://nats.clm-system.svc:4222"}
     apps = [
         build_labeler(LabelerSettings.model_construct(**settings)),
         build_planner(PlannerSettings.model_construct(**settings)),

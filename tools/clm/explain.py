@@ -30,7 +30,8 @@ def explain(pod: o.Obj, lookup: Lookup) -> dict[str, Any]:
     return {
         "pod": f"{o.namespace(pod)}/{o.name(pod)}",
         "node": node_name or None,
-        "node_migration_enabled": bool(node) and o.labels(node).get(names.MIGRATION_ENABLED) == names.TRUE,
+        "node_migration_enabled": node is not None
+        and o.labels(node).get(names.MIGRATION_ENABLED) == names.TRUE,
         "workload": {
             "kind": result.workload.kind,
             "name": result.workload.name,

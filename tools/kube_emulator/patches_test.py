@@ -1,3 +1,5 @@
+from typing import Any
+
 import pytest
 
 from tools.kube_emulator.patches import PatchError, json_patch, merge_patch, strategic_merge
@@ -65,10 +67,10 @@ def test_strategic_merge_by_keys_and_directives() -> None:
             ]
         },
     }
-    out = strategic_merge(pod, patch)
+    out: dict[str, Any] = strategic_merge(pod, patch)
     assert out["metadata"] == {"labels": {"b": "2"}, "finalizers": ["x", "y"]}
     assert out["spec"]["containers"] == [{"name": "app", "image": "v2"}, {"name": "new", "image": "n"}]
-    assert out["spec"]["tolerations"] == pod["spec"]["tolerations"]
+    assert out["spec"]["tolerations"] == pod["spec"]["tolerations"]  # type: ignore[index]  # a literal dict of mixed values
 
 
 def test_strategic_merge_conditions_by_type_and_replace_directive() -> None:

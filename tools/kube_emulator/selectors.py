@@ -19,7 +19,9 @@ _CMP = re.compile(r"^\s*([A-Za-z0-9._/-]+)\s*(==|=|!=)\s*([A-Za-z0-9._-]*)\s*$")
 
 def _split(selector: str) -> list[str]:
     """Split on commas that are not inside parentheses."""
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for ch in selector:
         if ch == "(":
             depth += 1
@@ -34,6 +36,21 @@ def _split(selector: str) -> list[str]:
     return [p for p in parts if p.strip()]
 
 
+LabelTest = Callable[[Mapping[str, str]], bool]
+
+
+def _label_equals(key: str, value: str, *, negate: bool) -> LabelTest:
+    return lambda labels: (labels.get(key) == value) != negate
+
+
+def _label_in(key: str, wanted: set[str], *, negate: bool) -> LabelTest:
+    return lambda labels: (labels.get(key) in wanted) != negate
+
+
+def _label_present(key: str, *, negate: bool) -> LabelTest:
+    return lambda labels: (key in labels) != negate
+
+
 def label_selector(selector: str | None) -> Callable[[Mapping[str, str]], bool]:
     """A predicate over a labels dict; raises SelectorError for a malformed selector."""
     if not selector:
@@ -43,10 +60,7 @@ def label_selector(selector: str | None) -> Callable[[Mapping[str, str]], bool]:
         cmp = _CMP.match(part)
         if cmp:
             key, op, value = cmp.groups()
-            if op == "!=":
-                tests.append(lambda ls, k=key, v=value: ls.get(k) != v)
-            else:
-                tests.append(lambda ls, k=key, v=value: ls.get(k) == v)
+            tests.append(_label_equals(key, value, negate=op == "!="))
             continue
         match = _SET.match(part)
         if not match:
@@ -54,14 +68,9 @@ def label_selector(selector: str | None) -> Callable[[Mapping[str, str]], bool]:
         negated, key, op, values = match.groups()
         if op:
             wanted = {v.strip() for v in values.split(",") if v.strip()}
-            if op == "in":
-                tests.append(lambda ls, k=key, w=wanted: ls.get(k) in w)
-            else:
-                tests.append(lambda ls, k=key, w=wanted: ls.get(k) not in w)
-        elif negated:
-            tests.append(lambda ls, k=key: k not in ls)
+            tests.append(_label_in(key, wanted, negate=op == "notin"))
         else:
-            tests.append(lambda ls, k=key: k in ls)
+            tests.append(_label_present(key, negate=bool(negated)))
     return lambda labels: all(t(labels) for t in tests)
 
 
@@ -89,8 +98,9 @@ def field_selector(selector: str | None) -> Predicate:
         if not match:
             raise SelectorError(f"invalid field selector: {part.strip()!r}")
         path, op, value = match.groups()
-        if op == "!=":
-            tests.append(lambda o, p=path, v=value: _path_value(o, p) != v)
-        else:
-            tests.append(lambda o, p=path, v=value: _path_value(o, p) == v)
+        tests.append(_field_equals(path, value, negate=op == "!="))
     return lambda obj: all(t(obj) for t in tests)
+
+
+def _field_equals(path: str, value: str, *, negate: bool) -> Predicate:
+    return lambda obj: (_path_value(obj, path) == value) != negate

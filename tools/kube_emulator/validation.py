@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-_TYPES = {
+_TYPES: dict[str, type | tuple[type, ...]] = {
     "string": str,
     "integer": int,
     "number": (int, float),

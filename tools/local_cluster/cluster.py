@@ -168,7 +168,7 @@ class LocalCluster:
         return all(p.ready for p in self.procs)
 
     def status_rows(self) -> list[dict[str, object]]:
-        rows = []
+        rows: list[dict[str, object]] = []
         for proc in self.procs:
             metrics = ""
             if proc.popen.poll() is None:

@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 loop = asyncio.get_running_loop()
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.add_signal_handler(sig, stop.set)
+                assert cluster.nats is not None  # started above
                 await follow(cluster.nats.url, stop)
 
             with contextlib.suppress(KeyboardInterrupt):

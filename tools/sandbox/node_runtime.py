@@ -184,7 +184,7 @@ class NodeRuntime:
         except ApiException:
             return None
         uid = runtime_pod_uid(obj)
-        for c in self.runc.list():
+        for c in self.runc.containers():
             if c.annotations.get(POD_UID) == uid and c.annotations.get(CONTAINER_NAME) == container:
                 return log_path(self.container_logs, c.id), c.id
         return None
@@ -203,7 +203,7 @@ class NodeRuntime:
     def _running(self, containers: list[Container] | None = None) -> dict[str, list[str]]:
         """Containers on this node by pod runtime UID, whatever their state."""
         by_uid: dict[str, list[str]] = {}
-        for c in self.runc.list() if containers is None else containers:
+        for c in self.runc.containers() if containers is None else containers:
             uid = c.annotations.get(POD_UID)
             if uid:
                 by_uid.setdefault(uid, []).append(c.id)
@@ -218,7 +218,7 @@ class NodeRuntime:
         for p in pods:
             if o.status(p).get("podIP"):
                 self.ips[runtime_pod_uid(p)] = o.status(p)["podIP"]
-        containers = self.runc.list()
+        containers = self.runc.containers()
         self._watch_exits(pods, migrations, containers)
         running = self._running(containers)  # a restart keeps its pod's runtime UID
         actions = decide(

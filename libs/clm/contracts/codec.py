@@ -7,7 +7,7 @@ invalid fields all raise `ContractError` whose message says what is wrong and wh
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import orjson
 from pydantic import ValidationError
@@ -34,7 +34,15 @@ def _describe_errors(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def decode(data: bytes | str, expected: type[M] | Iterable[type[M]] | None = None) -> M:
+@overload
+def decode(data: bytes | str, expected: type[M]) -> M: ...
+
+
+@overload
+def decode(data: bytes | str, expected: Iterable[type[Message]] | None = None) -> Message: ...
+
+
+def decode(data: bytes | str, expected: type[Message] | Iterable[type[Message]] | None = None) -> Message:
     """Parse one message; `expected` limits which kinds are acceptable."""
     try:
         obj: Any = orjson.loads(data)
@@ -60,6 +68,6 @@ def decode(data: bytes | str, expected: type[M] | Iterable[type[M]] | None = Non
             f" ({model.SCHEMA_VERSION}); upgrade the consuming service"
         )
     try:
-        return model.model_validate(obj)  # type: ignore[return-value]
+        return model.model_validate(obj)
     except ValidationError as exc:
         raise ContractError(f"invalid {kind}: {_describe_errors(exc)}") from None

@@ -229,7 +229,7 @@ class _Planner:
         # Destinations are tried tier by tier (see TIER_BUCKETS), best fit within a tier.
         self.tier = [STAYS] * count
         # signature -> sorted [(tier, free_mem, node index)] of statically feasible destinations
-        self.groups: dict[tuple[Any, ...], list[tuple[int, int, int]]] = {}
+        self.groups: dict[tuple[Any, ...], list[tuple[int, float, int]]] = {}
         self.group_members: list[list[tuple[Any, ...]]] = [[] for _ in range(count)]
         self._static_cache: dict[tuple[Any, ...], bool] = {}
         self._pair_cache: dict[tuple[Any, Any], bool] = {}
@@ -309,7 +309,7 @@ class _Planner:
             ok = compatible
         return ok
 
-    def _group(self, pod: _Pod) -> list[tuple[int, int, int]]:
+    def _group(self, pod: _Pod) -> list[tuple[int, float, int]]:
         group = self.groups.get(pod.signature)
         if group is None:
             group = sorted(

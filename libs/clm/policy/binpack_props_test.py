@@ -36,8 +36,8 @@ def check(snap: Snapshot, result: Plan, config: PlannerConfig) -> None:
             key = (move.namespace, move.name)
             assert key not in moved, "a pod is moved twice"
             moved[key] = move
-    usage = {name: Counter() for name in nodes}
-    evictions = Counter()
+    usage: dict[str, Counter[str]] = {name: Counter() for name in nodes}
+    evictions: Counter[str | None] = Counter()
     for key, pod in pods.items():
         decision = pod_decision(
             pod, compatibility.node_problems(nodes[pod.node].obj, config.requirements), config.mode

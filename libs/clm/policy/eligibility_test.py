@@ -184,7 +184,9 @@ def test_gpu_requests_block(resource: str) -> None:
     ("field", "code"), [("hostNetwork", "host-network"), ("hostPID", "host-pid"), ("hostIPC", "host-ipc")]
 )
 def test_host_namespaces_block(field: str, code: str) -> None:
-    assert [r.code for r in assess(b.pod(**{field: True}), b.Store().lookup).reasons] == [code]
+    pod = b.pod()
+    pod["spec"][field] = True
+    assert [r.code for r in assess(pod, b.Store().lookup).reasons] == [code]
 
 
 def test_static_pods_pending_and_terminating_pods_block() -> None:

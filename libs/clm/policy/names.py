@@ -34,4 +34,4 @@ TRUE = "true"
 
 def is_true(labels: dict[str, str] | None, key: str) -> bool:
     """Only the exact value "true" counts as true; anything else is false or missing."""
-    return bool(labels) and labels.get(key) == TRUE
+    return labels is not None and labels.get(key) == TRUE

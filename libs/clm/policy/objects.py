@@ -1,7 +1,5 @@
 """Accessors over Kubernetes objects as the API returns them (plain dicts)."""
 
-from __future__ import annotations
-
 from collections.abc import Iterator, Mapping
 from typing import Any
 

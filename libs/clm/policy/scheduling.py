@@ -36,7 +36,7 @@ def untolerated_taints(pod: o.Obj, node: o.Obj) -> list[Mapping[str, Any]]:
 
 
 def _expression_matches(expr: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
-    key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
+    key, op, values = str(expr.get("key", "")), expr.get("operator"), expr.get("values") or []
     present = key in labels
     if op == "In":
         return present and labels[key] in values

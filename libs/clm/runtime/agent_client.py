@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from clm.contracts import (
@@ -37,7 +38,7 @@ class AgentClient:
         )
         answered: asyncio.Future[StepResult] = asyncio.get_running_loop().create_future()
 
-        async def on_result(msg) -> None:  # type: ignore[no-untyped-def]
+        async def on_result(msg: Msg) -> None:
             try:
                 result = decode(msg.data, StepResult)
             except Exception:  # - not ours to judge: skip what does not decode

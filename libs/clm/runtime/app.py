@@ -21,7 +21,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import Any, TypeVar
+from typing import Any
 
 from faststream import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
@@ -40,7 +40,6 @@ from clm.runtime.jetstream import declare_streams
 from clm.runtime.metrics import RuntimeMetrics
 from clm.runtime.settings import ServiceSettings
 
-M = TypeVar("M", bound=Message)
 Handler = Callable[..., Awaitable[None]]
 
 log = logging.getLogger(__name__)
@@ -100,7 +99,7 @@ class ServiceApp:
 
     def consumer(
         self,
-        accepts: type[M] | Iterable[type[M]],
+        accepts: type[Message] | Iterable[type[Message]],
         *,
         durable: str,
         filter_subject: str,

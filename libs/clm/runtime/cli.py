@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from clm.runtime.app import ServiceApp
 from clm.runtime.logs import configure_logging
@@ -21,12 +22,15 @@ def _env_help(settings_cls: type[ServiceSettings]) -> str:
     return "\n".join(lines)
 
 
+S = TypeVar("S", bound=ServiceSettings)
+
+
 def run_service(
     *,
     name: str,
     summary: str,
-    settings_cls: type[ServiceSettings],
-    build: Callable[[ServiceSettings], ServiceApp],
+    settings_cls: type[S],
+    build: Callable[[S], ServiceApp],
     argv: Sequence[str] | None = None,
 ) -> int:
     parser = argparse.ArgumentParser(

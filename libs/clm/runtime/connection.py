@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from typing import Any
 
 from faststream.nats import (
     NatsCredentials,
@@ -29,7 +30,7 @@ def ssl_context(settings: ServiceSettings) -> ssl.SSLContext | None:
 def security(settings: ServiceSettings) -> NatsSecurity | None:
     """The FastStream security object for the configured credentials, or None."""
     ctx = ssl_context(settings)
-    tls = {"ssl_context": ctx, "use_ssl": True} if ctx else {}
+    tls: dict[str, Any] = {"ssl_context": ctx, "use_ssl": True} if ctx else {}
     if settings.nats_creds_file:
         return NatsCredentials(str(settings.nats_creds_file), **tls)
     if settings.nats_nkey_seed_file:

@@ -142,7 +142,7 @@ class Deliveries:
             policy=policy,
             cause="max-deliveries",
             reason=f"no ack after {info.get('deliveries')} deliveries (handler crashed or timed out)",
-            subject=stored.subject,
+            subject=stored.subject or "",
             stream_seq=seq,
             deliveries=int(info.get("deliveries", 0)),
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -40,7 +41,8 @@ async def declare_streams(js: JetStreamContext, specs: tuple[StreamSpec, ...], *
     name in use) and it takes the update path against the stream the winner made.
     """
     for spec in specs:
-        await _patiently(lambda spec=spec: _declare_stream(js, spec, stream_config(spec, replicas=replicas)))
+        config = stream_config(spec, replicas=replicas)
+        await _patiently(functools.partial(_declare_stream, js, spec, config))
 
 
 # A busy server (a whole cluster of services starting at once, a JetStream leader election)

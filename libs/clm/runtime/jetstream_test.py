@@ -19,7 +19,7 @@ class RacingJetStream:
     """Stream info says "not found" until someone else's create lands, as in a real race."""
 
     lose_with: int
-    existing: dict[str, StreamConfig] = field(default_factory=dict)
+    existing: dict[str | None, StreamConfig] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
 
     async def stream_info(self, name: str) -> SimpleNamespace:
