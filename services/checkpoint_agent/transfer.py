@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import hmac
 import os
@@ -172,7 +173,8 @@ async def send_directory(
     """Stream every regular file under `source` (subdirectories included) to a receiver."""
     started = time.perf_counter()
     try:
-        sock = await asyncio.wait_for(asyncio.to_thread(socket.create_connection, (host, port), 30), 31)
+        connect = functools.partial(socket.create_connection, (host, port), timeout=30)
+        sock = await asyncio.wait_for(asyncio.to_thread(connect), 31)
     except OSError as exc:
         raise TransferError(f"cannot reach the receiver at {host}:{port}: {exc}") from None
     sock.settimeout(timeout)
@@ -267,8 +269,7 @@ async def receive_directory(
     buffered = bytes(reader._buffer)  # type: ignore[attr-defined]
     reader._buffer.clear()  # type: ignore[attr-defined]
     sock = socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno()))
-    sock.setblocking(True)
-    sock.settimeout(timeout)
+    sock.settimeout(timeout)  # blocking, with a timeout
     target = destination_for[migration]
     try:
         total, files = await asyncio.to_thread(

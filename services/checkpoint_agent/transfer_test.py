@@ -77,11 +77,11 @@ async def _proxy(target_port: int, mutate, record: list[bytes] | None = None) ->
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
         seen = 0
 
-        async def pipe(src, dst, transform) -> None:
+        async def pipe(src, dst, *, upstream: bool) -> None:
             nonlocal seen
             try:
                 while data := await src.read(65536):
-                    if transform:
+                    if upstream:
                         data = mutate(seen, data)
                         if record is not None:
                             record.append(data)
@@ -93,7 +93,7 @@ async def _proxy(target_port: int, mutate, record: list[bytes] | None = None) ->
             finally:
                 dst.close()
 
-        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+        await asyncio.gather(pipe(reader, up_writer, upstream=True), pipe(up_reader, writer, upstream=False))
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     return server.sockets[0].getsockname()[1]

@@ -107,7 +107,7 @@ class MigrationRunner:
             attempt=int(status.get("attempt", 1)),
         )
 
-    async def _step(self, step: protocol.Step, strategy: str, round_: int | None = None) -> StepResult:
+    async def _step(self, step: protocol.Step, strategy: str, *, round_: int | None = None) -> StepResult:
         command = self._move().command(
             step, strategy=strategy, timeout_seconds=self.config.step_timeout, round_=round_
         )
@@ -207,7 +207,7 @@ class MigrationRunner:
     async def _pre_dump(self, step: protocol.Step, strategy: str) -> str:
         await self.record.phase(step.phase, "pre-copy round 1 while the pod runs")
         try:
-            result = await self._step(step, strategy, 1)
+            result = await self._step(step, strategy, round_=1)
         except StepFailed as failure:
             await self.record.emit(
                 "pre-dump-failed-1", PreDumpFailed, failure.reason, round=1, error=failure.reason

@@ -26,6 +26,9 @@ def mac_of(iface: str) -> bytes:
     return info[18:24]
 
 
+ARP_REQUEST, ARP_REPLY = 1, 2
+
+
 def _arp_frame(op: int, src_mac: bytes, src_ip: str, dst_mac: bytes, dst_ip: str) -> bytes:
     ether = BROADCAST + src_mac + struct.pack("!H", ETH_P_ARP)
     arp = struct.pack(
@@ -49,7 +52,7 @@ def gratuitous_arp(iface: str, ip: str, count: int = 2) -> None:
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as s:
         s.bind((iface, 0))
         for _ in range(count):
-            s.send(_arp_frame(2, mac, ip, BROADCAST, ip))
+            s.send(_arp_frame(ARP_REPLY, mac, ip, BROADCAST, ip))
 
 
 def probe(iface: str, ip: str, source_ip: str, seconds: float = 0.5) -> set[str]:
@@ -58,7 +61,7 @@ def probe(iface: str, ip: str, source_ip: str, seconds: float = 0.5) -> set[str]
     answers: set[str] = set()
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as s:
         s.bind((iface, 0))
-        s.send(_arp_frame(1, mac, source_ip, b"\x00" * 6, ip))
+        s.send(_arp_frame(ARP_REQUEST, mac, source_ip, b"\x00" * 6, ip))
         deadline = time.monotonic() + seconds
         while (left := deadline - time.monotonic()) > 0:
             s.settimeout(left)

@@ -18,6 +18,7 @@ unlabeled when the probe breaks or the agent goes quiet.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import socket
@@ -126,11 +127,13 @@ class Labeler:
         """From informer threads: mark the pods to assess again."""
         assert self.loop is not None
         node = o.spec(obj).get("nodeName", "") if kind == "Pod" and obj is not None else None
-        self.loop.call_soon_threadsafe(self._mark, kind, key, obj is None, node)
+        self.loop.call_soon_threadsafe(
+            functools.partial(self._mark, kind, key, deleted=obj is None, node=node)
+        )
 
-    def _mark(self, kind: str, key: Key, deleted: bool, node: str | None) -> None:
+    def _mark(self, kind: str, key: Key, *, deleted: bool, node: str | None) -> None:
         if kind == "Pod":
-            self._index(key, deleted, node or "")
+            self._index(key, deleted=deleted, node=node or "")
             self.dirty.add(key)
         elif kind in NAMESPACED:
             self.dirty.update(self.pods_by_namespace.get(key[0], ()))
@@ -144,7 +147,7 @@ class Labeler:
         self.dirty.add(key)
         self.wake.set()
 
-    def _index(self, key: Key, deleted: bool, node: str) -> None:
+    def _index(self, key: Key, *, deleted: bool, node: str) -> None:
         old = self.pod_node.pop(key, None)
         if old is not None:
             self.pods_by_node.get(old, set()).discard(key)
@@ -286,7 +289,7 @@ class Labeler:
                 continue
             for (_, name), node in list(nodes.objects.items()):
                 capable = self.node_capable(name)
-                patch = None if capable is None else node_patch(node, capable)
+                patch = None if capable is None else node_patch(node, capable=capable)
                 if patch is None:
                     continue
                 try:

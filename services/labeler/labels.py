@@ -43,7 +43,7 @@ def pod_patch(pod: o.Obj, verdict: PodVerdict) -> dict[str, Any] | None:
     return patch or None
 
 
-def node_patch(node: o.Obj, capable: bool) -> dict[str, Any] | None:
+def node_patch(node: o.Obj, *, capable: bool) -> dict[str, Any] | None:
     want = names.TRUE if capable else None
     if o.labels(node).get(names.MIGRATION_ENABLED) == want:
         return None

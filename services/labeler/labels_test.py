@@ -32,9 +32,11 @@ def test_an_ineligible_pod_loses_the_label_and_says_why() -> None:
 
 def test_node_patches() -> None:
     node = b.node("n1", migration_enabled=False)
-    assert node_patch(node, True) == {"metadata": {"labels": {names.MIGRATION_ENABLED: "true"}}}
-    assert node_patch(b.node("n2"), True) is None
-    assert node_patch(b.node("n2"), False) == {"metadata": {"labels": {names.MIGRATION_ENABLED: None}}}
+    assert node_patch(node, capable=True) == {"metadata": {"labels": {names.MIGRATION_ENABLED: "true"}}}
+    assert node_patch(b.node("n2"), capable=True) is None
+    assert node_patch(b.node("n2"), capable=False) == {
+        "metadata": {"labels": {names.MIGRATION_ENABLED: None}}
+    }
 
 
 def test_shards_split_pods_between_replicas_exactly_once() -> None:

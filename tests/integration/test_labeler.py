@@ -198,7 +198,7 @@ def test_pod_labels_follow_eligibility_and_say_why(env: Env) -> None:
     assert not env.labeled("terminal")
 
 
-async def publish_capabilities(url: str, node: str, ok: bool) -> None:
+async def publish_capabilities(url: str, node: str, *, ok: bool) -> None:
     nc = await nats.connect(url)
     try:
         caps = NodeCapabilities(node=node, agent_version="test", arch="amd64", probe_ok=ok)
@@ -209,8 +209,8 @@ async def publish_capabilities(url: str, node: str, ok: bool) -> None:
 
 def test_node_labels_follow_the_agents_reports(env: Env) -> None:
     env.labeler()
-    asyncio.run(publish_capabilities(env.nats.url, "n1", True))
-    asyncio.run(publish_capabilities(env.nats.url, "n2", False))
+    asyncio.run(publish_capabilities(env.nats.url, "n1", ok=True))
+    asyncio.run(publish_capabilities(env.nats.url, "n2", ok=False))
     wait_for(lambda: env.node_labeled("n1"), "n1 labeled (working probe)")
     assert not env.node_labeled("n2")  # broken probe
     # n3 came labeled but no agent ever spoke for it: unlabeled once the grace has passed.
@@ -219,11 +219,11 @@ def test_node_labels_follow_the_agents_reports(env: Env) -> None:
     # n2's agent is fixed; n1's agent goes quiet.
     deadline = time.monotonic() + TTL + 2
     while time.monotonic() < deadline:
-        asyncio.run(publish_capabilities(env.nats.url, "n2", True))
+        asyncio.run(publish_capabilities(env.nats.url, "n2", ok=True))
         time.sleep(0.5)
     assert env.node_labeled("n2")
     assert not env.node_labeled("n1")
-    asyncio.run(publish_capabilities(env.nats.url, "n2", False))
+    asyncio.run(publish_capabilities(env.nats.url, "n2", ok=False))
     wait_for(lambda: not env.node_labeled("n2"), "n2 unlabeled (probe broke)")
     assert (env.core.read_node("n2").metadata.labels or {}).get(names.ZONE) == "us-east-1a"  # others kept
 

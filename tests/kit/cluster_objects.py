@@ -146,7 +146,20 @@ def dense_cluster_objects(
         for j in range(pods_per_node):
             cpu = max(10, int(cpu_each * rng.uniform(0.5, 1.0)))
             memory = max(2**20, int(mem_each * rng.uniform(0.5, 1.0)))
-            out.append(_pod(rng, i, j, name, cpu, memory, labeled, user_choices, weights, ineligible_share))
+            out.append(
+                _pod(
+                    rng,
+                    i,
+                    j,
+                    name,
+                    cpu,
+                    memory,
+                    labeled=labeled,
+                    user_choices=user_choices,
+                    weights=weights,
+                    ineligible_share=ineligible_share,
+                )
+            )
     return out
 
 
@@ -157,6 +170,7 @@ def _pod(
     node: str,
     cpu: int,
     memory: int,
+    *,
     labeled: bool,
     user_choices: tuple[dict[str, str], ...],
     weights: tuple[int, ...],

@@ -98,7 +98,7 @@ def run_case(kind: str, count: int, window: int, batch: int) -> dict[str, Any]:
             consumer.kill()
             raise RuntimeError("benchmark consumer did not start")
         publish_seconds = asyncio.run(_publish(server.url, kind, count, window))
-        if not parent.poll(300):
+        if not parent.poll(timeout=300):
             consumer.kill()
             raise RuntimeError("benchmark consumer did not finish")
         latencies, consume_seconds = parent.recv()
@@ -126,6 +126,6 @@ CASES = [
 ]
 
 
-def run(quick: bool = False) -> list[dict[str, Any]]:
+def run(*, quick: bool = False) -> list[dict[str, Any]]:
     cases = [(k, max(200, n // 20), w, b) for k, n, w, b in CASES] if quick else CASES
     return [run_case(*case) for case in cases]

@@ -120,7 +120,7 @@ async def _list(session: aiohttp.ClientSession, url: str, limit: int | None) -> 
             return items, size, time.perf_counter() - started
 
 
-async def _watch_run(url: str, pods: int, changes: int, writers: int) -> dict[str, Any]:
+async def _watch_run(url: str, *, pods: int, changes: int, writers: int) -> dict[str, Any]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as session:
         async with session.get(f"{url}/api/v1/pods") as resp:
             rv = orjson.loads(await resp.read())["metadata"]["resourceVersion"]
@@ -181,7 +181,7 @@ async def _watch_run(url: str, pods: int, changes: int, writers: int) -> dict[st
     }
 
 
-def run(quick: bool = False) -> list[tuple[str, list[dict[str, Any]]]]:
+def run(*, quick: bool = False) -> list[tuple[str, list[dict[str, Any]]]]:
     pods, changes = (3_000, 500) if quick else (150_000, 10_000)
     with tempfile.TemporaryDirectory(prefix="clm-bench-emulator-") as tmp:
         state = Path(tmp, "state.json")
@@ -209,7 +209,7 @@ def run(quick: bool = False) -> list[tuple[str, list[dict[str, Any]]]]:
                 return rows
 
             list_rows = asyncio.run(lists())
-            watch_rows = [asyncio.run(_watch_run(emulator.url, pods, changes, 16))]
+            watch_rows = [asyncio.run(_watch_run(emulator.url, pods=pods, changes=changes, writers=16))]
         finally:
             emulator.stop()
     return [

@@ -70,12 +70,12 @@ class Run:
             for s in range(shards)
         ]
 
-    def measure(self, shards: int, tag: str, expect_patches: int, pods: int) -> dict[str, Any]:
+    def measure(self, *, shards: int, tag: str, expect_patches: int, pods: int) -> dict[str, Any]:
         started = time.perf_counter()
         procs = self.labelers(shards, tag)
         try:
             for proc in procs:
-                proc.wait_ready(300)
+                proc.wait_ready(timeout=300)
             ready = time.perf_counter() - started
             synced_at = patched_at = None
             deadline = time.monotonic() + (120 if pods < 10_000 else 1800)
@@ -114,7 +114,7 @@ class Run:
                 proc.stop()
 
 
-def run(quick: bool = False) -> list[tuple[str, list[dict[str, Any]]]]:
+def run(*, quick: bool = False) -> list[tuple[str, list[dict[str, Any]]]]:
     nodes = 100 if quick else 5_000
     objects = dense_cluster_objects(nodes, labeled=False)
     pods = sum(1 for o in objects if o["kind"] == "Pod")
@@ -130,9 +130,9 @@ def run(quick: bool = False) -> list[tuple[str, list[dict[str, Any]]]]:
             kubeconfig.write_text(kubeconfig_text(emulator.url))
             try:
                 r = Run(tmp, nats, kubeconfig)
-                rows.append(r.measure(shards, tag, pods, pods))
+                rows.append(r.measure(shards=shards, tag=tag, expect_patches=pods, pods=pods))
                 if shards == 1:
-                    rows.append(r.measure(1, "restart (all labeled)", 0, pods))
+                    rows.append(r.measure(shards=1, tag="restart (all labeled)", expect_patches=0, pods=pods))
             finally:
                 emulator.stop()
     for row in rows:

@@ -12,12 +12,12 @@ from tools.console.report import emit
 
 Table = tuple[str, list[dict[str, Any]]]
 
-# name -> (what it measures, run(quick) -> tables)
-BENCHMARKS: dict[str, tuple[str, Callable[[bool], list[Table]]]] = {
+# name -> (what it measures, run(quick=...) -> tables)
+BENCHMARKS: dict[str, tuple[str, Callable[..., list[Table]]]] = {
     "events": (
         "events published and consumed through JetStream, publish-to-handler latency",
-        lambda quick: [
-            ("Events through JetStream: throughput and publish-to-handler latency", events.run(quick))
+        lambda *, quick: [
+            ("Events through JetStream: throughput and publish-to-handler latency", events.run(quick=quick))
         ],
     ),
     "plan": ("bin-packing plan time at 500 and 5,000 nodes; gap to the exact optimum", plan.run),
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     _, run = BENCHMARKS[args.name]
-    for title, rows in run(args.quick):
+    for title, rows in run(quick=args.quick):
         emit(title, rows, as_json=args.json)
     return 0
 

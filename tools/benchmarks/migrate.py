@@ -235,7 +235,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("pod memory state (MiB)")
         ax.set_ylabel(label)
-        ax.grid(True, alpha=0.3)
+        ax.grid(visible=True, alpha=0.3)
         ax.legend()
     fig.suptitle("CLM live migration vs dump/copy/restore (one machine, network namespaces)")
     fig.tight_layout()
@@ -245,7 +245,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def run(quick: bool, plot_path: Path = PLOT_PATH) -> list[Table]:
+def run(*, quick: bool, plot_path: Path = PLOT_PATH) -> list[Table]:
     _require_machine()
     sizes = QUICK_SIZES_MIB if quick else SIZES_MIB
     rows: list[dict[str, Any]] = []

@@ -77,7 +77,7 @@ def gap_rows(clusters: int) -> list[dict[str, Any]]:
     return rows
 
 
-def run(quick: bool = False) -> list[Table]:
+def run(*, quick: bool = False) -> list[Table]:
     sizes, runs, clusters = ((50, 200), 1, 20) if quick else ((500, 5000), 3, 200)
     return [
         ("Bin-packing plan time (30 pods per node, one core)", timing_rows(sizes, runs)),

@@ -41,7 +41,7 @@ async def _plans(url: str, after: float) -> list[DrainPlanned]:
         out: list[DrainPlanned] = []
         while True:
             try:
-                msgs = await sub.fetch(100, timeout=0.5)
+                msgs = await sub.fetch(batch=100, timeout=0.5)
             except TimeoutError:
                 return out
             for msg in msgs:
@@ -68,7 +68,7 @@ def _crd() -> dict[str, Any]:
 
 
 def _measure(
-    tmp: Path, nats: NatsServer, state: bytes, mode: str, dry_run: bool, cycles: int
+    tmp: Path, nats: NatsServer, state: bytes, mode: str, *, dry_run: bool, cycles: int
 ) -> dict[str, Any]:
     seed = tmp / f"cluster-{mode}-{dry_run}.json"
     seed.write_bytes(state)
@@ -95,7 +95,7 @@ def _measure(
         },
     ).start()
     try:
-        planner.wait_ready(300)
+        planner.wait_ready(timeout=300)
         plans: list[DrainPlanned] = []
         deadline = time.monotonic() + 900
         while len(plans) < cycles and time.monotonic() < deadline:
@@ -127,7 +127,7 @@ def _measure(
     }
 
 
-def run(quick: bool = False) -> list[tuple[str, list[dict[str, Any]]]]:
+def run(*, quick: bool = False) -> list[tuple[str, list[dict[str, Any]]]]:
     nodes = 200 if quick else 5_000
     objects = dense_cluster_objects(nodes, labeled=True)
     state = orjson.dumps({"resourceVersion": 10, "objects": [_crd(), *objects]})
@@ -135,5 +135,5 @@ def run(quick: bool = False) -> list[tuple[str, list[dict[str, Any]]]]:
     with tempfile.TemporaryDirectory(prefix="clm-bench-planner-") as tmp_name:
         for mode, dry_run in (("default", True), ("default", False), ("aggressive", False)):
             with NatsServer() as nats:
-                rows.append(_measure(Path(tmp_name), nats, state, mode, dry_run, cycles=4))
+                rows.append(_measure(Path(tmp_name), nats, state, mode, dry_run=dry_run, cycles=4))
     return [(f"Planner cycle end to end: {nodes:,} nodes through the API emulator and NATS", rows)]

@@ -260,7 +260,7 @@ class Api:
                 if name is not None:
                     raise ApiError(405, "MethodNotAllowed", "POST is not allowed on a named object")
                 self._strict_fields(request, rt, body)
-                return self._object(request, rt, self.store.create(rt, namespace, body), 201)
+                return self._object(request, rt, self.store.create(rt, namespace, body), status=201)
             if name is None:
                 raise ApiError(405, "MethodNotAllowed", f"{request.method} needs an object name")
             if request.method == "PUT":
@@ -403,7 +403,7 @@ class Api:
                 return response
 
     def _object(
-        self, request: web.Request, rt: ResourceType, entry: Entry, status: int = 200
+        self, request: web.Request, rt: ResourceType, entry: Entry, *, status: int = 200
     ) -> web.Response:
         if _wants_table(request):
             return _json(

@@ -182,7 +182,7 @@ def _foreground(args: argparse.Namespace, *, quiet_wait: bool = False) -> int:
         elif args.demo:
             code = asyncio.run(_demo(sandbox, nodes, args, stop))
         else:
-            asyncio.run(_wait_for_signal(stop, quiet_wait))
+            asyncio.run(_wait_for_signal(stop, quiet=quiet_wait))
         return code
     except RuntimeError as exc:
         print(f"clm sandbox: {exc}", file=sys.stderr)
@@ -198,7 +198,7 @@ def _foreground(args: argparse.Namespace, *, quiet_wait: bool = False) -> int:
             )
 
 
-async def _wait_for_signal(stop: asyncio.Event, quiet: bool) -> None:
+async def _wait_for_signal(stop: asyncio.Event, *, quiet: bool) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -234,7 +234,7 @@ async def _demo(sandbox: Sandbox, nodes: list[str], args: argparse.Namespace, st
     )
     print(f"  a player on the client host holds one connection to {ip}:{demo.PORT}", flush=True)
     if args.auto_move <= 0 or len(nodes) < 2:
-        await _wait_for_signal(stop, False)
+        await _wait_for_signal(stop, quiet=False)
         result = await asyncio.to_thread(player.finish)
         print(f"player: {result.get('answers')} answers, error: {result.get('error')}")
         return 0 if not result.get("error") else 1

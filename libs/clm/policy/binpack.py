@@ -359,7 +359,7 @@ class _Planner:
                 pos += 1
         return None
 
-    def _apply(self, pod: _Pod, idx: int, sign: int) -> None:
+    def _apply(self, pod: _Pod, idx: int, *, sign: int) -> None:
         self.free_pods[idx] -= sign
         for k, v in pod.other:
             self.free_other[idx][k] = self.free_other[idx].get(k, 0) - sign * v
@@ -419,7 +419,7 @@ class _Planner:
                         f"no {what} has room for " f"{pod.info.namespace}/{pod.info.name} ({pod.action})",
                     )
                 ]
-            self._apply(pod, dest, +1)
+            self._apply(pod, dest, sign=+1)
             placed.append((pod, dest))
         for pdb, n in spent.items():
             self.pdb_left[pdb] = self.pdb_left.get(pdb, 0) - n
@@ -427,7 +427,7 @@ class _Planner:
 
     def _undo(self, placed: list[tuple[_Pod, int]]) -> None:
         for pod, dest in reversed(placed):
-            self._apply(pod, dest, -1)
+            self._apply(pod, dest, sign=-1)
 
     def plan(self) -> Plan:
         rejections: list[NodeRejection] = []

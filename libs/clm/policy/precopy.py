@@ -145,21 +145,22 @@ class Verdict:
 def next_round(rounds: list[Round], rule: ConvergenceRule | None = None) -> Verdict:
     rule = rule or ConvergenceRule()
     if not rounds:
-        return Verdict(True, "first round")
+        return Verdict(another_round=True, why="first round")
     last = rounds[-1]
     if last.pages <= rule.few_pages:
         return Verdict(
-            False, f"converged: round {last.number} wrote {last.pages} pages " f"(at most {rule.few_pages})"
+            another_round=False,
+            why=f"converged: round {last.number} wrote {last.pages} pages " f"(at most {rule.few_pages})",
         )
     if len(rounds) >= 2 and last.pages > rounds[-2].pages * rule.shrink_ratio:
         return Verdict(
-            False,
-            f"not shrinking: round {last.number} wrote {last.pages} pages after "
+            another_round=False,
+            why=f"not shrinking: round {last.number} wrote {last.pages} pages after "
             f"{rounds[-2].pages}; the workload dirties memory as fast as it moves",
         )
     if len(rounds) >= rule.max_rounds:
-        return Verdict(False, f"reached the cap of {rule.max_rounds} rounds")
-    return Verdict(True, f"round {last.number} wrote {last.pages} pages; still shrinking")
+        return Verdict(another_round=False, why=f"reached the cap of {rule.max_rounds} rounds")
+    return Verdict(another_round=True, why=f"round {last.number} wrote {last.pages} pages; still shrinking")
 
 
 def after_failed_round(number: int, error: str) -> list[tuple[MigrationReason, str]]:

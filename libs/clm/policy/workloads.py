@@ -43,7 +43,7 @@ def resolve(pod: o.Obj, lookup: Lookup) -> Workload:
     ns = o.namespace(pod)
     ref = o.controller_ref(pod)
     if ref is None:
-        return Workload("Pod", o.name(pod), 1)
+        return Workload("Pod", o.name(pod), replicas=1)
     kind, name, group = ref.get("kind", ""), ref.get("name", ""), _group(ref.get("apiVersion", ""))
     if kind == "ReplicaSet":
         rs = lookup("ReplicaSet", ns, name)
@@ -75,5 +75,5 @@ def resolve(pod: o.Obj, lookup: Lookup) -> Workload:
     if kind in ("StatefulSet", "Deployment"):
         return Workload(kind, name, _replicas(lookup(kind, ns, name)), "apps")
     if kind in ("DaemonSet", "Node"):
-        return Workload(kind, name, 1, group)
+        return Workload(kind, name, replicas=1, group=group)
     return Workload(kind, name, _replicas(lookup(kind, ns, name)), group)

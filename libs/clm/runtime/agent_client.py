@@ -72,7 +72,7 @@ class AgentClient:
         try:
             while True:
                 try:
-                    msgs = await psub.fetch(100, timeout=0.5)
+                    msgs = await psub.fetch(batch=100, timeout=0.5)
                 except TimeoutError:
                     return found
                 for msg in msgs:
