@@ -14,6 +14,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import jsonpatch
+
 
 class PatchError(ValueError):
     """The patch cannot be applied (422 from the server)."""
@@ -56,108 +58,14 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
-def _pointer(path: str) -> list[str]:
-    if path == "":
-        return []
-    if not path.startswith("/"):
-        raise PatchError(f"invalid JSON pointer {path!r}")
-    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
-
-
-def _walk(doc: Any, parts: list[str], path: str) -> Any:
-    for part in parts:
-        if isinstance(doc, dict):
-            if part not in doc:
-                raise PatchError(f"path {path!r} does not exist")
-            doc = doc[part]
-        elif isinstance(doc, list):
-            try:
-                doc = doc[int(part)]
-            except (ValueError, IndexError):
-                raise PatchError(f"path {path!r} does not exist") from None
-        else:
-            raise PatchError(f"path {path!r} does not exist")
-    return doc
-
-
-def _get(doc: Any, path: str) -> Any:
-    return _walk(doc, _pointer(path), path)
-
-
-def _remove(doc: Any, path: str) -> Any:
-    parts = _pointer(path)
-    if not parts:
-        raise PatchError("cannot remove the whole document")
-    parent = _walk(doc, parts[:-1], path)
-    last = parts[-1]
-    if isinstance(parent, dict):
-        if last not in parent:
-            raise PatchError(f"path {path!r} does not exist")
-        return parent.pop(last)
-    if isinstance(parent, list):
-        try:
-            return parent.pop(int(last))
-        except (ValueError, IndexError):
-            raise PatchError(f"path {path!r} does not exist") from None
-    raise PatchError(f"path {path!r} does not exist")
-
-
-def _add(doc: Any, path: str, value: Any, *, replace: bool = False) -> Any:
-    parts = _pointer(path)
-    if not parts:
-        return value
-    parent = _walk(doc, parts[:-1], path)
-    last = parts[-1]
-    if isinstance(parent, dict):
-        if replace and last not in parent:
-            raise PatchError(f"path {path!r} does not exist")
-        parent[last] = value
-    elif isinstance(parent, list):
-        if last == "-" and not replace:
-            parent.append(value)
-        else:
-            try:
-                index = int(last)
-            except ValueError:
-                raise PatchError(f"invalid list index in {path!r}") from None
-            if replace:
-                if not 0 <= index < len(parent):
-                    raise PatchError(f"path {path!r} does not exist")
-                parent[index] = value
-            else:
-                if not 0 <= index <= len(parent):
-                    raise PatchError(f"path {path!r} is out of range")
-                parent.insert(index, value)
-    else:
-        raise PatchError(f"path {path!r} does not exist")
-    return doc
-
-
 def json_patch(target: Any, operations: Any) -> Any:
+    """RFC 6902, by the jsonpatch library; any failure is the server's 422."""
     if not isinstance(operations, list):
-        raise PatchError("a JSON patch must be a list of operations")
-    doc = copy.deepcopy(target)
-    for op in operations:
-        if not isinstance(op, dict) or "op" not in op or "path" not in op:
-            raise PatchError(f"invalid JSON patch operation {op!r}")
-        kind, path = op["op"], op["path"]
-        if kind == "add":
-            doc = _add(doc, path, copy.deepcopy(op.get("value")))
-        elif kind == "remove":
-            _remove(doc, path)
-        elif kind == "replace":
-            doc = _add(doc, path, copy.deepcopy(op.get("value")), replace=True)
-        elif kind == "move":
-            value = _remove(doc, op["from"])
-            doc = _add(doc, path, value)
-        elif kind == "copy":
-            doc = _add(doc, path, copy.deepcopy(_get(doc, op["from"])))
-        elif kind == "test":
-            if _get(doc, path) != op.get("value"):
-                raise PatchError(f"test operation failed at {path!r}")
-        else:
-            raise PatchError(f"unknown JSON patch operation {kind!r}")
-    return doc
+        raise PatchError("a JSON patch is a list of operations")
+    try:
+        return jsonpatch.apply_patch(target, operations, in_place=False)
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError) as exc:
+        raise PatchError(f"the JSON patch cannot be applied: {exc}") from None
 
 
 def _merge_keyed_list(target: list[Any], patch: list[Any], key: str) -> list[Any]:

@@ -53,7 +53,7 @@ def _age() -> Column:
     return Column("Age", "date", ".metadata.creationTimestamp")
 
 
-def _builtin() -> list[ResourceType]:
+def _core() -> list[ResourceType]:
     pod_columns = [
         Column("Ready", "string", ".status.containerStatuses"),  # rendered specially
         Column("Status", "string", ".status.phase"),
@@ -67,7 +67,7 @@ def _builtin() -> list[ResourceType]:
         _age(),
         Column("Version", "string", ".status.nodeInfo.kubeletVersion"),
     ]
-    core = [
+    return [
         ResourceType(
             "",
             "v1",
@@ -166,12 +166,15 @@ def _builtin() -> list[ResourceType]:
             columns=[_age()],
         ),
     ]
+
+
+def _apps() -> list[ResourceType]:
     replicas = [
         Column("Desired", "integer", ".spec.replicas"),
         Column("Ready", "integer", ".status.readyReplicas"),
         _age(),
     ]
-    apps = [
+    return [
         ResourceType(
             "apps",
             "v1",
@@ -190,7 +193,10 @@ def _builtin() -> list[ResourceType]:
             ("DaemonSet", "daemonsets", ("ds",)),
         )
     ]
-    batch = [
+
+
+def _batch() -> list[ResourceType]:
+    return [
         ResourceType(
             "batch",
             "v1",
@@ -214,7 +220,10 @@ def _builtin() -> list[ResourceType]:
             categories=("all",),
         ),
     ]
-    others = [
+
+
+def _others() -> list[ResourceType]:
+    return [
         ResourceType(
             "policy",
             "v1",
@@ -266,7 +275,11 @@ def _builtin() -> list[ResourceType]:
             columns=[Column("Holder", "string", ".spec.holderIdentity"), _age()],
         ),
     ]
-    return core + apps + batch + others
+
+
+def _builtin() -> list[ResourceType]:
+    """The built-in resource types the emulator serves, as a 1.30 API server lists them."""
+    return _core() + _apps() + _batch() + _others()
 
 
 class Registry:

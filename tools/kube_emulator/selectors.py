@@ -104,3 +104,9 @@ def field_selector(selector: str | None) -> Predicate:
 
 def _field_equals(path: str, value: str, *, negate: bool) -> Predicate:
     return lambda obj: (_path_value(obj, path) == value) != negate
+
+
+def selectors(request: Any) -> tuple[Any, Any]:
+    """Predicates for a request's labelSelector and fieldSelector; None where there is none."""
+    labels, fields = request.query.get("labelSelector"), request.query.get("fieldSelector")
+    return (label_selector(labels) if labels else None, field_selector(fields) if fields else None)

@@ -1,50 +1,29 @@
-"""The Kubernetes HTTP API over the store (aiohttp): discovery, CRUD, status subresource,
-pods/eviction, list with selectors and pagination, watch with resume and bookmarks, and
-server-side Tables for kubectl."""
+"""The Kubernetes HTTP API over the store (aiohttp): CRUD, status subresource, patches,
+pods/eviction, list with selectors and pagination, and server-side Tables for kubectl.
+Discovery (discovery.py), watches (watch_stream.py) and pods/log (pod_log.py) beside it."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import logging
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
 
-from tools.kube_emulator import tables
+from tools.kube_emulator import disruptions, tables
+from tools.kube_emulator.discovery import Discovery
+from tools.kube_emulator.errors import ApiError
 from tools.kube_emulator.patches import PatchError, json_patch, merge_patch, strategic_merge
+from tools.kube_emulator.pod_log import proxy_pod_log
 from tools.kube_emulator.resources import ResourceType
-from tools.kube_emulator.selectors import SelectorError, field_selector, label_selector
-from tools.kube_emulator.store import ApiError, Entry, Store
+from tools.kube_emulator.responses import error_response, json_response, wants_table
+from tools.kube_emulator.selectors import SelectorError, selectors
+from tools.kube_emulator.store import Entry, Store
 from tools.kube_emulator.validation import unknown_fields
+from tools.kube_emulator.watch_stream import stream_watch
 
 log = logging.getLogger(__name__)
-KUBERNETES_VERSION = {
-    "major": "1",
-    "minor": "30",
-    "gitVersion": "v1.30.0-clm-emulator",
-    "platform": "linux/amd64",
-    "goVersion": "go1.22",
-    "compiler": "gc",
-    "gitCommit": "clm",
-    "gitTreeState": "clean",
-    "buildDate": "2026-01-01T00:00:00Z",
-}
-
-
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
-
-
-def _error(exc: ApiError) -> web.Response:
-    return _json(exc.status(), exc.code)
-
-
-def _wants_table(request: web.Request) -> bool:
-    return "as=Table" in request.headers.get("Accept", "")
 
 
 # Answered by the kubelet in a real cluster: the emulator proxies pods/log to a node's
@@ -56,141 +35,6 @@ class Api:
     def __init__(self, store: Store, *, bookmark_seconds: float = 5.0) -> None:
         self.store = store
         self.bookmark_seconds = bookmark_seconds
-
-    # ----- discovery -----
-
-    def _resource_list(self, group: str, version: str) -> dict[str, Any]:
-        resources = []
-        for rt in sorted(self.store.registry.in_group_version(group, version), key=lambda r: r.plural):
-            entry = {
-                "name": rt.plural,
-                "singularName": rt.singular,
-                "namespaced": rt.namespaced,
-                "kind": rt.kind,
-                "verbs": rt.verbs(),
-                "shortNames": list(rt.short_names),
-            }
-            if rt.categories:
-                entry["categories"] = list(rt.categories)
-            resources.append(entry)
-            if rt.status_subresource:
-                resources.append(
-                    {
-                        "name": f"{rt.plural}/status",
-                        "singularName": "",
-                        "namespaced": rt.namespaced,
-                        "kind": rt.kind,
-                        "verbs": ["get", "patch", "update"],
-                    }
-                )
-            if rt.kind == "Pod" and not group:
-                resources.append(
-                    {
-                        "name": "pods/ephemeralcontainers",
-                        "singularName": "",
-                        "namespaced": True,
-                        "kind": "Pod",
-                        "verbs": ["get", "patch", "update"],
-                    }
-                )
-                resources.append(
-                    {
-                        "name": "pods/eviction",
-                        "singularName": "",
-                        "namespaced": True,
-                        "group": "policy",
-                        "version": "v1",
-                        "kind": "Eviction",
-                        "verbs": ["create"],
-                    }
-                )
-        return {
-            "kind": "APIResourceList",
-            "apiVersion": "v1",
-            "groupVersion": f"{group}/{version}" if group else version,
-            "resources": resources,
-        }
-
-    async def core_resources(self, request: web.Request) -> web.Response:
-        return _json(self._resource_list("", "v1"))
-
-    async def group_resources(self, request: web.Request) -> web.Response:
-        group, version = request.match_info["group"], request.match_info["version"]
-        if not self.store.registry.in_group_version(group, version):
-            return _error(ApiError(404, "NotFound", "the server could not find the requested resource"))
-        return _json(self._resource_list(group, version))
-
-    async def version(self, request: web.Request) -> web.Response:
-        return _json(KUBERNETES_VERSION)
-
-    async def api(self, request: web.Request) -> web.Response:
-        return _json(
-            {
-                "kind": "APIVersions",
-                "versions": ["v1"],
-                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": request.host}],
-            }
-        )
-
-    async def apis(self, request: web.Request) -> web.Response:
-        groups = []
-        for group, versions in sorted(self.store.registry.groups().items()):
-            gvs = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
-            groups.append({"name": group, "versions": gvs, "preferredVersion": gvs[0]})
-        return _json({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
-
-    async def group(self, request: web.Request) -> web.Response:
-        group = request.match_info["group"]
-        versions = self.store.registry.groups().get(group)
-        if not versions:
-            return _error(ApiError(404, "NotFound", "the server could not find the requested resource"))
-        gvs = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
-        return _json(
-            {
-                "kind": "APIGroup",
-                "apiVersion": "v1",
-                "name": group,
-                "versions": gvs,
-                "preferredVersion": gvs[0],
-            }
-        )
-
-    # ----- OpenAPI v3: just enough for kubectl to know the server validates fields -----
-
-    async def openapi_root(self, request: web.Request) -> web.Response:
-        paths = {}
-        for group, version, _ in self.store.registry.types:
-            key = f"apis/{group}/{version}" if group else f"api/{version}"
-            paths[key] = {"serverRelativeURL": f"/openapi/v3/{key}?hash={self.store.rv}"}
-        return _json({"paths": paths})
-
-    async def openapi_group_version(self, request: web.Request) -> web.Response:
-        parts = request.match_info["path"].strip("/").split("/")
-        group, version = ("", parts[1]) if parts[0] == "api" else (parts[1], parts[2])
-        paths = {}
-        for rt in self.store.registry.in_group_version(group, version):
-            prefix = f"/apis/{group}/{version}" if group else f"/api/{version}"
-            scope = "/namespaces/{namespace}" if rt.namespaced else ""
-            paths[f"{prefix}{scope}/{rt.plural}/{{name}}"] = {
-                "patch": {
-                    "x-kubernetes-group-version-kind": {"group": group, "version": version, "kind": rt.kind},
-                    "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}],
-                    "responses": {"200": {"description": "OK"}},
-                }
-            }
-        if not paths:
-            return _error(ApiError(404, "NotFound", "the server could not find the requested resource"))
-        return _json(
-            {
-                "openapi": "3.0.0",
-                "info": {"title": "Kubernetes", "version": "v1.30.0"},
-                "paths": paths,
-                "components": {"schemas": {}},
-            }
-        )
-
-    async def health(self, request: web.Request) -> web.Response:
-        return web.Response(text="ok")
 
     # ----- resources -----
 
@@ -238,16 +82,18 @@ class Api:
             if request.method == "GET":
                 if name is None:
                     if request.query.get("watch") in ("1", "true", "True"):
-                        return await self._watch(request, rt, namespace)
+                        return await stream_watch(
+                            request, self.store, rt, namespace, bookmark_seconds=self.bookmark_seconds
+                        )
                     return self._list(request, rt, namespace)
                 if sub == "log":
-                    return await self._pod_log(request, rt, namespace or "", name)
+                    return await proxy_pod_log(request, self.store, rt, namespace or "", name)
                 return self._object(request, rt, self.store.get(rt, namespace or "", name))
             body = await self._body(request)
             if request.method == "POST":
                 if sub == "eviction":
-                    self.store.evict(rt, namespace or "", name or "")
-                    return _json(
+                    disruptions.evict(self.store, rt, namespace or "", name or "")
+                    return json_response(
                         {
                             "kind": "Status",
                             "apiVersion": "v1",
@@ -255,7 +101,7 @@ class Api:
                             "status": "Success",
                             "code": 201,
                         },
-                        201,
+                        status=201,
                     )
                 if name is not None:
                     raise ApiError(405, "MethodNotAllowed", "POST is not allowed on a named object")
@@ -275,9 +121,9 @@ class Api:
                 return self._object(request, rt, entry)
             raise ApiError(405, "MethodNotAllowed", f"{request.method} is not supported")
         except ApiError as exc:
-            return _error(exc)
+            return error_response(exc)
         except SelectorError as exc:
-            return _error(ApiError(400, "BadRequest", str(exc)))
+            return error_response(ApiError(400, "BadRequest", str(exc)))
 
     async def _body(self, request: web.Request) -> Any:
         raw = await request.read()
@@ -347,77 +193,17 @@ class Api:
         )
         return self.store.update(rt, namespace, name, patched, subresource=sub)
 
-    async def _pod_log(
-        self, request: web.Request, rt: ResourceType, namespace: str, name: str
-    ) -> web.StreamResponse:
-        """pods/log, as the API server does it: proxied to the kubelet of the pod's node (its
-        `status.daemonEndpoints.kubeletEndpoint.Port`, reached on loopback here)."""
-        pod = self.store.get(rt, namespace, name).obj
-        containers = [c.get("name", "") for c in (pod.get("spec") or {}).get("containers") or []]
-        container = request.query.get("container") or (containers[0] if len(containers) == 1 else "")
-        if container not in containers:
-            raise ApiError(
-                400,
-                "BadRequest",
-                f"a container name must be specified for pod {name}, choose one of: {containers}"
-                if not container
-                else f"container {container} is not valid for pod {name}",
-            )
-        node_name = (pod.get("spec") or {}).get("nodeName")
-        nodes = self.store.registry.get("", "v1", "nodes")
-        node = None
-        if node_name and nodes is not None:
-            with contextlib.suppress(ApiError):
-                node = self.store.get(nodes, "", node_name).obj
-        port = (
-            (((node or {}).get("status") or {}).get("daemonEndpoints") or {}).get("kubeletEndpoint") or {}
-        ).get("Port")
-        if not port:
-            raise ApiError(
-                400,
-                "BadRequest",
-                f"pods/log is not served for {namespace}/{name}: no kubelet serves node "
-                f"{node_name or '(none: the pod is not scheduled)'}. In the CLM sandbox every node's "
-                "runtime serves its pods' output",
-            )
-        query = {k: v for k, v in request.query.items() if k in ("follow", "tailLines", "timestamps")}
-        url = f"http://127.0.0.1:{int(port)}/containerLogs/{namespace}/{name}/{container}"
-        async with aiohttp.ClientSession() as session:
-            try:
-                upstream = await session.get(url, params=query, timeout=aiohttp.ClientTimeout(total=None))
-            except aiohttp.ClientError as exc:
-                raise ApiError(
-                    500, "InternalError", f"the kubelet of {node_name} cannot be reached: {exc}"
-                ) from None
-            async with upstream:
-                if upstream.status != 200:
-                    text = (await upstream.text()).strip()
-                    raise ApiError(
-                        upstream.status, "BadRequest" if upstream.status == 400 else "NotFound", text
-                    )
-                response = web.StreamResponse(headers={"Content-Type": "text/plain"})
-                await response.prepare(request)
-                async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
-                await response.write_eof()
-                return response
-
     def _object(
         self, request: web.Request, rt: ResourceType, entry: Entry, *, status: int = 200
     ) -> web.Response:
-        if _wants_table(request):
-            return _json(
-                tables.table(rt, [entry.obj], entry.obj["metadata"].get("resourceVersion", "")), status
+        if wants_table(request):
+            return json_response(
+                tables.table(rt, [entry.obj], entry.obj["metadata"].get("resourceVersion", "")), status=status
             )
         return web.Response(body=entry.raw, status=status, content_type="application/json")
 
-    def _selectors(self, request: web.Request) -> tuple[Any, Any]:
-        """Predicates for the request's selectors; None where there is no selector."""
-        labels, fields = request.query.get("labelSelector"), request.query.get("fieldSelector")
-        return (label_selector(labels) if labels else None, field_selector(fields) if fields else None)
-
     def _list(self, request: web.Request, rt: ResourceType, namespace: str | None) -> web.Response:
-        labels, fields = self._selectors(request)
+        labels, fields = selectors(request)
         rv = str(self.store.rv)
         token = request.query.get("continue")
         after = None
@@ -434,8 +220,8 @@ class Api:
             items = items[:limit]
             last = items[-1][0]
             next_token = base64.urlsafe_b64encode(orjson.dumps([rv, *last])).decode()
-        if _wants_table(request):
-            return _json(tables.table(rt, [e.obj for _, e in items], rv, next_token))
+        if wants_table(request):
+            return json_response(tables.table(rt, [e.obj for _, e in items], rv, next_token))
         meta = b'{"resourceVersion":"' + rv.encode() + b'"'
         if next_token:
             meta += b',"continue":"' + next_token.encode() + b'"'
@@ -452,98 +238,11 @@ class Api:
         )
         return web.Response(body=body, content_type="application/json")
 
-    async def _watch(
-        self, request: web.Request, rt: ResourceType, namespace: str | None
-    ) -> web.StreamResponse:
-        labels, fields = self._selectors(request)
-        since_text = request.query.get("resourceVersion")
-        since = int(since_text) if since_text and since_text != "0" else None
-        as_table = _wants_table(request)
-        bookmarks = request.query.get("allowWatchBookmarks") in ("1", "true", "True")
-        timeout = float(request.query.get("timeoutSeconds") or 1800)
-        response = web.StreamResponse(
-            headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"}
-        )
-        await response.prepare(request)
-        try:
-            watcher = self.store.watch(rt, namespace, since, labels, fields)
-        except ApiError as exc:
-            await response.write(orjson.dumps({"type": "ERROR", "object": exc.status()}) + b"\n")
-            return response
-        deadline = asyncio.get_running_loop().time() + timeout
-        try:
-            while True:
-                left = deadline - asyncio.get_running_loop().time()
-                if left <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(watcher.queue.get(), min(left, self.bookmark_seconds))
-                except TimeoutError:
-                    if request.transport is None or request.transport.is_closing():
-                        break  # the client went away
-                    if bookmarks:
-                        await response.write(
-                            orjson.dumps(
-                                {
-                                    "type": "BOOKMARK",
-                                    "object": {
-                                        "kind": rt.kind,
-                                        "apiVersion": rt.api_version,
-                                        "metadata": {"resourceVersion": str(self.store.rv)},
-                                    },
-                                }
-                            )
-                            + b"\n"
-                        )
-                    continue
-                if item is None:
-                    break
-                kind, entry = item
-                chunks = [(kind, entry)]
-                # Drain what is already queued into one write: far fewer syscalls under load.
-                while not watcher.queue.empty() and len(chunks) < 512:
-                    queued = watcher.queue.get_nowait()
-                    if queued is None:
-                        break
-                    chunks.append(queued)
-                out = bytearray()
-                for kind, entry in chunks:
-                    if as_table:
-                        obj = tables.table(rt, [entry.obj], entry.obj["metadata"].get("resourceVersion", ""))
-                        out += orjson.dumps({"type": kind, "object": obj}) + b"\n"
-                    else:
-                        out += b'{"type":"' + kind.encode() + b'","object":' + entry.raw + b"}\n"
-                await response.write(bytes(out))
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
-        finally:
-            self.store.stop_watch(watcher)
-        with contextlib.suppress(ConnectionResetError):
-            await response.write_eof()
-        return response
-
 
 def make_app(store: Store, *, bookmark_seconds: float = 5.0) -> web.Application:
-    api = Api(store, bookmark_seconds=bookmark_seconds)
     app = web.Application(client_max_size=64 * 2**20)
-    app.router.add_get("/version", api.version)
-    app.router.add_get("/version/", api.version)
-    app.router.add_get("/healthz", api.health)
-    app.router.add_get("/readyz", api.health)
-    app.router.add_get("/livez", api.health)
-    app.router.add_get("/api", api.api)
-    app.router.add_get("/api/", api.api)
-    app.router.add_get("/apis/", api.apis)
-    app.router.add_get("/openapi/v3", api.openapi_root)
-    app.router.add_get("/openapi/v3/{path:.+}", api.openapi_group_version)
-    # Clients ask for discovery documents with and without a trailing slash.
-    app.router.add_get("/api/v1", api.core_resources)
-    app.router.add_get("/api/v1/", api.core_resources)
-    app.router.add_get("/apis", api.apis)
-    app.router.add_get("/apis/{group}", api.group)
-    app.router.add_get("/apis/{group}/", api.group)
-    app.router.add_get("/apis/{group}/{version}", api.group_resources)
-    app.router.add_get("/apis/{group}/{version}/", api.group_resources)
+    Discovery(store.registry, lambda: store.rv).routes(app)
+    api = Api(store, bookmark_seconds=bookmark_seconds)
     app.router.add_route("*", "/api/{path:v1/.+}", api.resource)
     app.router.add_route("*", "/apis/{path:[^/]+/[^/]+/.+}", api.resource)
     return app

@@ -1,10 +1,11 @@
 """The emulator's state: objects by resource, one resourceVersion counter, an event log
 for watch resume, the watchers, and the behaviour a control plane adds to writes
-(server-set metadata, conflicts, generation, finalizers, PDB status, CRD registration)."""
+(server-set metadata, conflicts, generation, finalizers). PodDisruptionBudgets and eviction
+are in disruptions.py, CustomResourceDefinitions in custom_resources.py, watchers in
+watches.py."""
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import copy
 import itertools
@@ -12,69 +13,21 @@ import re
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from tools.kube_emulator.resources import Column, Registry, ResourceType
-from tools.kube_emulator.validation import FieldError, apply_defaults, prune, validate_custom_resource
+from tools.kube_emulator import custom_resources, disruptions
+from tools.kube_emulator.errors import ApiError, invalid, not_found, qualified
+from tools.kube_emulator.resources import Registry, ResourceType
+from tools.kube_emulator.validation import FieldError
+from tools.kube_emulator.watches import Change, Watcher, anything
 
 Obj = dict[str, Any]
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
-
-
-class ApiError(Exception):
-    """An error answered as a Kubernetes `Status` object."""
-
-    def __init__(self, code: int, reason: str, message: str, details: Obj | None = None) -> None:
-        super().__init__(message)
-        self.code, self.reason, self.message, self.details = code, reason, message, details or {}
-
-    def status(self) -> Obj:
-        body: Obj = {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "code": self.code,
-        }
-        if self.details:
-            body["details"] = self.details
-        return body
-
-
-def _qualified(rt: ResourceType) -> str:
-    return f"{rt.plural}.{rt.group}" if rt.group else rt.plural
-
-
-def not_found(rt: ResourceType, name: str) -> ApiError:
-    return ApiError(
-        404,
-        "NotFound",
-        f'{_qualified(rt)} "{name}" not found',
-        {"name": name, "group": rt.group, "kind": rt.plural},
-    )
-
-
-def invalid(rt: ResourceType, name: str, errors: list[FieldError]) -> ApiError:
-    text = str(errors[0]) if len(errors) == 1 else "[" + ", ".join(str(e) for e in errors) + "]"
-    kind = f"{rt.kind}.{rt.group}" if rt.group else rt.kind
-    return ApiError(
-        422,
-        "Invalid",
-        f'{kind} "{name}" is invalid: {text}',
-        {
-            "name": name,
-            "group": rt.group,
-            "kind": rt.kind,
-            "causes": [{"reason": e.reason, "message": e.message, "field": e.field} for e in errors],
-        },
-    )
 
 
 def now() -> str:
@@ -91,47 +44,6 @@ class Entry:
         if self._raw is None:
             self._raw = orjson.dumps(self.obj)
         return self._raw
-
-
-@dataclass(slots=True)
-class Change:
-    rv: int
-    type: str  # ADDED, MODIFIED, DELETED
-    key: tuple[str, str]
-    namespace: str
-    entry: Entry
-    previous: Obj | None
-
-
-@dataclass(eq=False)
-class Watcher:
-    key: tuple[str, str]
-    namespace: str | None
-    labels: Callable[[Mapping[str, str]], bool]
-    fields: Callable[[Mapping[str, Any]], bool]
-    queue: asyncio.Queue[tuple[str, Entry] | None] = field(default_factory=asyncio.Queue)
-
-    def matches(self, obj: Obj | None) -> bool:
-        return (
-            obj is not None
-            and self.labels((obj.get("metadata") or {}).get("labels") or {})
-            and self.fields(obj)
-        )
-
-    def offer(self, change: Change) -> None:
-        if self.namespace and change.namespace != self.namespace:
-            return
-        now_matches = change.type != "DELETED" and self.matches(change.entry.obj)
-        was = self.matches(change.previous) if change.previous is not None else False
-        if change.type == "DELETED":
-            if self.matches(change.entry.obj):
-                self.queue.put_nowait(("DELETED", change.entry))
-        elif now_matches and (was or change.type == "ADDED"):
-            self.queue.put_nowait((change.type, change.entry))
-        elif now_matches:
-            self.queue.put_nowait(("ADDED", change.entry))  # began to match the selector
-        elif was:
-            self.queue.put_nowait(("DELETED", change.entry))  # stopped matching
 
 
 class Store:
@@ -199,7 +111,7 @@ class Store:
 
     # ----- writing -----
 
-    def _commit(self, rt: ResourceType, kind: str, obj: Obj, previous: Obj | None) -> Entry:
+    def commit(self, rt: ResourceType, kind: str, obj: Obj, previous: Obj | None) -> Entry:
         self.rv += 1
         meta = obj["metadata"]
         if kind != "DELETED":
@@ -232,7 +144,7 @@ class Store:
         rt = self.registry.get("", "v1", "namespaces")
         assert rt is not None
         if ("", name) not in self.bucket(rt):
-            self._commit(
+            self.commit(
                 rt,
                 "ADDED",
                 {
@@ -279,18 +191,6 @@ class Store:
             )
         return name
 
-    def _prepare_custom(self, rt: ResourceType, obj: Obj) -> Obj:
-        if rt.schema is None:
-            return obj
-        pruned = apply_defaults(prune(obj, rt.schema), rt.schema)
-        for key in ("apiVersion", "kind", "metadata"):
-            if key in obj:
-                pruned[key] = obj[key]
-        errors = validate_custom_resource(pruned, rt.schema)
-        if errors:
-            raise invalid(rt, (obj.get("metadata") or {}).get("name", ""), errors)
-        return pruned
-
     def create(self, rt: ResourceType, namespace: str | None, body: Obj) -> Entry:
         obj = copy.deepcopy(body)
         meta = obj.setdefault("metadata", {})
@@ -318,11 +218,11 @@ class Store:
             raise ApiError(
                 409,
                 "AlreadyExists",
-                f'{_qualified(rt)} "{name}" already exists',
+                f'{qualified(rt)} "{name}" already exists',
                 {"name": name, "group": rt.group, "kind": rt.plural},
             )
         obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
-        obj = self._prepare_custom(rt, obj)
+        obj = custom_resources.prepare(rt, obj)
         meta = obj["metadata"]
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=now(), generation=1)
         meta.pop("deletionTimestamp", None)
@@ -335,7 +235,7 @@ class Store:
             obj["status"] = {"phase": "Pending"}
         if rt.kind == "CustomResourceDefinition":
             self._register_crd(obj)
-        entry = self._commit(rt, "ADDED", obj, None)
+        entry = self.commit(rt, "ADDED", obj, None)
         self._after_write(rt, entry.obj)
         return entry
 
@@ -348,7 +248,7 @@ class Store:
             raise ApiError(
                 409,
                 "Conflict",
-                f'Operation cannot be fulfilled on {_qualified(rt)} "{name}": '
+                f'Operation cannot be fulfilled on {qualified(rt)} "{name}": '
                 "the object has been modified; please apply your changes to the latest "
                 "version and try again",
                 {"name": name, "group": rt.group, "kind": rt.plural},
@@ -367,13 +267,13 @@ class Store:
         elif subresource == "status":
             merged = copy.deepcopy(current)
             merged["status"] = obj.get("status")
-            obj = self._prepare_custom(rt, merged)
+            obj = custom_resources.prepare(rt, merged)
         else:
             if rt.status_subresource and "status" in current:
                 obj["status"] = copy.deepcopy(current["status"])
             elif rt.status_subresource:
                 obj.pop("status", None)
-            obj = self._prepare_custom(rt, obj)
+            obj = custom_resources.prepare(rt, obj)
         meta = obj.setdefault("metadata", {})
         for key in ("uid", "creationTimestamp", "namespace", "name", "deletionTimestamp"):
             if key in current["metadata"]:
@@ -392,10 +292,10 @@ class Store:
         if obj == current:
             return self.get(rt, namespace, name)  # no-op writes do not bump resourceVersion
         if meta.get("deletionTimestamp") and not meta.get("finalizers"):
-            return self._commit(rt, "DELETED", obj, current)
+            return self.commit(rt, "DELETED", obj, current)
         if rt.kind == "CustomResourceDefinition":
             self._register_crd(obj)
-        entry = self._commit(rt, "MODIFIED", obj, current)
+        entry = self.commit(rt, "MODIFIED", obj, current)
         self._after_write(rt, entry.obj)
         return entry
 
@@ -406,17 +306,17 @@ class Store:
                 return self.get(rt, namespace, name)
             obj = copy.deepcopy(current)
             obj["metadata"]["deletionTimestamp"] = now()
-            return self._commit(rt, "MODIFIED", obj, current)
+            return self.commit(rt, "MODIFIED", obj, current)
         if rt.kind == "Namespace":
             for key, bucket in list(self.objects.items()):
                 rtype = next((t for t in self.registry.types.values() if t.key == key), None)
                 if rtype and rtype.namespaced:
                     for (ns, obj_name), _ in list(bucket.items()):
                         if ns == name:
-                            self._commit(rtype, "DELETED", bucket[(ns, obj_name)].obj, None)
+                            self.commit(rtype, "DELETED", bucket[(ns, obj_name)].obj, None)
         if rt.kind == "CustomResourceDefinition":
             self._unregister_crd(current)
-        entry = self._commit(rt, "DELETED", current, current)
+        entry = self.commit(rt, "DELETED", current, current)
         self._after_write(rt, current)
         return entry
 
@@ -424,154 +324,22 @@ class Store:
 
     def _after_write(self, rt: ResourceType, obj: Obj) -> None:
         if rt.kind in ("Pod", "PodDisruptionBudget"):
-            self.refresh_pdbs(obj["metadata"].get("namespace", ""))
-
-    def pdb_status(self, pdb: Obj) -> Obj:
-        from tools.kube_emulator.selectors import label_selector
-
-        pods_rt = self.registry.get("", "v1", "pods")
-        assert pods_rt is not None
-        selector = (pdb.get("spec") or {}).get("selector") or {}
-        match = _selector_predicate(selector, label_selector)
-        ns = pdb["metadata"]["namespace"]
-        pods = [
-            e.obj
-            for (pns, _), e in self.bucket(pods_rt).items()
-            if pns == ns and match((e.obj.get("metadata") or {}).get("labels") or {})
-        ]
-        healthy = sum(
-            1
-            for p in pods
-            if (p.get("status") or {}).get("phase") == "Running"
-            and not p["metadata"].get("deletionTimestamp")
-        )
-        expected = len(pods)
-        spec = pdb.get("spec") or {}
-
-        def amount(value: Any) -> int:
-            if isinstance(value, str) and value.endswith("%"):
-                return -(-int(value[:-1]) * expected // 100)  # rounds up, as Kubernetes does
-            return int(value)
-
-        if "minAvailable" in spec:
-            desired = amount(spec["minAvailable"])
-        elif "maxUnavailable" in spec:
-            desired = max(0, expected - amount(spec["maxUnavailable"]))
-        else:
-            desired = 0
-        return {
-            "currentHealthy": healthy,
-            "desiredHealthy": desired,
-            "expectedPods": expected,
-            "disruptionsAllowed": max(0, healthy - desired),
-            "observedGeneration": pdb["metadata"].get("generation", 1),
-        }
-
-    def refresh_pdbs(self, namespace: str) -> None:
-        rt = self.registry.get("policy", "v1", "poddisruptionbudgets")
-        assert rt is not None
-        for (ns, _), entry in list(self.bucket(rt).items()):
-            if ns != namespace:
-                continue
-            status = {**(entry.obj.get("status") or {}), **self.pdb_status(entry.obj)}
-            if status != entry.obj.get("status"):
-                obj = {**entry.obj, "status": status, "metadata": dict(entry.obj["metadata"])}
-                self._commit(rt, "MODIFIED", obj, entry.obj)
-
-    def evict(self, pods_rt: ResourceType, namespace: str, name: str) -> None:
-        pod = self.get(pods_rt, namespace, name).obj
-        rt = self.registry.get("policy", "v1", "poddisruptionbudgets")
-        assert rt is not None
-        from tools.kube_emulator.selectors import label_selector
-
-        labels = pod["metadata"].get("labels") or {}
-        running = (pod.get("status") or {}).get("phase") == "Running"
-        for (ns, pdb_name), entry in sorted(self.bucket(rt).items()):
-            if ns != namespace:
-                continue
-            if not _selector_predicate((entry.obj.get("spec") or {}).get("selector") or {}, label_selector)(
-                labels
-            ):
-                continue
-            status = self.pdb_status(entry.obj)
-            if running and status["disruptionsAllowed"] < 1:
-                raise ApiError(
-                    429,
-                    "TooManyRequests",
-                    "Cannot evict pod as it would violate the pod's disruption budget.",
-                    {
-                        "causes": [
-                            {
-                                "reason": "DisruptionBudget",
-                                "message": f"The disruption budget {pdb_name} needs "
-                                f"{status['desiredHealthy']} healthy pods and has "
-                                f"{status['currentHealthy']} currently",
-                            }
-                        ]
-                    },
-                )
-        self.delete(pods_rt, namespace, name)
-
-    # ----- custom resource definitions -----
+            disruptions.refresh_pdbs(self, obj["metadata"].get("namespace", ""))
 
     def _register_crd(self, crd: Obj) -> None:
-        spec = crd.get("spec") or {}
-        names = spec.get("names") or {}
-        group, plural = spec.get("group", ""), names.get("plural", "")
-        self.registry.remove_group_resource(group, plural)
-        for version in spec.get("versions") or []:
-            if not version.get("served", True):
-                continue
-            columns = [
-                Column(
-                    c["name"],
-                    c.get("type", "string"),
-                    c["jsonPath"],
-                    c.get("description", ""),
-                    c.get("priority", 0),
-                    c.get("format", ""),
-                )
-                for c in version.get("additionalPrinterColumns") or []
-            ]
-            columns.append(Column("Age", "date", ".metadata.creationTimestamp"))
-            if any(c.name == "Age" for c in columns[:-1]):
-                columns.pop()
-            self.registry.add(
-                ResourceType(
-                    group,
-                    version["name"],
-                    names.get("kind", ""),
-                    plural,
-                    namespaced=spec.get("scope") == "Namespaced",
-                    short_names=tuple(names.get("shortNames") or ()),
-                    status_subresource="status" in (version.get("subresources") or {}),
-                    tracks_generation=True,
-                    columns=columns,
-                    schema=(version.get("schema") or {}).get("openAPIV3Schema"),
-                    categories=tuple(names.get("categories") or ()),
-                )
-            )
-        crd["status"] = {
-            "acceptedNames": names,
-            "storedVersions": [v["name"] for v in spec.get("versions") or [] if v.get("storage")],
-            "conditions": [
-                {"type": t, "status": "True", "reason": r, "message": m, "lastTransitionTime": now()}
-                for t, r, m in (
-                    ("NamesAccepted", "NoConflicts", "no conflicts found"),
-                    ("Established", "InitialNamesAccepted", "the initial names have been accepted"),
-                )
-            ],
-        }
+        self.registry.remove_group_resource(*custom_resources.group_resource(crd))
+        for rt in custom_resources.resource_types(crd):
+            self.registry.add(rt)
+        crd["status"] = custom_resources.established_status(crd, now())
 
     def _unregister_crd(self, crd: Obj) -> None:
-        spec = crd.get("spec") or {}
-        group, plural = spec.get("group", ""), (spec.get("names") or {}).get("plural", "")
-        for rt in [t for t in self.registry.types.values() if t.key == (group, plural)]:
+        key = custom_resources.group_resource(crd)
+        for rt in [t for t in self.registry.types.values() if t.key == key]:
             for _, entry in list(self.bucket(rt).items()):
-                self._commit(rt, "DELETED", entry.obj, entry.obj)
+                self.commit(rt, "DELETED", entry.obj, entry.obj)
             break
-        self.registry.remove_group_resource(group, plural)
-        self.objects.pop((group, plural), None)
+        self.registry.remove_group_resource(*key)
+        self.objects.pop(key, None)
 
     # ----- watching -----
 
@@ -584,7 +352,7 @@ class Store:
         fields: Callable[[Mapping[str, Any]], bool] | None,
     ) -> Watcher:
         """A watcher fed with changes after `since` (None: every current object as ADDED)."""
-        watcher = Watcher(rt.key, namespace, labels or _anything, fields or _anything)
+        watcher = Watcher(rt.key, namespace, labels or anything, fields or anything)
         if since is None:
             for _, entry in self.list(rt, namespace, labels, fields):
                 watcher.queue.put_nowait(("ADDED", entry))
@@ -628,24 +396,3 @@ class Store:
         # History before the restart is gone: watchers must list again.
         self.compacted_rv = self.rv
         self.log.clear()
-
-
-def _anything(_: Any) -> bool:
-    return True
-
-
-def _selector_predicate(selector: Obj, label_selector: Any) -> Callable[[Mapping[str, str]], bool]:
-    parts = [f"{k}={v}" for k, v in (selector.get("matchLabels") or {}).items()]
-    for expr in selector.get("matchExpressions") or []:
-        op, key, values = expr.get("operator"), expr.get("key"), expr.get("values") or []
-        if op == "In":
-            parts.append(f"{key} in ({','.join(values)})")
-        elif op == "NotIn":
-            parts.append(f"{key} notin ({','.join(values)})")
-        elif op == "Exists":
-            parts.append(key)
-        elif op == "DoesNotExist":
-            parts.append(f"!{key}")
-    if not parts:
-        return lambda labels: True  # an empty selector selects every pod of the namespace
-    return label_selector(",".join(parts))

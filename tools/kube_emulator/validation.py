@@ -43,118 +43,148 @@ def _type_ok(value: Any, wanted: str) -> bool:
 
 
 def validate(value: Any, schema: dict[str, Any], path: str) -> list[FieldError]:
+    """Every way `value` breaks `schema` (OpenAPI v3 as CRDs use it), worded as the API server
+    words it, with the field's path."""
     if value is None:
-        if schema.get("nullable"):
-            return []
-        return (
-            [
-                FieldError(
-                    path,
-                    "FieldValueInvalid",
-                    f"Invalid value: \"null\": {path} in body must be "
-                    f"of type {schema.get('type', 'object')}: \"null\"",
-                )
-            ]
-            if schema.get("type")
-            else []
-        )
-    errors: list[FieldError] = []
-    wanted = schema.get("type")
+        return _null(schema, path)
     if schema.get("x-kubernetes-int-or-string"):
         if not isinstance(value, int | str) or isinstance(value, bool):
-            errors.append(
+            return [
                 FieldError(
                     path,
                     "FieldValueTypeInvalid",
                     f"Invalid value: {_shown(value)}: must be an integer or a string",
                 )
-            )
-        return errors
+            ]
+        return []
+    wanted = schema.get("type")
     if wanted and not _type_ok(value, wanted):
         actual = next((t for t, py in _TYPES.items() if isinstance(value, py) and t != "number"), "unknown")
         return [
             FieldError(
                 path,
                 "FieldValueTypeInvalid",
-                f'Invalid value: "{actual}": {path} in body ' f'must be of type {wanted}: "{actual}"',
+                f'Invalid value: "{actual}": {path} in body must be of type {wanted}: "{actual}"',
             )
         ]
-    if "enum" in schema and value not in schema["enum"]:
-        supported = ", ".join(_shown(v) for v in schema["enum"])
+    errors = _enum(value, schema, path)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        errors += _number(value, schema, path)
+    if isinstance(value, str):
+        errors += _string(value, schema, path)
+    if isinstance(value, dict):
+        errors += _object(value, schema, path)
+    if isinstance(value, list):
+        errors += _array(value, schema, path)
+    return errors
+
+
+def _null(schema: dict[str, Any], path: str) -> list[FieldError]:
+    if schema.get("nullable") or not schema.get("type"):
+        return []
+    return [
+        FieldError(
+            path,
+            "FieldValueInvalid",
+            f"Invalid value: \"null\": {path} in body must be "
+            f"of type {schema.get('type', 'object')}: \"null\"",
+        )
+    ]
+
+
+def _enum(value: Any, schema: dict[str, Any], path: str) -> list[FieldError]:
+    if "enum" not in schema or value in schema["enum"]:
+        return []
+    supported = ", ".join(_shown(v) for v in schema["enum"])
+    return [
+        FieldError(
+            path,
+            "FieldValueNotSupported",
+            f"Unsupported value: {_shown(value)}: supported values: {supported}",
+        )
+    ]
+
+
+def _number(value: float, schema: dict[str, Any], path: str) -> list[FieldError]:
+    errors = []
+    if "minimum" in schema and value < schema["minimum"]:
         errors.append(
             FieldError(
                 path,
-                "FieldValueNotSupported",
-                f"Unsupported value: {_shown(value)}: supported values: {supported}",
+                "FieldValueInvalid",
+                f"Invalid value: {value}: {path} in body "
+                f"should be greater than or equal to {schema['minimum']}",
             )
         )
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if "minimum" in schema and value < schema["minimum"]:
-            errors.append(
-                FieldError(
-                    path,
-                    "FieldValueInvalid",
-                    f"Invalid value: {value}: {path} in body "
-                    f"should be greater than or equal to {schema['minimum']}",
-                )
+    if "maximum" in schema and value > schema["maximum"]:
+        errors.append(
+            FieldError(
+                path,
+                "FieldValueInvalid",
+                f"Invalid value: {value}: {path} in body should be less than or equal to {schema['maximum']}",
             )
-        if "maximum" in schema and value > schema["maximum"]:
-            errors.append(
-                FieldError(
-                    path,
-                    "FieldValueInvalid",
-                    f"Invalid value: {value}: {path} in body "
-                    f"should be less than or equal to {schema['maximum']}",
-                )
+        )
+    return errors
+
+
+def _string(value: str, schema: dict[str, Any], path: str) -> list[FieldError]:
+    errors = []
+    if "minLength" in schema and len(value) < schema["minLength"]:
+        errors.append(
+            FieldError(
+                path,
+                "FieldValueInvalid",
+                f"Invalid value: {_shown(value)}: {path} "
+                f"in body should be at least {schema['minLength']} chars long",
             )
-    if isinstance(value, str):
-        if "minLength" in schema and len(value) < schema["minLength"]:
-            errors.append(
-                FieldError(
-                    path,
-                    "FieldValueInvalid",
-                    f"Invalid value: {_shown(value)}: {path} "
-                    f"in body should be at least {schema['minLength']} chars long",
-                )
+        )
+    if "maxLength" in schema and len(value) > schema["maxLength"]:
+        errors.append(
+            FieldError(
+                path, "FieldValueTooLong", f"Too long: may not be more than {schema['maxLength']} bytes"
             )
-        if "maxLength" in schema and len(value) > schema["maxLength"]:
-            errors.append(
-                FieldError(
-                    path, "FieldValueTooLong", f"Too long: may not be more than {schema['maxLength']} bytes"
-                )
+        )
+    if "pattern" in schema and not re.search(schema["pattern"], value):
+        errors.append(
+            FieldError(
+                path,
+                "FieldValueInvalid",
+                f"Invalid value: {_shown(value)}: {path} in body should match '{schema['pattern']}'",
             )
-        if "pattern" in schema and not re.search(schema["pattern"], value):
-            errors.append(
-                FieldError(
-                    path,
-                    "FieldValueInvalid",
-                    f"Invalid value: {_shown(value)}: {path} " f"in body should match '{schema['pattern']}'",
-                )
+        )
+    return errors
+
+
+def _object(value: dict[str, Any], schema: dict[str, Any], path: str) -> list[FieldError]:
+    errors = [
+        FieldError(f"{path}.{name}", "FieldValueRequired", "Required value")
+        for name in schema.get("required") or []
+        if name not in value
+    ]
+    props = schema.get("properties") or {}
+    extra = schema.get("additionalProperties")
+    for key, item in value.items():
+        if key in props:
+            errors += validate(item, props[key], f"{path}.{key}")
+        elif isinstance(extra, dict):
+            errors += validate(item, extra, f"{path}.{key}")
+    return errors
+
+
+def _array(value: list[Any], schema: dict[str, Any], path: str) -> list[FieldError]:
+    errors = []
+    if "maxItems" in schema and len(value) > schema["maxItems"]:
+        errors.append(
+            FieldError(
+                path,
+                "FieldValueTooMany",
+                f"Too many: {len(value)}: must have at most {schema['maxItems']} items",
             )
-    if isinstance(value, dict):
-        for name in schema.get("required") or []:
-            if name not in value:
-                errors.append(FieldError(f"{path}.{name}", "FieldValueRequired", "Required value"))
-        props = schema.get("properties") or {}
-        extra = schema.get("additionalProperties")
-        for key, item in value.items():
-            if key in props:
-                errors += validate(item, props[key], f"{path}.{key}")
-            elif isinstance(extra, dict):
-                errors += validate(item, extra, f"{path}.{key}")
-    if isinstance(value, list):
-        if "maxItems" in schema and len(value) > schema["maxItems"]:
-            errors.append(
-                FieldError(
-                    path,
-                    "FieldValueTooMany",
-                    f"Too many: {len(value)}: must have at most {schema['maxItems']} items",
-                )
-            )
-        items = schema.get("items")
-        if isinstance(items, dict):
-            for i, item in enumerate(value):
-                errors += validate(item, items, f"{path}[{i}]")
+        )
+    items = schema.get("items")
+    if isinstance(items, dict):
+        for i, item in enumerate(value):
+            errors += validate(item, items, f"{path}[{i}]")
     return errors
 
 
