@@ -17,6 +17,7 @@ from clm.contracts import DrainPlanned, PlannedDrain, PlannedMove, encode, strea
 from clm.runtime.jetstream import declare_streams
 from tests.kit import builders as b
 from tests.kit.nats_server import NatsServer
+from tools.clm.kube_objects import object_reader
 from tools.clm.main import main
 from tools.kube_emulator.main import kubeconfig_text
 from tools.kube_emulator.testing import api_client, running_emulator
@@ -77,6 +78,37 @@ def test_explain_says_why_and_what_the_evictor_would_do(
             "fallback": "evict",
             "why": report["evictor"]["aggressive"]["why"],
         }
+
+        # Every kind explain reads comes through the client's own methods (a hand-built path
+        # once left the namespace out of a DaemonSet's).
+        client.AppsV1Api(core.api_client).create_namespaced_daemon_set(
+            NS,
+            {
+                "metadata": {"name": "agent"},
+                "spec": {
+                    "selector": {"matchLabels": {"app": "agent"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "agent"}},
+                        "spec": {"containers": [{"name": "a"}]},
+                    },
+                },
+            },
+        )
+        core.create_namespaced_pod(
+            NS,
+            {
+                "metadata": {"name": "agent-x", "ownerReferences": [b.owner("DaemonSet", "agent")]},
+                "spec": {"nodeName": "n1", "containers": [{"name": "a", "image": "agent"}]},
+            },
+        )
+        assert main(["explain", f"{NS}/agent-x", "--kubeconfig", str(kubeconfig), "--json"]) == 0
+        report = orjson.loads(capsys.readouterr().out)
+        assert report["workload"]["kind"] == "DaemonSet" and report["workload"]["name"] == "agent"
+        read = object_reader(core.api_client)
+        daemon_set = read("DaemonSet", NS, "agent")
+        assert daemon_set is not None and daemon_set["metadata"]["namespace"] == NS
+        assert read("StatefulSet", NS, "mc") is not None and read("Node", "", "n1") is not None
+        assert read("DaemonSet", NS, "missing") is None
 
         assert main(["explain", f"{NS}/nope", "--kubeconfig", str(kubeconfig)]) == 1
         assert f"no pod {NS}/nope" in capsys.readouterr().err

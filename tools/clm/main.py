@@ -16,18 +16,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from pathlib import Path
 
 import orjson
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from tools.clm import explain, migrate, plan
+from tools.clm.kube_objects import object_reader
+from tools.console import events
+from tools.sandbox import cli as sandbox_cli
+from tools.sandbox import sandbox
 
 SANDBOX_STATE = Path(os.environ.get("CLM_SANDBOX_DIR", "/tmp/clm-sandbox"))
 
 
 def _sandbox_state() -> dict | None:
-    from tools.sandbox.sandbox import read_state
-
-    return read_state(SANDBOX_STATE)
+    return sandbox.read_state(SANDBOX_STATE)
 
 
 def default_nats() -> str:
@@ -40,8 +47,6 @@ def default_nats() -> str:
 def _load_kube(command: str, kubeconfig: str | None):
     """An API client from --kubeconfig, $KUBECONFIG, ~/.kube/config, the sandbox, in-cluster;
     None (after saying why) when there is none."""
-    from kubernetes import client, config
-
     try:
         if kubeconfig or os.environ.get("KUBECONFIG") or Path("~/.kube/config").expanduser().is_file():
             config.load_kube_config(config_file=kubeconfig)
@@ -60,11 +65,6 @@ def _load_kube(command: str, kubeconfig: str | None):
 
 
 def _explain(args: argparse.Namespace) -> int:
-    from kubernetes.client.exceptions import ApiException
-
-    from clm.runtime.informer import NAMESPACED
-    from tools.clm.explain import explain, render
-
     namespace, _, name = args.pod.partition("/")
     if not name:
         print(f"clm explain: give the pod as NAMESPACE/POD, not {args.pod!r}", file=sys.stderr)
@@ -72,35 +72,7 @@ def _explain(args: argparse.Namespace) -> int:
     api = _load_kube("explain", args.kubeconfig)
     if api is None:
         return 2
-    paths = {
-        "Pod": "/api/v1/namespaces/{ns}/pods/{name}",
-        "Node": "/api/v1/nodes/{name}",
-        "PersistentVolumeClaim": "/api/v1/namespaces/{ns}/persistentvolumeclaims/{name}",
-        "PersistentVolume": "/api/v1/persistentvolumes/{name}",
-        "ReplicaSet": "/apis/apps/v1/namespaces/{ns}/replicasets/{name}",
-        "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments/{name}",
-        "StatefulSet": "/apis/apps/v1/namespaces/{ns}/statefulsets/{name}",
-        "DaemonSet": "/apis/apps/v1/namespaces/{ns}/daemonsets/{name}",
-        "Job": "/apis/batch/v1/namespaces/{ns}/jobs/{name}",
-        "CronJob": "/apis/batch/v1/namespaces/{ns}/cronjobs/{name}",
-    }
-
-    def get(kind: str, ns: str, obj_name: str) -> dict | None:
-        path = paths.get(kind)
-        if path is None or not obj_name:
-            return None
-        try:
-            resp = api.call_api(
-                path.format(ns=ns if kind in NAMESPACED else "", name=obj_name),
-                "GET",
-                _preload_content=False,
-                auth_settings=["BearerToken"],
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return orjson.loads(resp.data)
+    get = object_reader(api)
 
     try:
         pod = get("Pod", namespace, name)
@@ -110,16 +82,14 @@ def _explain(args: argparse.Namespace) -> int:
     if pod is None:
         print(f"clm explain: no pod {namespace}/{name}", file=sys.stderr)
         return 1
-    report = explain(pod, get)
-    print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if args.json else render(report))
+    report = explain.explain(pod, get)
+    print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() if args.json else explain.render(report))
     return 0
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from tools.clm.plan import latest_plan, render
-
     try:
-        plan = asyncio.run(latest_plan(args.nats))
+        latest = asyncio.run(plan.latest_plan(args.nats))
     except Exception as exc:  # - any connection trouble: say where
         print(
             f"clm plan: cannot read the plan from NATS at {args.nats}: {exc}"
@@ -127,27 +97,23 @@ def _plan(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    if plan is None:
+    if latest is None:
         print("clm plan: no plan published yet — is the evictor-planner running?", file=sys.stderr)
         return 1
-    print(plan.model_dump_json(indent=2) if args.json else render(plan))
+    print(latest.model_dump_json(indent=2) if args.json else plan.render(latest))
     return 0
 
 
 def _events(args: argparse.Namespace) -> int:
-    from tools.console.events import render, stream_events
-
     def show(event, raw: bytes) -> None:
-        print(raw.decode() if args.json else render(event), flush=True)
+        print(raw.decode() if args.json else events.render(event), flush=True)
 
     async def run() -> int:
-        import signal
-
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        return await stream_events(args.nats, show, follow=args.follow, stop=stop)
+        return await events.stream_events(args.nats, show, follow=args.follow, stop=stop)
 
     try:
         shown = asyncio.run(run())
@@ -164,8 +130,6 @@ def _events(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from tools.clm.migrate import migrate
-
     namespace, _, name = args.pod.partition("/")
     if not name:
         print(f"clm migrate: give the pod as NAMESPACE/POD, not {args.pod!r}", file=sys.stderr)
@@ -173,7 +137,7 @@ def _migrate(args: argparse.Namespace) -> int:
     api = _load_kube("migrate", args.kubeconfig)
     if api is None:
         return 2
-    return migrate(api, namespace, name, to=args.to, wait=not args.no_wait, timeout=args.timeout)
+    return migrate.migrate(api, namespace, name, to=args.to, wait=not args.no_wait, timeout=args.timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,20 +145,20 @@ def main(argv: list[str] | None = None) -> int:
         prog="clm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    explain = sub.add_parser("explain", help="why a pod is (not) eligible, and what the Evictor would do")
-    explain.add_argument("pod", metavar="NAMESPACE/POD")
-    explain.add_argument("--kubeconfig", default=None)
-    explain.add_argument("--json", action="store_true")
-    explain.set_defaults(run=_explain)
-    plan = sub.add_parser("plan", help="the evictor-planner's current plan")
-    plan.add_argument("--nats", default=None)
-    plan.add_argument("--json", action="store_true")
-    plan.set_defaults(run=_plan)
-    events = sub.add_parser("events", help="migration events on NATS, from the start of the stream")
-    events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
-    events.add_argument("--json", action="store_true", help="one JSON object per line, as published")
-    events.add_argument("--nats", default=None)
-    events.set_defaults(run=_events)
+    explain_cmd = sub.add_parser("explain", help="why a pod is (not) eligible, and what the Evictor would do")
+    explain_cmd.add_argument("pod", metavar="NAMESPACE/POD")
+    explain_cmd.add_argument("--kubeconfig", default=None)
+    explain_cmd.add_argument("--json", action="store_true")
+    explain_cmd.set_defaults(run=_explain)
+    plan_cmd = sub.add_parser("plan", help="the evictor-planner's current plan")
+    plan_cmd.add_argument("--nats", default=None)
+    plan_cmd.add_argument("--json", action="store_true")
+    plan_cmd.set_defaults(run=_plan)
+    events_cmd = sub.add_parser("events", help="migration events on NATS, from the start of the stream")
+    events_cmd.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    events_cmd.add_argument("--json", action="store_true", help="one JSON object per line, as published")
+    events_cmd.add_argument("--nats", default=None)
+    events_cmd.set_defaults(run=_events)
     move = sub.add_parser("migrate", help="create a Migration for a pod and follow it to the end")
     move.add_argument("pod", metavar="NAMESPACE/POD")
     move.add_argument(
@@ -204,9 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     move.add_argument("--timeout", type=float, default=300.0)
     move.add_argument("--kubeconfig", default=None)
     move.set_defaults(run=_migrate)
-    from tools.sandbox.cli import add_arguments
-
-    add_arguments(sub)
+    sandbox_cli.add_arguments(sub)
     args = parser.parse_args(argv)
     if getattr(args, "nats", "") is None:
         args.nats = default_nats()

@@ -1,17 +1,21 @@
 """The node's container-log endpoint, as kubelet serves it (sandbox code): `GET
 /containerLogs/{namespace}/{pod}/{container}?tailLines=N&timestamps=true&follow=true`.
 The API emulator proxies `pods/{name}/log` here, so `kubectl logs [-f]` works.
+
+aiohttp, as every HTTP server of the repository; the node runtime is thread-based, so the
+server runs its own event loop in a thread of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
-import time
-import urllib.parse
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from aiohttp import web
+
+from clm.runtime.http import HttpServer
 from services.checkpoint_agent.container_log import LogReader, render
 
 # (namespace, pod, container) -> (the container's log file, its container id), or None
@@ -25,75 +29,60 @@ GO_TRUE = ("1", "t", "T", "true", "TRUE", "True")
 class LogServer:
     def __init__(self, node: str, resolve: Resolve, alive: Callable[[str], bool]) -> None:
         self.node, self.resolve, self.alive = node, resolve, alive
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.server.daemon_threads = True
-        self._thread = threading.Thread(target=self.server.serve_forever, name=f"logs-{node}", daemon=True)
+        app = web.Application()
+        app.router.add_get("/containerLogs/{namespace}/{pod}/{container}", self._logs)
+        app.router.add_get("/{tail:.*}", self._not_found)
+        self._server = HttpServer(app, host="127.0.0.1", port=0)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"logs-{node}", daemon=True)
 
     @property
     def port(self) -> int:
-        return int(self.server.server_address[1])
+        return self._server.port
 
     def start(self) -> LogServer:
         self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._server.start(), self._loop).result(timeout=10)
         return self
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        asyncio.run_coroutine_threadsafe(self._server.stop(), self._loop).result(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        owner = self
+    async def _not_found(self, _: web.Request) -> web.Response:
+        return _text(404, "not found: GET /containerLogs/{namespace}/{pod}/{container}\n")
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: object) -> None:  # - stdlib's name
-                pass
+    async def _logs(self, request: web.Request) -> web.StreamResponse:
+        namespace, pod, container = (request.match_info[k] for k in ("namespace", "pod", "container"))
+        query = request.query
+        try:
+            tail = int(query["tailLines"]) if "tailLines" in query else None
+        except ValueError:
+            return _text(400, f"tailLines must be a number, not {query['tailLines']!r}\n")
+        timestamps = query.get("timestamps", "false") in GO_TRUE
+        follow = query.get("follow", "false") in GO_TRUE
+        found = self.resolve(namespace, pod, container)
+        if found is None:
+            return _text(404, f"container {container} of pod {namespace}/{pod} is not on {self.node}\n")
+        log_file, container_id = found
+        reader = LogReader(log_file)
+        response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+        await response.prepare(request)
+        try:
+            await response.write(render(reader.poll(), tail=tail, timestamps=timestamps))
+            while follow:
+                await asyncio.sleep(FOLLOW_POLL_SECONDS)
+                lines = reader.poll()
+                if lines:
+                    await response.write(render(lines, timestamps=timestamps))
+                elif not self.alive(container_id):
+                    break  # the container exited or moved away: the stream ends
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass  # the client stopped following
+        return response
 
-            def do_GET(self) -> None:  # - stdlib's name
-                url = urllib.parse.urlsplit(self.path)
-                parts = [urllib.parse.unquote(p) for p in url.path.strip("/").split("/")]
-                if len(parts) != 4 or parts[0] != "containerLogs":
-                    self._text(404, "not found: GET /containerLogs/{namespace}/{pod}/{container}\n")
-                    return
-                _, namespace, pod, container = parts
-                query = urllib.parse.parse_qs(url.query)
-                try:
-                    tail = int(query["tailLines"][0]) if "tailLines" in query else None
-                except ValueError:
-                    self._text(400, f"tailLines must be a number, not {query['tailLines'][0]!r}\n")
-                    return
-                timestamps = query.get("timestamps", ["false"])[0] in GO_TRUE
-                follow = query.get("follow", ["false"])[0] in GO_TRUE
-                found = owner.resolve(namespace, pod, container)
-                if found is None:
-                    self._text(
-                        404, f"container {container} of pod {namespace}/{pod} is not on {owner.node}\n"
-                    )
-                    return
-                log_file, container_id = found
-                reader = LogReader(log_file)
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; charset=utf-8")
-                self.end_headers()  # HTTP/1.0: the body ends when the connection closes
-                try:
-                    self.wfile.write(render(reader.poll(), tail=tail, timestamps=timestamps))
-                    self.wfile.flush()
-                    while follow:
-                        time.sleep(FOLLOW_POLL_SECONDS)
-                        lines = reader.poll()
-                        if lines:
-                            self.wfile.write(render(lines, timestamps=timestamps))
-                            self.wfile.flush()
-                        elif not owner.alive(container_id):
-                            break  # the container exited or moved away: the stream ends
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client stopped following
 
-            def _text(self, code: int, text: str) -> None:
-                body = text.encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "text/plain; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        return Handler
+def _text(status: int, text: str) -> web.Response:
+    return web.Response(status=status, text=text, content_type="text/plain", charset="utf-8")

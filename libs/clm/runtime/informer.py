@@ -143,6 +143,7 @@ NAMESPACED = {
     "ReplicaSet",
     "Deployment",
     "StatefulSet",
+    "DaemonSet",
     "Job",
     "CronJob",
     "PersistentVolumeClaim",
