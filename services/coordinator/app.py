@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from clm.runtime.informer import Informer, Key, Obj, Source
 from clm.runtime.kubeapi import api_client
 from clm.runtime.version import __version__
 from services.coordinator.admission import Limits, admit
-from services.coordinator.kube import Conflict, KubeGateway
+from services.coordinator.kube import Conflict, KubeGateway, lease_holder
 from services.coordinator.runner import MigrationRunner, RunnerConfig
 
 log = logging.getLogger(__name__)
@@ -147,10 +148,13 @@ class Coordinator:
                     )
                 except Exception as exc:  # - the next resync tries again
                     log.warning("could not mark a migration pending", extra={"error": str(exc)})
+        now = time.time()
         for migration in admitted:
             uid = migration["metadata"]["uid"]
             if uid in self.running or is_terminal((migration.get("status") or {}).get("phase")):
                 continue
+            if lease_holder(migration, at=now) not in (None, self.settings.replica_id):
+                continue  # another replica drives it: leave this replica's slots to the rest
             if len(self.running) >= self.settings.max_per_replica:
                 break  # another replica takes it, or this one once a slot frees (the watch wakes it)
             self.running[uid] = asyncio.create_task(self.drive(uid, migration))

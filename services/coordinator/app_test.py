@@ -4,12 +4,14 @@ covered by runner_test.py)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from services.coordinator.app import Coordinator, CoordinatorSettings
+from services.coordinator.kube import LEASE_HOLDER, LEASE_UNTIL
 
 
 class FakeKube:
@@ -72,3 +74,22 @@ async def test_finished_and_failed_migrations_are_left_alone() -> None:
     c.kube = FakeKube([migration(1, "Finished"), migration(2, "Failed")])  # type: ignore[assignment]
     await c.resync()
     assert c.running == {}
+
+
+async def test_migrations_another_replica_holds_do_not_use_up_this_ones_slots() -> None:
+    c = coordinator(max_per_replica=2, max_in_cluster=50, replica_id="me")
+    items = [migration(i) for i in range(6)]
+    until = f"{time.time() + 60:.3f}"
+    for m in items[:3]:  # the oldest three: leased by another replica
+        m["metadata"]["annotations"] = {LEASE_HOLDER: "other", LEASE_UNTIL: until}
+    items[3]["metadata"]["annotations"] = {LEASE_HOLDER: "other", LEASE_UNTIL: "1.0"}  # expired
+    c.kube = FakeKube(items)  # type: ignore[assignment]
+    started: list[str] = []
+
+    async def drive(uid: str, _m: dict[str, Any]) -> None:
+        started.append(uid)
+
+    c.drive = drive  # type: ignore[method-assign,assignment]  # the fake stands in for the method
+    await c.resync()
+    await asyncio.sleep(0)
+    assert started == ["uid-3", "uid-4"]  # the expired lease is free to take

@@ -28,6 +28,13 @@ class Conflict(Exception):
     """Someone else changed the object first (optimistic concurrency)."""
 
 
+def lease_holder(migration: dict[str, Any], *, at: float) -> str | None:
+    """The replica whose lease on the migration is still valid at `at`, if any."""
+    annotations = (migration.get("metadata") or {}).get("annotations") or {}
+    holder, until = annotations.get(LEASE_HOLDER), float(annotations.get(LEASE_UNTIL, "0") or 0)
+    return holder if holder and until > at else None
+
+
 class KubeGateway:
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
@@ -60,9 +67,8 @@ class KubeGateway:
         """Hold the migration for `seconds` (renewing our own lease, or taking an expired
         one); Conflict when another replica holds it or changed it in between."""
         meta = migration["metadata"]
-        annotations = meta.get("annotations") or {}
-        current, until = annotations.get(LEASE_HOLDER), float(annotations.get(LEASE_UNTIL, "0") or 0)
-        if current not in (None, holder) and until > time.time():
+        current = lease_holder(migration, at=time.time())
+        if current not in (None, holder):
             raise Conflict(f"held by {current}")
         body = {
             "metadata": {
