@@ -19,6 +19,7 @@ import pytest
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig
 
+from clm.contracts import protocol
 from clm.runtime import ServiceApp, ServiceSettings
 
 
@@ -142,11 +143,11 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 20, every: fl
 def create_migration(custom: Any, namespace: str, name: str, spec: dict[str, Any]) -> None:
     """A Migration object, as a user or the planner creates it."""
     custom.create_namespaced_custom_object(
-        "live.cast.ai",
-        "v1",
+        protocol.GROUP,
+        protocol.VERSION,
         namespace,
-        "migrations",
-        {"apiVersion": "live.cast.ai/v1", "kind": "Migration", "metadata": {"name": name}, "spec": spec},
+        protocol.PLURAL,
+        {"apiVersion": protocol.API_VERSION, "kind": protocol.KIND, "metadata": {"name": name}, "spec": spec},
     )
 
 

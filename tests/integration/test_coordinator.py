@@ -27,7 +27,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from clm.contracts import RequestMigration, encode, streams, subjects
+from clm.contracts import RequestMigration, encode, protocol, streams, subjects
 from clm.contracts.events import MIGRATION_EVENT_ADAPTER
 from clm.runtime.podnet import pod_netns_name
 from tests.integration.support import create_migration, fetch_from_stream, pex_dir
@@ -136,7 +136,9 @@ class Cluster:
         )
 
     def migration(self, name: str) -> dict[str, Any]:
-        return self.custom.get_namespaced_custom_object("live.cast.ai", "v1", NS, "migrations", name)
+        return self.custom.get_namespaced_custom_object(
+            protocol.GROUP, protocol.VERSION, NS, protocol.PLURAL, name
+        )
 
     async def wait_phase(self, name: str, phases: tuple[str, ...], timeout: float = 120) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -272,7 +274,9 @@ async def test_a_request_on_nats_becomes_a_migration(cluster: Cluster) -> None:
         await nc.close()
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        items = cluster.custom.list_namespaced_custom_object("live.cast.ai", "v1", NS, "migrations")["items"]
+        items = cluster.custom.list_namespaced_custom_object(
+            protocol.GROUP, protocol.VERSION, NS, protocol.PLURAL
+        )["items"]
         if items:
             break
         await asyncio.sleep(0.2)
@@ -285,12 +289,12 @@ async def test_a_request_on_nats_becomes_a_migration(cluster: Cluster) -> None:
 def test_an_invalid_migration_is_refused_with_the_field_named(cluster: Cluster) -> None:
     with pytest.raises(ApiException) as refused:
         cluster.custom.create_namespaced_custom_object(
-            "live.cast.ai",
-            "v1",
+            protocol.GROUP,
+            protocol.VERSION,
             NS,
-            "migrations",
+            protocol.PLURAL,
             {
-                "apiVersion": "live.cast.ai/v1",
+                "apiVersion": protocol.API_VERSION,
                 "kind": "Migration",
                 "metadata": {"name": "bad"},
                 "spec": {"podName": "mc-0", "strategy": "teleport"},

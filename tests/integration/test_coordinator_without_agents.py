@@ -43,6 +43,7 @@ from clm.contracts import (
     NodeCapabilities,
     decode,
     encode,
+    protocol,
     step_result_for,
     streams,
     subjects,
@@ -168,7 +169,9 @@ class Replicas:
         )
 
     def phases(self) -> dict[str, str]:
-        items = self.custom.list_namespaced_custom_object("live.cast.ai", "v1", NS, "migrations")["items"]
+        items = self.custom.list_namespaced_custom_object(
+            protocol.GROUP, protocol.VERSION, NS, protocol.PLURAL
+        )["items"]
         return {m["metadata"]["name"]: (m.get("status") or {}).get("phase", "") for m in items}
 
 
@@ -303,6 +306,6 @@ def test_the_evict_fallback_waits_for_the_disruption_budget(replicas: Replicas) 
     wait_all_failed(replicas, ["solo-move"], within=30)
     assert replicas.core.list_namespaced_pod(NS).items == []
     status = replicas.custom.get_namespaced_custom_object(
-        "live.cast.ai", "v1", NS, "migrations", "solo-move"
+        protocol.GROUP, protocol.VERSION, NS, protocol.PLURAL, "solo-move"
     )["status"]
     assert "fallback evict: evicted" in status["message"], status

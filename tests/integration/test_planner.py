@@ -26,7 +26,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from clm.contracts import DrainPlanned, NodeDrained, decode, streams, subjects
+from clm.contracts import DrainPlanned, NodeDrained, decode, protocol, streams, subjects
 from clm.policy import names
 from tests.integration.support import fetch_from_stream, http_get, pex_dir
 from tests.integration.support import wait_for as _wait_for
@@ -43,7 +43,7 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
 
 CRD = Path("deploy/kustomize/base/crds/migrations.live.cast.ai.yaml")
 NS = "shop"
-GROUP = ("live.cast.ai", "v1")
+GROUP = (protocol.GROUP, protocol.VERSION)
 ELIGIBLE = {names.MIGRATION_ENABLED: "true"}
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from clm.contracts import streams, subjects
+from clm.contracts import protocol, streams, subjects
 from clm.contracts.events import MIGRATION_EVENT_ADAPTER
 from tests.integration.support import fetch_from_stream, log_excerpts, one_sandbox_at_a_time, pex_dir
 from tests.integration.support import wait_for as _wait_for
@@ -130,7 +130,7 @@ def check_migrations(api: client.ApiClient, nats_url: str) -> None:
     documented sequence on NATS and as Kubernetes Events on it, one to one, in order."""
     core = client.CoreV1Api(api)
     migrations = client.CustomObjectsApi(api).list_namespaced_custom_object(
-        "live.cast.ai", "v1", binpack.NAMESPACE, "migrations"
+        protocol.GROUP, protocol.VERSION, binpack.NAMESPACE, protocol.PLURAL
     )["items"]
     assert sorted(m["spec"]["podName"] for m in migrations) == sorted(binpack.MIGRATED)
     events = core.list_namespaced_event(binpack.NAMESPACE).items
