@@ -264,10 +264,10 @@ async def receive_directory(
     # with what the event loop has read already (an honest sender sends nothing before our
     # nonce; a replaying one does, and its frames must still be checked).
     # A server's transport reads (a ReadTransport too), though typed as the writer's.
-    writer.transport.pause_reading()  # type: ignore[attr-defined]
+    writer.transport.pause_reading()  # type: ignore[attr-defined]  # a server transport also reads
     # StreamReader offers no public way to take what it buffered already.
-    buffered = bytes(reader._buffer)  # type: ignore[attr-defined]
-    reader._buffer.clear()  # type: ignore[attr-defined]
+    buffered = bytes(reader._buffer)  # type: ignore[attr-defined]  # no public way to take it
+    reader._buffer.clear()  # type: ignore[attr-defined]  # as above
     sock = socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno()))
     sock.settimeout(timeout)  # blocking, with a timeout
     target = destination_for[migration]

@@ -40,12 +40,12 @@ def migration(i: int, phase: str | None = None) -> dict[str, Any]:
 
 def coordinator(**settings: Any) -> Coordinator:
     app = SimpleNamespace(metrics=SimpleNamespace(registry=CollectorRegistry()))
-    return Coordinator(app, CoordinatorSettings(**settings))  # type: ignore[arg-type]
+    return Coordinator(app, CoordinatorSettings(**settings))  # type: ignore[arg-type]  # only the metrics registry is used
 
 
 async def test_a_replica_takes_on_at_most_its_share_of_a_burst() -> None:
     c = coordinator(max_per_replica=3, max_in_cluster=50)
-    c.kube = FakeKube([migration(i) for i in range(10)])  # type: ignore[assignment]
+    c.kube = FakeKube([migration(i) for i in range(10)])  # type: ignore[assignment]  # a fake of the API gateway
     started: list[str] = []
     release = asyncio.Event()
 
@@ -63,7 +63,7 @@ async def test_a_replica_takes_on_at_most_its_share_of_a_burst() -> None:
     assert len(started) == 3
     release.set()
     await asyncio.sleep(0.01)
-    c.kube.items = [m for m in c.kube.items if m["metadata"]["uid"] not in started]  # type: ignore[attr-defined]
+    c.kube.items = [m for m in c.kube.items if m["metadata"]["uid"] not in started]  # type: ignore[attr-defined]  # the fake's own list
     await c.resync()
     await asyncio.sleep(0)
     assert started[3:] == ["uid-3", "uid-4", "uid-5"]
@@ -71,7 +71,7 @@ async def test_a_replica_takes_on_at_most_its_share_of_a_burst() -> None:
 
 async def test_finished_and_failed_migrations_are_left_alone() -> None:
     c = coordinator()
-    c.kube = FakeKube([migration(1, "Finished"), migration(2, "Failed")])  # type: ignore[assignment]
+    c.kube = FakeKube([migration(1, "Finished"), migration(2, "Failed")])  # type: ignore[assignment]  # a fake of the API gateway
     await c.resync()
     assert c.running == {}
 
@@ -83,7 +83,7 @@ async def test_migrations_another_replica_holds_do_not_use_up_this_ones_slots() 
     for m in items[:3]:  # the oldest three: leased by another replica
         m["metadata"]["annotations"] = {LEASE_HOLDER: "other", LEASE_UNTIL: until}
     items[3]["metadata"]["annotations"] = {LEASE_HOLDER: "other", LEASE_UNTIL: "1.0"}  # expired
-    c.kube = FakeKube(items)  # type: ignore[assignment]
+    c.kube = FakeKube(items)  # type: ignore[assignment]  # a fake of the API gateway
     started: list[str] = []
 
     async def drive(uid: str, _m: dict[str, Any]) -> None:

@@ -193,7 +193,7 @@ async def test_a_failed_pre_dump_continues_as_stop_and_copy() -> None:
         "PodCreateFinished",
         "MigrationFinished",
     ]
-    assert published[1].strategy == "stop-and-copy"  # type: ignore[attr-defined]
+    assert published[1].strategy == "stop-and-copy"  # type: ignore[attr-defined]  # a field of that event kind
     assert ("checkpoint", "dump", SOURCE) in agents.sent
 
 
@@ -203,7 +203,7 @@ async def test_a_refused_clone_pod_fails_before_any_freeze_and_evicts() -> None:
     assert kinds(published) == ["PreDumpSkipped", "PodCreateFailed", "MigrationFailed"]
     assert ("checkpoint", "dump", SOURCE) not in agents.sent
     failed = published[-1]
-    assert failed.stage == "pod-create" and failed.fallback == "evict"  # type: ignore[attr-defined]
+    assert failed.stage == "pod-create" and failed.fallback == "evict"  # type: ignore[attr-defined]  # a field of that event kind
     assert kube.evicted == ["web-0"]
     assert ("checkpoint", "abort", SOURCE) in agents.sent and ("network", "abort", DEST) in agents.sent
 
@@ -218,7 +218,7 @@ async def test_a_failed_restore_rolls_back_destination_first(fallback: str) -> N
         ("checkpoint", "abort", SOURCE),
         ("network", "abort", DEST),
     ]
-    assert kinds(published)[-1] == "MigrationFailed" and published[-1].stage == "restore"  # type: ignore[attr-defined]
+    assert kinds(published)[-1] == "MigrationFailed" and published[-1].stage == "restore"  # type: ignore[attr-defined]  # a field of that event kind
     assert set(kube.pods) == {"web-0"} and kube.evicted == []  # clone removed, source kept
 
 
@@ -258,7 +258,7 @@ async def test_without_a_fallback_in_the_spec_the_label_matrix_decides() -> None
         "autoscaling.cast.ai/removal-disabled": "true",
     }
     assert await runner.run() == "Failed"
-    assert published[-1].fallback == "restore-on-source"  # type: ignore[attr-defined]
+    assert published[-1].fallback == "restore-on-source"  # type: ignore[attr-defined]  # a field of that event kind
     assert kube.evicted == []
 
 

@@ -11,9 +11,11 @@ def test_records_follow_actions_and_final_actions_remove_them(tmp_path: Path) ->
     assert ledger.get("u1") == Record("u1", "10.0.0.5", state="prepared", pending=None)
     ledger.begin("u1", "10.0.0.5", "announce")
     ledger.finish("u1", "announce")
-    assert ledger.get("u1").state == "announced"  # type: ignore[union-attr]
+    record = ledger.get("u1")
+    assert record is not None and record.state == "announced"
     ledger.begin("u1", "10.0.0.5", "release")
-    assert ledger.get("u1").pending == "release"  # type: ignore[union-attr]
+    record = ledger.get("u1")
+    assert record is not None and record.pending == "release"
     ledger.finish("u1", "release")
     assert ledger.get("u1") is None and ledger.all() == []
 

@@ -23,8 +23,8 @@ from clm.contracts import protocol
 from clm.runtime import ServiceApp, ServiceSettings
 
 
-def test_settings(url: str, **overrides: object) -> ServiceSettings:
-    values: dict[str, object] = {
+def test_settings(url: str, **overrides: Any) -> ServiceSettings:
+    values: dict[str, Any] = {
         "nats_url": url,
         "http_host": "127.0.0.1",
         "http_port": 0,
@@ -34,7 +34,7 @@ def test_settings(url: str, **overrides: object) -> ServiceSettings:
         "shutdown_grace_seconds": 10.0,
     }
     values.update(overrides)
-    return ServiceSettings(**values)  # type: ignore[arg-type]
+    return ServiceSettings(**values)
 
 
 def make_app(url: str, name: str = "test", **overrides: object) -> ServiceApp:

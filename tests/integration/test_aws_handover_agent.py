@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -32,13 +33,13 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing
 @dataclass
 class Cloud:
     url: str
-    ec2: object
+    ec2: Any
     eni_a: str
     eni_b: str
     tagged_subnet: str
 
     def holders(self, ip: str) -> set[str]:
-        enis = self.ec2.describe_network_interfaces()["NetworkInterfaces"]  # type: ignore[attr-defined]
+        enis = self.ec2.describe_network_interfaces()["NetworkInterfaces"]
         return {
             e["NetworkInterfaceId"]
             for e in enis
@@ -144,11 +145,11 @@ async def test_a_move_the_seed_documents_rule_out_is_refused_at_prepare(
 ) -> None:
     b_node = f"nb{segment.suffix}"
     b = start_agent(b_node, segment.nodes["b"].name, nats_server.url, tmp_path, cloud.eni_b, cloud)
-    tagged_eni = cloud.ec2.create_network_interface(  # type: ignore[attr-defined]
+    tagged_eni = cloud.ec2.create_network_interface(
         SubnetId=cloud.tagged_subnet, PrivateIpAddress="10.214.9.200"
     )
     ip = "10.214.9.20"
-    cloud.ec2.assign_private_ip_addresses(  # type: ignore[attr-defined]
+    cloud.ec2.assign_private_ip_addresses(
         NetworkInterfaceId=tagged_eni["NetworkInterface"]["NetworkInterfaceId"], PrivateIpAddresses=[ip]
     )
     pod = PodRef(namespace="games", name="mc-1", uid=str(uuid.uuid4()))

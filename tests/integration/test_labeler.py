@@ -118,7 +118,7 @@ def env(nats_server: NatsServer, tmp_path: Path) -> Iterator[Env]:
 
 async def eligibility_events(url: str, pod: str, count: int) -> list[PodEligibilityChanged]:
     msgs = await fetch_from_stream(url, subjects.pod_eligibility(NS, pod), streams.EVENTS.name, count, 5)
-    return [decode(m.data) for m in msgs]  # type: ignore[misc]
+    return [decode(m.data, PodEligibilityChanged) for m in msgs]
 
 
 def stateful_pod(name: str, volumes: list[dict[str, Any]]) -> dict[str, Any]:

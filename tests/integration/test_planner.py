@@ -167,7 +167,7 @@ def cluster(nats_server: NatsServer, tmp_path: Path) -> Iterator[Cluster]:
 
 def plans(url: str, count: int = 200) -> list[DrainPlanned]:
     msgs = asyncio.run(fetch_from_stream(url, subjects.PLANNER_PLAN, streams.EVENTS.name, count, 2))
-    return [decode(m.data) for m in msgs]  # type: ignore[misc]
+    return [decode(m.data, DrainPlanned) for m in msgs]
 
 
 def test_default_mode_drains_the_emptiest_node_per_the_label_matrix(cluster: Cluster) -> None:

@@ -98,7 +98,7 @@ async def serve(
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    bound = runner.addresses[0][1]
     url = f"http://{host}:{bound}"
     if kubeconfig:
         kubeconfig.write_text(kubeconfig_text(url))

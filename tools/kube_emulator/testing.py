@@ -7,6 +7,7 @@ import contextlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from tools.kube_emulator.main import serve
 from tools.kube_emulator.store import Store
@@ -66,8 +67,8 @@ class EmulatorThread:
 
 
 @contextlib.contextmanager
-def running_emulator(**kwargs: object) -> Iterator[EmulatorThread]:
-    emulator = EmulatorThread(**kwargs).start()  # type: ignore[arg-type]
+def running_emulator(**kwargs: Any) -> Iterator[EmulatorThread]:
+    emulator = EmulatorThread(**kwargs).start()
     try:
         yield emulator
     finally:

@@ -42,7 +42,7 @@ class RacingJetStream:
 @pytest.mark.parametrize("err_code", [10058, 10065])
 async def test_losing_a_create_race_takes_the_existing_stream(err_code: int) -> None:
     js = RacingJetStream(lose_with=err_code)
-    await declare_streams(js, (streams.EVENTS,), replicas=1)  # type: ignore[arg-type]
+    await declare_streams(js, (streams.EVENTS,), replicas=1)  # type: ignore[arg-type]  # a fake JetStream context
     assert js.calls == ["info CLM_EVENTS", "add CLM_EVENTS", "info CLM_EVENTS"]
 
 
@@ -56,8 +56,8 @@ async def test_the_winner_older_settings_are_brought_up_to_date() -> None:
         js.existing[config.name] = older
         raise BadRequestError(code=400, err_code=10065, description="lost the race")
 
-    js.add_stream = add_older  # type: ignore[method-assign]
-    await declare_streams(js, (streams.EVENTS,), replicas=1)  # type: ignore[arg-type]
+    js.add_stream = add_older  # type: ignore[method-assign]  # the fake's behaviour for this case
+    await declare_streams(js, (streams.EVENTS,), replicas=1)  # type: ignore[arg-type]  # a fake JetStream context
     assert js.calls[-1] == "update CLM_EVENTS"
     assert js.existing["CLM_EVENTS"].max_age == streams.EVENTS.max_age_seconds
 
@@ -65,7 +65,7 @@ async def test_the_winner_older_settings_are_brought_up_to_date() -> None:
 async def test_other_refusals_are_not_swallowed() -> None:
     js = RacingJetStream(lose_with=10052)
     with pytest.raises(BadRequestError):
-        await declare_streams(js, (streams.EVENTS,), replicas=1)  # type: ignore[arg-type]
+        await declare_streams(js, (streams.EVENTS,), replicas=1)  # type: ignore[arg-type]  # a fake JetStream context
 
 
 async def test_a_stream_that_never_appears_is_reported() -> None:
@@ -74,9 +74,9 @@ async def test_a_stream_that_never_appears_is_reported() -> None:
     async def add_elsewhere(config: StreamConfig) -> None:
         raise BadRequestError(code=400, err_code=10065, description="subjects overlap")
 
-    js.add_stream = add_elsewhere  # type: ignore[method-assign]
+    js.add_stream = add_elsewhere  # type: ignore[method-assign]  # the fake's behaviour for this case
     with pytest.raises(RuntimeError, match="nats stream ls"):
-        await declare_streams(js, (streams.EVENTS,), replicas=1)  # type: ignore[arg-type]
+        await declare_streams(js, (streams.EVENTS,), replicas=1)  # type: ignore[arg-type]  # a fake JetStream context
 
 
 async def test_an_unanswered_api_request_is_waited_out(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,9 +91,9 @@ async def test_an_unanswered_api_request_is_waited_out(monkeypatch: pytest.Monke
             raise NatsTimeoutError()
         return await info(name)
 
-    js.stream_info = busy_then_answers  # type: ignore[method-assign]
+    js.stream_info = busy_then_answers  # type: ignore[method-assign]  # the fake's behaviour for this case
     js.existing["CLM_EVENTS"] = stream_config(streams.EVENTS, replicas=1)
-    await declare_streams(js, (streams.EVENTS,), replicas=1)  # type: ignore[arg-type]
+    await declare_streams(js, (streams.EVENTS,), replicas=1)  # type: ignore[arg-type]  # a fake JetStream context
     assert js.calls == ["timeout CLM_EVENTS", "timeout CLM_EVENTS", "info CLM_EVENTS"]
 
 
@@ -104,9 +104,9 @@ async def test_a_server_that_never_answers_is_reported(monkeypatch: pytest.Monke
     async def never(name: str) -> SimpleNamespace:
         raise NatsTimeoutError()
 
-    js.stream_info = never  # type: ignore[method-assign]
+    js.stream_info = never  # type: ignore[method-assign]  # the fake's behaviour for this case
     with pytest.raises(NatsTimeoutError):
-        await declare_streams(js, (streams.EVENTS,), replicas=1)  # type: ignore[arg-type]
+        await declare_streams(js, (streams.EVENTS,), replicas=1)  # type: ignore[arg-type]  # a fake JetStream context
 
 
 async def _no_wait(_seconds: float) -> None:

@@ -103,7 +103,7 @@ S = TypeVar("S", bound=ServiceSettings)
 def load_settings(cls: type[S], **overrides: object) -> S:
     """Read settings from the environment; on a bad value raise SettingsError naming it."""
     try:
-        return cls(**overrides)  # type: ignore[arg-type]
+        return cls(**overrides)  # type: ignore[arg-type]  # field values by name; pydantic checks them
     except ValidationError as exc:
         lines = []
         for err in exc.errors(include_url=False):
