@@ -41,6 +41,7 @@ from clm.runtime.kubeapi import api_client
 from clm.runtime.version import __version__
 from services.coordinator.admission import Limits, admit
 from services.coordinator.kube import Conflict, KubeGateway, lease_holder
+from services.coordinator.lease import LostMigration, MigrationHandle, keep_lease
 from services.coordinator.runner import MigrationRunner, RunnerConfig
 
 log = logging.getLogger(__name__)
@@ -86,27 +87,23 @@ class Coordinator:
         self.in_flight = Gauge(
             "clm_coordinator_migrations_running", "Migrations this replica is driving.", registry=r
         )
+        self.lost = Counter(
+            "clm_coordinator_runs_stopped_total",
+            "Runs this replica stopped because it could not keep the migration's lease.",
+            registry=r,
+        )
         self.running: dict[str, asyncio.Task[None]] = {}
         self.wake = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.watch: Informer | None = None
         self.runner_config = RunnerConfig(
+            replica=settings.replica_id,
             step_timeout=settings.step_timeout_seconds,
             requirements=Requirements(profile=settings.compatibility_profile),
         )
         self.limits = Limits(
             settings.max_per_source_node, settings.max_per_destination_node, settings.max_in_cluster
         )
-
-    async def _keep_lease(self, migration: dict[str, Any]) -> None:
-        meta = migration["metadata"]
-        while True:
-            await asyncio.sleep(self.settings.lease_seconds / 3)
-            fresh = await asyncio.to_thread(self.kube.get_migration, meta["namespace"], meta["name"])
-            if fresh is not None:
-                await asyncio.to_thread(
-                    self.kube.take_lease, fresh, self.settings.replica_id, self.settings.lease_seconds
-                )
 
     async def drive(self, uid: str, migration: dict[str, Any]) -> None:
         try:
@@ -116,24 +113,41 @@ class Coordinator:
         except Conflict:
             self.running.pop(uid, None)
             return
-        renew = asyncio.create_task(self._keep_lease(migration))
+        handle = MigrationHandle(migration, kube=self.kube, replica=self.settings.replica_id)
+        runner = MigrationRunner(
+            migration,
+            kube=self.kube,
+            send=AgentClient(self.app.nc).send,
+            capabilities=self.app.node_capabilities,
+            publish=self.app.publish,
+            config=self.runner_config,
+            handle=handle,
+        )
+        run = asyncio.create_task(runner.run())
+        keeper = asyncio.create_task(keep_lease(handle, run, seconds=self.settings.lease_seconds))
         self.in_flight.inc()
         try:
-            runner = MigrationRunner(
-                migration,
-                kube=self.kube,
-                send=AgentClient(self.app.nc).send,
-                capabilities=self.app.node_capabilities,
-                publish=self.app.publish,
-                config=self.runner_config,
-            )
-            outcome = await runner.run()
+            outcome = await run
             self.outcomes.labels(outcome=outcome.lower()).inc()
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                run.cancel()
+                raise  # the service is stopping
+            # The lease could not be kept: another replica resumes from the status.
+            self.lost.inc()
+            log.warning("migration run stopped: its lease could not be kept", extra={"migration": uid})
+        except LostMigration as exc:
+            self.lost.inc()
+            log.warning(
+                "migration run stopped: another replica drives it",
+                extra={"migration": uid, "error": str(exc)},
+            )
         except Exception:  # - logged; the next resync resumes from the status
             log.exception("migration run interrupted", extra={"migration": uid})
         finally:
             self.in_flight.dec()
-            renew.cancel()
+            keeper.cancel()
             self.running.pop(uid, None)
 
     async def resync(self) -> None:

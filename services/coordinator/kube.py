@@ -58,10 +58,18 @@ class KubeGateway:
         return self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
 
     def patch_status(self, migration: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        """Write the status only if the object is still the one read (its resourceVersion):
+        Conflict when anyone wrote it in between."""
         meta = migration["metadata"]
-        return self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], {"status": status}
-        )
+        body = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status}
+        try:
+            return self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict("changed by someone else") from None
+            raise
 
     def take_lease(self, migration: dict[str, Any], holder: str, seconds: float) -> dict[str, Any]:
         """Hold the migration for `seconds` (renewing our own lease, or taking an expired

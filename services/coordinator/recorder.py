@@ -12,7 +12,8 @@ from clm.contracts import EVENT_TYPE, MigrationReason
 from clm.contracts.base import Message
 from clm.contracts.events import _MigrationEvent
 from clm.contracts.protocol import Phase, is_terminal
-from services.coordinator.kube import KubeGateway, now_iso
+from services.coordinator.kube import now_iso
+from services.coordinator.lease import MigrationHandle
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +26,19 @@ async def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 
 class StatusRecorder:
-    def __init__(self, migration: dict[str, Any], *, kube: KubeGateway, publish: Publish) -> None:
-        self.m = migration
-        self.kube, self.publish = kube, publish
+    def __init__(self, handle: MigrationHandle, *, publish: Publish) -> None:
+        self.handle = handle
+        self.kube, self.publish = handle.kube, publish
+        migration = handle.obj
         meta = migration["metadata"]
         self.namespace, self.name, self.uid = meta["namespace"], meta["name"], meta["uid"]
         self.spec: dict[str, Any] = migration.get("spec") or {}
         self.status: dict[str, Any] = dict(migration.get("status") or {})
+
+    @property
+    def m(self) -> dict[str, Any]:
+        """The Migration as last read or written."""
+        return self.handle.obj
 
     def note(self, **fields: Any) -> None:
         """Kept in the status and written with the next patch: no API round trip while the
@@ -41,7 +48,9 @@ class StatusRecorder:
     async def patch(self, **fields: Any) -> None:
         self.status.update(fields)
         self.status["observedGeneration"] = self.m["metadata"].get("generation", 1)
-        self.m = await in_thread(self.kube.patch_status, self.m, self.status)
+        # Which replica drives it, for `kubectl describe` and for anyone checking there is one.
+        self.status["driver"] = self.handle.replica
+        await self.handle.patch_status(self.status)
 
     async def phase(self, phase: Phase, message: str, **fields: Any) -> None:
         condition = {

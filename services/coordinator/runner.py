@@ -44,6 +44,7 @@ from clm.policy.compatibility import Profile, Requirements
 from clm.policy.precopy import strategy_for
 from services.coordinator.clones import Clones
 from services.coordinator.kube import KubeGateway, now_iso
+from services.coordinator.lease import MigrationHandle
 from services.coordinator.recorder import Publish, StatusRecorder, in_thread
 from services.coordinator.resolve import resolve
 
@@ -61,6 +62,8 @@ class RunnerConfig:
     requirements: Requirements = field(default_factory=lambda: Requirements(profile=Profile.GENERIC))
     # Extra wait for an agent's answer beyond the step's own timeout (NATS, queueing).
     answer_grace: float = 30.0
+    # The replica driving (recorded in status.driver; the lease names it).
+    replica: str = "coordinator"
 
 
 class MigrationRunner:
@@ -73,11 +76,13 @@ class MigrationRunner:
         capabilities: Capabilities,
         publish: Publish,
         config: RunnerConfig | None = None,
+        handle: MigrationHandle | None = None,
     ) -> None:
-        self.record = StatusRecorder(migration, kube=kube, publish=publish)
+        self.config = config or RunnerConfig()
+        handle = handle or MigrationHandle(migration, kube=kube, replica=self.config.replica)
+        self.record = StatusRecorder(handle, publish=publish)
         self.clones = Clones(self.record)
         self.kube, self.send_command, self.capabilities = kube, send, capabilities
-        self.config = config or RunnerConfig()
         self.namespace, self.name, self.uid = self.record.namespace, self.record.name, self.record.uid
         self.ref = MigrationRef(namespace=self.namespace, name=self.name, uid=self.uid)
         self._handlers: dict[protocol.Step, StepHandler] = {

@@ -26,11 +26,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import nats
 import nats.errors
 import pytest
 import yaml
+from aiohttp import web
 from kubernetes import client
 from nats.aio.msg import Msg
 
@@ -49,6 +52,7 @@ from clm.contracts import (
     subjects,
 )
 from clm.contracts.events import MIGRATION_EVENT_ADAPTER
+from services.coordinator.kube import LEASE_HOLDER, LEASE_UNTIL
 from tests.integration.support import create_migration, fetch_from_stream, http_get, pex_dir, wait_for
 from tests.kit import builders
 from tests.kit.agents import AgentProcess
@@ -73,6 +77,63 @@ def failed_count(proc: AgentProcess) -> float:
 
 def running(proc: AgentProcess) -> float:
     return metric(proc, "clm_coordinator_migrations_running ")
+
+
+class FaultyApi:
+    """A pass-through proxy in front of the API emulator that can refuse every write (503),
+    as an API server behind a broken load balancer would, while reads and watches go on."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.refuse_writes = threading.Event()
+        self.refused = 0
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.url = ""
+
+    def __enter__(self) -> FaultyApi:
+        self._thread.start()
+        self.url = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(timeout=10)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self.loop).result(timeout=10)
+        asyncio.run_coroutine_threadsafe(self._session.close(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+
+    async def _start(self) -> str:
+        self._session = aiohttp.ClientSession()
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", self._forward)
+        # Watches stream through it until their clients go: do not wait long for them.
+        self._runner = web.AppRunner(app, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        return f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        if request.method in ("PATCH", "PUT", "POST", "DELETE") and self.refuse_writes.is_set():
+            self.refused += 1
+            return web.json_response({"kind": "Status", "code": 503, "message": "unavailable"}, status=503)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        body = await request.read()
+        async with self._session.request(
+            request.method,
+            self.upstream + request.path_qs,
+            headers=headers,
+            data=body,
+            timeout=aiohttp.ClientTimeout(total=None),
+        ) as upstream:
+            response = web.StreamResponse(
+                status=upstream.status, headers={"Content-Type": upstream.content_type}
+            )
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
 
 
 class HeldAgents:
@@ -104,7 +165,7 @@ class HeldAgents:
         held: list[Msg] = []
         try:
             while not self.stopped.is_set():
-                with contextlib.suppress(nats.errors.TimeoutError):
+                with contextlib.suppress(TimeoutError):  # nats-py raises both kinds
                     held += await sub.fetch(batch=16, timeout=0.2)
                 if not self.released.is_set():
                     continue
@@ -142,7 +203,10 @@ class Replicas:
         (tmp / "kubeconfig").write_text(kubeconfig_text(url))
         self.procs: list[AgentProcess] = []
 
-    def start(self, name: str) -> AgentProcess:
+    def start(
+        self, name: str, *, kubeconfig: Path | None = None, env: dict[str, str] | None = None
+    ) -> AgentProcess:
+        env = env or {}
         built = pex_dir()
         proc = AgentProcess(
             "coordinator",
@@ -150,10 +214,11 @@ class Replicas:
             pex=built / "clm-coordinator.pex" if built else None,
             log_path=self.tmp / f"{name}.log",
             env={
+                **env,
                 "CLM_NATS_URL": self.nats.url,
-                "CLM_KUBECONFIG": str(self.tmp / "kubeconfig"),
+                "CLM_KUBECONFIG": str(kubeconfig or self.tmp / "kubeconfig"),
                 "CLM_REPLICA_ID": name,
-                "CLM_RESYNC_SECONDS": "300",
+                "CLM_RESYNC_SECONDS": env.get("CLM_RESYNC_SECONDS", "300"),
                 "CLM_MAX_IN_CLUSTER": str(COUNT * 2),
                 "CLM_MAX_PER_SOURCE_NODE": str(COUNT * 2),
                 "CLM_MAX_PER_DESTINATION_NODE": str(COUNT * 2),
@@ -168,6 +233,19 @@ class Replicas:
             self.custom, NS, name, {"podName": f"ghost-{name}", "destinationNode": "n2", "fallback": "none"}
         )
 
+    def status(self, name: str) -> dict[str, Any]:
+        obj = self.custom.get_namespaced_custom_object(
+            protocol.GROUP, protocol.VERSION, NS, protocol.PLURAL, name
+        )
+        return obj.get("status") or {}
+
+    def lease(self, name: str) -> tuple[str | None, float]:
+        obj = self.custom.get_namespaced_custom_object(
+            protocol.GROUP, protocol.VERSION, NS, protocol.PLURAL, name
+        )
+        annotations = obj["metadata"].get("annotations") or {}
+        return annotations.get(LEASE_HOLDER), float(annotations.get(LEASE_UNTIL, 0))
+
     def phases(self) -> dict[str, str]:
         items = self.custom.list_namespaced_custom_object(
             protocol.GROUP, protocol.VERSION, NS, protocol.PLURAL
@@ -176,14 +254,19 @@ class Replicas:
 
 
 @pytest.fixture
-def replicas(nats_server: NatsServer, tmp_path: Path) -> Iterator[Replicas]:
+def emulator_url() -> Iterator[str]:
     with running_emulator() as emulator:
-        r = Replicas(nats_server, emulator.url, tmp_path)
-        try:
-            yield r
-        finally:
-            for proc in r.procs:
-                proc.stop()
+        yield emulator.url
+
+
+@pytest.fixture
+def replicas(nats_server: NatsServer, emulator_url: str, tmp_path: Path) -> Iterator[Replicas]:
+    r = Replicas(nats_server, emulator_url, tmp_path)
+    try:
+        yield r
+    finally:
+        for proc in r.procs:
+            proc.stop()
 
 
 def wait_all_failed(r: Replicas, names: list[str], within: float) -> float:
@@ -270,6 +353,59 @@ async def publish(url: str, message: Message) -> None:
         await nc.jetstream().publish(message.subject(), encode(message))
     finally:
         await nc.close()
+
+
+def test_a_replica_that_cannot_renew_its_lease_stops_before_another_takes_over(
+    replicas: Replicas, emulator_url: str
+) -> None:
+    for node in ("n1", "n2"):
+        replicas.core.create_node(builders.node(node))
+    replicas.core.create_namespaced_pod(
+        NS, {"metadata": {"name": "held"}, "spec": {"nodeName": "n1", "containers": [{"name": "c"}]}}
+    )
+    replicas.core.patch_namespaced_pod_status(
+        "held", NS, {"status": {"phase": "Running", "podIP": "10.9.1.1"}}
+    )
+    lease = {"CLM_LEASE_SECONDS": "3", "CLM_RESYNC_SECONDS": "0.5"}
+    with FaultyApi(emulator_url) as api:
+        kubeconfig = replicas.tmp / "kubeconfig-a"
+        kubeconfig.write_text(kubeconfig_text(api.url))
+        a = replicas.start("coordinator-a", kubeconfig=kubeconfig, env=lease)
+        for node in ("n1", "n2"):  # once the streams exist (A declared them)
+            caps = NodeCapabilities(node=node, agent_version="test", arch="amd64", probe_ok=True)
+            asyncio.run(publish(replicas.nats.url, caps))
+        agents = HeldAgents(replicas.nats.url).__enter__()
+        create_migration(
+            replicas.custom, NS, "held", {"podName": "held", "destinationNode": "n2", "fallback": "none"}
+        )
+        wait_for(lambda: replicas.status("held").get("driver") == "coordinator-a", "A drives the migration")
+        b = replicas.start("coordinator-b", env=lease)
+        api.refuse_writes.set()  # A can no longer renew (nor write anything)
+        stopped_at = wait_for(
+            lambda: metric(a, "clm_coordinator_runs_stopped_total ") == 1 and time.time(), "A stops"
+        )
+        taken_at = wait_for(
+            lambda: replicas.lease("held")[0] == "coordinator-b" and time.time(),
+            "B takes the lease over",
+            timeout=15,
+        )
+        # A stopped while its lease still held (a third of it before it expired); B only
+        # took over after it had expired: never two drivers at once.
+        assert stopped_at < taken_at
+        assert metric(b, "clm_coordinator_runs_stopped_total ") == 0
+        agents.released.set()
+        wait_all_failed(replicas, ["held"], within=30)
+        agents.__exit__()
+        assert failed_count(a) == 0 and failed_count(b) == 1  # B ended it, A never did
+        a.stop()  # its watch streams through the proxy
+    status = replicas.status("held")
+    assert status["driver"] == "coordinator-b" and "refused by the test's agent" in status["failureReason"]
+    assert api.refused > 0
+    msgs = asyncio.run(
+        fetch_from_stream(replicas.nats.url, subjects.ALL_MIGRATION_EVENTS, streams.EVENTS.name, 5, 3)
+    )
+    kinds = [MIGRATION_EVENT_ADAPTER.validate_json(m.data).kind for m in msgs]
+    assert kinds == ["PreDumpSkipped", "MigrationFailed"]  # each once, whoever drove
 
 
 def test_the_evict_fallback_waits_for_the_disruption_budget(replicas: Replicas) -> None:
