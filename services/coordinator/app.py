@@ -87,6 +87,11 @@ class Coordinator:
         self.in_flight = Gauge(
             "clm_coordinator_migrations_running", "Migrations this replica is driving.", registry=r
         )
+        self.evictions_refused = Counter(
+            "clm_coordinator_evictions_refused_total",
+            "Fallback evictions a PodDisruptionBudget refused (429); each is retried with back-off.",
+            registry=r,
+        )
         self.lost = Counter(
             "clm_coordinator_runs_stopped_total",
             "Runs this replica stopped because it could not keep the migration's lease.",
@@ -241,7 +246,7 @@ def build(settings: CoordinatorSettings) -> ServiceApp:
     @app.on_start
     async def start_resync() -> None:
         api = api_client(settings.kubeconfig, "coordinator")
-        coordinator.kube = KubeGateway(api)
+        coordinator.kube = KubeGateway(api, on_eviction_refused=coordinator.evictions_refused.inc)
         coordinator.start_watch(api)
         app.background(coordinator.resync_forever())
 

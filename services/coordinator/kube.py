@@ -8,6 +8,7 @@ already gone (404) counts as done.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,8 +37,12 @@ def lease_holder(migration: dict[str, Any], *, at: float) -> str | None:
 
 
 class KubeGateway:
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(
+        self, api: client.ApiClient, *, on_eviction_refused: Callable[[], None] | None = None
+    ) -> None:
         self.api = api
+        # Told of each eviction a PodDisruptionBudget refused (429), for the metric.
+        self.on_eviction_refused = on_eviction_refused or (lambda: None)
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
 
@@ -144,6 +149,8 @@ class KubeGateway:
             except ApiException as exc:
                 if exc.status == 404:
                     return "already gone"
+                if exc.status == 429:
+                    self.on_eviction_refused()
                 if exc.status != 429 or attempt == attempts - 1:
                     raise
                 time.sleep(backoff * (2**attempt))

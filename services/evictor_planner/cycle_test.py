@@ -74,9 +74,15 @@ def test_a_reclaimed_node_goes_first_even_beyond_the_drain_limit() -> None:
     assert out.steps[0] == StartDrain("a", "spot-interruption")
     moved = out.steps[1]
     assert isinstance(moved, Migrate)
-    assert moved == Migrate(
-        "default", "a1", "a", None, Fallback.EVICT, moved.why
-    )  # the coordinator picks the destination
+    # No destination: the coordinator picks it (the spot node's pods cannot wait for a plan).
+    assert (moved.namespace, moved.pod, moved.node, moved.destination, moved.fallback) == (
+        "default",
+        "a1",
+        "a",
+        None,
+        Fallback.EVICT,
+    )
+    assert moved.why == "eligible: live-migrate, evict if it fails"
     assert {s.node for s in out.of(StartDrain)} == {"a"}  # "c" was already draining: no new one
 
 

@@ -85,6 +85,11 @@ class Labeler:
         self.assessed = Counter(
             "clm_labeler_pods_assessed", "Pod assessments made (this replica's pods).", registry=r
         )
+        self.passes = Counter(
+            "clm_labeler_passes_total",
+            "Assessment passes finished, every patch of the pass written (or queued to retry).",
+            registry=r,
+        )
         self.synced = Gauge(
             "clm_labeler_caches_synced", "1 once every cache has been filled by its first list.", registry=r
         )
@@ -195,6 +200,7 @@ class Labeler:
                         asyncio.get_running_loop().call_later(self.settings.retry_seconds, self._retry, key)
 
             await asyncio.gather(*(writer(pending) for _ in range(self.settings.api_concurrency)))
+            self.passes.inc()
 
     def _plan(self, key: Key) -> tuple[dict[str, Any], PodVerdict] | None:
         """The patch this pod needs (pure, from the caches), or None."""

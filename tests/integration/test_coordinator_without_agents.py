@@ -409,7 +409,7 @@ def test_a_replica_that_cannot_renew_its_lease_stops_before_another_takes_over(
 
 
 def test_the_evict_fallback_waits_for_the_disruption_budget(replicas: Replicas) -> None:
-    replicas.start("coordinator-a")
+    a = replicas.start("coordinator-a")
     for node in ("n1", "n2"):
         replicas.core.create_node(builders.node(node))
     replicas.core.create_namespaced_pod(
@@ -434,9 +434,9 @@ def test_the_evict_fallback_waits_for_the_disruption_budget(replicas: Replicas) 
         replicas.custom, NS, "solo-move", {"podName": "solo", "destinationNode": "n2", "fallback": "evict"}
     )
     # The migration fails (nobody answers for n1), the eviction meets the budget: 429, kept.
-    time.sleep(4)
+    wait_for(lambda: metric(a, "clm_coordinator_evictions_refused_total ") >= 1, "an eviction refused (429)")
     assert replicas.core.list_namespaced_pod(NS).items[0].metadata.name == "solo"
-    assert replicas.phases()["solo-move"] != "Failed"  # still retrying the eviction
+    assert replicas.phases()["solo-move"] == "RollingBack"  # still retrying the eviction
 
     policy.patch_namespaced_pod_disruption_budget("solo", NS, {"spec": {"minAvailable": 0}})
     wait_all_failed(replicas, ["solo-move"], within=30)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import time
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,7 @@ from typing import Any
 
 import nats
 import pytest
-from kubernetes import client
+from kubernetes import client, watch
 
 from clm.contracts import NodeCapabilities, PodEligibilityChanged, decode, encode, streams, subjects
 from clm.policy import names
@@ -207,6 +207,68 @@ async def publish_capabilities(url: str, node: str, *, ok: bool) -> None:
         await nc.close()
 
 
+class NodeLabelWatch:
+    """Every value the migration label of each node took, as the API's watch told it: a label
+    that flapped off and back between two reads shows here."""
+
+    def __init__(self, env: Env) -> None:
+        self.seen: dict[str, list[bool]] = {}
+        self.stopped = threading.Event()
+        self._watch = watch.Watch()
+        self._thread = threading.Thread(target=self._follow, args=(env,), daemon=True)
+
+    def _follow(self, env: Env) -> None:
+        try:
+            for event in self._watch.stream(env.core.list_node, timeout_seconds=120):
+                node = event["object"]
+                labeled = (node.metadata.labels or {}).get(names.MIGRATION_ENABLED) == "true"
+                history = self.seen.setdefault(node.metadata.name, [])
+                if not history or history[-1] != labeled:
+                    history.append(labeled)
+        except Exception:
+            if not self.stopped.is_set():
+                raise  # a watch that broke while it mattered: the thread's error shows it
+        # Once stopped, the stream ends whenever the API closes it (the test's teardown).
+
+    def __enter__(self) -> NodeLabelWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stopped.set()
+        self._watch.stop()
+
+
+def reports(env: Env, node: str) -> int:
+    """How many NodeCapabilities the node's agent has published so far."""
+
+    async def count() -> int:
+        nc = await nats.connect(env.nats.url)
+        try:
+            info = await nc.jetstream().stream_info(
+                streams.EVENTS.name, subjects_filter=subjects.node_capabilities(node)
+            )
+            return int((info.state.subjects or {}).get(subjects.node_capabilities(node), 0))
+        finally:
+            await nc.close()
+
+    return asyncio.run(count())
+
+
+class Agent(threading.Thread):
+    """A node's agent as the labeler hears it: a report every half second until stopped."""
+
+    def __init__(self, env: Env, node: str, *, ok: bool) -> None:
+        super().__init__(daemon=True)
+        self.env, self.node, self.ok = env, node, ok
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            asyncio.run(publish_capabilities(self.env.nats.url, self.node, ok=self.ok))
+            self.stopped.wait(0.5)
+
+
 def test_node_labels_follow_the_agents_reports(env: Env) -> None:
     env.labeler()
     asyncio.run(publish_capabilities(env.nats.url, "n1", ok=True))
@@ -216,13 +278,18 @@ def test_node_labels_follow_the_agents_reports(env: Env) -> None:
     # n3 came labeled but no agent ever spoke for it: unlabeled once the grace has passed.
     wait_for(lambda: not env.node_labeled("n3"), "n3 unlabeled (no agent)", timeout=TTL + 5)
 
-    # n2's agent is fixed; n1's agent goes quiet.
-    deadline = time.monotonic() + TTL + 2
-    while time.monotonic() < deadline:
-        asyncio.run(publish_capabilities(env.nats.url, "n2", ok=True))
-        time.sleep(0.5)
-    assert env.node_labeled("n2")
-    assert not env.node_labeled("n1")
+    # n2's agent is fixed and keeps reporting; n1's agent goes quiet.
+    n2 = Agent(env, "n2", ok=True)
+    with NodeLabelWatch(env) as labels:
+        n2.start()
+        wait_for(lambda: env.node_labeled("n2"), "n2 labeled (probe fixed)")
+        wait_for(lambda: not env.node_labeled("n1"), "n1 unlabeled (its agent went quiet)", timeout=TTL + 5)
+        # Reports for a whole TTL more: n2 stays labeled all along.
+        enough = reports(env, "n2") + int(TTL / 0.5) + 2
+        wait_for(lambda: reports(env, "n2") >= enough, "n2's agent reporting for a TTL", timeout=TTL * 4)
+        n2.stopped.set()
+        n2.join()
+    assert labels.seen["n2"] == [False, True], labels.seen  # labeled once, never flapped
     asyncio.run(publish_capabilities(env.nats.url, "n2", ok=False))
     wait_for(lambda: not env.node_labeled("n2"), "n2 unlabeled (probe broke)")
     assert (env.core.read_node("n2").metadata.labels or {}).get(names.ZONE) == "us-east-1a"  # others kept
@@ -255,10 +322,19 @@ def test_a_real_checkpoint_agent_labels_its_node_and_its_death_unlabels_it(env: 
     agent.wait_ready()
     env.labeler()
     wait_for(lambda: env.node_labeled("n1"), "n1 labeled from the agent's probe", timeout=30)
-    time.sleep(TTL + 1)
-    assert env.node_labeled("n1")  # the agent keeps reporting: no flapping
+    with NodeLabelWatch(env) as labels:
+        # The agent reports every second: a TTL and more of its reports, and no flapping.
+        enough = reports(env, "n1") + int(TTL) + 2
+        wait_for(lambda: reports(env, "n1") >= enough, "the agent reporting for a TTL", timeout=TTL * 4)
+        assert env.node_labeled("n1")
+    assert labels.seen.get("n1", [True]) == [True], labels.seen
     agent.kill()
     wait_for(lambda: not env.node_labeled("n1"), "n1 unlabeled after its agent died", timeout=TTL + 5)
+
+
+def counter(proc: AgentProcess, prefix: str) -> float:
+    _, text = http_get(proc.port, "/metrics")
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
 
 
 def patches(proc: AgentProcess) -> float:
@@ -294,7 +370,8 @@ def test_replicas_share_pods_and_a_restart_patches_nothing(env: Env) -> None:
 
     again = env.labeler(tag="-again")
     wait_for(lambda: eligible_gauge(again) == count, "the restarted labeler assessed every pod")
-    time.sleep(1)
+    # Its pass is over (every write of it done): only then is "no patch" an answer.
+    wait_for(lambda: counter(again, "clm_labeler_passes_total ") >= 1, "the restarted labeler's first pass")
     assert patches(again) == 0
     events = asyncio.run(
         fetch_from_stream(env.nats.url, subjects.ALL_POD_ELIGIBILITY, streams.EVENTS.name, count + 10, 3)

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 import yaml
 from kubernetes import client
@@ -198,7 +198,7 @@ def test_default_mode_drains_the_emptiest_node_per_the_label_matrix(cluster: Clu
     annotations = cluster.node("c")["metadata"]["annotations"]
     assert "live.cast.ai/drained" in annotations and "live.cast.ai/draining" not in annotations
     assert len(cluster.migrations()) == 1  # nothing else was moved
-    time.sleep(2)
+    more_cycles(cluster, 2)
     assert not cluster.node("a")["spec"].get("unschedulable")  # one drain was enough
 
 
@@ -244,12 +244,34 @@ def test_dry_run_only_publishes_and_prints_the_plan(cluster: Cluster) -> None:
     assert plan.dry_run and [d.node for d in plan.new_drains] == ["c"]
     moves = {(m.pod, m.action) for m in plan.new_drains[0].moves}
     assert moves == {("web-1", "live-migrate"), ("plain-1", "evict"), ("solo", "evict")}
-    time.sleep(2)
+    more_cycles(cluster, 2)  # dry runs publish a plan each cycle and do nothing else
     assert cluster.migrations() == []
     assert not cluster.node("c")["spec"].get("unschedulable")
     assert {"plain-1", "solo"} <= cluster.pods()
     planner.stop()
     assert "[dry-run] drain c" in (cluster.tmp / "planner.log").read_text()
+
+
+def plan_count(url: str) -> int:
+    """How many plans have been published (one per planner cycle)."""
+
+    async def count() -> int:
+        nc = await nats.connect(url)
+        try:
+            info = await nc.jetstream().stream_info(
+                streams.EVENTS.name, subjects_filter=subjects.PLANNER_PLAN
+            )
+            return int((info.state.subjects or {}).get(subjects.PLANNER_PLAN, 0))
+        finally:
+            await nc.close()
+
+    return asyncio.run(count())
+
+
+def more_cycles(cluster: Cluster, count: int) -> None:
+    """Wait until the planner has run `count` more cycles (each publishes its plan)."""
+    before = plan_count(cluster.nats.url)
+    wait_for(lambda: plan_count(cluster.nats.url) >= before + count, f"{count} more planner cycles")
 
 
 def leader(proc: AgentProcess) -> bool:
@@ -262,7 +284,7 @@ def test_one_active_replica_and_a_takeover(cluster: Cluster) -> None:
     first = cluster.planner("-1", CLM_DRY_RUN="true")
     second = cluster.planner("-2", CLM_DRY_RUN="true")
     wait_for(lambda: leader(first) or leader(second), "a leader")
-    time.sleep(2)
+    more_cycles(cluster, 3)  # the standby has tried for the lease again meanwhile (every lease/3)
     assert [leader(first), leader(second)].count(True) == 1
     active, standby = (first, second) if leader(first) else (second, first)
     active.kill()

@@ -31,6 +31,7 @@ def _consumer_process(url: str, durable: str, count: int, batch: int, ready: Any
             name="bench-consumer", version="bench", settings=_settings(url), description="benchmark consumer"
         )
         latencies: list[float] = []
+        seen: set[str] = set()
         done = asyncio.Event()
         first: list[float] = []
 
@@ -46,7 +47,8 @@ def _consumer_process(url: str, durable: str, count: int, batch: int, ready: Any
             if not first:
                 first.append(time.perf_counter())
             latencies.append(now - event.occurred_at.timestamp())
-            if len(latencies) >= count:
+            seen.add(event.message_id)
+            if len(seen) >= count:
                 done.set()
 
         await app.start()
@@ -54,7 +56,8 @@ def _consumer_process(url: str, durable: str, count: int, batch: int, ready: Any
         await asyncio.wait_for(done.wait(), timeout=300)
         elapsed = time.perf_counter() - first[0]
         await app.stop()
-        conn.send((latencies, elapsed))
+        # Every delivery counted: a redelivered or duplicated event shows as handled > distinct.
+        conn.send((latencies, elapsed, len(seen)))
 
     asyncio.run(run())
 
@@ -101,12 +104,14 @@ def run_case(kind: str, count: int, window: int, batch: int) -> dict[str, Any]:
         if not parent.poll(timeout=300):
             consumer.kill()
             raise RuntimeError("benchmark consumer did not finish")
-        latencies, consume_seconds = parent.recv()
+        latencies, consume_seconds, distinct = parent.recv()
         consumer.join(30)
     latencies.sort()
     return {
         "event": kind,
         "events": count,
+        "handled": len(latencies),
+        "distinct_handled": distinct,
         "publish_window": window,
         "consumer_batch": batch,
         "published_per_s": count / publish_seconds,
