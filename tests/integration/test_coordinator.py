@@ -183,10 +183,10 @@ async def test_a_migration_object_moves_the_pod_with_the_documented_events(clust
     pod = cluster.run_pod()
     client_ = CountingClient(cluster.segment.nodes["client"].name, pod.ip, cluster.tmp / "client")
     try:
-        await asyncio.sleep(0.5)
+        await asyncio.to_thread(client_.wait_answers)
         cluster.migrate("move-1", pod.name, fallback="evict")
         status = await cluster.wait_phase("move-1", ("Finished", "Failed"))
-        await asyncio.sleep(0.5)
+        await asyncio.to_thread(client_.wait_answers)
         assert status["phase"] == "Finished", status
         expected = ["PreDumpSkipped", "PodCreateFinished", "MigrationFinished"]
         assert await cluster.nats_event_reasons("move-1", len(expected)) == expected
@@ -212,7 +212,7 @@ async def test_a_migration_object_moves_the_pod_with_the_documented_events(clust
         assert cluster.core.read_namespaced_pod("mc-0-clone-2", NS).spec.node_name == cluster.nodes["a"].node
         assert running_on(pod, cluster.nodes["a"].runc_root)
         assert not running_on(pod, cluster.nodes["b"].runc_root)
-        await asyncio.sleep(0.5)
+        await asyncio.to_thread(client_.wait_answers)
         result = client_.finish()
     finally:
         client_.kill()

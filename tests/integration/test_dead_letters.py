@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import nats
 import pytest
 from nats.aio.msg import Msg
 
@@ -23,6 +24,16 @@ async def _dead_letters(url: str, durable: str, count: int, timeout: float = 10.
     return await fetch_from_stream(
         url, subjects.dead_letter(durable), streams.DEAD_LETTERS.name, count, timeout
     )
+
+
+async def _settled(url: str, durable: str) -> bool:
+    """Nothing pending, unacked or waiting for redelivery on the consumer."""
+    nc = await nats.connect(url)
+    try:
+        info = await nc.jetstream().consumer_info(streams.EVENTS.name, durable)
+    finally:
+        await nc.close()
+    return info.num_pending == 0 and info.num_ack_pending == 0
 
 
 def _caps(node: str) -> NodeCapabilities:
@@ -102,8 +113,9 @@ async def test_failing_handler_is_retried_with_backoff_then_dead_lettered(
         attempts.clear()
         await app.publish(_caps("recovers"))
         await eventually(lambda: len(attempts) == 2, what="a retry that succeeds")
-        await asyncio.sleep(0.5)
-        assert len(attempts) == 2  # acked on success: no more deliveries
+        # Acked on success: the consumer has nothing left to deliver, now or later.
+        await eventually(lambda: _settled(nats_server.url, "flaky"), what="the success acked")
+        assert len(attempts) == 2
     finally:
         await app.stop()
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import subprocess
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.integration.support import wait_for
 from tools.kube_emulator.testing import running_emulator
 
 KUBECTL = shutil.which("kubectl")
@@ -171,8 +173,21 @@ def test_get_migrations_watch_prints_changes(kubectl: Kubectl) -> None:
     kubectl("create", "namespace", "games")
     kubectl("apply", "-f", "-", stdin=MIGRATION.format(name="w", extra=""))
     watcher = kubectl.popen("get", "migrations", "-A", "-w")
+    lines: queue.Queue[str] = queue.Queue()
+    assert watcher.stdout is not None
+
+    def read() -> None:
+        for line in watcher.stdout or ():
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+
+    def phase_rows() -> list[str]:
+        return [line.split()[5] for line in list(lines.queue)[1:] if len(line.split()) > 6]
+
     try:
-        time.sleep(1.5)
+        # The table's header and the Migration as it is: the watch is on.
+        wait_for(lambda: lines.qsize() >= 2, "kubectl's first rows")
         for phase in ("Dumping", "Restoring", "Finished"):
             kubectl(
                 "patch",
@@ -185,12 +200,12 @@ def test_get_migrations_watch_prints_changes(kubectl: Kubectl) -> None:
                 "-p",
                 f'{{"status":{{"phase":"{phase}"}}}}',
             )
-        time.sleep(1.5)
+        wait_for(lambda: len(phase_rows()) >= 3, "a row per change")
     finally:
         watcher.terminate()
-    out, _ = watcher.communicate(timeout=10)
-    phases = [line.split()[5] for line in out.splitlines()[1:] if len(line.split()) > 6]
-    assert phases == ["Dumping", "Restoring", "Finished"], out
+    watcher.wait(timeout=10)
+    phases = phase_rows()
+    assert phases == ["Dumping", "Restoring", "Finished"], list(lines.queue)
 
 
 def test_cluster_scoped_and_eviction_via_kubectl(kubectl: Kubectl) -> None:

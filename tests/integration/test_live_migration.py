@@ -26,6 +26,7 @@ from tests.integration.support import pex_dir
 from tests.kit.agents import NodeAgents
 from tests.kit.migration import Driver, Move
 from tests.kit.nats_server import NatsServer
+from tests.kit.netns import wait_listening
 from tests.kit.podlab import (
     CountingClient,
     LabPod,
@@ -125,13 +126,13 @@ def check_client(lab: Lab, result: dict) -> None:
 async def test_pod_moves_to_node_b_with_its_connection(lab: Lab) -> None:
     client = CountingClient(lab.segment.nodes["client"].name, lab.pod.ip, lab.tmp / "client")
     try:
-        await asyncio.sleep(1.0)  # the client is busy when the freeze comes
+        await asyncio.to_thread(client.wait_answers)  # the client is busy when the freeze comes
         driver = await Driver.connect(lab.nats.url)
         try:
             report = await driver.migrate(lab.move())
         finally:
             await driver.close()
-        await asyncio.sleep(1.0)
+        await asyncio.to_thread(client.wait_answers)  # and goes on after the move
         result = client.finish()
     finally:
         client.kill()
@@ -174,7 +175,7 @@ async def test_repeated_commands_do_not_redo_work(lab: Lab) -> None:
 async def test_destination_agent_killed_mid_transfer_leaves_pod_on_a(lab: Lab) -> None:
     client = CountingClient(lab.segment.nodes["client"].name, lab.pod.ip, lab.tmp / "client")
     try:
-        await asyncio.sleep(0.5)
+        await asyncio.to_thread(client.wait_answers)
         driver = await Driver.connect(lab.nats.url)
         incoming = lab.images / lab.b.node / "in"
 
@@ -192,7 +193,7 @@ async def test_destination_agent_killed_mid_transfer_leaves_pod_on_a(lab: Lab) -
         finally:
             await driver.close()
         await asyncio.wait_for(killer, 5)
-        await asyncio.sleep(1.0)
+        await asyncio.to_thread(client.wait_answers)  # the pod serves on A again
         result = client.finish()
     finally:
         client.kill()
@@ -224,9 +225,9 @@ async def test_failed_restore_leaves_pod_on_a(lab: Lab) -> None:
             "import socket,time; s=socket.socket(); s.bind(('0.0.0.0', 7000)); "
             "s.listen(); time.sleep(600)",
         )
-        await asyncio.sleep(0.5)
+        await asyncio.to_thread(wait_listening, pod_netns_name(lab.b.node, lab.pod.uid), 7000)
         report = await driver.migrate(move)
-        await asyncio.sleep(1.0)
+        await asyncio.to_thread(client.wait_answers)  # the pod serves on A again
         result = client.finish()
     finally:
         client.kill()

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import asyncio
 
+import nats
+from nats.js.api import ConsumerInfo
+
 from clm.contracts import NodeCapabilities, streams, subjects
 from tests.integration.support import eventually, make_app
 from tests.kit.nats_server import NatsServer
+
+
+async def app_consumer_info(url: str, durable: str) -> ConsumerInfo:
+    nc = await nats.connect(url)
+    try:
+        return await nc.jetstream().consumer_info(streams.EVENTS.name, durable)
+    finally:
+        await nc.close()
 
 
 def _app(url: str, log: list[str], delay: float):
@@ -35,10 +46,14 @@ async def test_stop_drains_in_flight_handlers(nats_server: NatsServer) -> None:
     await app.stop()
     assert log == ["start slow", "done slow"]
 
-    # It was acked before the process let go: a new instance does not get it again.
+    # It was acked before the process let go: the consumer holds nothing to deliver again,
+    # and a new instance, handed a fresh message, handles only that one.
+    info = await app_consumer_info(nats_server.url, "drain")
+    assert (info.num_pending, info.num_ack_pending, info.num_redelivered) == (0, 0, 0)
     again: list[str] = []
     second = _app(nats_server.url, again, delay=0)
     await second.start()
-    await asyncio.sleep(1.5)
+    await second.publish(NodeCapabilities(node="next", agent_version="t", arch="amd64", probe_ok=True))
+    await eventually(lambda: "done next" in again, what="the new instance's handler")
     await second.stop()
-    assert again == []
+    assert again == ["start next", "done next"]

@@ -11,6 +11,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,3 +93,20 @@ def remove_stale(prefix: str) -> list[str]:
             ip("link", "del", link, check=False)
             removed.append(f"link {link}")
     return removed
+
+
+def wait_listening(netns: str, port: int, timeout: float = 30) -> None:
+    """Wait until something listens on TCP `port` in network namespace `netns`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = subprocess.run(
+            ["nsenter", f"--net=/var/run/netns/{netns}", "ss", "-Hltn", f"sport = :{port}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        if out.strip():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"nothing listens on {port} in {netns} after {timeout}s")
+        time.sleep(0.05)

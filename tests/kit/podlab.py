@@ -130,6 +130,23 @@ class CountingClient:
                 raise RuntimeError(f"the client could not connect to {pod_ip}: {why}")
             time.sleep(0.05)
 
+    def answers(self) -> int:
+        """Answers so far (the client reports its progress twice a second)."""
+        progress = Path(f"{self.result_file}.progress")
+        return int(json.loads(progress.read_text())["answers"]) if progress.exists() else 0
+
+    def wait_answers(self, more: int = 50, timeout: float = 60) -> int:
+        """Wait until the client has had `more` answers after now: the connection works (a
+        wait on the client's own progress, not on the clock)."""
+        target = self.answers() + more
+        deadline = time.monotonic() + timeout
+        while (seen := self.answers()) < target:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                why = self.proc.stderr.read() if self.proc.poll() is not None and self.proc.stderr else ""
+                raise AssertionError(f"the client got {seen} answers, not {target}, within {timeout}s {why}")
+            time.sleep(0.05)
+        return seen
+
     def finish(self, timeout: float = 90) -> dict:
         self.stop_file.touch()
         self.proc.wait(timeout)

@@ -8,13 +8,12 @@ import fcntl
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.ip_handover_agent import arp
-from tests.kit.netns import NetNS, ip, remove_stale
+from tests.kit.netns import NetNS, ip, remove_stale, wait_listening
 
 POD_IP = "10.214.0.50"
 CLIENT_IP = "10.214.0.100"
@@ -115,5 +114,5 @@ def serve_identity(netns: str, identity: str) -> subprocess.Popen:
         f"while True:\n    c, _ = s.accept(); c.sendall(b'{identity}\\n'); c.close()\n"
     )
     proc = subprocess.Popen(["nsenter", f"--net=/var/run/netns/{netns}", sys.executable, "-c", code])
-    time.sleep(0.3)
+    wait_listening(netns, 7000)
     return proc
