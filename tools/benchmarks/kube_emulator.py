@@ -102,9 +102,7 @@ class EmulatorProcess:
         self.proc.wait(30)
 
 
-async def _list(
-    session: aiohttp.ClientSession, url: str, limit: int | None
-) -> tuple[int, int, int, float]:
+async def _list(session: aiohttp.ClientSession, url: str, limit: int | None) -> tuple[int, int, int, float]:
     """(items, distinct pods among them, bytes, seconds) of a full list, page by page."""
     started = time.perf_counter()
     items = size = 0
