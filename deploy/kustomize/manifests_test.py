@@ -316,7 +316,7 @@ def test_dev_runs_one_nats_server_without_peers(rendered: dict[str, list[Obj]]) 
     conf = one(dev, "ConfigMap", "clm-nats-config")["data"]["nats.conf"]
     assert nats_routes(dev) == [] and not re.search(r"^\s*cluster\s*\{", conf, re.MULTILINE)
     assert one(dev, "ConfigMap", "clm-common")["data"]["CLM_STREAM_REPLICAS"] == "1"
-    assert one(dev, "Secret", "clm-transfer")["type"] == "Opaque"
+    assert one(dev, "Secret", "clm-agent-tls")["type"] == "kubernetes.io/tls"
     images = {
         w["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] for w in workloads(dev).values()
     }

@@ -23,6 +23,7 @@ from services.checkpoint_agent.metrics import AgentMetrics
 from services.checkpoint_agent.receiver import ImageReceiver
 from services.checkpoint_agent.runc import Runc
 from services.checkpoint_agent.settings import CheckpointAgentSettings
+from services.checkpoint_agent.tls import AgentTls
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def agent_config(settings: CheckpointAgentSettings) -> AgentConfig:
         image_dir=settings.image_dir / node,
         netns_dir=settings.netns_dir,
         criu=settings.criu_binary,
-        secret=settings.secret(),
+        tls=AgentTls(settings.agent_tls_dir) if settings.agent_tls_dir else None,
         lazy_restore=settings.lazy_restore,
         container_log_dir=settings.container_log_dir,
         holdback=settings.holdback,
@@ -72,7 +73,7 @@ def build(settings: CheckpointAgentSettings) -> ServiceApp:
         config, Runc(root=settings.runc_root, criu=settings.criu_binary), app.node_capabilities
     )
     receiver = ImageReceiver(
-        expected=agent.expected_transfers, secret=config.secret, received=metrics.bytes_received
+        expected=agent.expected_transfers, tls=config.tls, received=metrics.bytes_received
     )
 
     @app.on_start

@@ -10,6 +10,7 @@ from clm.contracts import NodeCapabilities
 from clm.contracts.protocol import StepFailed
 from services.checkpoint_agent.container_log import log_path
 from services.checkpoint_agent.layout import Layout
+from services.checkpoint_agent.tls import AgentTls
 
 # The last NodeCapabilities a node's agent published (None: it never did).
 CapabilityLookup = Callable[[str], Awaitable[NodeCapabilities | None]]
@@ -22,8 +23,8 @@ class AgentConfig:
     image_dir: Path
     netns_dir: Path = Path("/var/run/netns")
     criu: str = "criu"
-    # Shared by every node's agent; None refuses migrations (with that reason).
-    secret: bytes | None = None
+    # Mutual TLS with the other agents (the cluster's agent CA); None refuses migrations.
+    tls: AgentTls | None = None
     # Tests and the sandbox: the namespace standing for this node (None: the host's).
     node_netns: Path | None = None
     # Copy the packets a frozen pod misses and send them again once it runs (holdback.py).
@@ -41,10 +42,10 @@ class AgentConfig:
         log_dir = self.container_log_dir
         return log_path(log_dir, container_id) if log_dir is not None else None
 
-    def require_secret(self) -> bytes:
-        if not self.secret:
+    def require_tls(self) -> AgentTls:
+        if self.tls is None:
             raise StepFailed(
-                "no agent transfer secret is configured on this node: set CLM_TRANSFER_SECRET_FILE "
-                "(the same secret on every node)"
+                "this node's checkpoint agent has no TLS identity, and memory never crosses the network "
+                "in the clear: set CLM_AGENT_TLS_DIR to the mounted Secret clm-agent-tls"
             )
-        return self.secret
+        return self.tls

@@ -47,7 +47,7 @@ class DestinationSide:
     async def check_cpu(self, command: CheckpointCommand) -> Details:
         """Before any freeze: can this node run what the source's CPU runs? Also announces
         that this node expects the migration's images."""
-        self.config.require_secret()
+        self.config.require_tls()
         source = await self.capabilities(command.source_node)
         if source is None:
             raise StepFailed(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, model_validator
 
 from clm.runtime.settings import NodeAgentSettings
 
@@ -33,20 +33,19 @@ class CheckpointAgentSettings(NodeAgentSettings):
     transfer_port: int = Field(default=7400, ge=0, le=65535)
     # The address other nodes' agents reach this one at (on Kubernetes: status.hostIP).
     transfer_advertise_host: str | None = None
-    transfer_secret_file: Path | None = None
-    transfer_secret: SecretStr | None = None
+    # The agent's TLS identity: ca.crt, tls.crt, tls.key (the Secret clm-agent-tls mounted
+    # here). Unset: this node takes part in no migration, and says why (tls.py).
+    agent_tls_dir: Path | None = None
     # NodeCapabilities is repeated this often; the labeler unlabels a node whose agent goes quiet.
     capabilities_interval_seconds: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
-    def _secret_readable(self) -> CheckpointAgentSettings:
-        if self.transfer_secret_file is not None and not self.transfer_secret_file.is_file():
-            raise ValueError(f"CLM_TRANSFER_SECRET_FILE: no such file {str(self.transfer_secret_file)!r}")
+    def _tls_readable(self) -> CheckpointAgentSettings:
+        if self.agent_tls_dir is not None:
+            missing = [n for n in ("ca.crt", "tls.crt", "tls.key") if not (self.agent_tls_dir / n).is_file()]
+            if missing:
+                raise ValueError(
+                    f"CLM_AGENT_TLS_DIR: {str(self.agent_tls_dir)!r} has no {', '.join(missing)} "
+                    "(mount the Secret clm-agent-tls there; `clm agent-certs` makes one)"
+                )
         return self
-
-    def secret(self) -> bytes | None:
-        if self.transfer_secret_file is not None:
-            return self.transfer_secret_file.read_bytes().strip() or None
-        if self.transfer_secret is not None:
-            return self.transfer_secret.get_secret_value().encode() or None
-        return None

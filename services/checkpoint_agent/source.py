@@ -59,7 +59,7 @@ class SourceSide:
     async def dump(self, command: CheckpointCommand) -> Details:
         """Lock the network, freeze, dump every container of the pod, stream the images to
         the destination. On failure the pod runs again here before this step answers."""
-        secret = self.config.require_secret()
+        tls = self.config.require_tls()
         uid = command.migration.uid
         outgoing = self.layout.outgoing(uid)
         if not self.layout.dumped(uid).exists():
@@ -76,7 +76,7 @@ class SourceSide:
                 int(port),
                 outgoing,
                 migration=uid,
-                secret=secret,
+                tls=tls,
                 timeout=command.timeout_seconds,
             )
         except (TransferError, OSError, TimeoutError) as exc:

@@ -1,17 +1,21 @@
-"""The image transfer channel over real loopback sockets."""
+"""The image transfer channel over real loopback sockets, inside real mutual TLS."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import socket
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from services.checkpoint_agent.transfer import TransferError, receive_directory, send_directory
-
-SECRET = b"cluster-agent-secret-for-tests"
+from services.checkpoint_agent.certs import Pem, make_agent_cert, make_ca, write_agent_tls
+from services.checkpoint_agent.tls import AgentTls
+from services.checkpoint_agent.transfer import TransferError, receive_connection, send_directory
 
 
 def make_images(directory: Path) -> dict[str, bytes]:
@@ -22,38 +26,61 @@ def make_images(directory: Path) -> dict[str, bytes]:
     return files
 
 
-class Receiver:
-    def __init__(self, targets: dict[str, Path], secret: bytes = SECRET) -> None:
-        self.targets, self.secret = targets, secret
-        self.result: asyncio.Future = asyncio.get_running_loop().create_future()
+@pytest.fixture(scope="module")
+def ca() -> Pem:
+    return make_ca()
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+
+def identity(directory: Path, ca: Pem, *, trusted: tuple[Pem, ...] = ()) -> AgentTls:
+    write_agent_tls(directory, ca, make_agent_cert(ca), trusted=trusted)
+    return AgentTls(directory)
+
+
+@pytest.fixture
+def sender(tmp_path: Path, ca: Pem) -> AgentTls:
+    return identity(tmp_path / "sender-tls", ca)
+
+
+class Receiver:
+    """One connection served as the agent serves it (a worker thread), its outcome kept."""
+
+    def __init__(self, targets: dict[str, Path], tls: AgentTls) -> None:
+        self.targets, self.tls = targets, tls
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.outcome: dict[str, Any] = {}
+        self.done = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
         try:
-            self.result.set_result(
-                await receive_directory(
-                    reader, writer, destination_for=self.targets, secret=self.secret, timeout=5
-                )
+            self.outcome["result"] = receive_connection(
+                conn, tls=self.tls, destination_for=self.targets, timeout=5
             )
         except Exception as exc:  # - the test inspects it
-            self.result.set_exception(exc)
+            self.outcome["error"] = exc
         finally:
-            writer.close()
+            conn.close()
+            self.listener.close()
+            self.done.set()
 
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
-        return self.server.sockets[0].getsockname()[1]
+    async def result(self) -> tuple[str, Any]:
+        await asyncio.to_thread(self.done.wait, 30)
+        if "error" in self.outcome:
+            raise self.outcome["error"]
+        return self.outcome["result"]
 
 
 def leftovers(base: Path) -> list[str]:
     return sorted(p.name for p in base.iterdir() if ".partial" in p.name)
 
 
-async def test_round_trip(tmp_path: Path) -> None:
+async def test_round_trip(tmp_path: Path, ca: Pem, sender: AgentTls) -> None:
     files = make_images(tmp_path / "src")
-    receiver = Receiver({"mig-1": tmp_path / "dst"})
-    port = await receiver.start()
-    stats = await send_directory("127.0.0.1", port, tmp_path / "src", migration="mig-1", secret=SECRET)
-    migration, received = await receiver.result
+    receiver = Receiver({"mig-1": tmp_path / "dst"}, identity(tmp_path / "recv-tls", ca))
+    stats = await send_directory("127.0.0.1", receiver.port, tmp_path / "src", migration="mig-1", tls=sender)
+    migration, received = await receiver.result()
     assert migration == "mig-1" and stats.files == received.files == 3
     assert stats.bytes == sum(len(d) for d in files.values())
     for name, data in files.items():
@@ -61,23 +88,52 @@ async def test_round_trip(tmp_path: Path) -> None:
     assert leftovers(tmp_path) == []
 
 
-async def test_wrong_secret_is_rejected_and_leaves_nothing(tmp_path: Path) -> None:
+async def test_a_sender_of_another_cluster_is_refused_and_leaves_nothing(tmp_path: Path, ca: Pem) -> None:
     make_images(tmp_path / "src")
-    receiver = Receiver({"mig-1": tmp_path / "dst"})
-    port = await receiver.start()
-    with pytest.raises(TransferError, match="rejected"):
-        await send_directory("127.0.0.1", port, tmp_path / "src", migration="mig-1", secret=b"other")
-    with pytest.raises(TransferError, match="integrity check failed"):
-        await receiver.result
+    receiver = Receiver({"mig-1": tmp_path / "dst"}, identity(tmp_path / "recv-tls", ca))
+    stranger = identity(tmp_path / "stranger-tls", make_ca(common_name="another-cluster"))
+    with pytest.raises(TransferError):
+        await send_directory("127.0.0.1", receiver.port, tmp_path / "src", migration="mig-1", tls=stranger)
+    with pytest.raises(TransferError, match="without this cluster's agent certificate"):
+        await receiver.result()
     assert not (tmp_path / "dst").exists() and leftovers(tmp_path) == []
 
 
-async def _proxy(target_port: int, mutate, record: list[bytes] | None = None) -> int:
+async def test_memory_is_never_sent_to_a_receiver_of_another_cluster(
+    tmp_path: Path, sender: AgentTls
+) -> None:
+    make_images(tmp_path / "src")
+    impostor = Receiver({"mig-1": tmp_path / "dst"}, identity(tmp_path / "imp-tls", make_ca(common_name="x")))
+    with pytest.raises(TransferError, match="TLS with the receiver failed"):
+        await send_directory("127.0.0.1", impostor.port, tmp_path / "src", migration="mig-1", tls=sender)
+    with pytest.raises(TransferError):
+        await impostor.result()
+    assert not (tmp_path / "dst").exists()
+
+
+async def test_a_plain_connection_is_refused(tmp_path: Path, ca: Pem) -> None:
+    receiver = Receiver({"mig-1": tmp_path / "dst"}, identity(tmp_path / "recv-tls", ca))
+    reader, writer = await asyncio.open_connection("127.0.0.1", receiver.port)
+    writer.write(b'{"migration": "mig-1", "nonce": "00", "protocol": 2}\n')  # the old, plain channel
+    answer = b""
+    with contextlib.suppress(ConnectionError):  # the receiver may reset the connection
+        await writer.drain()
+        answer = await reader.read()
+    writer.close()
+    assert b"mig-1" not in answer and b"ready" not in answer  # nothing but a TLS alert, if anything
+    with pytest.raises(TransferError, match="without this cluster's agent certificate"):
+        await receiver.result()
+    assert not (tmp_path / "dst").exists()
+
+
+async def _proxy(
+    target_port: int, mutate: Callable[[int, bytes], bytes], record: list[bytes] | None = None
+) -> int:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target_port)
         seen = 0
 
-        async def pipe(src, dst, *, upstream: bool) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, *, upstream: bool) -> None:
             nonlocal seen
             try:
                 while data := await src.read(65536):
@@ -96,88 +152,122 @@ async def _proxy(target_port: int, mutate, record: list[bytes] | None = None) ->
         await asyncio.gather(pipe(reader, up_writer, upstream=True), pipe(up_reader, writer, upstream=False))
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    return server.sockets[0].getsockname()[1]
+    return int(server.sockets[0].getsockname()[1])
 
 
-async def test_a_flipped_bit_is_detected(tmp_path: Path) -> None:
+async def test_a_flipped_bit_is_detected(tmp_path: Path, ca: Pem, sender: AgentTls) -> None:
     make_images(tmp_path / "src")
-    receiver = Receiver({"mig-1": tmp_path / "dst"})
-    port = await receiver.start()
+    receiver = Receiver({"mig-1": tmp_path / "dst"}, identity(tmp_path / "recv-tls", ca))
 
     def flip(offset: int, data: bytes) -> bytes:
         target = 3 * 2**20  # somewhere inside the pages
         if offset <= target < offset + len(data):
             flipped = bytearray(data)
             flipped[target - offset] ^= 0x01
-            data = bytes(flipped)
-            return bytes(data)
+            return bytes(flipped)
         return data
 
-    proxy = await _proxy(port, flip)
+    proxy = await _proxy(receiver.port, flip)
     with pytest.raises(TransferError):
-        await send_directory("127.0.0.1", proxy, tmp_path / "src", migration="mig-1", secret=SECRET)
-    with pytest.raises(TransferError, match="integrity check failed"):
-        await receiver.result
+        await send_directory("127.0.0.1", proxy, tmp_path / "src", migration="mig-1", tls=sender)
+    with pytest.raises(TransferError, match="TLS stream broke"):
+        await receiver.result()
     assert not (tmp_path / "dst").exists() and leftovers(tmp_path) == []
 
 
-async def test_a_recorded_session_cannot_be_replayed(tmp_path: Path) -> None:
+async def test_a_recorded_session_cannot_be_replayed(tmp_path: Path, ca: Pem, sender: AgentTls) -> None:
     make_images(tmp_path / "src")
-    first = Receiver({"mig-1": tmp_path / "first"})
+    receiving = identity(tmp_path / "recv-tls", ca)
+    first = Receiver({"mig-1": tmp_path / "first"}, receiving)
     recorded: list[bytes] = []
-    proxy = await _proxy(await first.start(), lambda _, data: data, recorded)
-    await send_directory("127.0.0.1", proxy, tmp_path / "src", migration="mig-1", secret=SECRET)
-    await first.result
+    proxy = await _proxy(first.port, lambda _, data: data, recorded)
+    await send_directory("127.0.0.1", proxy, tmp_path / "src", migration="mig-1", tls=sender)
+    await first.result()
     # An attacker replays the captured bytes to a receiver expecting the same migration.
-    second = Receiver({"mig-1": tmp_path / "second"})
-    reader, writer = await asyncio.open_connection("127.0.0.1", await second.start())
+    second = Receiver({"mig-1": tmp_path / "second"}, receiving)
+    reader, writer = await asyncio.open_connection("127.0.0.1", second.port)
     writer.write(b"".join(recorded))
     with contextlib.suppress(ConnectionError):  # the receiver hangs up on the forgery
         await writer.drain()
-    with pytest.raises(TransferError, match="integrity check failed"):
-        await second.result
+    with pytest.raises(TransferError):
+        await second.result()
     writer.close()
     assert not (tmp_path / "second").exists()
 
 
-async def test_sender_dying_mid_stream_leaves_nothing(tmp_path: Path) -> None:
+async def test_sender_dying_mid_stream_leaves_nothing(tmp_path: Path, ca: Pem, sender: AgentTls) -> None:
     make_images(tmp_path / "src")
-    receiver = Receiver({"mig-1": tmp_path / "dst"})
-    port = await receiver.start()
+    receiver = Receiver({"mig-1": tmp_path / "dst"}, identity(tmp_path / "recv-tls", ca))
 
     def cut(offset: int, data: bytes) -> bytes:
         if offset > 2 * 2**20:
             raise ConnectionResetError("sender died")
         return data
 
-    proxy = await _proxy(port, cut)
+    proxy = await _proxy(receiver.port, cut)
     with pytest.raises((TransferError, ConnectionError, asyncio.IncompleteReadError)):
-        await send_directory(
-            "127.0.0.1", proxy, tmp_path / "src", migration="mig-1", secret=SECRET, timeout=5
-        )
+        await send_directory("127.0.0.1", proxy, tmp_path / "src", migration="mig-1", tls=sender, timeout=5)
     with pytest.raises(TransferError, match="went away|failed"):
-        await receiver.result
+        await receiver.result()
     assert not (tmp_path / "dst").exists() and leftovers(tmp_path) == []
 
 
-async def test_unexpected_migration_is_refused(tmp_path: Path) -> None:
+async def test_unexpected_migration_is_refused(tmp_path: Path, ca: Pem, sender: AgentTls) -> None:
     make_images(tmp_path / "src")
-    receiver = Receiver({"mig-1": tmp_path / "dst"})
-    port = await receiver.start()
+    receiver = Receiver({"mig-1": tmp_path / "dst"}, identity(tmp_path / "recv-tls", ca))
     with pytest.raises(TransferError, match="no transfer expected"):
-        await send_directory("127.0.0.1", port, tmp_path / "src", migration="mig-2", secret=SECRET)
+        await send_directory("127.0.0.1", receiver.port, tmp_path / "src", migration="mig-2", tls=sender)
     with pytest.raises(TransferError, match="unexpected transfer"):
-        await receiver.result
+        await receiver.result()
 
 
-async def test_a_sender_of_another_protocol_version_is_told_why(tmp_path: Path) -> None:
-    receiver = Receiver({"mig-1": tmp_path / "dst"})
-    port = await receiver.start()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b'{"migration": "mig-1", "nonce": "00"}\n')  # protocol 1 sent no version
-    answer = await reader.readline()
-    writer.close()
-    assert b"the sender speaks transfer protocol 1, this agent 2" in answer
+async def test_certificates_rotate_without_dropping_a_transfer_in_flight(tmp_path: Path, ca: Pem) -> None:
+    make_images(tmp_path / "src")
+    sending, receiving = identity(tmp_path / "send-tls", ca), identity(tmp_path / "recv-tls", ca)
+    receiver = Receiver({"mig-1": tmp_path / "dst"}, receiving)
+    new_ca = make_ca(common_name="clm-agent-ca-2")
+    rotated = threading.Event()
+
+    def rotate_midway(offset: int, data: bytes) -> bytes:
+        if offset > 2**20 and not rotated.is_set():
+            # Both agents' Secrets move to the new CA (trusting the old one meanwhile).
+            write_agent_tls(tmp_path / "send-tls", new_ca, make_agent_cert(new_ca), trusted=(ca,))
+            write_agent_tls(tmp_path / "recv-tls", new_ca, make_agent_cert(new_ca), trusted=(ca,))
+            rotated.set()
+        return data
+
+    proxy = await _proxy(receiver.port, rotate_midway)
+    await send_directory("127.0.0.1", proxy, tmp_path / "src", migration="mig-1", tls=sending)
+    assert rotated.is_set()
+    await receiver.result()  # the session made before the rotation finished the transfer
+    # New connections use the new files (read again as they changed).
+    again = Receiver({"mig-2": tmp_path / "dst-2"}, receiving)
+    await send_directory("127.0.0.1", again.port, tmp_path / "src", migration="mig-2", tls=sending)
+    await again.result()
+    assert sending.reloads == 1 and receiving.reloads == 1
+    # Once the old CA is no longer trusted, a certificate it signed is refused.
+    write_agent_tls(tmp_path / "recv-tls", new_ca, make_agent_cert(new_ca))
+    old = identity(tmp_path / "old-tls", ca)
+    last = Receiver({"mig-3": tmp_path / "dst-3"}, receiving)
+    with pytest.raises(TransferError):
+        await send_directory("127.0.0.1", last.port, tmp_path / "src", migration="mig-3", tls=old)
+    with pytest.raises(TransferError):
+        await last.result()
+
+
+async def test_a_sender_of_another_protocol_version_is_told_why(
+    tmp_path: Path, ca: Pem, sender: AgentTls
+) -> None:
+    receiver = Receiver({"mig-1": tmp_path / "dst"}, identity(tmp_path / "recv-tls", ca))
+
+    def old_sender() -> bytes:
+        raw = socket.create_connection(("127.0.0.1", receiver.port), timeout=5)
+        with sender.client_context().wrap_socket(raw, server_hostname="clm-checkpoint-agent") as sock:
+            sock.sendall(b'{"migration": "mig-1", "protocol": 2}\n')
+            return sock.recv(4096)
+
+    answer = await asyncio.to_thread(old_sender)
+    assert b"the sender speaks transfer protocol 2, this agent 3" in answer
     with pytest.raises(TransferError, match="run the same CLM version on every node"):
-        await receiver.result
+        await receiver.result()
     assert not (tmp_path / "dst").exists()

@@ -31,7 +31,7 @@ from clm.contracts import RequestMigration, encode, protocol, streams, subjects
 from clm.contracts.events import MIGRATION_EVENT_ADAPTER
 from clm.runtime.podnet import pod_netns_name
 from tests.integration.support import create_migration, fetch_from_stream, pex_dir
-from tests.kit.agents import AgentProcess, NodeAgents
+from tests.kit.agents import AgentProcess, NodeAgents, agent_tls_dir
 from tests.kit.nats_server import NatsServer
 from tests.kit.podlab import CountingClient, LabPod, expected_hash, remove_pod, running_on, start_pod
 from tests.kit.segment import POD_IP, Segment
@@ -60,8 +60,7 @@ class Cluster:
         self.core.create_namespace({"metadata": {"name": NS}})
         self.kubeconfig = tmp / "kubeconfig"
         self.kubeconfig.write_text(kubeconfig_text(emulator.url))
-        secret = tmp / "secret"
-        secret.write_text(os.urandom(32).hex())
+        tls = agent_tls_dir(tmp / "agent-tls")
         self.images = Path("/dev/shm") / f"clm-coord-{segment.suffix}"
         self.nodes = {
             key: NodeAgents(
@@ -69,7 +68,7 @@ class Cluster:
                 node_netns=segment.nodes[key].name,
                 workdir=tmp / key,
                 nats_url=nats_server.url,
-                secret_file=secret,
+                tls_dir=tls,
                 image_dir=self.images,
                 pex_dir=pex_dir(),
             )

@@ -28,6 +28,7 @@ from kubernetes import client
 from clm.policy import names
 from tests.integration.support import http_get
 from tests.kit import builders as b
+from tests.kit.agents import agent_tls_dir
 from tools.kube_emulator.main import kubeconfig_text
 from tools.kube_emulator.testing import EmulatorThread, api_client
 
@@ -210,12 +211,17 @@ def test_every_image_becomes_ready_and_they_work_together(run: Run, node_netns: 
                 "CLM_HTTP_PORT": str(run.ports["checkpoint-agent"]),
                 "CLM_TRANSFER_PORT": "0",
                 "CLM_TRANSFER_ADVERTISE_HOST": "127.0.0.1",
-                "CLM_TRANSFER_SECRET": "images-test-secret",
+                "CLM_AGENT_TLS_DIR": "/etc/clm/agent-tls",
                 "CLM_CAPABILITIES_INTERVAL_SECONDS": "2",
             },
             pid_mode="host",
             **privileged(),
-            volumes={**netns_mount, "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"}},
+            volumes={
+                **netns_mount,
+                "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
+                # As the DaemonSet mounts the Secret clm-agent-tls.
+                str(agent_tls_dir(run.tmp / "agent-tls")): {"bind": "/etc/clm/agent-tls", "mode": "ro"},
+            },
         )
         run.start(
             "ip-handover-agent",

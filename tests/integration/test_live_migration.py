@@ -23,7 +23,7 @@ import pytest
 from clm.contracts import protocol
 from clm.runtime.podnet import pod_netns_name, pod_netns_path
 from tests.integration.support import pex_dir
-from tests.kit.agents import NodeAgents
+from tests.kit.agents import NodeAgents, agent_tls_dir
 from tests.kit.migration import Driver, Move
 from tests.kit.nats_server import NatsServer
 from tests.kit.netns import wait_listening
@@ -50,8 +50,7 @@ STATE_MIB = 256
 class Lab:
     def __init__(self, segment: Segment, nats: NatsServer, tmp: Path) -> None:
         self.segment, self.nats, self.tmp = segment, nats, tmp
-        secret = tmp / "agent-secret"
-        secret.write_bytes(os.urandom(32).hex().encode())
+        tls = agent_tls_dir(tmp / "agent-tls")
         images = Path("/dev/shm") / f"clm-test-{segment.suffix}"
         self.images = images
         self.nodes = {
@@ -60,7 +59,7 @@ class Lab:
                 node_netns=segment.nodes[key].name,
                 workdir=tmp / key,
                 nats_url=nats.url,
-                secret_file=secret,
+                tls_dir=tls,
                 image_dir=images,
                 pex_dir=pex_dir(),
             )

@@ -13,6 +13,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.checkpoint_agent.certs import make_agent_cert, make_ca, write_agent_tls
 from tests.kit.nats_server import free_port
 
 
@@ -97,7 +98,8 @@ class NodeAgents:
     node_netns: str
     workdir: Path
     nats_url: str
-    secret_file: Path
+    # The cluster's agent TLS files (agent_tls_dir): every node's agent mounts the same ones.
+    tls_dir: Path
     image_dir: Path
     pex_dir: Path | None = None
     # Extra settings for the checkpoint agent (e.g. CLM_LAZY_RESTORE=false).
@@ -128,7 +130,7 @@ class NodeAgents:
                 "CLM_TRANSFER_PORT": "0",
                 "CLM_TRANSFER_LISTEN_HOST": "127.0.0.1",
                 "CLM_TRANSFER_ADVERTISE_HOST": "127.0.0.1",
-                "CLM_TRANSFER_SECRET_FILE": str(self.secret_file),
+                "CLM_AGENT_TLS_DIR": str(self.tls_dir),
                 # Held packets are sent again from the node's namespace.
                 "CLM_NODE_NETNS": self.node_netns,
                 **self.checkpoint_env,
@@ -158,3 +160,11 @@ class NodeAgents:
         for agent in (self.checkpoint, self.network):
             if agent is not None:
                 agent.stop()
+
+
+def agent_tls_dir(directory: Path) -> Path:
+    """A fresh cluster agent CA and the agents' certificate, as the Secret clm-agent-tls holds
+    them (ca.crt, tls.crt, tls.key), written to `directory`."""
+    ca = make_ca()
+    write_agent_tls(directory, ca, make_agent_cert(ca))
+    return directory

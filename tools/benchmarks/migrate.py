@@ -36,7 +36,7 @@ from services.checkpoint_agent.bundle import rebind
 from services.checkpoint_agent.runc import Runc
 from services.ip_handover_agent import main as ip_handover_agent_main
 from services.ip_handover_agent.routed import PodNet, RoutedBackend
-from tests.kit.agents import NodeAgents, built_pex
+from tests.kit.agents import NodeAgents, agent_tls_dir, built_pex
 from tests.kit.migration import Driver, Move
 from tests.kit.nats_server import NatsServer
 from tests.kit.podlab import CountingClient, LabPod, remove_pod, start_pod
@@ -68,8 +68,7 @@ def _pex_dir() -> Path | None:
 class Bench:
     def __init__(self, segment: Segment, nats: NatsServer, tmp: Path) -> None:
         self.segment, self.tmp = segment, tmp
-        secret = tmp / "secret"
-        secret.write_text(os.urandom(32).hex())
+        tls = agent_tls_dir(tmp / "agent-tls")
         self.images = Path("/dev/shm") / f"clm-bench-{segment.suffix}"
         self.nodes = {
             key: NodeAgents(
@@ -77,7 +76,7 @@ class Bench:
                 node_netns=segment.nodes[key].name,
                 workdir=tmp / key,
                 nats_url=nats.url,
-                secret_file=secret,
+                tls_dir=tls,
                 image_dir=self.images,
                 pex_dir=_pex_dir(),
             )

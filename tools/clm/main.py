@@ -5,6 +5,7 @@
     clm migrate NAMESPACE/POD [--to NODE]   create a Migration and follow it
     clm explain NAMESPACE/POD           why a pod is (not) eligible, and what the Evictor would do
     clm plan                            the evictor-planner's current plan
+    clm agent-certs DIR [--renew|--new-ca]  the agents' CA and certificate (their mutual TLS)
 
 Reads the Kubernetes API from --kubeconfig (or $KUBECONFIG, ~/.kube/config, the running
 sandbox's, in-cluster) and NATS from --nats (or $CLM_NATS_URL, the running sandbox's,
@@ -24,7 +25,7 @@ import orjson
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from tools.clm import explain, migrate, plan
+from tools.clm import agent_certs, explain, migrate, plan
 from tools.clm.kube_objects import object_reader
 from tools.console import events
 from tools.sandbox import cli as sandbox_cli
@@ -140,6 +141,29 @@ def _migrate(args: argparse.Namespace) -> int:
     return migrate.migrate(api, namespace, name, to=args.to, wait=not args.no_wait, timeout=args.timeout)
 
 
+def _agent_certs(args: argparse.Namespace) -> int:
+    if args.renew and args.new_ca:
+        print("clm agent-certs: --renew or --new-ca, not both", file=sys.stderr)
+        return 2
+    try:
+        for line in agent_certs.agent_certs(args.directory, renew=args.renew, new_ca=args.new_ca):
+            print(line, file=sys.stderr)
+    except ValueError as exc:
+        print(f"clm agent-certs: {exc}", file=sys.stderr)
+        return 1
+    if args.secret:
+        print(agent_certs.secret_manifest(args.directory))
+    else:
+        d = args.directory
+        print(
+            f"kubectl -n {agent_certs.NAMESPACE} create secret generic clm-agent-tls "
+            "--type=kubernetes.io/tls "
+            f"--from-file={d}/ca.crt --from-file={d}/tls.crt --from-file={d}/tls.key "
+            "--dry-run=client -o yaml | kubectl apply -f -"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="clm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -168,6 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     move.add_argument("--timeout", type=float, default=300.0)
     move.add_argument("--kubeconfig", default=None)
     move.set_defaults(run=_migrate)
+    certs = sub.add_parser("agent-certs", help="the agents' CA and certificate (Secret clm-agent-tls)")
+    certs.add_argument("directory", type=Path, metavar="DIR")
+    certs.add_argument("--renew", action="store_true", help="a new certificate from the CA in DIR")
+    certs.add_argument("--new-ca", action="store_true", help="a new CA, the old one trusted meanwhile")
+    certs.add_argument("--secret", action="store_true", help="print the Secret manifest to apply")
+    certs.set_defaults(run=_agent_certs)
     sandbox_cli.add_arguments(sub)
     args = parser.parse_args(argv)
     if getattr(args, "nats", "") is None:

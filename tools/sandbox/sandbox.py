@@ -23,6 +23,7 @@ from pathlib import Path
 
 from kubernetes import client
 
+from services.checkpoint_agent.certs import make_agent_cert, make_ca, write_agent_tls
 from tests.kit import builders as b
 from tests.kit.nats_server import free_port
 from tools.kube_emulator.testing import api_client
@@ -155,9 +156,10 @@ class Sandbox:
         self.machine_lock = take_machine_lock(self.state_dir)
         self._clean_state_dir()
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        secret = self.state_dir / "transfer-secret"
-        secret.write_text(os.urandom(32).hex())
-        secret.chmod(0o600)
+        # The sandbox cluster's own agent CA and certificate (the Secret clm-agent-tls there).
+        tls = self.state_dir / "agent-tls"
+        ca = make_ca(common_name="clm-sandbox-agent-ca")
+        write_agent_tls(tls, ca, make_agent_cert(ca))
         self.topology = Topology.create(self.node_count)
         nodes = list(self.topology.nodes)
         if self.nats_port is not None and not _port_free(self.nats_port):
@@ -166,7 +168,7 @@ class Sandbox:
             node: {
                 "ip-handover-agent": {"CLM_NODE_NETNS": ns.name, "CLM_UPLINK_INTERFACE": "eth0"},
                 "checkpoint-agent": {
-                    "CLM_TRANSFER_SECRET_FILE": str(secret),
+                    "CLM_AGENT_TLS_DIR": str(tls),
                     "CLM_NODE_NETNS": ns.name,
                     "CLM_CONTAINER_LOG_DIR": str(self._container_logs(node)),
                 },
@@ -275,7 +277,7 @@ class Sandbox:
         if self.topology is not None:
             self.topology.delete()
         remove_leftovers()
-        for name in ("nodes", "nats", "kube-state.json", "transfer-secret", "kubeconfig"):
+        for name in ("nodes", "nats", "kube-state.json", "agent-tls", "kubeconfig"):
             path = self.state_dir / name
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
