@@ -20,6 +20,7 @@ import yaml
 
 from clm.runtime.settings import ServiceSettings, load_settings
 from services.checkpoint_agent.app import CheckpointAgentSettings
+from services.checkpoint_agent.certs import make_agent_cert, make_ca, write_agent_tls
 from services.coordinator.app import CoordinatorSettings
 from services.evictor_planner.app import PlannerSettings
 from services.ip_handover_agent.app import IpHandoverSettings
@@ -100,9 +101,32 @@ def pod_env(docs: list[Obj], workload: Obj) -> dict[str, str]:
     for var in container.get("env", []):
         if "value" in var:
             env[var["name"]] = var["value"]
+        elif "secretKeyRef" in var["valueFrom"]:
+            env[var["name"]] = "from-the-secret"
         else:
             env[var["name"]] = FIELD_VALUES[var["valueFrom"]["fieldRef"]["fieldPath"]]
     return env
+
+
+def stand_in_secret_files(workload: Obj, env: dict[str, str], tmp_path: Path) -> None:
+    """Settings naming files of a mounted Secret point at stand-ins (the pod would have the
+    Secret's files there); each must lie under one of the container's Secret mounts."""
+    spec = workload["spec"]["template"]["spec"]
+    secret_volumes = {v["name"] for v in spec.get("volumes", []) if "secret" in v}
+    mounts = [
+        m["mountPath"] for m in spec["containers"][0].get("volumeMounts", []) if m["name"] in secret_volumes
+    ]
+    for key, value in env.items():
+        if not any(value == m or value.startswith(m + "/") for m in mounts):
+            continue
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        stand_in = tmp_path / key.lower()
+        if key == "CLM_AGENT_TLS_DIR":  # a directory of the agent's TLS files
+            ca = make_ca()
+            write_agent_tls(stand_in, ca, make_agent_cert(ca))
+        else:
+            stand_in.write_text("stand-in")
+        env[key] = str(stand_in)
 
 
 @contextmanager
@@ -147,12 +171,13 @@ def test_every_service_loads_its_settings_from_what_its_pod_gets(
         env = pod_env(docs, workload)
         unknown = sorted(k for k in env if k.startswith("CLM_") and k[4:].lower() not in cls.model_fields)
         assert not unknown, f"{name}: {component} is given settings it does not have: {unknown}"
-        secret_file = env.get("CLM_TRANSFER_SECRET_FILE")
-        if secret_file:  # the Secret's file exists in the pod; stand one in
-            mounts = workload["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
-            assert any(secret_file.startswith(m["mountPath"] + "/") for m in mounts), secret_file
-            (tmp_path / "secret").write_text("s3cret")
-            env["CLM_TRANSFER_SECRET_FILE"] = str(tmp_path / "secret")
+        before = dict(env)
+        stand_in_secret_files(workload, env, tmp_path / component)
+        for key in ("CLM_AGENT_TLS_DIR", "CLM_NATS_TLS_CA_FILE"):
+            # Files the pod reads come from a mounted Secret.
+            assert (
+                env.get(key) != before.get(key) or key not in env
+            ), f"{name}: {component}'s {key} is in no Secret mount"
         with environment(env):
             settings = load_settings(cls)
         port = settings.http_port

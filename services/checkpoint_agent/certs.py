@@ -68,6 +68,12 @@ def make_ca(*, common_name: str = "clm-agent-ca", days: int = 3650) -> Pem:
 
 def make_agent_cert(ca: Pem, *, days: int = 365) -> Pem:
     """A certificate for every agent, good as both server and client, signed by `ca`."""
+    return make_cert(ca, names=(AGENT_NAME,), days=days)
+
+
+def make_cert(ca: Pem, *, names: tuple[str, ...], days: int = 365) -> Pem:
+    """A certificate for `names` (DNS SANs; the first is its common name), good as both
+    server and client, signed by `ca`."""
     ca_cert = x509.load_pem_x509_certificate(ca.cert)
     ca_key = serialization.load_pem_private_key(ca.key, password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
@@ -75,13 +81,13 @@ def make_agent_cert(ca: Pem, *, days: int = 365) -> Pem:
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name(AGENT_NAME))
+        .subject_name(_name(names[0]))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(AGENT_NAME)]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),

@@ -1,5 +1,6 @@
 """`clm agent-certs DIR`: the cluster's agent CA and the agents' certificate, for the Secret
-`clm-agent-tls` the checkpoint agents mount (their mutual TLS).
+`clm-agent-tls` the checkpoint agents mount (their mutual TLS); `clm nats-certs DIR`: the
+NATS servers' CA, certificate and the clients' password (the nats-tls component).
 
     clm agent-certs ./agent-tls            a new CA (ca.key stays here) and a certificate
     clm agent-certs ./agent-tls --renew    a new certificate from the CA already in DIR
@@ -12,11 +13,12 @@ then `kubectl -n castai-agent create secret tls ...` as printed (or apply --secr
 from __future__ import annotations
 
 import base64
+import secrets
 from pathlib import Path
 
 import orjson
 
-from services.checkpoint_agent.certs import Pem, make_agent_cert, make_ca, write_agent_tls
+from services.checkpoint_agent.certs import Pem, make_agent_cert, make_ca, make_cert, write_agent_tls
 
 NAMESPACE = "castai-agent"
 
@@ -71,4 +73,69 @@ def secret_manifest(directory: Path) -> str:
             "data": data,
         },
         option=orjson.OPT_INDENT_2,
+    ).decode()
+
+
+def nats_names(namespace: str) -> tuple[str, ...]:
+    """Every name clients and routes reach the bundled NATS servers by."""
+    return (
+        "clm-nats",
+        f"clm-nats.{namespace}",
+        f"clm-nats.{namespace}.svc",
+        "*.clm-nats-headless",
+        f"*.clm-nats-headless.{namespace}",
+        f"*.clm-nats-headless.{namespace}.svc",
+    )
+
+
+def nats_certs(
+    directory: Path, *, namespace: str = NAMESPACE, extra_names: tuple[str, ...] = ()
+) -> list[str]:
+    """DIR/{ca.crt,ca.key,tls.crt,tls.key,password} for the nats-tls component."""
+    if (directory / "ca.key").exists():
+        raise ValueError(f"{directory} already holds a CA: remove it to make a new one")
+    ca = make_ca(common_name="clm-nats-ca")
+    server = make_cert(ca, names=(*nats_names(namespace), *extra_names))
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in (
+        ("ca.crt", ca.cert),
+        ("ca.key", ca.key),
+        ("tls.crt", server.cert),
+        ("tls.key", server.key),
+        # Letters and digits, starting with letters: NATS parses a variable's value, and a
+        # token with dashes can read as a date.
+        ("password", ("clm" + secrets.token_hex(24)).encode()),
+    ):
+        (directory / name).write_bytes(data)
+        (directory / name).chmod(0o600)
+    return [
+        f"NATS server certificate for {', '.join(nats_names(namespace))}",
+        f"keep {directory}/ca.key safe",
+    ]
+
+
+def nats_secrets(directory: Path, *, namespace: str = NAMESPACE) -> str:
+    """The Secrets clm-nats-tls (servers), clm-nats-ca (clients) and clm-nats-auth, as a List."""
+
+    def secret(name: str, kind: str, files: dict[str, str]) -> dict[str, object]:
+        data = {key: base64.b64encode((directory / f).read_bytes()).decode() for key, f in files.items()}
+        return {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": kind,
+            "metadata": {"name": name, "namespace": namespace},
+            "data": data,
+        }
+
+    items = [
+        secret(
+            "clm-nats-tls",
+            "kubernetes.io/tls",
+            {"ca.crt": "ca.crt", "tls.crt": "tls.crt", "tls.key": "tls.key"},
+        ),
+        secret("clm-nats-ca", "Opaque", {"ca.crt": "ca.crt"}),
+        secret("clm-nats-auth", "Opaque", {"password": "password"}),
+    ]
+    return orjson.dumps(
+        {"apiVersion": "v1", "kind": "List", "items": items}, option=orjson.OPT_INDENT_2
     ).decode()

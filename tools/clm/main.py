@@ -6,6 +6,7 @@
     clm explain NAMESPACE/POD           why a pod is (not) eligible, and what the Evictor would do
     clm plan                            the evictor-planner's current plan
     clm agent-certs DIR [--renew|--new-ca]  the agents' CA and certificate (their mutual TLS)
+    clm nats-certs DIR                  NATS TLS and credentials (components/nats-tls), as Secrets
 
 Reads the Kubernetes API from --kubeconfig (or $KUBECONFIG, ~/.kube/config, the running
 sandbox's, in-cluster) and NATS from --nats (or $CLM_NATS_URL, the running sandbox's,
@@ -164,6 +165,17 @@ def _agent_certs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _nats_certs(args: argparse.Namespace) -> int:
+    try:
+        for line in agent_certs.nats_certs(args.directory, namespace=args.namespace):
+            print(line, file=sys.stderr)
+    except ValueError as exc:
+        print(f"clm nats-certs: {exc}", file=sys.stderr)
+        return 1
+    print(agent_certs.nats_secrets(args.directory, namespace=args.namespace))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="clm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -198,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     certs.add_argument("--new-ca", action="store_true", help="a new CA, the old one trusted meanwhile")
     certs.add_argument("--secret", action="store_true", help="print the Secret manifest to apply")
     certs.set_defaults(run=_agent_certs)
+    nats = sub.add_parser("nats-certs", help="the NATS servers' CA, certificate and password (nats-tls)")
+    nats.add_argument("directory", type=Path, metavar="DIR")
+    nats.add_argument("--namespace", default=agent_certs.NAMESPACE)
+    nats.set_defaults(run=_nats_certs)
     sandbox_cli.add_arguments(sub)
     args = parser.parse_args(argv)
     if getattr(args, "nats", "") is None:
