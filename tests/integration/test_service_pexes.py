@@ -39,7 +39,7 @@ STATE = Path(tempfile.gettempdir()) / f"clm-service-pexes-{os.getpid()}"
 
 
 class ServiceProcess:
-    def __init__(self, service: str, nats_url: str) -> None:
+    def __init__(self, service: str, nats_url: str, extra_env: dict[str, str] | None = None) -> None:
         self.service = service
         self.port = free_port()
         env = {
@@ -54,6 +54,7 @@ class ServiceProcess:
             "CLM_STATE_DIR": str(STATE / "state"),
             "CLM_IMAGE_DIR": str(STATE / "images"),
             "CLM_KUBECONFIG": str(STATE / "kubeconfig"),
+            **(extra_env or {}),
         }
         python = shutil.which("python3.11") or "python3"
         self.proc = subprocess.Popen(
