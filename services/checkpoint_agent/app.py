@@ -93,10 +93,12 @@ def build(settings: CheckpointAgentSettings) -> ServiceApp:
         durable=subjects.durable("checkpoint-agent", node),
         filter_subject=subjects.node_checkpoint_commands(node),
         stream=streams.COMMANDS,
-        # Several migrations at once (steps of one migration are serialised by
-        # the agent); a dump of a large pod may take minutes before it is acked.
+        # Several migrations at once (steps of one migration are serialised by the agent).
+        # A dump of a large pod may take minutes: the handler says it is still at it every
+        # few seconds, so the ack wait stays short and a command an agent died on goes to
+        # its successor within that wait (CLM_ACK_WAIT_SECONDS).
         max_workers=8,
-        ack_wait_seconds=900,
+        heartbeat_seconds=max(1.0, settings.ack_wait_seconds / 3),
         description="Checkpoint steps for pods on (or moving to) this node.",
     )
     async def on_command(command: CheckpointCommand) -> None:

@@ -82,3 +82,9 @@ def read_stats(path: Path) -> dict[str, float | int]:
         return parse_stats(path.read_bytes())
     except (OSError, StatsFormatError):
         return {}
+
+
+def images_complete(image_dir: Path) -> bool:
+    """CRIU finished the dump into `image_dir` (its log says so as its last word)."""
+    log = image_dir / "dump.log"
+    return log.is_file() and "Dumping finished successfully" in log.read_text(errors="replace")[-4096:]

@@ -128,7 +128,9 @@ class DestinationSide:
             raise OSError(f"unpacking the root filesystem of {name} failed: {out.strip()[-300:]}")
         cgroups = f"/clm/{self.node}/{container_id}"
         (bundle / "config.json").write_text(json.dumps(rebind(config, netns=netns, cgroups_path=cgroups)))
-        await asyncio.to_thread(self.runtime.delete, container_id)  # a leftover of an earlier try
+        # A leftover of an earlier try, once a restore an earlier agent left running is over.
+        await asyncio.to_thread(self.runtime.settle, container_id, images=package / "criu")
+        await asyncio.to_thread(self.runtime.delete, container_id)
         restoring = time.perf_counter()
         phases["unpack_seconds"] = phases.get("unpack_seconds", 0.0) + restoring - unpacking
         await asyncio.to_thread(
@@ -157,6 +159,11 @@ class DestinationSide:
 
     async def abort(self, command: CheckpointCommand) -> Details:
         uid = command.migration.uid
+        # A restore an earlier agent died during may still be making its container.
+        incoming = self.layout.incoming(uid)
+        for record in incoming.glob("*/container.json") if incoming.is_dir() else ():
+            container_id = json.loads(record.read_text())["id"]
+            await asyncio.to_thread(self.runtime.settle, container_id, images=record.parent / "criu")
         await asyncio.to_thread(self._remove_restored, command.pod.uid)
         self.expected_transfers.pop(uid, None)
         shutil.rmtree(self.layout.incoming(uid), ignore_errors=True)

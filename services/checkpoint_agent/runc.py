@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -22,6 +24,37 @@ LAZY_LOG = "lazy-pages.log"
 LAZY_FILL_TIMEOUT = 600.0
 
 log = logging.getLogger(__name__)
+
+
+def _cmdlines() -> list[tuple[int, list[str]]]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                raw = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if raw:
+                out.append((int(entry.name), raw.decode(errors="replace").split("\0")))
+    return out
+
+
+def _processes_with(program: str, *needles: str) -> list[int]:
+    """PIDs of `program` processes whose command line holds every needle."""
+    found = []
+    for pid, argv in _cmdlines():
+        if pid == os.getpid() or not argv or Path(argv[0]).name != program:
+            continue
+        line = " ".join(argv)
+        if all(n in line for n in needles):
+            found.append(pid)
+    return found
+
+
+def _runc_commands_on(container_id: str) -> list[int]:
+    return [
+        pid for pid, argv in _cmdlines() if argv and Path(argv[0]).name == "runc" and container_id in argv[1:]
+    ]
 
 
 def _criu_log_tail(image_dir: Path, name: str) -> str:
@@ -219,3 +252,17 @@ class Runc:
 
     def delete(self, container_id: str) -> None:
         self._run("delete", "--force", container_id)
+
+    def settle(self, container_id: str, *, images: Path | None = None, timeout: float = 600) -> None:
+        """Wait until no runc command on the container still runs (an agent that died mid-
+        checkpoint or mid-restore leaves runc and CRIU to finish on their own); a lazy-pages
+        daemon still serving `images` for a restore nobody waits for goes."""
+        deadline = time.monotonic() + timeout
+        while _runc_commands_on(container_id):
+            if time.monotonic() > deadline:
+                raise RuntimeCommandError(f"runc commands on {container_id} still run after {timeout:g}s")
+            time.sleep(0.05)
+        if images is not None:
+            for pid in _processes_with("criu", "lazy-pages", str(images.resolve())):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)

@@ -15,7 +15,7 @@ from clm.contracts.protocol import StepFailed
 from services.checkpoint_agent import process
 from services.checkpoint_agent.bundle import config_problems
 from services.checkpoint_agent.config import AgentConfig, CapabilityLookup
-from services.checkpoint_agent.criu_stats import read_stats
+from services.checkpoint_agent.criu_stats import images_complete, read_stats
 from services.checkpoint_agent.holdback import PacketHold
 from services.checkpoint_agent.layout import tree_size
 from services.checkpoint_agent.outcomes import Details, OutcomeStore
@@ -62,6 +62,9 @@ class SourceSide:
         tls = self.config.require_tls()
         uid = command.migration.uid
         outgoing = self.layout.outgoing(uid)
+        if not self.layout.dumped(uid).exists() and self.layout.pod_record(uid).exists():
+            # An earlier agent died during this dump: see how far runc and CRIU got.
+            await self._finish_interrupted_dump(command, outgoing)
         if not self.layout.dumped(uid).exists():
             dump_details, address = await self._first_dump(command, outgoing)
         else:
@@ -113,6 +116,38 @@ class SourceSide:
             raise
         self.layout.dumped(uid).write_text(json.dumps(details))
         return details, address
+
+    async def _finish_interrupted_dump(self, command: CheckpointCommand, outgoing: Path) -> None:
+        """Pick up a dump an earlier agent started and died during. Once its runc commands have
+        finished: if every container's images are complete (CRIU then ended the container),
+        the dump is done and is packaged; if none were dumped, the pod still runs and the dump
+        starts over; if some were and some not, the dumped ones are restored here and the step
+        fails with the reason (the pod runs on the source, whole)."""
+        uid = command.migration.uid
+        records = json.loads(self.layout.pod_record(uid).read_text())
+        for record in records:
+            await asyncio.to_thread(self.runtime.settle, record["id"])
+        complete = [images_complete(outgoing / r["name"] / "criu") for r in records]
+        if all(complete):
+            containers = [
+                Container(id=r["id"], status="stopped", pid=0, bundle=Path(r["bundle"]), annotations={})
+                for r in records
+            ]
+            for record, container in zip(records, containers, strict=True):
+                await self._package(container, outgoing / record["name"])
+            stats = [read_stats(outgoing / r["name"] / "criu" / "stats-dump") for r in records]
+            details: Details = {"containers": len(records), "resumed_after_agent_restart": True}
+            details["pages_written"] = sum(int(st.get("pages_written", 0)) for st in stats)
+            self.layout.dumped(uid).write_text(json.dumps(details))
+            log.info("finished a dump an earlier agent started", extra={"migration": uid})
+            return
+        if any(complete):
+            note = await self._rollback_containers(
+                command, [r for r, done in zip(records, complete, strict=True) if done]
+            )
+            raise StepFailed(f"the checkpoint agent restarted during the dump{note}")
+        # Nothing was dumped: the pod still runs here; the dump starts over.
+        self.layout.pod_record(uid).unlink()
 
     def _start_hold(self, uid: str, containers: list[Container]) -> None:
         if not self.config.holdback or uid in self.holds:
@@ -208,10 +243,14 @@ class SourceSide:
         uid = command.migration.uid
         if self.outcomes.done(uid, CheckpointStep.FINALIZE):
             raise StepFailed("the migration was finalized (past its commit point): nothing to abort")
-        if self.layout.dumped(uid).exists():
+        if self.layout.pod_record(uid).exists():
+            # Dumped, or a dump an earlier agent died during: whatever stopped runs again.
             pod = json.loads(self.layout.pod_record(uid).read_text())
+            for record in pod:
+                await asyncio.to_thread(self.runtime.settle, record["id"])
             await self._restore_source(command, pod)
             self.outcomes.forget(uid, CheckpointStep.DUMP)
+            self.layout.pod_record(uid).unlink(missing_ok=True)
             return {"rolled_back": True}
         return {"rolled_back": False}
 
@@ -226,8 +265,10 @@ class SourceSide:
             return f"; ROLLBACK FAILED: {exc.reason}"
         return f"; rolled back: the pod runs again on {self.node} with its connections"
 
-    async def _rollback_containers(self, command: CheckpointCommand, containers: list[Container]) -> str:
-        records = [container_record(c) for c in containers]
+    async def _rollback_containers(
+        self, command: CheckpointCommand, containers: list[Container] | list[dict[str, str]]
+    ) -> str:
+        records = [c if isinstance(c, dict) else container_record(c) for c in containers]
         try:
             await self._restore_source(command, records)
         except StepFailed as exc:

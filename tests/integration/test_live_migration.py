@@ -62,6 +62,8 @@ class Lab:
                 tls_dir=tls,
                 image_dir=images,
                 pex_dir=pex_dir(),
+                # A command an agent died on goes to its successor within this wait.
+                checkpoint_env={"CLM_ACK_WAIT_SECONDS": "3"},
             )
             for key in ("a", "b")
         }
@@ -204,6 +206,51 @@ async def test_destination_agent_killed_mid_transfer_leaves_pod_on_a(lab: Lab) -
     assert running_on(lab.pod, lab.a.runc_root)
     assert lock_rules(lab.a.node, lab.pod) == ""
     lab.b_is_clean()
+
+
+async def test_source_agent_killed_mid_dump_finishes_the_move(lab: Lab) -> None:
+    """SIGKILL of the source's agent while CRIU dumps: runc and CRIU finish on their own, the
+    command goes to the restarted agent, which sees the dump complete and moves on."""
+    client = CountingClient(lab.segment.nodes["client"].name, lab.pod.ip, lab.tmp / "client")
+    try:
+        await asyncio.to_thread(client.wait_answers)
+        driver = await Driver.connect(lab.nats.url)
+
+        async def kill_while_dumping() -> None:
+            while not _checkpointing(lab.pod):
+                await asyncio.sleep(0.002)
+            assert lab.a.checkpoint is not None
+            lab.a.checkpoint.kill()
+            lab.a.checkpoint.start().wait_ready()
+
+        killer = asyncio.create_task(kill_while_dumping())
+        try:
+            report = await driver.migrate(lab.move())
+        finally:
+            await driver.close()
+        await asyncio.wait_for(killer, 30)
+        await asyncio.to_thread(client.wait_answers)
+        result = client.finish()
+    finally:
+        client.kill()
+    assert report.ok, report.error
+    dump = report.result("checkpoint", "dump")
+    assert dump is not None and dump.details.get("resumed_after_agent_restart") is True, dump.details
+    check_client(lab, result)
+    assert running_on(lab.pod, lab.b.runc_root) and not running_on(lab.pod, lab.a.runc_root)
+    assert lock_rules(lab.a.node, lab.pod) == ""
+
+
+def _checkpointing(pod: LabPod) -> bool:
+    """A `runc checkpoint` of the pod's container runs (CRIU is dumping it)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"runc") and b"checkpoint" in argv and pod.container_id.encode() in argv:
+            return True
+    return False
 
 
 async def test_failed_restore_leaves_pod_on_a(lab: Lab) -> None:

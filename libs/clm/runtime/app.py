@@ -111,6 +111,7 @@ class ServiceApp:
         description: str | None = None,
         max_workers: int = 1,
         inactive_threshold_seconds: float | None = None,
+        heartbeat_seconds: float | None = None,
         title: str | None = None,
     ) -> Callable[[Handler], Handler]:
         """Register a handler on a durable pull consumer accepting the given message kinds.
@@ -126,6 +127,7 @@ class ServiceApp:
             max_deliver=max_deliver,
             backoff_seconds=tuple(backoff_seconds or self.settings.redelivery_backoff_seconds),
             dead_letter_subject=subjects.dead_letter(durable),
+            heartbeat_seconds=heartbeat_seconds,
         )
         self.deliveries.register(policy)
 

@@ -13,6 +13,7 @@ Nothing is dropped silently and nothing is redelivered forever.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -49,6 +50,9 @@ class ConsumerPolicy:
     max_deliver: int
     backoff_seconds: tuple[float, ...]
     dead_letter_subject: str
+    # Long handlers tell JetStream they are still at it this often (None: never), so a short
+    # ack wait redelivers promptly after a crash without cutting a long step short.
+    heartbeat_seconds: float | None = None
 
     def delay_after(self, delivery: int) -> float:
         """Seconds to wait before redelivering after failed delivery number `delivery`."""
@@ -197,6 +201,11 @@ def delivery_middleware(deliveries: Deliveries) -> type[BaseMiddleware]:
             if policy is None:
                 return await call_next(msg)
             started = time.perf_counter()
+            heartbeat = (
+                asyncio.create_task(_keep_in_progress(raw, policy.heartbeat_seconds))
+                if policy.heartbeat_seconds
+                else None
+            )
             try:
                 result = await call_next(msg)
             except ContractError as exc:
@@ -209,6 +218,8 @@ def delivery_middleware(deliveries: Deliveries) -> type[BaseMiddleware]:
                 await deliveries.handler_failed(raw, policy, exc)
                 return None
             finally:
+                if heartbeat is not None:
+                    heartbeat.cancel()
                 deliveries.metrics.handle_seconds.labels(policy.durable).observe(
                     time.perf_counter() - started
                 )
@@ -217,6 +228,16 @@ def delivery_middleware(deliveries: Deliveries) -> type[BaseMiddleware]:
             return result
 
     return DeliveryPolicy
+
+
+async def _keep_in_progress(raw: Msg, every: float) -> None:
+    """+WPI every `every` seconds: the handler is alive, JetStream restarts its ack wait."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await raw.in_progress()
+        except Exception as exc:  # - NATS away: the ack wait runs on, as it would anyway
+            log.warning("could not mark a message in progress", extra={"error": str(exc)[:200]})
 
 
 def _json_object(data: bytes) -> dict[str, Any]:
