@@ -78,6 +78,9 @@ class Runc:
     def _run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [*self.base, *args],
+            # Its own session: runc and CRIU outlive an agent that dies mid-command (a dump
+            # cut short by killing CRIU ends the dumped process with it).
+            start_new_session=True,
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -99,6 +102,7 @@ class Runc:
         try:
             proc = subprocess.run(
                 [*self.base, f"--log={log}", *args],
+                start_new_session=True,  # as above: a restore outlives the agent
                 stdin=subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=stderr,
@@ -232,6 +236,7 @@ class Runc:
         socket.unlink(missing_ok=True)
         daemon = subprocess.Popen(
             [self.criu, "lazy-pages", "-D", str(image_dir), "--work-dir", str(image_dir), "-o", LAZY_LOG],
+            start_new_session=True,  # it serves the restored container even if the agent dies
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

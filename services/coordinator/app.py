@@ -134,6 +134,9 @@ class Coordinator:
         try:
             outcome = await run
             self.outcomes.labels(outcome=outcome.lower()).inc()
+            keeper.cancel()
+            # It has ended: no lease is left behind on it.
+            await handle.release()
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():

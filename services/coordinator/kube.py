@@ -98,6 +98,24 @@ class KubeGateway:
                 raise Conflict("changed by someone else") from None
             raise
 
+    def release_lease(self, migration: dict[str, Any]) -> dict[str, Any]:
+        """Drop the lease of a migration that has ended (nobody drives it any more)."""
+        meta = migration["metadata"]
+        body = {
+            "metadata": {
+                "resourceVersion": meta["resourceVersion"],
+                "annotations": {LEASE_HOLDER: None, LEASE_UNTIL: None},
+            }
+        }
+        try:
+            return self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body
+            )
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Conflict("changed by someone else") from None
+            raise
+
     # ----- pods -----
 
     def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:

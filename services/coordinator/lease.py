@@ -65,6 +65,9 @@ class MigrationHandle:
     async def renew(self, seconds: float) -> Obj:
         return await self.write(lambda obj: self.kube.take_lease(obj, self.replica, seconds))
 
+    async def release(self) -> Obj:
+        return await self.write(self.kube.release_lease)
+
 
 async def keep_lease(
     handle: MigrationHandle, run: asyncio.Task[Any], *, seconds: float, retry_every: float = 1.0

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from tools.benchmarks import events, kube_emulator, labeler, migrate, plan, planner_cycle
+from tools.benchmarks import events, kube_emulator, labeler, migrate, plan, planner_cycle, soak
 from tools.console.report import emit
 
 Table = tuple[str, list[dict[str, Any]]]
@@ -37,6 +37,11 @@ BENCHMARKS: dict[str, tuple[str, Callable[..., list[Table]]]] = {
         "total time, CLM stop-and-copy vs dump/copy/restore; writes dist/bench/migrate.png (root)",
         migrate.run,
     ),
+    "soak": (
+        "chaos soak: moves between three sandbox nodes under load with a fault in each "
+        "(service kills, NATS and API restarts, partitions, packet loss, full disk); root",
+        soak.run,
+    ),
 }
 
 
@@ -54,9 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="small sizes: checks the benchmark runs, numbers are not meaningful",
     )
+    parser.add_argument("--faults", type=int, help="soak: how many faulted moves (default 100, --quick 30)")
+    parser.add_argument("--seed", type=int, default=1, help="soak: the random seed of faults and phases")
     args = parser.parse_args(argv)
     _, run = BENCHMARKS[args.name]
-    for title, rows in run(quick=args.quick):
+    extra = {"faults": args.faults, "seed": args.seed} if args.name == "soak" else {}
+    for title, rows in run(quick=args.quick, **extra):
         emit(title, rows, as_json=args.json)
     return 0
 

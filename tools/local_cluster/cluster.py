@@ -8,6 +8,7 @@ exit) and then stops NATS.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -217,6 +218,55 @@ class LocalCluster:
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"{service} not ready within {timeout:.0f}s; see {new.log}")
+
+    # ----- faults (tools/bench soak) -----
+
+    def find(self, service: str, node: str | None = None) -> Proc:
+        for proc in self.procs:
+            if proc.service == service and proc.node == node:
+                return proc
+        raise ValueError(f"no {service}{'@' + node if node else ''} in this cluster")
+
+    def kill(self, service: str, node: str | None = None) -> None:
+        """SIGKILL a service and everything in its session, as a container's death would."""
+        proc = self.find(service, node)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.popen.pid, signal.SIGKILL)
+        proc.popen.wait()
+
+    def respawn(self, service: str, node: str | None = None, timeout: float = 60.0) -> Proc:
+        """Start a service again after it died (as its Deployment or DaemonSet would)."""
+        old = self.find(service, node)
+        if old.popen.poll() is None:
+            raise RuntimeError(f"{old.name} still runs")
+        self.procs.remove(old)
+        self._spawn(service, node)
+        new = self.procs[-1]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if new.popen.poll() is not None:
+                raise RuntimeError(f"{new.name} exited {new.popen.returncode}; see {new.log}")
+            try:
+                if http_get(new.port, "/readyz")[0] == 200:
+                    new.ready = True
+                    return new
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{new.name} not ready within {timeout:.0f}s; see {new.log}")
+
+    def restart_nats(self) -> None:
+        """Stop and start nats-server on its port and store (JetStream keeps its streams)."""
+        assert self.nats is not None
+        self.nats.stop()
+        self.nats.start()
+
+    def restart_api(self) -> None:
+        """Stop and start the API emulator on its port, from its state file."""
+        assert self.kube is not None
+        port = int(self.kube.url.rsplit(":", 1)[1])
+        self.kube.stop()
+        self.kube = EmulatorThread(state_file=self.state_dir / "kube-state.json", port=port).start()
 
     def stop(self) -> list[tuple[str, int | None]]:
         """SIGTERM every service, wait for each to drain; returns (name, exit code)."""

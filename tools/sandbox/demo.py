@@ -32,7 +32,9 @@ POD = "game-0"
 PORT = 7000
 
 
-def deploy(api: client.ApiClient, node: str, state_mib: int) -> None:
+def deploy(
+    api: client.ApiClient, node: str, state_mib: int, *, statefulset: str = STATEFULSET, pod: str = POD
+) -> None:
     """The StatefulSet object and its pod bound to `node` (the emulator has no StatefulSet
     controller: the sandbox plays it)."""
     core = client.CoreV1Api(api)
@@ -49,15 +51,15 @@ def deploy(api: client.ApiClient, node: str, state_mib: int) -> None:
         "ports": [{"containerPort": PORT}],
         "resources": {"requests": {"cpu": "100m", "memory": f"{state_mib + 64}Mi"}},
     }
-    template = {"metadata": {"labels": {"app": STATEFULSET}}, "spec": {"containers": [container]}}
+    template = {"metadata": {"labels": {"app": statefulset}}, "spec": {"containers": [container]}}
     client.AppsV1Api(api).create_namespaced_stateful_set(
         NAMESPACE,
         {
-            "metadata": {"name": STATEFULSET},
+            "metadata": {"name": statefulset},
             "spec": {
                 "replicas": 1,
-                "serviceName": STATEFULSET,
-                "selector": {"matchLabels": {"app": STATEFULSET}},
+                "serviceName": statefulset,
+                "selector": {"matchLabels": {"app": statefulset}},
                 "template": template,
             },
         },
@@ -66,20 +68,20 @@ def deploy(api: client.ApiClient, node: str, state_mib: int) -> None:
         NAMESPACE,
         {
             "metadata": {
-                "name": POD,
-                "labels": {"app": STATEFULSET},
-                "ownerReferences": [b.owner("StatefulSet", STATEFULSET)],
+                "name": pod,
+                "labels": {"app": statefulset},
+                "ownerReferences": [b.owner("StatefulSet", statefulset)],
             },
             "spec": {"nodeName": node, "containers": [container]},
         },
     )
 
 
-def wait_running(api: client.ApiClient, timeout: float = 60) -> dict[str, Any]:
+def wait_running(api: client.ApiClient, timeout: float = 60, *, name: str = POD) -> dict[str, Any]:
     core = client.CoreV1Api(api)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pod = core.read_namespaced_pod(POD, NAMESPACE)
+        pod = core.read_namespaced_pod(name, NAMESPACE)
         if pod.status.phase == "Failed":
             raise RuntimeError(f"the demo pod failed to start: {pod.status.message}")
         if pod.status.phase == "Running" and pod.status.pod_ip:
@@ -108,6 +110,8 @@ class Player:
     ip: str
     workdir: Path
     proc: subprocess.Popen | None = None
+    # The server served an earlier player: go on from the count it reports.
+    resume: bool = False
 
     def start(self) -> Player:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -123,6 +127,7 @@ class Player:
                 str(PORT),
                 str(self.workdir / "stop"),
                 str(self.workdir / "result.json"),
+                *(["resume"] if self.resume else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=(self.workdir / "client.err").open("wb"),

@@ -196,8 +196,11 @@ class NodeRuntime:
         while not self._stop.is_set():
             try:
                 self.sync()
-            except Exception:  # - the runtime keeps going; the next sync retries
-                log.exception("node runtime sync failed", extra={"node": self.node})
+            except Exception as exc:  # - the runtime keeps going; the next sync retries
+                if refused(exc):  # the API restarting: one line, as kubelet logs it
+                    log.warning("node runtime cannot reach the API: %s", exc, extra={"node": self.node})
+                else:
+                    log.exception("node runtime sync failed", extra={"node": self.node})
             self._stop.wait(self.interval)
 
     def _running(self, containers: list[Container] | None = None) -> dict[str, list[str]]:
@@ -479,3 +482,12 @@ class NodeRuntime:
                 if target.exists():
                     (bin_dir / reference).symlink_to(target)
         return bin_dir
+
+
+def refused(exc: BaseException | None) -> bool:
+    """A connection the API refused or dropped, at the root of the client's exception chain."""
+    while exc is not None:
+        if isinstance(exc, ConnectionError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

@@ -128,6 +128,8 @@ class Sandbox:
     cluster: LocalCluster | None = None
     runtimes: list[NodeRuntime] = field(default_factory=list)
     machine_lock: int | None = None
+    # More settings by service name (node agents: on every node), e.g. short leases for a soak.
+    extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @property
     def kubeconfig(self) -> Path:
@@ -181,11 +183,20 @@ class Sandbox:
             nodes=nodes,
             nats_port=self.nats_port,
             service_env={
-                "coordinator": {"CLM_COMPATIBILITY_PROFILE": "generic", "CLM_RESYNC_SECONDS": "0.5"},
+                "coordinator": {
+                    "CLM_COMPATIBILITY_PROFILE": "generic",
+                    "CLM_RESYNC_SECONDS": "0.5",
+                    **self.extra_env.get("coordinator", {}),
+                },
                 "evictor-planner": {
                     "CLM_COMPATIBILITY_PROFILE": "generic",
                     "CLM_DRY_RUN": "true" if self.planner_dry_run else "false",
+                    **self.extra_env.get("evictor-planner", {}),
                 },
+                "labeler": self.extra_env.get("labeler", {}),
+                # Node agents: on every node (node_env adds each node's own).
+                "checkpoint-agent": self.extra_env.get("checkpoint-agent", {}),
+                "ip-handover-agent": self.extra_env.get("ip-handover-agent", {}),
             },
             node_env=node_env,
         )

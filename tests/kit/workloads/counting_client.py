@@ -1,7 +1,10 @@
 """A client of stateful_server that holds ONE connection and sends requests back to back
 (stdlib only; runs in the client host's network namespace).
 
-    python counting_client.py HOST PORT STOP_FILE RESULT_FILE
+    python counting_client.py HOST PORT STOP_FILE RESULT_FILE [resume]
+
+resume: the server has served earlier clients; ask it how many requests it has counted and
+go on from there (RESULT_FILE's "resumed_from" says where).
 
 Every half second RESULT_FILE.progress holds the answers so far, the largest gap and the
 last error (for live displays). Runs until STOP_FILE exists, then asks for the state's
@@ -18,8 +21,7 @@ import sys
 import time
 
 
-def main() -> None:
-    host, port, stop_file, result_file = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+def connect(host: str, port: int) -> socket.socket:
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -30,16 +32,38 @@ def main() -> None:
                 raise
             time.sleep(0.1)
     sock.settimeout(60)
+    return sock
+
+
+def main() -> None:
+    host, port, stop_file, result_file = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    resume = len(sys.argv) > 5 and sys.argv[5] == "resume"
+    sock = connect(host, port)
     stream = sock.makefile("rwb", buffering=0)
-    count, in_order, largest, gaps, error = 0, True, 0.0, [], None
+    answered = 0
+    if resume:
+        stream.write(b"count\n")
+        answered = int(stream.readline())
+    count, in_order, largest, gaps, error = answered, True, 0.0, [], None
     last = reported = time.monotonic()
-    with open(result_file + ".ready", "w"):
-        pass
 
     def progress() -> None:
         with open(result_file + ".progress.tmp", "w") as out:
-            json.dump({"answers": count, "in_order": in_order, "largest_gap": largest, "error": error}, out)
+            json.dump(
+                {
+                    "answers": count,
+                    "in_order": in_order,
+                    "largest_gap": largest,
+                    "error": error,
+                    "resumed_from": answered,
+                },
+                out,
+            )
         os.rename(result_file + ".progress.tmp", result_file + ".progress")
+
+    progress()
+    with open(result_file + ".ready", "w"):
+        pass
 
     try:
         while not os.path.exists(stop_file):
@@ -73,6 +97,7 @@ def main() -> None:
                 "gaps": gaps,
                 "error": error,
                 "hash": digest,
+                "resumed_from": answered,
             },
             out,
         )

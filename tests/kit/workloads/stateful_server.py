@@ -34,6 +34,9 @@ def main() -> None:
                 if line.strip() == b"hash":
                     conn.sendall(hashlib.sha256(state).hexdigest().encode() + b"\n")
                     continue
+                if line.strip() == b"count":  # a client that reconnects asks where it left off
+                    conn.sendall(f"{n}\n".encode())
+                    continue
                 n += 1
                 mutate(state, n)
                 conn.sendall(f"{n}\n".encode())

@@ -1,0 +1,497 @@
+"""`tools/bench soak [--faults N] [--seed S]`: migrations back and forth between the sandbox's
+three nodes under load, a fault injected into each at a random step, and after each one the
+checks a user would make.
+
+The load: two stateful pods (the demo's game server and a second one), each with a player
+holding one connection. The faults, from a matrix, each at a random phase of the move:
+
+    kill:<service>       SIGKILL of the labeler, planner, coordinator, or of either node's
+                         checkpoint or IP-handover agent (the whole process session, as a
+                         container's death), started again at once as Kubernetes would
+    restart:nats         nats-server stopped and started (JetStream keeps its streams)
+    restart:api          the API emulator stopped and started from its state file
+    partition            the nodes cannot reach each other: the agents' channel dropped and
+                         the node namespaces' traffic to each other dropped, until the move ends
+    packet-loss          5 % of the agents' channel packets dropped until the move ends
+    disk-full            the destination's image directory on a 4 MiB tmpfs
+
+After each move: every Migration is terminal with a reason; exactly one copy of each pod
+runs, where the outcome says (destination if Finished, source if Failed); its player still
+gets answers in order (after a failed move a dropped connection is allowed, and the player
+reconnects); nothing is left behind — no pod namespace, route, CRIU lock rule, image, CRIU
+process or lease that no running pod explains. At the end each player checks the server's
+state hash against every answer it ever had: data lost is any wrong or missing state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import subprocess
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from clm.contracts import protocol
+from clm.contracts.protocol import Phase, is_terminal
+from clm.policy.naming import runtime_pod_uid
+from clm.runtime.podnet import pod_netns_name
+from services.checkpoint_agent.runc import Runc
+from services.checkpoint_agent.runtime import POD_UID
+from services.coordinator.kube import LEASE_HOLDER
+from tests.kit.podlab import expected_hash
+from tools.console.migrations import create_migration, follow, migration_body
+from tools.sandbox import demo
+from tools.sandbox.sandbox import Sandbox
+from tools.sandbox.topology import node_ip
+
+STATE_MIB = 32
+KILLS = [
+    "kill:coordinator",
+    "kill:labeler",
+    "kill:evictor-planner",
+    "kill:checkpoint-agent@source",
+    "kill:checkpoint-agent@destination",
+    "kill:ip-handover-agent@source",
+    "kill:ip-handover-agent@destination",
+]
+FAULTS = [*KILLS, "restart:nats", "restart:api", "partition", "packet-loss", "disk-full"]
+PHASES = [Phase.PREPARING, Phase.DUMPING, Phase.RESTORING, Phase.FINALIZING]
+# Faults of the image channel and disk matter before the images move: injected then.
+PHASES_OF = {"partition": [Phase.PREPARING], "packet-loss": [Phase.PREPARING], "disk-full": [Phase.PREPARING]}
+MOVE_TIMEOUT = 180.0
+# Short leases, waits and timeouts: a fault is noticed and recovered from within seconds.
+SOAK_ENV = {
+    "coordinator": {
+        "CLM_LEASE_SECONDS": "4",
+        "CLM_STEP_TIMEOUT_SECONDS": "30",
+        "CLM_RESYNC_SECONDS": "1",
+    },
+    "checkpoint-agent": {"CLM_ACK_WAIT_SECONDS": "3"},
+    "ip-handover-agent": {"CLM_ACK_WAIT_SECONDS": "3"},
+}
+
+
+@dataclass
+class Workload:
+    pod: str
+    statefulset: str
+    player: demo.Player
+    reconnects: int = 0
+    state_rewound: int = 0  # answered requests the server no longer counts (lost state)
+
+
+@dataclass
+class Row:
+    move: int
+    pod: str
+    source: str
+    destination: str
+    fault: str
+    phase: str
+    injected: bool = False
+    outcome: str = ""
+    reason: str = ""
+    copies: int = 0
+    where_expected: bool = False
+    connection_kept: bool = False
+    leftovers: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def data_lost(self) -> bool:
+        # A pod gone or running twice; or a connection broken by a move that claims success.
+        return (
+            self.copies != 1
+            or not self.where_expected
+            or (self.outcome == "Finished" and not self.connection_kept)
+        )
+
+
+class Soak:
+    def __init__(self, *, faults: int, seed: int, state_dir: Path, pex_dir: Path) -> None:
+        self.count, self.rng = faults, random.Random(seed)
+        self.sandbox = Sandbox(
+            state_dir=state_dir, pex_dir=pex_dir, nats_port=None, planner_dry_run=True, extra_env=SOAK_ENV
+        )
+        self.workloads: list[Workload] = []
+        self.rows: list[Row] = []
+        self.faults_active: list[str] = []
+
+    # ----- set-up -----
+
+    def up(self) -> None:
+        if not self.sandbox.up():
+            raise RuntimeError("the sandbox's services did not all become ready")
+        api = self.sandbox.api()
+        nodes = self.nodes()
+        for index, (statefulset, pod) in enumerate((("game", "game-0"), ("ledger", "ledger-0"))):
+            demo.deploy(api, nodes[index], STATE_MIB, statefulset=statefulset, pod=pod)
+        for statefulset, pod in (("game", "game-0"), ("ledger", "ledger-0")):
+            running = demo.wait_running(api, name=pod)
+            player = demo.Player(
+                self.client_netns(), running["status"]["podIP"], self.sandbox.state_dir / f"player-{pod}"
+            ).start()
+            self.workloads.append(Workload(pod=pod, statefulset=statefulset, player=player))
+
+    def nodes(self) -> list[str]:
+        assert self.sandbox.topology is not None
+        return list(self.sandbox.topology.nodes)
+
+    def client_netns(self) -> str:
+        assert self.sandbox.topology is not None
+        return self.sandbox.topology.client.name
+
+    def down(self) -> None:
+        for w in self.workloads:
+            with contextlib.suppress(Exception):
+                w.player.finish(timeout=10)
+        self.heal()
+        self.sandbox.down()
+
+    # ----- one move -----
+
+    def run(self) -> list[Row]:
+        plan = [FAULTS[i % len(FAULTS)] for i in range(self.count)]
+        self.rng.shuffle(plan)
+        for number, fault in enumerate(plan, start=1):
+            self.rows.append(self.move(number, fault))
+        return self.rows
+
+    def pod_object(self, name: str) -> dict[str, Any]:
+        core = client.CoreV1Api(self.sandbox.api())
+        return self.sandbox.api().sanitize_for_serialization(core.read_namespaced_pod(name, demo.NAMESPACE))
+
+    def move(self, number: int, fault: str) -> Row:
+        workload = self.workloads[number % len(self.workloads)]
+        pod = self.pod_object(workload.pod)
+        source = pod["spec"]["nodeName"]
+        others = [n for n in self.nodes() if n != source]
+        destination = self.rng.choice(others)
+        phase = self.rng.choice(PHASES_OF.get(fault, PHASES))
+        row = Row(number, workload.pod, source, destination, fault, str(phase))
+        started = time.monotonic()
+        custom = client.CustomObjectsApi(self.sandbox.api())
+        name = f"soak-{number:04d}-{workload.pod}"
+        injected = threading.Event()
+        recovering: list[threading.Thread] = []
+
+        def on_change(status: dict[str, Any]) -> None:
+            if not injected.is_set() and (status.get("phase") == phase or is_terminal(status.get("phase"))):
+                if is_terminal(status.get("phase")) and status.get("phase") != phase:
+                    return  # the move ended before the phase came: not injected
+                injected.set()
+                worker = threading.Thread(target=self.inject, args=(fault, source, destination), daemon=True)
+                worker.start()
+                recovering.append(worker)
+
+        body = migration_body(name, workload.pod, destination=destination, fallback="restore-on-source")
+        create_migration(custom, demo.NAMESPACE, body)
+        status = self.follow(custom, name, on_change)
+        for worker in recovering:
+            worker.join(timeout=120)
+        self.heal()
+        row.injected = injected.is_set()
+        row.outcome = (status or {}).get("phase", "stuck")
+        row.reason = (status or {}).get("failureReason") or (status or {}).get("message", "")
+        self.wait_settled()
+        self.check(row, workload, status)
+        row.seconds = round(time.monotonic() - started, 1)
+        return row
+
+    def follow(self, custom: client.CustomObjectsApi, name: str, on_change: Any) -> dict[str, Any] | None:
+        """Follow the Migration to its end through API restarts (a watch breaks with them)."""
+        deadline = time.monotonic() + MOVE_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                status = follow(
+                    custom, demo.NAMESPACE, name, timeout=deadline - time.monotonic(), on_change=on_change
+                )
+                return status
+            except Exception:  # - the API restarting under the watch: follow again
+                time.sleep(0.5)
+                custom = client.CustomObjectsApi(self.sandbox.api())
+        return None
+
+    # ----- faults -----
+
+    def inject(self, fault: str, source: str, destination: str) -> None:
+        cluster = self.sandbox.cluster
+        assert cluster is not None
+        kind, _, what = fault.partition(":")
+        if kind == "kill":
+            service, _, side = what.partition("@")
+            node = {"source": source, "destination": destination}.get(side)
+            cluster.kill(service, node)
+            cluster.respawn(service, node)
+        elif fault == "restart:nats":
+            cluster.restart_nats()
+        elif fault == "restart:api":
+            cluster.restart_api()
+        elif fault in ("partition", "packet-loss"):
+            self.block_agents(destination, loss=5 if fault == "packet-loss" else None)
+            if fault == "partition":
+                self.partition_nodes(source, destination)
+        elif fault == "disk-full":
+            self.fill_disk(destination)
+
+    def transfer_port(self, node: str) -> int:
+        log = self.sandbox.state_dir / "logs" / f"checkpoint-agent@{node}.log"
+        for line in reversed(log.read_text(errors="replace").splitlines()):
+            if '"transfer_address"' in line:
+                return int(json.loads(line)["transfer_address"].rsplit(":", 1)[1])
+        raise RuntimeError(f"{node}'s agent has not said where it receives images")
+
+    def block_agents(self, destination: str, *, loss: int | None) -> None:
+        port = self.transfer_port(destination)
+        match = f"tcp dport {port}" if loss is None else f"tcp dport {port} numgen random mod 100 < {loss}"
+        script = (
+            "add table inet clm-soak\n"
+            "add chain inet clm-soak out { type filter hook output priority 0 ; }\n"
+            f"add rule inet clm-soak out {match} drop\n"
+        )
+        subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True)
+        self.faults_active.append("nft-host")
+
+    def partition_nodes(self, a: str, b: str) -> None:
+        topology = self.sandbox.topology
+        assert topology is not None
+        for here, there in ((a, b), (b, a)):
+            peer = node_ip(int(there.rsplit("-", 1)[1]))
+            script = (
+                "add table inet clm-soak\n"
+                "add chain inet clm-soak in { type filter hook input priority 0 ; }\n"
+                f"add rule inet clm-soak in ip saddr {peer} drop\n"
+            )
+            netns = topology.nodes[here].name
+            subprocess.run(
+                ["ip", "netns", "exec", netns, "nft", "-f", "-"], input=script, text=True, check=True
+            )
+            self.faults_active.append(f"nft:{topology.nodes[here].name}")
+
+    def images_in(self, node: str) -> Path:
+        return self.sandbox.state_dir / "nodes" / node / "images" / "in"
+
+    def fill_disk(self, node: str) -> None:
+        target = self.images_in(node)
+        target.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "clm-soak-full", str(target)], check=True)
+        self.faults_active.append(f"mount:{target}")
+
+    def heal(self) -> None:
+        for active in reversed(self.faults_active):
+            if active == "nft-host":
+                subprocess.run(
+                    ["nft", "delete", "table", "inet", "clm-soak"], check=False, capture_output=True
+                )
+            elif active.startswith("nft:"):
+                netns = active.split(":", 1)[1]
+                delete = ["ip", "netns", "exec", netns, "nft", "delete", "table", "inet", "clm-soak"]
+                subprocess.run(delete, check=False, capture_output=True)
+            elif active.startswith("mount:"):
+                subprocess.run(["umount", "-l", active.split(":", 1)[1]], check=False, capture_output=True)
+        self.faults_active.clear()
+
+    # ----- checks -----
+
+    def wait_settled(self) -> None:
+        """Every service ready again (a killed one restarted, NATS and the API back)."""
+        cluster = self.sandbox.cluster
+        assert cluster is not None
+        cluster.wait_ready(timeout=60)
+
+    def containers(self, runtime_uid: str) -> dict[str, int]:
+        """Running containers of the pod, by node."""
+        found: dict[str, int] = Counter()
+        for node in self.nodes():
+            runc = Runc(root=self.sandbox.state_dir / "nodes" / node / "runc")
+            for c in runc.containers():
+                if c.annotations.get(POD_UID) == runtime_uid and c.status == "running":
+                    found[node] += 1
+        return dict(found)
+
+    def check(self, row: Row, workload: Workload, status: dict[str, Any] | None) -> None:
+        pod = self.pod_object(workload.pod)
+        uid = runtime_pod_uid(pod)
+        running = self.containers(uid)
+        row.copies = sum(running.values())
+        expected = row.destination if row.outcome == "Finished" else row.source
+        row.where_expected = set(running) == {expected} and pod["spec"]["nodeName"] == expected
+        if row.outcome not in ("Finished", "Failed") or not row.reason:
+            row.leftovers.append(f"migration not terminal with a reason ({row.outcome})")
+        row.connection_kept = self.player_goes_on(workload)
+        if not row.connection_kept and row.outcome == "Failed" and row.copies == 1:
+            self.reconnect(workload)  # allowed after a failed move: the pod stayed, its client comes back
+        row.leftovers += self.leftovers(status)
+
+    def player_goes_on(self, workload: Workload, more: int = 20, timeout: float = 30) -> bool:
+        target = workload.player.progress().get("answers", 0) + more
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            progress = workload.player.progress()
+            if progress.get("error") or not progress.get("in_order", True):
+                return False
+            if progress.get("answers", 0) >= target:
+                return True
+            if workload.player.proc is not None and workload.player.proc.poll() is not None:
+                return False
+            time.sleep(0.1)
+        return False
+
+    def reconnect(self, workload: Workload) -> None:
+        answered = int(workload.player.finish(timeout=10).get("answers", 0))
+        workload.reconnects += 1
+        ip = self.pod_object(workload.pod)["status"]["podIP"]
+        workdir = self.sandbox.state_dir / f"player-{workload.pod}-{workload.reconnects}"
+        workload.player = demo.Player(self.client_netns(), ip, workdir, resume=True).start()
+        # The server's own count: one more than the player saw is a request applied whose
+        # answer the broken connection lost; fewer is state the server lost.
+        resumed = int(workload.player.progress().get("resumed_from", 0))
+        workload.state_rewound += max(0, answered - resumed)
+
+    def leftovers(self, status: dict[str, Any] | None) -> list[str]:
+        found = []
+        topology = self.sandbox.topology
+        assert topology is not None
+        pods = [self.pod_object(w.pod) for w in self.workloads]
+        wanted_netns = {pod_netns_name(p["spec"]["nodeName"], runtime_pod_uid(p)) for p in pods}
+        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+        pod_netns = {
+            line.split()[0]
+            for line in listed.splitlines()
+            if line.startswith("clm-sbx-") and line.count("-") >= 3
+        }
+        for extra in sorted(pod_netns - wanted_netns):
+            found.append(f"pod namespace {extra}")
+        for node, ns in topology.nodes.items():
+            routes = subprocess.run(
+                ["ip", "-n", ns.name, "route", "show", "proto", "199"],
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
+            wanted = {p["status"]["podIP"] for p in pods if p["spec"]["nodeName"] == node}
+            for route in routes.splitlines():
+                if route.split()[0] not in wanted:
+                    found.append(f"route {route.split()[0]} on {node}")
+        for name in sorted(wanted_netns & pod_netns):
+            rules = subprocess.run(
+                ["ip", "netns", "exec", name, "iptables-save"], capture_output=True, text=True, check=False
+            ).stdout
+            if "CRIU" in rules:
+                found.append(f"CRIU lock rules in {name}")
+        for node in self.nodes():
+            images = self.sandbox.state_dir / "nodes" / node / "images"
+            for side in ("in", "out"):
+                left = [p.name for p in (images / side).glob("*")] if (images / side).is_dir() else []
+                found += [f"images {side}/{name} on {node}" for name in left]
+        criu = subprocess.run(
+            ["pgrep", "-x", "criu"], capture_output=True, text=True, check=False
+        ).stdout.split()
+        for pid in criu:
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z":
+                    found.append(f"criu process {pid}")
+        custom = client.CustomObjectsApi(self.sandbox.api())
+        migrations = custom.list_namespaced_custom_object(
+            protocol.GROUP, protocol.VERSION, demo.NAMESPACE, protocol.PLURAL
+        )["items"]
+        for m in migrations:
+            if not is_terminal((m.get("status") or {}).get("phase")):
+                found.append(f"migration {m['metadata']['name']} not terminal")
+            elif LEASE_HOLDER in (m["metadata"].get("annotations") or {}):
+                found.append(f"lease on {m['metadata']['name']}")
+        return found
+
+    def final_state(self) -> list[dict[str, Any]]:
+        """Each server's state checked against the count of requests it answered: nothing lost."""
+        verdict = []
+        for w in self.workloads:
+            result = w.player.finish(timeout=30)
+            answers = int(result.get("answers", 0))
+            intact = bool(result.get("hash")) and result["hash"] == expected_hash(STATE_MIB, answers)
+            verdict.append(
+                {
+                    "pod": w.pod,
+                    "answers": answers,
+                    "reconnects": w.reconnects,
+                    "answers_lost": w.state_rewound,
+                    "state_intact": intact and w.state_rewound == 0,
+                }
+            )
+        return verdict
+
+
+def table(rows: list[Row]) -> list[dict[str, Any]]:
+    out = []
+    for fault in [*FAULTS, "all"]:
+        mine = [r for r in rows if fault in ("all", r.fault)]
+        if not mine:
+            continue
+        out.append(
+            {
+                "fault": fault,
+                "moves": len(mine),
+                "injected": sum(r.injected for r in mine),
+                "finished": sum(r.outcome == "Finished" for r in mine),
+                "rolled_back": sum(r.outcome == "Failed" for r in mine),
+                "survived": sum((not r.data_lost) and not r.leftovers for r in mine),
+                "data_lost": sum(r.data_lost for r in mine),
+                "connections_kept": sum(r.connection_kept for r in mine),
+                "leftovers": sum(len(r.leftovers) for r in mine),
+                "seconds_median": sorted(r.seconds for r in mine)[len(mine) // 2],
+            }
+        )
+    return out
+
+
+def soak(*, faults: int, seed: int, pex_dir: Path) -> tuple[list[Row], list[dict[str, Any]]]:
+    with tempfile.TemporaryDirectory(prefix="clm-soak-") as tmp:
+        run = Soak(faults=faults, seed=seed, state_dir=Path(tmp) / "sandbox", pex_dir=pex_dir)
+        try:
+            run.up()
+            rows = run.run()
+            final = run.final_state()
+        finally:
+            run.down()
+    return rows, final
+
+
+def run(
+    *, quick: bool = False, faults: int | None = None, seed: int = 1
+) -> list[tuple[str, list[dict[str, Any]]]]:
+    count = faults or (30 if quick else 100)
+    pex_dir = Path(os.environ.get("CLM_PEX_DIR", "dist"))
+    rows, final = soak(faults=count, seed=seed, pex_dir=pex_dir)
+    rolled_back = [
+        {"move": r.move, "fault": r.fault, "phase": r.phase, "reason": r.reason[:160]}
+        for r in rows
+        if r.outcome != "Finished"
+    ]
+    problems = [
+        {
+            "move": r.move,
+            "fault": r.fault,
+            "phase": r.phase,
+            "outcome": r.outcome,
+            "copies": r.copies,
+            "where_expected": r.where_expected,
+            "leftovers": "; ".join(r.leftovers)[:200],
+        }
+        for r in rows
+        if r.data_lost or r.leftovers
+    ]
+    return [
+        (f"Chaos soak: {count} faulted moves between three nodes, by fault kind (seed {seed})", table(rows)),
+        ("Moves with data lost or leftovers", problems or [{"move": "(none)"}]),
+        ("Moves that failed and rolled back, with the reason they give", rolled_back or [{"move": "(none)"}]),
+        ("Each server's state at the end, checked against every answer it gave", final),
+    ]
