@@ -50,6 +50,8 @@ def agent_config(settings: CheckpointAgentSettings) -> AgentConfig:
         lazy_restore=settings.lazy_restore,
         container_log_dir=settings.container_log_dir,
         holdback=settings.holdback,
+        transfer_connect_seconds=settings.transfer_connect_seconds,
+        transfer_stall_seconds=settings.transfer_stall_seconds,
         node_netns=settings.netns_dir / settings.node_netns if settings.node_netns else None,
     )
 

@@ -33,6 +33,11 @@ class AgentConfig:
     lazy_restore: bool = True
     # Restored containers' output: CRI log files named by container id (None: discarded).
     container_log_dir: Path | None = None
+    # The destination's agent may be restarting: how long to keep trying before the pod is
+    # frozen. And how long a transfer may make no progress before it fails (the pod, frozen,
+    # then runs again here instead of waiting out the step's timeout).
+    transfer_connect_seconds: float = 20.0
+    transfer_stall_seconds: float = 10.0
 
     @property
     def layout(self) -> Layout:

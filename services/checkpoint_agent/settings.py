@@ -33,6 +33,10 @@ class CheckpointAgentSettings(NodeAgentSettings):
     transfer_port: int = Field(default=7400, ge=0, le=65535)
     # The address other nodes' agents reach this one at (on Kubernetes: status.hostIP).
     transfer_advertise_host: str | None = None
+    # Before freezing the pod, the source keeps trying to reach the destination's agent this
+    # long (it may be restarting); a transfer with no progress this long fails (a dead link).
+    transfer_connect_seconds: float = Field(default=20.0, gt=0)
+    transfer_stall_seconds: float = Field(default=10.0, gt=0)
     # The agent's TLS identity: ca.crt, tls.crt, tls.key (the Secret clm-agent-tls mounted
     # here). Unset: this node takes part in no migration, and says why (tls.py).
     agent_tls_dir: Path | None = None

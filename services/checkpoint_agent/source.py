@@ -20,7 +20,8 @@ from services.checkpoint_agent.holdback import PacketHold
 from services.checkpoint_agent.layout import tree_size
 from services.checkpoint_agent.outcomes import Details, OutcomeStore
 from services.checkpoint_agent.runtime import Container, ContainerRuntime, RuntimeCommandError
-from services.checkpoint_agent.transfer import TransferError, send_directory
+from services.checkpoint_agent.tls import AgentTls
+from services.checkpoint_agent.transfer import Channel, TransferError, open_channel
 
 log = logging.getLogger(__name__)
 
@@ -65,26 +66,26 @@ class SourceSide:
         if not self.layout.dumped(uid).exists() and self.layout.pod_record(uid).exists():
             # An earlier agent died during this dump: see how far runc and CRIU got.
             await self._finish_interrupted_dump(command, outgoing)
+        containers = None
         if not self.layout.dumped(uid).exists():
-            dump_details, address = await self._first_dump(command, outgoing)
-        else:
-            # A repeated dump after the images were made (e.g. the agent restarted during
-            # the transfer): send the same images again.
-            dump_details = json.loads(self.layout.dumped(uid).read_text())
-            address = await self._transfer_address(command.destination_node)
-        host, port = address.rsplit(":", 1)
+            containers = await self._movable_containers(command)
+        # Reached before anything is frozen: a destination that cannot receive fails the
+        # step while the pod still runs.
+        channel = await self._open_channel(command, tls)
         try:
-            sent = await send_directory(
-                host.strip("[]"),
-                int(port),
-                outgoing,
-                migration=uid,
-                tls=tls,
-                timeout=command.timeout_seconds,
-            )
+            if containers is not None:
+                dump_details = await self._first_dump(command, outgoing, containers)
+            else:
+                # A repeated dump after the images were made (e.g. the agent restarted during
+                # the transfer): send the same images again.
+                dump_details = json.loads(self.layout.dumped(uid).read_text())
+            stall = min(self.config.transfer_stall_seconds, command.timeout_seconds)
+            sent = await channel.send(outgoing, stall_seconds=stall)
         except (TransferError, OSError, TimeoutError) as exc:
             reason = f"sending the images to {command.destination_node} failed: {exc}"
             raise StepFailed(reason + await self._rollback_note(command)) from None
+        finally:
+            channel.close()
         return {
             **dump_details,
             "bytes": sent.bytes,
@@ -93,9 +94,7 @@ class SourceSide:
             "transfer_mib_per_s": round(sent.mib_per_s, 1),
         }
 
-    async def _first_dump(self, command: CheckpointCommand, outgoing: Path) -> tuple[Details, str]:
-        """Freeze and dump the pod into `outgoing`; its details and where to send them."""
-        uid = command.migration.uid
+    async def _movable_containers(self, command: CheckpointCommand) -> list[Container]:
         containers = await asyncio.to_thread(self.runtime.pod_containers, command.pod.uid)
         if not containers:
             raise StepFailed(
@@ -103,8 +102,37 @@ class SourceSide:
                 f"containers on {self.node}"
             )
         await self._refuse_unmovable(containers)
-        # Before freezing anything: a destination that cannot receive fails the step now.
-        address = await self._transfer_address(command.destination_node)
+        return containers
+
+    async def _open_channel(self, command: CheckpointCommand, tls: AgentTls) -> Channel:
+        """The channel to the destination's agent. It may be restarting (a new address, on
+        the sandbox a new port): tried again, the address looked up again, for a while."""
+        node = command.destination_node
+        patience = min(self.config.transfer_connect_seconds, command.timeout_seconds / 2)
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                host, port = (await self._transfer_address(node)).rsplit(":", 1)
+                return await open_channel(
+                    host.strip("[]"),
+                    int(port),
+                    migration=command.migration.uid,
+                    tls=tls,
+                    connect_seconds=max(0.5, min(5.0, deadline - time.monotonic())),
+                )
+            except (StepFailed, TransferError) as exc:
+                if time.monotonic() >= deadline:
+                    raise StepFailed(
+                        f"cannot send the images to {node}: {exc} (tried for {patience:.0f}s; "
+                        "nothing was frozen, the pod runs on here)"
+                    ) from None
+            await asyncio.sleep(0.5)
+
+    async def _first_dump(
+        self, command: CheckpointCommand, outgoing: Path, containers: list[Container]
+    ) -> Details:
+        """Freeze and dump the pod into `outgoing`."""
+        uid = command.migration.uid
         self.layout.workdir(uid).mkdir(parents=True, exist_ok=True)
         self.layout.pod_record(uid).write_text(json.dumps([container_record(c) for c in containers]))
         shutil.rmtree(outgoing, ignore_errors=True)
@@ -115,7 +143,7 @@ class SourceSide:
             await self._replay(uid)
             raise
         self.layout.dumped(uid).write_text(json.dumps(details))
-        return details, address
+        return details
 
     async def _finish_interrupted_dump(self, command: CheckpointCommand, outgoing: Path) -> None:
         """Pick up a dump an earlier agent started and died during. Once its runc commands have

@@ -112,36 +112,78 @@ def _read_line(sock: socket.socket, limit: int = 65536) -> dict:
 # release the GIL, so a transfer runs at C speed while the event loop stays free.
 
 
+class Channel:
+    """A connection to the receiver, TLS and handshake done: open before the pod is frozen,
+    so an unreachable or unwilling destination fails the step while the pod still runs."""
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        self.sock = sock
+
+    async def send(self, source: Path, *, stall_seconds: float = 600) -> TransferStats:
+        """Stream every regular file under `source` (subdirectories included). A peer that
+        takes nothing for `stall_seconds` fails the transfer (a dead link is not waited on)."""
+        self.sock.settimeout(stall_seconds)
+        try:
+            return await asyncio.to_thread(_send, self.sock, source, time.perf_counter())
+        finally:
+            # Also what stops the worker when the step is cancelled: its socket calls fail.
+            self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+async def open_channel(
+    host: str, port: int, *, migration: str, tls: AgentTls, connect_seconds: float = 30
+) -> Channel:
+    """Connect, handshake in TLS, say which migration: the receiver is ready for its images."""
+    try:
+        connect = functools.partial(socket.create_connection, (host, port), timeout=connect_seconds)
+        raw = await asyncio.wait_for(asyncio.to_thread(connect), connect_seconds + 1)
+    except (OSError, TimeoutError) as exc:
+        raise TransferError(f"cannot reach the receiver at {host}:{port}: {exc or 'timed out'}") from None
+    try:
+        sock = await asyncio.to_thread(_handshake, raw, tls, migration)
+    except BaseException:
+        raw.close()
+        raise
+    return Channel(sock)
+
+
 async def send_directory(
     host: str, port: int, source: Path, *, migration: str, tls: AgentTls, timeout: float = 600
 ) -> TransferStats:
-    """Stream every regular file under `source` (subdirectories included) to a receiver."""
-    started = time.perf_counter()
-    try:
-        connect = functools.partial(socket.create_connection, (host, port), timeout=30)
-        raw = await asyncio.wait_for(asyncio.to_thread(connect), 31)
-    except OSError as exc:
-        raise TransferError(f"cannot reach the receiver at {host}:{port}: {exc}") from None
-    raw.settimeout(timeout)
-    try:
-        return await asyncio.to_thread(_send, raw, tls, source, migration, started)
-    finally:
-        # Also what stops the worker when the step is cancelled: its socket calls fail.
-        raw.close()
+    """Open a channel and stream `source` through it."""
+    channel = await open_channel(host, port, migration=migration, tls=tls, connect_seconds=min(30, timeout))
+    return await channel.send(source, stall_seconds=timeout)
 
 
-def _send(raw: socket.socket, tls: AgentTls, source: Path, migration: str, started: float) -> TransferStats:
+def _handshake(raw: socket.socket, tls: AgentTls, migration: str) -> ssl.SSLSocket:
+    raw.settimeout(30)
     try:
         sock = tls.client_context().wrap_socket(raw, server_hostname=AGENT_NAME)
     except (ssl.SSLError, OSError) as exc:
         raise TransferError(
             f"TLS with the receiver failed (is it an agent of this cluster?): {exc}"
         ) from None
-    with sock:
+    try:
         sock.sendall(orjson.dumps({"migration": migration, "protocol": PROTOCOL}) + b"\n")
         answer = _read_line(sock)
-        if "error" in answer:
-            raise TransferError(f"the receiver refused: {answer['error']}")
+    except OSError as exc:
+        sock.close()
+        raise TransferError(f"the receiver did not answer the handshake: {exc}") from None
+    except TransferError:
+        sock.close()
+        raise
+    if "error" in answer:
+        sock.close()
+        raise TransferError(f"the receiver refused: {answer['error']}")
+    return sock
+
+
+def _send(sock: ssl.SSLSocket, source: Path, started: float) -> TransferStats:
+    with sock:
         try:
             manifest, total = _stream_files(sock, source)
         except (ConnectionError, OSError) as exc:
@@ -151,7 +193,7 @@ def _send(raw: socket.socket, tls: AgentTls, source: Path, migration: str, start
                 verdict = _read_line(sock)
             except (TransferError, OSError):
                 verdict = {}
-            reason = verdict.get("error") or f"connection lost ({exc})"
+            reason = verdict.get("error") or f"connection lost ({exc or 'timed out'})"
             raise TransferError(f"the receiver rejected the transfer: {reason}") from None
         try:
             verdict = _read_line(sock)

@@ -60,10 +60,13 @@ def main(argv: list[str] | None = None) -> int:
         help="small sizes: checks the benchmark runs, numbers are not meaningful",
     )
     parser.add_argument("--faults", type=int, help="soak: how many faulted moves (default 100, --quick 30)")
+    parser.add_argument(
+        "--fault", action="append", help="soak: only this fault kind (repeatable; default every kind)"
+    )
     parser.add_argument("--seed", type=int, default=1, help="soak: the random seed of faults and phases")
     args = parser.parse_args(argv)
     _, run = BENCHMARKS[args.name]
-    extra = {"faults": args.faults, "seed": args.seed} if args.name == "soak" else {}
+    extra = {"faults": args.faults, "seed": args.seed, "kinds": args.fault} if args.name == "soak" else {}
     for title, rows in run(quick=args.quick, **extra):
         emit(title, rows, as_json=args.json)
     return 0

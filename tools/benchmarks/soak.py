@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -66,7 +67,9 @@ KILLS = [
 FAULTS = [*KILLS, "restart:nats", "restart:api", "partition", "packet-loss", "disk-full"]
 PHASES = [Phase.PREPARING, Phase.DUMPING, Phase.RESTORING, Phase.FINALIZING]
 # Faults of the image channel and disk matter before the images move: injected then.
-PHASES_OF = {"partition": [Phase.PREPARING], "packet-loss": [Phase.PREPARING], "disk-full": [Phase.PREPARING]}
+# Faults of the image channel and the disk matter before the images move: in place before
+# the Migration is made (Pending), so the move meets them for certain.
+PHASES_OF = {"partition": [Phase.PENDING], "packet-loss": [Phase.PENDING], "disk-full": [Phase.PENDING]}
 MOVE_TIMEOUT = 180.0
 # Short leases, waits and timeouts: a fault is noticed and recovered from within seconds.
 SOAK_ENV = {
@@ -92,6 +95,7 @@ class Workload:
 @dataclass
 class Row:
     move: int
+    name: str
     pod: str
     source: str
     destination: str
@@ -117,8 +121,10 @@ class Row:
 
 
 class Soak:
-    def __init__(self, *, faults: int, seed: int, state_dir: Path, pex_dir: Path) -> None:
-        self.count, self.rng = faults, random.Random(seed)
+    def __init__(
+        self, *, faults: int, seed: int, state_dir: Path, pex_dir: Path, kinds: list[str] | None = None
+    ) -> None:
+        self.count, self.rng, self.kinds = faults, random.Random(seed), kinds or FAULTS
         self.sandbox = Sandbox(
             state_dir=state_dir, pex_dir=pex_dir, nats_port=None, planner_dry_run=True, extra_env=SOAK_ENV
         )
@@ -160,7 +166,7 @@ class Soak:
     # ----- one move -----
 
     def run(self) -> list[Row]:
-        plan = [FAULTS[i % len(FAULTS)] for i in range(self.count)]
+        plan = [self.kinds[i % len(self.kinds)] for i in range(self.count)]
         self.rng.shuffle(plan)
         for number, fault in enumerate(plan, start=1):
             self.rows.append(self.move(number, fault))
@@ -177,10 +183,10 @@ class Soak:
         others = [n for n in self.nodes() if n != source]
         destination = self.rng.choice(others)
         phase = self.rng.choice(PHASES_OF.get(fault, PHASES))
-        row = Row(number, workload.pod, source, destination, fault, str(phase))
+        name = f"soak-{number:04d}-{workload.pod}"
+        row = Row(number, name, workload.pod, source, destination, fault, str(phase))
         started = time.monotonic()
         custom = client.CustomObjectsApi(self.sandbox.api())
-        name = f"soak-{number:04d}-{workload.pod}"
         injected = threading.Event()
         recovering: list[threading.Thread] = []
 
@@ -194,6 +200,9 @@ class Soak:
                 recovering.append(worker)
 
         body = migration_body(name, workload.pod, destination=destination, fallback="restore-on-source")
+        if phase == Phase.PENDING:
+            self.inject(fault, source, destination)
+            injected.set()
         create_migration(custom, demo.NAMESPACE, body)
         status = self.follow(custom, name, on_change)
         for worker in recovering:
@@ -278,7 +287,8 @@ class Soak:
             self.faults_active.append(f"nft:{topology.nodes[here].name}")
 
     def images_in(self, node: str) -> Path:
-        return self.sandbox.state_dir / "nodes" / node / "images" / "in"
+        # The agent's CLM_IMAGE_DIR/<node> (app.agent_config).
+        return self.sandbox.state_dir / "nodes" / node / "images" / node / "in"
 
     def fill_disk(self, node: str) -> None:
         target = self.images_in(node)
@@ -389,7 +399,7 @@ class Soak:
             if "CRIU" in rules:
                 found.append(f"CRIU lock rules in {name}")
         for node in self.nodes():
-            images = self.sandbox.state_dir / "nodes" / node / "images"
+            images = self.sandbox.state_dir / "nodes" / node / "images" / node
             for side in ("in", "out"):
                 left = [p.name for p in (images / side).glob("*")] if (images / side).is_dir() else []
                 found += [f"images {side}/{name} on {node}" for name in left]
@@ -424,6 +434,7 @@ class Soak:
                     "answers": answers,
                     "reconnects": w.reconnects,
                     "answers_lost": w.state_rewound,
+                    "largest_gap_s": round(float(result.get("largest_gap", 0.0)), 2),
                     "state_intact": intact and w.state_rewound == 0,
                 }
             )
@@ -453,24 +464,33 @@ def table(rows: list[Row]) -> list[dict[str, Any]]:
     return out
 
 
-def soak(*, faults: int, seed: int, pex_dir: Path) -> tuple[list[Row], list[dict[str, Any]]]:
+def soak(
+    *, faults: int, seed: int, pex_dir: Path, kinds: list[str] | None = None, keep_logs: Path | None = None
+) -> tuple[list[Row], list[dict[str, Any]]]:
     with tempfile.TemporaryDirectory(prefix="clm-soak-") as tmp:
-        run = Soak(faults=faults, seed=seed, state_dir=Path(tmp) / "sandbox", pex_dir=pex_dir)
+        run = Soak(faults=faults, seed=seed, state_dir=Path(tmp) / "sandbox", pex_dir=pex_dir, kinds=kinds)
         try:
             run.up()
             rows = run.run()
             final = run.final_state()
         finally:
             run.down()
+            if keep_logs is not None:
+                shutil.rmtree(keep_logs, ignore_errors=True)
+                shutil.copytree(run.sandbox.state_dir / "logs", keep_logs)
     return rows, final
 
 
 def run(
-    *, quick: bool = False, faults: int | None = None, seed: int = 1
+    *, quick: bool = False, faults: int | None = None, seed: int = 1, kinds: list[str] | None = None
 ) -> list[tuple[str, list[dict[str, Any]]]]:
+    unknown = sorted(set(kinds or []) - set(FAULTS))
+    if unknown:
+        raise SystemExit(f"unknown fault {', '.join(unknown)}: choose from {', '.join(FAULTS)}")
     count = faults or (30 if quick else 100)
     pex_dir = Path(os.environ.get("CLM_PEX_DIR", "dist"))
-    rows, final = soak(faults=count, seed=seed, pex_dir=pex_dir)
+    logs = Path("dist/bench/soak-logs")
+    rows, final = soak(faults=count, seed=seed, pex_dir=pex_dir, kinds=kinds, keep_logs=logs)
     rolled_back = [
         {"move": r.move, "fault": r.fault, "phase": r.phase, "reason": r.reason[:160]}
         for r in rows
@@ -489,9 +509,21 @@ def run(
         for r in rows
         if r.data_lost or r.leftovers
     ]
+    slowest = [
+        {
+            "move": r.move,
+            "migration": r.name,
+            "fault": r.fault,
+            "phase": r.phase,
+            "outcome": r.outcome,
+            "seconds": r.seconds,
+        }
+        for r in sorted(rows, key=lambda r: -r.seconds)[:5]
+    ]
     return [
         (f"Chaos soak: {count} faulted moves between three nodes, by fault kind (seed {seed})", table(rows)),
         ("Moves with data lost or leftovers", problems or [{"move": "(none)"}]),
         ("Moves that failed and rolled back, with the reason they give", rolled_back or [{"move": "(none)"}]),
+        (f"The slowest moves (the services' logs are in {logs})", slowest),
         ("Each server's state at the end, checked against every answer it gave", final),
     ]

@@ -23,6 +23,8 @@ import signal
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
+import nats.errors
+import nats.js.errors
 from faststream import AckPolicy
 from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
 from faststream.specification import AsyncAPI
@@ -195,12 +197,25 @@ class ServiceApp:
     async def publish(self, message: Message) -> PubAck:
         """Publish to JetStream with Nats-Msg-Id = message_id (a retry is stored once)."""
         subject = message.subject()
-        ack = await self.js.publish(
-            subject,
-            encode(message),
-            stream=streams.stream_for(subject).name,
-            headers={"Nats-Msg-Id": message.message_id, "Clm-Kind": message.kind},
-        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.publish_retry_seconds
+        while True:
+            try:
+                ack = await self.js.publish(
+                    subject,
+                    encode(message),
+                    stream=streams.stream_for(subject).name,
+                    headers={"Nats-Msg-Id": message.message_id, "Clm-Kind": message.kind},
+                )
+                break
+            except (nats.errors.Error, TimeoutError) as exc:
+                # NATS restarting or a JetStream leader moving: the same message, again. An
+                # answer from JetStream itself (APIError: a full stream, a limit) is final.
+                if isinstance(exc, nats.js.errors.APIError) or loop.time() >= deadline:
+                    raise
+                self.metrics.publish_retries.labels(message.kind).inc()
+                log.warning("publish of %s not taken (%r): trying again", message.kind, exc)
+                await asyncio.sleep(0.5)
         self.metrics.published.labels(message.kind).inc()
         if ack.duplicate:
             self.metrics.publish_duplicates.labels(message.kind).inc()

@@ -39,6 +39,12 @@ class RuntimeMetrics:
         self.published = Counter(
             "clm_messages_published_total", "Messages published, by kind.", ["kind"], registry=r
         )
+        self.publish_retries = Counter(
+            "clm_publish_retries_total",
+            "Publishes tried again because NATS did not take them (restarting, unreachable).",
+            ["kind"],
+            registry=r,
+        )
         self.publish_duplicates = Counter(
             "clm_publish_duplicates_total",
             "Publishes JetStream recognised as duplicates of an earlier Nats-Msg-Id.",

@@ -59,6 +59,9 @@ class ServiceSettings(BaseSettings):
     ack_wait_seconds: float = Field(default=60.0, gt=0)
     # How long SIGTERM waits for in-flight messages before closing anyway.
     shutdown_grace_seconds: float = Field(default=20.0, ge=0)
+    # A publish NATS does not take (it is restarting) is tried again this long (the message
+    # id keeps a retry from being stored twice) before the caller sees the error.
+    publish_retry_seconds: float = Field(default=30.0, ge=0)
     # Replicas of JetStream streams when this service declares them (3 on a NATS cluster).
     stream_replicas: int = Field(default=1, ge=1, le=5)
 

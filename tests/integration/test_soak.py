@@ -1,0 +1,49 @@
+"""The chaos soak (tools/bench soak) as a test: moves between the sandbox's three nodes
+under load, a fault in each, every fault kind injected twice. Nothing may be lost (one copy
+of each pod, where the outcome says; a move that says Finished kept the connection; each
+server's state matches every answer it gave) and nothing left behind after any move."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from tests.integration.support import one_sandbox_at_a_time, pex_dir
+from tools.benchmarks import soak
+
+MISSING = [t for t in ("runc", "criu", "nsenter", "nats-server", "nft") if shutil.which(t) is None]
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or bool(MISSING),
+    reason=f"needs root and runc, criu, nft (missing: {MISSING or 'root'}); "
+    "run tools/setup/install-system-deps",
+)
+
+
+@pytest.fixture(autouse=True)
+def _take_turns() -> Iterator[None]:
+    with one_sandbox_at_a_time():
+        yield
+
+
+def test_every_fault_twice_nothing_lost_nothing_left() -> None:
+    pexes = pex_dir()
+    assert pexes is not None, "the service PEXes (pants test places them; or CLM_PEX_DIR)"
+    rows, final = soak.soak(faults=2 * len(soak.FAULTS), seed=7, pex_dir=pexes)
+
+    assert len(rows) == 2 * len(soak.FAULTS)
+    injected = {r.fault for r in rows if r.injected}
+    assert injected == set(soak.FAULTS), f"never injected: {set(soak.FAULTS) - injected}"
+    for row in rows:
+        assert row.outcome in ("Finished", "Failed") and row.reason, row
+        assert not row.data_lost, row
+        assert not row.leftovers, row
+    # Each failed move rolled back to the source with its reason; the rest finished.
+    assert sum(r.outcome == "Finished" for r in rows) >= len(rows) // 2, [
+        (r.fault, r.phase, r.reason) for r in rows if r.outcome != "Finished"
+    ]
+    for server in final:
+        assert server["state_intact"], server
+        assert server["answers"] > 0, server
