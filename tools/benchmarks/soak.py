@@ -148,6 +148,25 @@ class Soak:
             ).start()
             self.workloads.append(Workload(pod=pod, statefulset=statefulset, player=player))
 
+    def check_the_checks(self) -> None:
+        """Leave a stray pod namespace and image directory, as a broken move would: the
+        leftover check must report both (else it could pass a run that leaks)."""
+        node = self.nodes()[0]
+        stray_netns = pod_netns_name(node, "soakcanary000")
+        stray_images = self.sandbox.state_dir / "nodes" / node / "images" / node / "in" / "soak-canary"
+        subprocess.run(["ip", "netns", "add", stray_netns], check=True)
+        stray_images.mkdir(parents=True)
+        try:
+            found = self.leftovers(None)
+        finally:
+            subprocess.run(["ip", "netns", "delete", stray_netns], check=True)
+            stray_images.rmdir()
+        missed = [what for what in (stray_netns, "soak-canary") if not any(what in f for f in found)]
+        if missed:
+            raise RuntimeError(f"the leftover check misses {missed} (it found {found})")
+        if self.leftovers(None):
+            raise RuntimeError(f"leftovers before any move: {self.leftovers(None)}")
+
     def nodes(self) -> list[str]:
         assert self.sandbox.topology is not None
         return list(self.sandbox.topology.nodes)
@@ -471,6 +490,7 @@ def soak(
         run = Soak(faults=faults, seed=seed, state_dir=Path(tmp) / "sandbox", pex_dir=pex_dir, kinds=kinds)
         try:
             run.up()
+            run.check_the_checks()
             rows = run.run()
             final = run.final_state()
         finally:
