@@ -81,6 +81,9 @@ class RoutedBackend:
             _run(["ip", "netns", "add", ns])
             _run(["ip", "-n", ns, "link", "set", "lo", "up"])
         if self._ip("link", "show", veth, check=False).returncode != 0:
+            # An eth0 without our veth is what an interrupted prepare left (no pod runs in a
+            # namespace being prepared): removed, so the pair is made whole again.
+            _run(["ip", "-n", ns, "link", "del", "eth0"], check=False)
             self._ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
         _run(["ip", "-n", ns, "addr", "replace", f"{pod.ip}/32", "dev", "eth0"])
         _run(["ip", "-n", ns, "link", "set", "eth0", "up"])

@@ -5,6 +5,7 @@ a raw ARP probe, who answers for the IP — never two nodes at once."""
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
@@ -71,4 +72,29 @@ def test_abort_after_prepare_leaves_a_serving_and_b_clean(segment: Segment) -> N
         for server in servers:
             server.kill()
         node_a.release(pod)
+        node_b.release(pod)
+
+
+def test_prepare_interrupted_after_the_veth_lost_its_node_side_is_made_whole(segment: Segment) -> None:
+    """A prepare killed midway (the soak found it: SIGKILL of the agent while preparing)
+    can leave the pod's namespace holding an eth0 whose node side is gone; prepared again,
+    the pair is made whole and the pod serves through it."""
+    node_b = RoutedBackend(node=f"nb{segment.suffix}", uplink="eth0", node_netns=segment.nodes["b"].name)
+    pod = PodNet(uid="7f9c2b1e-0000-4000-8000-000000000003", ip=POD_IP)
+    ns = node_b.pod_netns(pod)
+    servers = []
+    try:
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+        # An eth0 with its peer anywhere but the node: here, a stray namespace's.
+        subprocess.run(
+            ["ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "stray"], check=True
+        )
+        node_b.prepare(pod)
+        servers.append(serve_identity(ns, "B"))
+        node_b.announce(pod)
+        assert segment.probe() == {"b"}
+        assert segment.ask_identity() == "B"
+    finally:
+        for server in servers:
+            server.kill()
         node_b.release(pod)

@@ -412,23 +412,27 @@ class Soak:
                 if route.split()[0] not in wanted:
                     found.append(f"route {route.split()[0]} on {node}")
         for name in sorted(wanted_netns & pod_netns):
-            rules = subprocess.run(
-                ["ip", "netns", "exec", name, "iptables-save"], capture_output=True, text=True, check=False
+            # CRIU's network lock: iptables chains or an nftables table named CRIU-<pid>.
+            for listing in (["iptables-save"], ["nft", "list", "ruleset"]):
+                rules = subprocess.run(
+                    ["ip", "netns", "exec", name, *listing], capture_output=True, text=True, check=False
+                ).stdout
+                if "CRIU" in rules:
+                    found.append(f"CRIU lock rules in {name} ({listing[0]})")
+        # The soak's own fault rules, once healed: none on the host or in any node.
+        for netns in [None, *(ns.name for ns in topology.nodes.values())]:
+            prefix = ["ip", "netns", "exec", netns] if netns else []
+            tables = subprocess.run(
+                [*prefix, "nft", "list", "tables"], capture_output=True, text=True, check=False
             ).stdout
-            if "CRIU" in rules:
-                found.append(f"CRIU lock rules in {name}")
+            if "clm-soak" in tables:
+                found.append(f"fault rules left in {netns or 'the host'}")
         for node in self.nodes():
             images = self.sandbox.state_dir / "nodes" / node / "images" / node
             for side in ("in", "out"):
                 left = [p.name for p in (images / side).glob("*")] if (images / side).is_dir() else []
                 found += [f"images {side}/{name} on {node}" for name in left]
-        criu = subprocess.run(
-            ["pgrep", "-x", "criu"], capture_output=True, text=True, check=False
-        ).stdout.split()
-        for pid in criu:
-            with contextlib.suppress(OSError):
-                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z":
-                    found.append(f"criu process {pid}")
+        found += criu_processes()
         custom = client.CustomObjectsApi(self.sandbox.api())
         migrations = custom.list_namespaced_custom_object(
             protocol.GROUP, protocol.VERSION, demo.NAMESPACE, protocol.PLURAL
@@ -458,6 +462,23 @@ class Soak:
                 }
             )
         return verdict
+
+
+def criu_processes() -> list[str]:
+    """CRIU processes alive (dump, restore, lazy-pages, page-server): none once a move ended.
+    The agents' periodic capability probe (`criu check`, `criu --version`) is not one."""
+    found = []
+    pids = subprocess.run(["pgrep", "-x", "criu"], capture_output=True, text=True, check=False).stdout.split()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z":
+                continue
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            words = [a.decode(errors="replace") for a in argv if a]
+            if len(words) > 1 and words[1] in ("check", "--version", "-V"):
+                continue
+            found.append(f"criu process {pid}: {' '.join(words)[:120]}")
+    return found
 
 
 def table(rows: list[Row]) -> list[dict[str, Any]]:
