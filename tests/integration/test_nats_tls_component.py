@@ -21,7 +21,7 @@ from clm.contracts import NodeCapabilities, streams, subjects
 from clm.runtime import ServiceSettings
 from clm.runtime.settings import load_settings
 from tests.integration.support import eventually
-from tests.kit.nats_server import NatsServer, free_port
+from tests.kit.nats_server import NatsServer
 from tools.clm.agent_certs import nats_certs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -93,7 +93,7 @@ def secured(tmp_path: Path) -> tuple[list[dict[str, Any]], Path, NatsServer]:
     pod_env = {"CLM_NATS_PASSWORD": (certs / "password").read_text(), "SERVER_NAME": "clm-nats-0"}
     os.environ.update(pod_env)
     try:
-        server = NatsServer(port=free_port(), extra_args=("-c", str(conf))).start()
+        server = NatsServer(extra_args=("-c", str(conf))).start()
     finally:
         for key in pod_env:
             del os.environ[key]

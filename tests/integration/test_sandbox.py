@@ -27,7 +27,6 @@ import pytest
 from kubernetes import client
 
 from tests.integration.support import one_sandbox_at_a_time, pex_dir, wait_for
-from tests.kit.nats_server import free_port
 from tests.kit.netns import ip
 from tools.clm import main as clm
 from tools.kube_emulator.testing import api_client
@@ -76,11 +75,12 @@ def test_the_demo_moves_the_game_server_while_the_player_stays_connected(
     code = clm.main(
         [
             "sandbox", "up", "--foreground", "--demo", "--auto-move", "1", "--moves", "3",
-            "--state-dir", str(tmp_path / "sbx"), "--pex-dir", str(_pexes()), "--nats-port", str(free_port()),
+            "--state-dir", str(tmp_path / "sbx"), "--pex-dir", str(_pexes()), "--nats-port", "0",
         ]
     )  # fmt: skip
-    out = capsys.readouterr().out
-    assert code == 0, out[-4000:]
+    captured = capsys.readouterr()
+    out = captured.out
+    assert code == 0, out[-4000:] + captured.err[-4000:]
     assert "the labeler marked it live.cast.ai/migration-enabled=true" in out
     for move, (src, dst) in enumerate((("sbx-1", "sbx-2"), ("sbx-2", "sbx-3"), ("sbx-3", "sbx-1")), start=1):
         assert f"game-0-move-{move}: {src} -> {dst}" in out
@@ -104,7 +104,7 @@ def test_a_users_pod_in_the_background_sandbox_moves_with_clm_migrate(
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     up = subprocess.run(
         [sys.executable, "-m", "tools.clm.main", "sandbox", "up", "--state-dir", str(state_dir),
-         "--pex-dir", str(_pexes()), "--nats-port", str(free_port())],
+         "--pex-dir", str(_pexes()), "--nats-port", "0"],
         env=env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     try:

@@ -28,7 +28,6 @@ from clm.contracts import protocol, streams, subjects
 from clm.contracts.events import MIGRATION_EVENT_ADAPTER
 from tests.integration.support import fetch_from_stream, log_excerpts, one_sandbox_at_a_time, pex_dir
 from tests.integration.support import wait_for as _wait_for
-from tests.kit.nats_server import free_port
 from tests.kit.podlab import expected_hash
 from tools.sandbox import binpack
 from tools.sandbox.demo import Player
@@ -57,7 +56,7 @@ def test_the_planner_bin_packs_the_sandbox_live(tmp_path: Path) -> None:
     built = pex_dir()
     if built is None:
         pytest.skip("the sandbox runs the service PEXes: run under `pants test` or set CLM_PEX_DIR=dist")
-    sandbox = Sandbox(state_dir=tmp_path / "sbx", pex_dir=built, nats_port=free_port())
+    sandbox = Sandbox(state_dir=tmp_path / "sbx", pex_dir=built, nats_port=None)
     player: Player | None = None
     try:
         assert sandbox.up(), f"services not ready; logs in {tmp_path / 'sbx' / 'logs'}"

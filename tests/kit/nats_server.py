@@ -28,13 +28,25 @@ def nats_server_binary() -> str:
     return path
 
 
+def _listening_port(log: Path, offset: int) -> int:
+    """The client port nats-server logged ("Listening for client connections on HOST:PORT")."""
+    with log.open("rb") as out:
+        out.seek(offset)
+        for line in out:
+            if b"Listening for client connections on" in line:
+                return int(line.rsplit(b":", 1)[1])
+    return 0
+
+
 class NatsServer:
     """A nats-server process; `with NatsServer() as srv: srv.url`. Restartable on its port."""
 
     def __init__(
         self, *, port: int | None = None, store_dir: str | None = None, extra_args: tuple[str, ...] = ()
     ) -> None:
-        self.port = port or free_port()
+        # 0: nats-server picks a free port itself (-p -1) and says which in its log; no race
+        # with another process for a port chosen beforehand. Restarts keep the port.
+        self.port = port or 0
         # e.g. ("--user", "u", "--pass", "p") or TLS flags, for secured-server tests.
         self.extra_args = extra_args
         self._own_dir = store_dir is None
@@ -47,6 +59,7 @@ class NatsServer:
 
     def start(self, timeout: float = 10.0) -> NatsServer:
         log = Path(self.store_dir, "nats-server.log")
+        offset = log.stat().st_size if log.exists() else 0
         with log.open("ab") as out:  # the child keeps its own copy of the descriptor
             self._proc = subprocess.Popen(
                 [
@@ -57,7 +70,7 @@ class NatsServer:
                     "-a",
                     "127.0.0.1",
                     "-p",
-                    str(self.port),
+                    str(self.port or -1),
                     "-m",
                     "0",
                     *self.extra_args,
@@ -69,6 +82,11 @@ class NatsServer:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 raise RuntimeError(f"nats-server exited with {self._proc.returncode}; see {log}")
+            if not self.port:
+                self.port = _listening_port(log, offset)
+                if not self.port:
+                    time.sleep(0.05)
+                    continue
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
                     if sock.recv(4).startswith(b"INFO"):

@@ -9,6 +9,7 @@ exit) and then stops NATS.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -23,7 +24,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.kit.nats_server import NatsServer, free_port
+from tests.kit.nats_server import NatsServer
 from tools.kube_emulator.main import kubeconfig_text
 from tools.kube_emulator.testing import EmulatorThread, api_client
 
@@ -37,18 +38,41 @@ NODE_SERVICES = ("checkpoint-agent", "ip-handover-agent")
 class Proc:
     service: str
     node: str | None
-    port: int
     log: Path
     popen: subprocess.Popen[bytes]
+    # Where this process's output starts in `log` (a restarted service appends to it).
+    log_offset: int = 0
     ready: bool = False
     detail: str = ""
+    _port: int = 0
 
     @property
     def name(self) -> str:
         return f"{self.service}@{self.node}" if self.node else self.service
 
+    @property
+    def port(self) -> int:
+        """The HTTP port the service bound (it picks a free one and logs it first): no race
+        with another process for a port chosen in advance. 0 until it has said."""
+        if not self._port:
+            with contextlib.suppress(OSError), self.log.open("rb") as out:
+                out.seek(self.log_offset)
+                for line in out:
+                    if b'"http listening"' in line:
+                        self._port = int(json.loads(line)["http_port"])
+                        break
+        return self._port
+
+    def log_tail(self, lines: int = 12) -> str:
+        with contextlib.suppress(OSError), self.log.open("rb") as out:
+            out.seek(self.log_offset)
+            return "\n".join(out.read().decode(errors="replace").splitlines()[-lines:])
+        return ""
+
 
 def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
+    if not port:
+        raise ConnectionRefusedError("the service has not said its port yet")
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as resp:
             return resp.status, resp.read().decode()
@@ -106,13 +130,12 @@ class LocalCluster:
 
     def _spawn(self, service: str, node: str | None) -> None:
         assert self.nats is not None
-        port = free_port()
         env = {
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
             "HOME": os.environ.get("HOME", "/root"),
             "CLM_NATS_URL": self.nats.url,
             "CLM_HTTP_HOST": "127.0.0.1",
-            "CLM_HTTP_PORT": str(port),
+            "CLM_HTTP_PORT": "0",
             "CLM_SHUTDOWN_GRACE_SECONDS": "5",
         }
         if node:
@@ -138,6 +161,7 @@ class LocalCluster:
             env.update(self.node_env.get(node, {}).get(service, {}))
         log = self.state_dir / "logs" / f"{service}{'@' + node if node else ''}.log"
         python = shutil.which("python3.11") or "python3"
+        offset = log.stat().st_size if log.exists() else 0
         with log.open("ab") as out:
             popen = subprocess.Popen(
                 [python, str(self.pex(service))],
@@ -146,7 +170,7 @@ class LocalCluster:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        self.procs.append(Proc(service, node, port, log, popen))
+        self.procs.append(Proc(service, node, log, popen, log_offset=offset))
 
     def wait_ready(self, timeout: float = 120.0) -> bool:
         deadline = time.monotonic() + timeout

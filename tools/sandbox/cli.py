@@ -43,7 +43,12 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
     up.add_argument("--pex-dir", type=Path, default=Path(os.environ.get("CLM_PEX_DIR", "dist")))
     up.add_argument("--nodes", type=int, default=3)
-    up.add_argument("--nats-port", type=int, default=4222, help="4222 unless taken (then a free port)")
+    up.add_argument(
+        "--nats-port",
+        type=int,
+        default=4222,
+        help="4222 unless taken (then a free port; 0: always a free port)",
+    )
     up.add_argument(
         "--planner-live", action="store_true", help="let the evictor-planner act (default: dry run)"
     )
@@ -176,6 +181,10 @@ def _foreground(args: argparse.Namespace, *, quiet_wait: bool = False) -> int:
         print(f"logs: {args.state_dir / 'logs'}", flush=True)
         if not ready:
             print("\nsome services are not healthy: see their logs", file=sys.stderr)
+            for proc in sandbox.cluster.procs:
+                if proc.popen.poll() is not None:
+                    print(f"--- {proc.name} exited {proc.popen.returncode}; its log ends:", file=sys.stderr)
+                    print(proc.log_tail(), file=sys.stderr)
             return 1
         if args.binpack:
             code = asyncio.run(_binpack(sandbox, args, stop))

@@ -25,7 +25,6 @@ from kubernetes import client
 
 from services.checkpoint_agent.certs import make_agent_cert, make_ca, write_agent_tls
 from tests.kit import builders as b
-from tests.kit.nats_server import free_port
 from tools.kube_emulator.testing import api_client
 from tools.local_cluster.cluster import LocalCluster
 from tools.sandbox.ipam import Ipam
@@ -165,7 +164,7 @@ class Sandbox:
         self.topology = Topology.create(self.node_count)
         nodes = list(self.topology.nodes)
         if self.nats_port is not None and not _port_free(self.nats_port):
-            self.nats_port = free_port()
+            self.nats_port = None  # nats-server picks a free one
         node_env = {
             node: {
                 "ip-handover-agent": {"CLM_NODE_NETNS": ns.name, "CLM_UPLINK_INTERFACE": "eth0"},

@@ -253,6 +253,8 @@ class ServiceApp:
     async def start(self) -> None:
         self._stopping = False
         await self.http.start()
+        # First, before NATS: a supervisor that let it pick a free port (0) learns which.
+        log.info("http listening", extra={"http_port": self.http.port})
         await self.broker.connect()
         self._connected = True
         self._js = None
