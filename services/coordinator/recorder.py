@@ -53,24 +53,32 @@ class StatusRecorder:
         await self.handle.patch_status(self.status)
 
     async def phase(self, phase: Phase, message: str, **fields: Any) -> None:
-        condition = {
-            "type": "Progressing",
-            "status": "False" if is_terminal(phase) else "True",
-            "reason": str(phase),
-            "message": message,
-            "lastTransitionTime": now_iso(),
-            "observedGeneration": self.m["metadata"].get("generation", 1),
-        }
+        generation = self.m["metadata"].get("generation", 1)
+        wanted = [("Progressing", "False" if is_terminal(phase) else "True")]
         if phase is Phase.FINISHED:
-            condition = {**condition, "type": "Succeeded", "status": "True"}
+            wanted.append(("Succeeded", "True"))
         if phase is Phase.FAILED:
-            condition = {**condition, "type": "Succeeded", "status": "False"}
-        conditions = [c for c in self.status.get("conditions") or [] if c.get("type") != condition["type"]]
+            wanted.append(("Succeeded", "False"))
+        earlier = {c.get("type"): c for c in self.status.get("conditions") or []}
+        conditions = dict(earlier)
+        for kind, status in wanted:
+            before = earlier.get(kind) or {}
+            conditions[kind] = {
+                "type": kind,
+                "status": status,
+                "reason": str(phase),
+                "message": message,
+                # A transition is the status flipping, not every phase it passes through.
+                "lastTransitionTime": before["lastTransitionTime"]
+                if before.get("status") == status and before.get("lastTransitionTime")
+                else now_iso(),
+                "observedGeneration": generation,
+            }
         log.info(
             "migration phase",
             extra={"migration": f"{self.namespace}/{self.name}", "phase": str(phase), "detail": message},
         )
-        await self.patch(phase=str(phase), message=message, conditions=[*conditions, condition], **fields)
+        await self.patch(phase=str(phase), message=message, conditions=list(conditions.values()), **fields)
 
     async def emit(self, key: str, model: type[_MigrationEvent], message: str, **fields: Any) -> None:
         """Publish the event on NATS and record it on the Migration, once per key, in order."""
