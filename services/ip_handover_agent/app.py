@@ -112,22 +112,34 @@ def build(settings: IpHandoverSettings) -> ServiceApp:
     backend = make_backend(settings)
     ledger = Ledger(settings.state_dir / node)
 
-    def act(action: str, pod: PodNet) -> None:
-        ledger.begin(pod.uid, pod.ip, action)
-        getattr(backend, action)(pod)
-        ledger.finish(pod.uid, action)
+    # One action at a time per pod: a command redelivered while an earlier one still runs
+    # (or an abort sent after a step timed out) waits instead of racing it.
+    locks: dict[str, asyncio.Lock] = {}
 
-    @app.on_start
+    async def act(action: str, pod: PodNet) -> None:
+        def run() -> None:
+            ledger.begin(pod.uid, pod.ip, action)
+            getattr(backend, action)(pod)
+            ledger.finish(pod.uid, action)
+
+        async with locks.setdefault(pod.uid, asyncio.Lock()):
+            # The steps shell out to iproute2: keep the event loop (and health checks) free.
+            await asyncio.to_thread(run)
+
+    @app.before_consuming
     async def reconcile() -> None:
+        """Finish what a dead agent began, before any command can touch the same pods. A
+        record that cannot be reconciled is reported and left: the agent still starts, and
+        the coordinator's retry or abort of that step reaches it."""
         routed = await asyncio.to_thread(backend.routed_ips)
         for action, record in reconcile_actions(ledger.all(), routed):
             pod = PodNet(uid=record.uid, ip=record.ip)
             try:
-                await asyncio.to_thread(act, action, pod)
+                await act(action, pod)
                 log.info("reconciled", extra={"action": action, "pod_uid": pod.uid, "pod_ip": pod.ip})
-            except StepFailed as exc:
+            except Exception as exc:  # - one bad record must not keep the agent down
                 log.warning(
-                    "reconcile failed", extra={"action": action, "pod_uid": pod.uid, "error": str(exc)}
+                    "reconcile failed", extra={"action": action, "pod_uid": pod.uid, "error": repr(exc)}
                 )
 
     app.publishes(
@@ -149,8 +161,7 @@ def build(settings: IpHandoverSettings) -> ServiceApp:
         try:
             # Which node plays which role, and what each does, is the protocol's.
             action = protocol.step_of(AgentKind.NETWORK, command).action
-            # The steps shell out to iproute2: keep the event loop (and health checks) free.
-            await asyncio.to_thread(act, action, pod)
+            await act(action, pod)
         except StepFailed as exc:
             result = step_result_for(
                 command,

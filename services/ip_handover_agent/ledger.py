@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,7 +52,8 @@ class Ledger:
 
     def _write(self, record: Record) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = self._path(record.uid).with_suffix(".tmp")
+        # Its own temporary name: two writers never rename each other's file away.
+        tmp = self._path(record.uid).with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(asdict(record)))
         os.replace(tmp, self._path(record.uid))  # never a half-written record
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from clm.contracts import NodeCapabilities, streams, subjects
 from tests.integration.support import eventually, make_app
 from tests.kit.nats_server import NatsServer
@@ -69,3 +71,39 @@ async def test_nats_server_restart_loses_nothing(nats_server: NatsServer) -> Non
         await eventually(lambda: len(set(seen)) == 20, what="20 messages after server restart")
     finally:
         await consumer.stop()
+
+
+async def test_no_message_is_handled_before_the_before_consuming_hooks_end(nats_server: NatsServer) -> None:
+    """What a restarted agent settles first (the IP agent's reconcile) is done before any
+    waiting command reaches a handler: the soak saw both touch one pod at once."""
+    publisher = make_app(nats_server.url, name="publisher")
+    await publisher.start()
+    try:
+        for i in range(5):
+            await publisher.publish(_caps(i))
+        order: list[str] = []
+        app = make_app(nats_server.url, name="consumer")
+
+        @app.before_consuming
+        async def settle() -> None:
+            order.append("settle begins")
+            await asyncio.sleep(1.0)  # long enough for waiting messages to be fetched, if bound
+            order.append("settle ends")
+
+        @app.consumer(
+            NodeCapabilities,
+            durable="before-consuming-test",
+            filter_subject=subjects.ALL_NODE_CAPABILITIES,
+            stream=streams.EVENTS,
+        )
+        async def on_caps(caps: NodeCapabilities) -> None:
+            order.append(caps.node)
+
+        await app.start()
+        try:
+            await eventually(lambda: len(order) == 7, what="the hook and all five messages")
+            assert order[:2] == ["settle begins", "settle ends"], order
+        finally:
+            await app.stop()
+    finally:
+        await publisher.stop()

@@ -214,13 +214,15 @@ class Soak:
                 if is_terminal(status.get("phase")) and status.get("phase") != phase:
                     return  # the move ended before the phase came: not injected
                 injected.set()
-                worker = threading.Thread(target=self.inject, args=(fault, source, destination), daemon=True)
+                worker = threading.Thread(
+                    target=self.inject_noting, args=(fault, source, destination, row), daemon=True
+                )
                 worker.start()
                 recovering.append(worker)
 
         body = migration_body(name, workload.pod, destination=destination, fallback="restore-on-source")
         if phase == Phase.PENDING:
-            self.inject(fault, source, destination)
+            self.inject_noting(fault, source, destination, row)
             injected.set()
         create_migration(custom, demo.NAMESPACE, body)
         status = self.follow(custom, name, on_change)
@@ -251,6 +253,12 @@ class Soak:
 
     # ----- faults -----
 
+    def inject_noting(self, fault: str, source: str, destination: str, row: Row) -> None:
+        try:
+            self.inject(fault, source, destination)
+        except Exception as exc:  # - the move's row says so (and the run goes on)
+            row.leftovers.append(f"fault {fault}: {exc}"[:300])
+
     def inject(self, fault: str, source: str, destination: str) -> None:
         cluster = self.sandbox.cluster
         assert cluster is not None
@@ -259,7 +267,17 @@ class Soak:
             service, _, side = what.partition("@")
             node = {"source": source, "destination": destination}.get(side)
             cluster.kill(service, node)
-            cluster.respawn(service, node)
+            # As kubelet does, the container is started again if it crashes at start-up;
+            # each crash is reported (an agent that cannot start is a finding).
+            crashes = []
+            for _ in range(3):
+                try:
+                    cluster.respawn(service, node)
+                    break
+                except RuntimeError as exc:
+                    crashes.append(str(exc))
+            if crashes:
+                raise RuntimeError(f"{service} crashed starting again: {crashes[0]}")
         elif fault == "restart:nats":
             cluster.restart_nats()
         elif fault == "restart:api":

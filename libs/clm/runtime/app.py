@@ -65,6 +65,7 @@ class ServiceApp:
         self.metrics = RuntimeMetrics(name, version)
         self.deliveries = Deliveries(metrics=self.metrics, js=lambda: self.js)
         self._on_start: list[Callable[[], Awaitable[None]]] = []
+        self._before_consuming: list[Callable[[], Awaitable[None]]] = []
         self._on_stop: list[Callable[[], Awaitable[None]]] = []
         self._stop_requested = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
@@ -167,6 +168,12 @@ class ServiceApp:
             subject, schema=model, title=f"{self.name}:{model.__name__}", description=description
         )
 
+    def before_consuming(self, fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """Run `fn` once connected and streams declared, before any message is taken: what
+        must be settled before a handler may run (e.g. finishing what a dead process began)."""
+        self._before_consuming.append(fn)
+        return fn
+
     def on_start(self, fn: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
         """Run `fn` once connected, streams declared and consumers bound."""
         self._on_start.append(fn)
@@ -268,6 +275,8 @@ class ServiceApp:
                 cb=self.deliveries.on_max_deliveries,
             )
             self._advisory_subs.append(sub)
+        for fn in self._before_consuming:
+            await fn()
         await self.broker.start()
         self.metrics.consumers_bound.set(len(self.policies))
         for fn in self._on_start:
