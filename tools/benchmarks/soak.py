@@ -30,6 +30,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -66,11 +67,11 @@ KILLS = [
 ]
 FAULTS = [*KILLS, "restart:nats", "restart:api", "partition", "packet-loss", "disk-full"]
 PHASES = [Phase.PREPARING, Phase.DUMPING, Phase.RESTORING, Phase.FINALIZING]
-# Faults of the image channel and disk matter before the images move: injected then.
 # Faults of the image channel and the disk matter before the images move: in place before
 # the Migration is made (Pending), so the move meets them for certain.
 PHASES_OF = {"partition": [Phase.PENDING], "packet-loss": [Phase.PENDING], "disk-full": [Phase.PENDING]}
 MOVE_TIMEOUT = 180.0
+NFT_PREFIX = "clm-soak-"  # + the run's pid: the host's fault rules of one soak run
 # Short leases, waits and timeouts: a fault is noticed and recovered from within seconds.
 SOAK_ENV = {
     "coordinator": {
@@ -81,6 +82,28 @@ SOAK_ENV = {
     "checkpoint-agent": {"CLM_ACK_WAIT_SECONDS": "3"},
     "ip-handover-agent": {"CLM_ACK_WAIT_SECONDS": "3"},
 }
+
+
+def forget_dead_runs_rules() -> None:
+    """Delete host fault rules that a killed soak run left (its pid is gone): they would
+    cut this run's agents off. A live parallel run's rules are left alone."""
+    listing = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=False)
+    for line in listing.stdout.splitlines():
+        family, _, name = line.removeprefix("table ").partition(" ")
+        owner = name.removeprefix(NFT_PREFIX)
+        dead = name.startswith(NFT_PREFIX) and owner.isdigit() and not pid_alive(int(owner))
+        if dead or name == "clm-soak":
+            subprocess.run(["nft", "delete", "table", family, name], check=False, capture_output=True)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass
@@ -131,10 +154,13 @@ class Soak:
         self.workloads: list[Workload] = []
         self.rows: list[Row] = []
         self.faults_active: list[str] = []
+        # Named for this run: a parallel or killed run's rules are not this run's leftovers.
+        self.nft_table = f"{NFT_PREFIX}{os.getpid()}"
 
     # ----- set-up -----
 
     def up(self) -> None:
+        forget_dead_runs_rules()
         if not self.sandbox.up():
             raise RuntimeError("the sandbox's services did not all become ready")
         api = self.sandbox.api()
@@ -300,9 +326,9 @@ class Soak:
         port = self.transfer_port(destination)
         match = f"tcp dport {port}" if loss is None else f"tcp dport {port} numgen random mod 100 < {loss}"
         script = (
-            "add table inet clm-soak\n"
-            "add chain inet clm-soak out { type filter hook output priority 0 ; }\n"
-            f"add rule inet clm-soak out {match} drop\n"
+            f"add table inet {self.nft_table}\n"
+            f"add chain inet {self.nft_table} out {{ type filter hook output priority 0 ; }}\n"
+            f"add rule inet {self.nft_table} out {match} drop\n"
         )
         subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True)
         self.faults_active.append("nft-host")
@@ -313,9 +339,9 @@ class Soak:
         for here, there in ((a, b), (b, a)):
             peer = node_ip(int(there.rsplit("-", 1)[1]))
             script = (
-                "add table inet clm-soak\n"
-                "add chain inet clm-soak in { type filter hook input priority 0 ; }\n"
-                f"add rule inet clm-soak in ip saddr {peer} drop\n"
+                f"add table inet {self.nft_table}\n"
+                f"add chain inet {self.nft_table} in {{ type filter hook input priority 0 ; }}\n"
+                f"add rule inet {self.nft_table} in ip saddr {peer} drop\n"
             )
             netns = topology.nodes[here].name
             subprocess.run(
@@ -337,11 +363,11 @@ class Soak:
         for active in reversed(self.faults_active):
             if active == "nft-host":
                 subprocess.run(
-                    ["nft", "delete", "table", "inet", "clm-soak"], check=False, capture_output=True
+                    ["nft", "delete", "table", "inet", self.nft_table], check=False, capture_output=True
                 )
             elif active.startswith("nft:"):
                 netns = active.split(":", 1)[1]
-                delete = ["ip", "netns", "exec", netns, "nft", "delete", "table", "inet", "clm-soak"]
+                delete = ["ip", "netns", "exec", netns, "nft", "delete", "table", "inet", self.nft_table]
                 subprocess.run(delete, check=False, capture_output=True)
             elif active.startswith("mount:"):
                 subprocess.run(["umount", "-l", active.split(":", 1)[1]], check=False, capture_output=True)
@@ -443,7 +469,7 @@ class Soak:
             tables = subprocess.run(
                 [*prefix, "nft", "list", "tables"], capture_output=True, text=True, check=False
             ).stdout
-            if "clm-soak" in tables:
+            if self.nft_table in tables.split():
                 found.append(f"fault rules left in {netns or 'the host'}")
         for node in self.nodes():
             images = self.sandbox.state_dir / "nodes" / node / "images" / node
@@ -522,9 +548,16 @@ def table(rows: list[Row]) -> list[dict[str, Any]]:
     return out
 
 
+def stop_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def soak(
     *, faults: int, seed: int, pex_dir: Path, kinds: list[str] | None = None, keep_logs: Path | None = None
 ) -> tuple[list[Row], list[dict[str, Any]]]:
+    if threading.current_thread() is threading.main_thread():
+        # A stopped soak must still heal its faults and take the sandbox down (finally below).
+        signal.signal(signal.SIGTERM, stop_on_sigterm)
     with tempfile.TemporaryDirectory(prefix="clm-soak-") as tmp:
         run = Soak(faults=faults, seed=seed, state_dir=Path(tmp) / "sandbox", pex_dir=pex_dir, kinds=kinds)
         try:
@@ -534,7 +567,7 @@ def soak(
             final = run.final_state()
         finally:
             run.down()
-            if keep_logs is not None:
+            if keep_logs is not None and (run.sandbox.state_dir / "logs").is_dir():
                 shutil.rmtree(keep_logs, ignore_errors=True)
                 shutil.copytree(run.sandbox.state_dir / "logs", keep_logs)
     return rows, final
