@@ -54,6 +54,7 @@ class CheckpointAgent:
             protocol.ABORT_DESTINATION: self.destination.abort,
             protocol.ABORT_SOURCE: self.source.abort,
             protocol.FINALIZE: self.source.finalize,
+            protocol.FILL: self.destination.fill,
         }
 
     @property

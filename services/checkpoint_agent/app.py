@@ -20,6 +20,7 @@ from services.checkpoint_agent.agent import CheckpointAgent
 from services.checkpoint_agent.capabilities import CapabilityPublisher, advertised_host
 from services.checkpoint_agent.config import AgentConfig
 from services.checkpoint_agent.metrics import AgentMetrics
+from services.checkpoint_agent.page_relay import PageRelay
 from services.checkpoint_agent.receiver import ImageReceiver
 from services.checkpoint_agent.runc import Runc
 from services.checkpoint_agent.settings import CheckpointAgentSettings
@@ -77,15 +78,27 @@ def build(settings: CheckpointAgentSettings) -> ServiceApp:
     receiver = ImageReceiver(
         expected=agent.expected_transfers, tls=config.tls, received=metrics.bytes_received
     )
+    relay = PageRelay(tls=config.tls, lookup=agent.source.lazy.port_for, sent=metrics.pages_sent.inc)
 
     @app.on_start
     async def start_transfers_and_publish_capabilities() -> None:
         port = await receiver.start(settings.transfer_listen_host, settings.transfer_port)
+        host = advertised_host(settings.transfer_advertise_host)
+        pages_address = None
+        if config.tls is not None:
+            wanted = (
+                settings.pages_port
+                if settings.pages_port is not None
+                else (port + 1 if settings.transfer_port else 0)
+            )
+            pages_port = await relay.start(settings.transfer_listen_host, wanted)
+            pages_address = f"{host}:{pages_port}"
         publisher = CapabilityPublisher(
             app,
             node=node,
             criu=settings.criu_binary,
-            transfer_address=f"{advertised_host(settings.transfer_advertise_host)}:{port}",
+            transfer_address=f"{host}:{port}",
+            pages_address=pages_address,
         )
         await publisher.publish()
         app.background(publisher.repeat(settings.capabilities_interval_seconds))

@@ -11,6 +11,7 @@ import socket
 from clm.contracts import NodeCapabilities
 from clm.runtime import ServiceApp
 from clm.runtime.version import __version__
+from services.checkpoint_agent.post_copy_setup import ensure_pipe_size, post_copy_problem
 from services.checkpoint_agent.probe import run_probe
 
 log = logging.getLogger(__name__)
@@ -28,11 +29,25 @@ def advertised_host(configured: str | None) -> str:
 
 
 class CapabilityPublisher:
-    def __init__(self, app: ServiceApp, *, node: str, criu: str, transfer_address: str) -> None:
+    def __init__(
+        self,
+        app: ServiceApp,
+        *,
+        node: str,
+        criu: str,
+        transfer_address: str,
+        pages_address: str | None = None,
+    ) -> None:
         self.app, self.node, self.criu, self.transfer_address = app, node, criu, transfer_address
+        self.pages_address = pages_address
 
     async def publish(self) -> None:
         probe = await run_probe(self.criu)
+        post_copy = post_copy_problem(
+            userfaultfd=probe.features.get("userfaultfd", False),
+            pipe_problem=ensure_pipe_size(),
+            pages_address=self.pages_address,
+        )
         await self.app.publish(
             NodeCapabilities(
                 node=self.node,
@@ -43,12 +58,20 @@ class CapabilityPublisher:
                 cpuinfo_image_b64=probe.cpuinfo_image_b64,
                 problems=probe.problems,
                 transfer_address=self.transfer_address,
+                pages_address=self.pages_address,
+                post_copy=post_copy is None,
+                post_copy_problem=post_copy,
                 **probe.features,
             )
         )
         log.info(
             "capabilities published",
-            extra={"probe_ok": probe.probe_ok, "transfer_address": self.transfer_address, **probe.features},
+            extra={
+                "probe_ok": probe.probe_ok,
+                "transfer_address": self.transfer_address,
+                "post_copy": post_copy or "available",
+                **probe.features,
+            },
         )
 
     async def repeat(self, interval_seconds: float) -> None:

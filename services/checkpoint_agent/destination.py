@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from clm.contracts import CheckpointCommand, CheckpointStep
+from clm.contracts import CheckpointCommand, CheckpointStep, MigrationStrategy
 from clm.contracts.protocol import StepFailed
 from clm.runtime.podnet import pod_netns_path
 from services.checkpoint_agent import process
@@ -19,6 +19,7 @@ from services.checkpoint_agent.bundle import rebind
 from services.checkpoint_agent.config import AgentConfig, CapabilityLookup
 from services.checkpoint_agent.criu_stats import read_stats
 from services.checkpoint_agent.outcomes import Details, OutcomeStore
+from services.checkpoint_agent.page_fills import PageFills
 from services.checkpoint_agent.runtime import ContainerRuntime, RuntimeCommandError
 
 
@@ -33,6 +34,8 @@ class DestinationSide:
         self.config, self.layout = config, config.layout
         self.node = config.node
         self.runtime, self.capabilities, self.outcomes = runtime, capabilities, outcomes
+        # Post-copy: restored containers whose memory is still arriving.
+        self.fills = PageFills(runtime)
         # Offered to the transfer server: migration uid -> where its images go.
         self.expected_transfers: dict[str, Path] = {}
         # An agent killed mid-transfer leaves a staging directory: never restorable.
@@ -90,6 +93,7 @@ class DestinationSide:
                 f"the pod's network namespace {netns} is not prepared on {self.node} "
                 "(the IP-handover agent's prepare step)"
             )
+        pages_address = await self._pages_address(command) if self._post_copy(command) else None
         # No more transfers for this migration: what is restored is what arrived.
         self.expected_transfers.pop(uid, None)
         started = time.perf_counter()
@@ -97,25 +101,48 @@ class DestinationSide:
         phases: dict[str, float] = {}
         try:
             for package in sorted(p for p in incoming.iterdir() if p.is_dir()):
-                restored.append(await self._restore_container(package, pod_uid, netns, phases))
+                restored.append(await self._restore_container(command, package, netns, phases, pages_address))
         except (RuntimeCommandError, OSError, KeyError, ValueError) as exc:
+            await self.fills.cancel(uid)
             await asyncio.to_thread(self._remove_restored, pod_uid)
             self.expected_transfers[uid] = incoming
             raise StepFailed(f"restore on {self.node} failed, nothing left running here: {exc}") from None
         seconds = time.perf_counter() - started
         stats = read_stats(next(iter(sorted(incoming.glob("*/criu/stats-restore"))), incoming / "-"))
-        shutil.rmtree(incoming, ignore_errors=True)
+        if pages_address is None:
+            shutil.rmtree(incoming, ignore_errors=True)
+        else:
+            # The commit point: the pod runs here, its memory arriving (the fill step).
+            self.fills.resumed(uid)
         self.layout.expected(uid).unlink(missing_ok=True)
         details: Details = {"containers": len(restored), "restore_seconds": round(seconds, 6)}
+        details["lazy_pages"] = pages_address is not None
         details.update({k: round(v, 6) for k, v in phases.items()})
         details.update({k: v for k, v in stats.items() if k in ("forking_seconds", "pages_restored")})
         return details
 
+    @staticmethod
+    def _post_copy(command: CheckpointCommand) -> bool:
+        return command.strategy == MigrationStrategy.POST_COPY
+
+    async def _pages_address(self, command: CheckpointCommand) -> str:
+        source = await self.capabilities(command.source_node)
+        if source is None or not source.pages_address or not source.post_copy:
+            why = source.post_copy_problem if source is not None else "no capabilities published"
+            raise StepFailed(f"{command.source_node} cannot serve post-copy pages: {why}")
+        return source.pages_address
+
     async def _restore_container(
-        self, package: Path, pod_uid: str, netns: Path, phases: dict[str, float]
+        self,
+        command: CheckpointCommand,
+        package: Path,
+        netns: Path,
+        phases: dict[str, float],
+        pages_address: str | None,
     ) -> str:
         """Unpack one container's package into a bundle and restore it; `phases` adds up
         the time spent unpacking and in the runtime's restore."""
+        pod_uid = command.pod.uid
         unpacking = time.perf_counter()
         config = json.loads((package / "config.json").read_text())
         name = package.name
@@ -133,15 +160,27 @@ class DestinationSide:
         await asyncio.to_thread(self.runtime.delete, container_id)
         restoring = time.perf_counter()
         phases["unpack_seconds"] = phases.get("unpack_seconds", 0.0) + restoring - unpacking
-        await asyncio.to_thread(
-            self.runtime.restore,
-            container_id,
-            bundle,
-            package / "criu",
-            tcp_established=True,
-            lazy=self.config.lazy_restore,
-            output=self.config.output_for(container_id),
-        )
+        if pages_address is not None:
+            await self.fills.restore(
+                command.migration.uid,
+                name=name,
+                container_id=container_id,
+                bundle=bundle,
+                images=package / "criu",
+                pages_address=pages_address,
+                tls=self.config.require_tls(),
+                output=self.config.output_for(container_id),
+            )
+        else:
+            await asyncio.to_thread(
+                self.runtime.restore,
+                container_id,
+                bundle,
+                package / "criu",
+                tcp_established=True,
+                lazy=self.config.lazy_restore,
+                output=self.config.output_for(container_id),
+            )
         phases["runtime_restore_seconds"] = (
             phases.get("runtime_restore_seconds", 0.0) + time.perf_counter() - restoring
         )
@@ -155,10 +194,25 @@ class DestinationSide:
             self.runtime.delete(container.id)
         shutil.rmtree(self.layout.pod_bundles(pod_uid), ignore_errors=True)
 
+    # ----- fill (post-copy, after the commit point) -----
+
+    async def fill(self, command: CheckpointCommand) -> Details:
+        uid = command.migration.uid
+        details, problems = await self.fills.wait(uid)
+        shutil.rmtree(self.layout.incoming(uid), ignore_errors=True)
+        if problems:
+            raise StepFailed(
+                f"the pod's memory stopped arriving from {command.source_node} after it resumed here: "
+                + "; ".join(problems)
+                + f". The pod was stopped on {self.node}: it never ran with missing memory"
+            )
+        return details
+
     # ----- abort -----
 
     async def abort(self, command: CheckpointCommand) -> Details:
         uid = command.migration.uid
+        await self.fills.cancel(uid)
         # A restore an earlier agent died during may still be making its container.
         incoming = self.layout.incoming(uid)
         for record in incoming.glob("*/container.json") if incoming.is_dir() else ():

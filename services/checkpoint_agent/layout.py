@@ -7,6 +7,8 @@ memory while it moves):
     state_dir/migrations/<uid>/pod.json              the pod's containers (source)
     state_dir/migrations/<uid>/dumped                the images hold the pod (source)
     state_dir/migrations/<uid>/expected              a transfer is expected (destination)
+    state_dir/migrations/<uid>/lazy.json             post-copy: page server ports (source)
+    state_dir/migrations/<uid>/criu-<container>/     post-copy: CRIU's and runc's logs (source)
     state_dir/pods/<pod-uid>/<container>/            bundles of restored containers
     image_dir/out/<uid>/<container>/{criu/,config.json,rootfs.tar}    (source)
     image_dir/in/<uid>/...                                            (destination)
@@ -34,6 +36,12 @@ class Layout:
 
     def expected(self, uid: str) -> Path:
         return self.workdir(uid) / "expected"
+
+    def lazy_record(self, uid: str) -> Path:
+        return self.workdir(uid) / "lazy.json"
+
+    def criu_work(self, uid: str, container: str) -> Path:
+        return self.workdir(uid) / f"criu-{container}"
 
     def results(self, uid: str) -> Path:
         return self.workdir(uid) / "results"

@@ -30,6 +30,11 @@ class AgentMetrics:
             "Checkpoint image bytes received from other agents.",
             registry=r,
         )
+        self.pages_sent = Counter(
+            "clm_checkpoint_post_copy_bytes_sent_total",
+            "Post-copy memory bytes this agent's page relay carried to destinations.",
+            registry=r,
+        )
         self.pages_written = Counter(
             "clm_checkpoint_pages_written_total", "Memory pages CRIU wrote in dumps.", registry=r
         )

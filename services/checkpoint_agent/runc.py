@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import select
 import signal
 import subprocess
 import time
@@ -16,6 +17,8 @@ from services.checkpoint_agent.runtime import (
     POD_UID,
     CheckpointResult,
     Container,
+    LazyDump,
+    PageFill,
     RuntimeCommandError,
 )
 
@@ -67,6 +70,21 @@ def _criu_log_tail(image_dir: Path, name: str) -> str:
         if "Error" in line and "RLIMIT_NOFILE" not in line
     ]
     return "\n".join(lines[-8:])
+
+
+def _wait_readable(fd: int, seconds: float) -> bool:
+    readable, _, _ = select.select([fd], [], [], seconds)
+    return bool(readable)
+
+
+def _runc_errors(work_dir: Path) -> str:
+    parts = []
+    for name in ("runc-checkpoint.log", "runc-checkpoint.err"):
+        path = work_dir / name
+        if path.exists():
+            lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+            parts += [line for line in lines if "error" in line.lower()][-3:]
+    return "; ".join(parts) or "no error from runc"
 
 
 class Runc:
@@ -181,6 +199,116 @@ class Runc:
         size = sum(p.stat().st_size for p in image_dir.iterdir() if p.is_file())
         return CheckpointResult(image_dir, seconds, size)
 
+    def checkpoint_lazy(
+        self, container_id: str, image_dir: Path, *, port: int, work_dir: Path, ready_seconds: float = 120
+    ) -> LazyDump:
+        """Freeze and dump all but the memory into `image_dir`; return once CRIU's page server
+        listens on 127.0.0.1:`port` (CRIU says so on --status-fd). The memory stays in the
+        frozen container until a lazy-pages daemon has fetched every page: then runc ends
+        the container. If the page stream breaks first, CRIU resumes the container here."""
+        image_dir.mkdir(parents=True, exist_ok=True)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        ready_r, ready_w = os.pipe()
+        args = [
+            *self.base,
+            f"--log={work_dir / 'runc-checkpoint.log'}",
+            "checkpoint",
+            f"--image-path={image_dir.resolve()}",
+            f"--work-path={work_dir.resolve()}",
+            "--tcp-established",
+            "--lazy-pages",
+            f"--page-server=127.0.0.1:{port}",
+            f"--status-fd={ready_w}",
+            container_id,
+        ]
+        try:
+            process = subprocess.Popen(
+                args,
+                start_new_session=True,  # it serves the pages even if the agent dies
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=(work_dir / "runc-checkpoint.err").open("wb"),
+                pass_fds=(ready_w,),
+            )
+        finally:
+            os.close(ready_w)
+        try:
+            ready = _wait_readable(ready_r, ready_seconds) and os.read(ready_r, 1) != b""
+        finally:
+            os.close(ready_r)
+        if not ready:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            raise RuntimeCommandError(
+                f"lazy checkpoint of {container_id} failed before its page server was ready "
+                f"(runc exited {process.returncode}): {_runc_errors(work_dir)}\n"
+                f"{_criu_log_tail(work_dir, 'dump.log')}"
+            )
+        return LazyDump(container_id=container_id, port=port, work_dir=work_dir, process=process)
+
+    def restore_lazy(
+        self,
+        container_id: str,
+        bundle: Path,
+        image_dir: Path,
+        *,
+        page_server: tuple[str, int],
+        output: Path | None = None,
+    ) -> PageFill:
+        """Restore a container whose memory is still on the source: a `criu lazy-pages`
+        daemon connects to `page_server` and fills the memory through userfaultfd, on demand
+        and in the background. Returns as soon as the container runs; the daemon exits 0 once
+        every page is in place."""
+        image_dir = image_dir.resolve()
+        socket = image_dir / "lazy-pages.socket"
+        socket.unlink(missing_ok=True)
+        host, port = page_server
+        daemon = subprocess.Popen(
+            [
+                self.criu,
+                "lazy-pages",
+                "--page-server",
+                "--address",
+                host,
+                "--port",
+                str(port),
+                "-D",
+                str(image_dir),
+                "--work-dir",
+                str(image_dir),
+                "-o",
+                LAZY_LOG,
+            ],
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while not socket.exists():
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                if daemon.poll() is None:
+                    daemon.kill()
+                daemon.wait()
+                raise RuntimeCommandError(
+                    f"restore of {container_id} failed: the lazy-pages daemon did not start "
+                    f"(exit {daemon.returncode}): {_criu_log_tail(image_dir, LAZY_LOG)}"
+                )
+            time.sleep(0.005)
+        args = ["restore", "-d", f"--image-path={image_dir}", "-b", str(bundle.resolve())]
+        args += ["--tcp-established", "--lazy-pages", f"--work-path={image_dir}"]
+        code, errors = self._detached(
+            *args, container_id, log=bundle / f"runc-restore-{container_id}.log", output=output
+        )
+        if code != 0:
+            daemon.kill()
+            daemon.wait()
+            raise RuntimeCommandError(
+                f"restore of {container_id} failed: {errors}\n{_criu_log_tail(image_dir, 'restore.log')}"
+            )
+        return PageFill(container_id=container_id, image_dir=image_dir, daemon=daemon)
+
     def restore(
         self,
         container_id: str,
@@ -254,6 +382,16 @@ class Runc:
                 return None
             time.sleep(0.005)
         return daemon
+
+    def pause(self, container_id: str) -> None:
+        proc = self._run("pause", container_id)
+        if proc.returncode != 0:
+            raise RuntimeCommandError(f"runc pause {container_id} failed: {proc.stderr.strip()}")
+
+    def resume(self, container_id: str) -> None:
+        proc = self._run("resume", container_id)
+        if proc.returncode != 0:
+            raise RuntimeCommandError(f"runc resume {container_id} failed: {proc.stderr.strip()}")
 
     def delete(self, container_id: str) -> None:
         self._run("delete", "--force", container_id)

@@ -7,6 +7,7 @@ sandbox's node runtime, tests), and a containerd adapter can stand beside it.
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -44,6 +45,28 @@ class CheckpointResult:
     bytes: int
 
 
+@dataclass
+class LazyDump:
+    """A post-copy dump: everything but the memory is in the images; the memory stays in the
+    frozen container, served by CRIU's page server on 127.0.0.1:port until the destination
+    has every page (then CRIU ends the container), or given back if the transfer breaks."""
+
+    container_id: str
+    port: int
+    work_dir: Path
+    process: subprocess.Popen[bytes]
+
+
+@dataclass
+class PageFill:
+    """A post-copy restore: the container runs, and a `criu lazy-pages` daemon brings its
+    memory from the source's page server; it exits 0 once every page is in place."""
+
+    container_id: str
+    image_dir: Path
+    daemon: subprocess.Popen[bytes]
+
+
 class ContainerRuntime(Protocol):
     def containers(self) -> list[Container]: ...
     def pod_containers(self, pod_uid: str) -> list[Container]: ...
@@ -62,5 +85,19 @@ class ContainerRuntime(Protocol):
         lazy: bool = False,
         output: Path | None = None,
     ) -> float: ...
+    def checkpoint_lazy(
+        self, container_id: str, image_dir: Path, *, port: int, work_dir: Path, ready_seconds: float = 120
+    ) -> LazyDump: ...
+    def restore_lazy(
+        self,
+        container_id: str,
+        bundle: Path,
+        image_dir: Path,
+        *,
+        page_server: tuple[str, int],
+        output: Path | None = None,
+    ) -> PageFill: ...
+    def pause(self, container_id: str) -> None: ...
+    def resume(self, container_id: str) -> None: ...
     def delete(self, container_id: str) -> None: ...
     def settle(self, container_id: str, *, images: Path | None = None, timeout: float = 600) -> None: ...

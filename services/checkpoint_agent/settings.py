@@ -33,6 +33,9 @@ class CheckpointAgentSettings(NodeAgentSettings):
     transfer_port: int = Field(default=7400, ge=0, le=65535)
     # The address other nodes' agents reach this one at (on Kubernetes: status.hostIP).
     transfer_advertise_host: str | None = None
+    # Where this agent relays post-copy page traffic in mutual TLS (page_relay.py). Unset:
+    # the transfer port + 1 (0, a free port, when that is 0).
+    pages_port: int | None = Field(default=None, ge=0, le=65535)
     # Before freezing the pod, the source keeps trying to reach the destination's agent this
     # long (it may be restarting); a transfer with no progress this long fails (a dead link).
     transfer_connect_seconds: float = Field(default=20.0, gt=0)

@@ -10,7 +10,7 @@ import shutil
 import time
 from pathlib import Path
 
-from clm.contracts import CheckpointCommand, CheckpointStep
+from clm.contracts import CheckpointCommand, CheckpointStep, MigrationStrategy
 from clm.contracts.protocol import StepFailed
 from services.checkpoint_agent import process
 from services.checkpoint_agent.bundle import config_problems
@@ -18,6 +18,7 @@ from services.checkpoint_agent.config import AgentConfig, CapabilityLookup
 from services.checkpoint_agent.criu_stats import images_complete, read_stats
 from services.checkpoint_agent.holdback import PacketHold
 from services.checkpoint_agent.layout import tree_size
+from services.checkpoint_agent.lazy_dumps import LazyDumps, free_local_port
 from services.checkpoint_agent.outcomes import Details, OutcomeStore
 from services.checkpoint_agent.runtime import Container, ContainerRuntime, RuntimeCommandError
 from services.checkpoint_agent.tls import AgentTls
@@ -43,6 +44,8 @@ class SourceSide:
         self.runtime, self.capabilities, self.outcomes = runtime, capabilities, outcomes
         # Packets the frozen pod misses, per migration, and since when.
         self.holds: dict[str, tuple[PacketHold, float]] = {}
+        # Post-copy: frozen containers whose memory CRIU's page servers still hold.
+        self.lazy = LazyDumps(self.layout)
 
     # ----- pre-dump -----
 
@@ -153,6 +156,10 @@ class SourceSide:
         fails with the reason (the pod runs on the source, whole)."""
         uid = command.migration.uid
         records = json.loads(self.layout.pod_record(uid).read_text())
+        if self.lazy.is_lazy(uid):
+            # A post-copy dump's page servers lived on: give the pod back (CRIU resumes it).
+            note = await self._rollback_containers(command, records)
+            raise StepFailed(f"the checkpoint agent restarted during a post-copy dump{note}")
         for record in records:
             await asyncio.to_thread(self.runtime.settle, record["id"])
         complete = [images_complete(outgoing / r["name"] / "criu") for r in records]
@@ -220,10 +227,23 @@ class SourceSide:
         self, command: CheckpointCommand, containers: list[Container], outgoing: Path
     ) -> Details:
         started = time.perf_counter()
+        uid = command.migration.uid
+        lazy = command.strategy == MigrationStrategy.POST_COPY
 
         def dump_one(container: Container) -> None:
             target = outgoing / container.name
-            self.runtime.checkpoint(container.id, target / "criu", tcp_established=True)
+            if lazy:
+                # All but the memory; the page server then holds the memory in the frozen
+                # container until the destination has fetched it.
+                dump = self.runtime.checkpoint_lazy(
+                    container.id,
+                    target / "criu",
+                    port=free_local_port(),
+                    work_dir=self.layout.criu_work(uid, container.name),
+                )
+                self.lazy.add(uid, container.name, dump)
+            else:
+                self.runtime.checkpoint(container.id, target / "criu", tcp_established=True)
 
         # All containers of the pod together: each CRIU freezes its own container.
         results = await asyncio.gather(
@@ -239,6 +259,7 @@ class SourceSide:
         stats = [read_stats(outgoing / c.name / "criu" / "stats-dump") for c in containers]
         details: Details = {
             "containers": len(containers),
+            "lazy_pages": lazy,
             "dump_seconds": round(dump_seconds, 6),
             "package_seconds": round(time.perf_counter() - started - dump_seconds, 6),
         }
@@ -265,6 +286,10 @@ class SourceSide:
             ".",
         )
 
+    def _give_back(self, uid: str, pod: list[dict[str, str]]) -> None:
+        for record in pod:
+            self.lazy.give_back(uid, record["name"])
+
     # ----- rollback -----
 
     async def abort(self, command: CheckpointCommand) -> Details:
@@ -274,6 +299,7 @@ class SourceSide:
         if self.layout.pod_record(uid).exists():
             # Dumped, or a dump an earlier agent died during: whatever stopped runs again.
             pod = json.loads(self.layout.pod_record(uid).read_text())
+            self._give_back(uid, pod)
             for record in pod:
                 await asyncio.to_thread(self.runtime.settle, record["id"])
             await self._restore_source(command, pod)
@@ -309,11 +335,24 @@ class SourceSide:
         uid = command.migration.uid
         outgoing = self.layout.outgoing(uid)
         errors = []
+        if self.lazy.is_lazy(uid):
+            # The memory is still in the frozen containers: CRIU resumes them once their
+            # page servers stop waiting.
+            self._give_back(uid, pod)
+            for record in pod:
+                await asyncio.to_thread(self.runtime.settle, record["id"], timeout=60)
         for record in pod:
             state = await asyncio.to_thread(self.runtime.state, record["id"])
             if state in ("running", "paused"):
                 continue
             images = outgoing / record["name"] / "criu"
+            if self.lazy.is_lazy(uid):
+                work = self.layout.criu_work(uid, record["name"])
+                errors.append(
+                    f"container {record['name']} did not resume after its post-copy dump "
+                    f"(its memory was never written to an image): {self.lazy.log_tail(work)}"
+                )
+                continue
             if not (images / "inventory.img").exists():
                 errors.append(f"container {record['name']}: no image to restore from")
                 continue
@@ -331,6 +370,7 @@ class SourceSide:
         if errors:
             raise StepFailed("; ".join(errors))
         await self._replay(uid)
+        self.lazy.forget(uid)
         self.layout.dumped(uid).unlink(missing_ok=True)
         shutil.rmtree(outgoing, ignore_errors=True)
 
@@ -340,8 +380,17 @@ class SourceSide:
         uid = command.migration.uid
         if not self.layout.dumped(uid).exists():
             raise StepFailed("nothing was dumped for this migration on this node: refusing to finalize")
-        for record in json.loads(self.layout.pod_record(uid).read_text()):
+        pod = json.loads(self.layout.pod_record(uid).read_text())
+        lazy = self.lazy.is_lazy(uid)
+        if lazy:
+            # Post-copy: the page servers end once the destination has every page (or its
+            # fill failed and it stopped the pod there: the source's copy goes all the same,
+            # its address has moved).
+            self._give_back(uid, pod)
+        for record in pod:
+            await asyncio.to_thread(self.runtime.settle, record["id"], timeout=command.timeout_seconds)
             await asyncio.to_thread(self.runtime.delete, record["id"])
+        self.lazy.forget(uid)
         replayed = await self._replay(uid)
         freed = tree_size(self.layout.outgoing(uid))
         shutil.rmtree(self.layout.outgoing(uid), ignore_errors=True)

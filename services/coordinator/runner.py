@@ -126,13 +126,12 @@ class MigrationRunner:
             )
         return result
 
-    async def _step_forward(self, step: protocol.Step, strategy: str) -> None:
+    async def _step_forward(self, step: protocol.Step, strategy: str) -> StepResult:
         """After the commit point a step is retried until it is done: never undone."""
         delay = 1.0
         while True:
             try:
-                await self._step(step, strategy)
-                return
+                return await self._step(step, strategy)
             except StepFailed as failure:
                 log.warning(
                     "post-commit step failed; retrying", extra={"stage": step.stage, "error": failure.reason}
@@ -161,8 +160,7 @@ class MigrationRunner:
             except StepFailed as failure:
                 await self._rollback(failure.reason, failure.stage)
                 return Phase.FAILED
-        await self._finalize()
-        return Phase.FINISHED
+        return await self._finalize()
 
     async def _before_commit(self) -> None:
         await self.record.phase(Phase.PREPARING, "resolving the pod and preparing the destination")
@@ -174,17 +172,23 @@ class MigrationRunner:
                 strategy = await handler(step, strategy)
             else:
                 await self._step(step, strategy)
+        if protocol.committed_at_resume(strategy):
+            # Post-copy: the pod resumed on the destination, its memory still on the source,
+            # which cannot take it back now; the network commit follows, only forward.
+            await self.record.patch(committed=True, message="resumed on the destination: committed")
+            return
         for step in protocol.COMMIT:
             commit = await self._step(step, strategy)
+        await self._record_freeze(commit, committed=True)
+
+    async def _record_freeze(self, commit: StepResult, **also: Any) -> None:
         freeze = (
             float(self.status.get("dumpSeconds", 0))
             + float(self.status.get("restoreSeconds", 0))
             + commit.duration_seconds
         )
         await self.record.patch(
-            committed=True,
-            freezeSeconds=round(freeze, 3),
-            freezeDuration=f"{freeze * 1000:.0f}ms",
+            freezeSeconds=round(freeze, 3), freezeDuration=f"{freeze * 1000:.0f}ms", **also
         )
 
     async def _strategy(self) -> str:
@@ -193,7 +197,7 @@ class MigrationRunner:
         src, dst = self.status["sourceNode"], self.status["destinationNode"]
         requested = MigrationStrategy(self.spec.get("strategy") or "auto")
         capabilities = {src: await self.capabilities(src), dst: await self.capabilities(dst)}
-        choice = strategy_for(requested, capabilities, source=src, destination=dst, post_copy_offered=False)
+        choice = strategy_for(requested, capabilities, source=src, destination=dst)
         if choice.problem is not None:
             raise StepFailed(choice.problem, stage=protocol.CHECK_CPU.stage)
         for reason, why in choice.events:
@@ -259,12 +263,28 @@ class MigrationRunner:
         self.record.note(restoreSeconds=restore.duration_seconds)
         return strategy
 
-    async def _finalize(self) -> None:
+    async def _finalize(self) -> str:
         src, dst = self.status["sourceNode"], self.status["destinationNode"]
-        await self.record.phase(Phase.FINALIZING, f"the pod runs on {dst}: cleaning up {src}")
         strategy = self.status.get("strategy") or str(MigrationStrategy.STOP_AND_COPY)
-        for step in protocol.AFTER_COMMIT:
+        if protocol.committed_at_resume(strategy) and "freezeSeconds" not in self.status:
+            for step in protocol.COMMIT:
+                commit = await self._step_forward(step, strategy)
+            await self._record_freeze(commit)
+        await self.record.phase(Phase.FINALIZING, f"the pod runs on {dst}: cleaning up {src}")
+        fill_failure: StepFailed | None = None
+        for step in protocol.after_commit(strategy):
+            if step is protocol.FILL:
+                await self.record.patch(message=f"the pod runs on {dst}: its memory arrives from {src}")
+                try:
+                    fill = await self._step(step, strategy)
+                    self.record.note(riskWindowSeconds=fill.details.get("risk_window_seconds", 0))
+                except StepFailed as failure:
+                    fill_failure = failure
+                continue
             await self._step_forward(step, strategy)
+        if fill_failure is not None:
+            await self._failed_after_commit(fill_failure)
+            return Phase.FAILED
         if not protocol.clone_before_dump(self.status.get("ownerKind", "")):
             await self.clones.replace_after_commit()
         clone = await self.clones.hand_over()
@@ -286,6 +306,33 @@ class MigrationRunner:
             },
         )
         await self.record.phase(Phase.FINISHED, f"running on {dst} as {clone}", completionTime=now_iso())
+        return Phase.FINISHED
+
+    async def _failed_after_commit(self, failure: StepFailed) -> None:
+        """Post-copy's page stream broke after the resume: the destination stopped the pod
+        (it never runs with missing memory) and the source's copy is gone; the fallback the
+        label matrix gave follows."""
+        await self.clones.remove()
+        fallback = Fallback(self.spec.get("fallback") or self.status.get("fallback") or "none")
+        outcome = await self._fallback(fallback)
+        message = (
+            f"{failure.stage} failed after the commit point: {failure.reason}; fallback {fallback}: {outcome}"
+        )
+        await self.record.emit(
+            "failed",
+            MigrationFailed,
+            message,
+            error=failure.reason[:2000],
+            stage=failure.stage or "fill",
+            fallback=fallback,
+        )
+        await self.record.phase(
+            Phase.FAILED,
+            message,
+            completionTime=now_iso(),
+            failureReason=failure.reason,
+            failedStage=failure.stage,
+        )
 
     async def _rollback(self, reason: str, stage: str) -> None:
         await self.record.phase(

@@ -91,7 +91,7 @@ class FakeAgents:
         )
 
 
-def caps(node: str, *, tracking: bool = False) -> NodeCapabilities:
+def caps(node: str, *, tracking: bool = False, post_copy: bool = False) -> NodeCapabilities:
     return NodeCapabilities(
         node=node,
         agent_version="t",
@@ -99,6 +99,8 @@ def caps(node: str, *, tracking: bool = False) -> NodeCapabilities:
         probe_ok=True,
         dirty_memory_tracking=tracking,
         cpuinfo_image_b64="AA==",
+        post_copy=post_copy,
+        post_copy_problem=None if post_copy else "userfaultfd is unavailable",
     )
 
 
@@ -107,6 +109,7 @@ def make(
     strategy: str = "auto",
     *,
     tracking: bool = False,
+    post_copy: bool = False,
     refuse_pods: bool = False,
     fail: dict[str, str] | None = None,
     owner: str = "ReplicaSet",
@@ -136,7 +139,7 @@ def make(
         published.append(message)
 
     async def capabilities(node: str) -> NodeCapabilities:
-        return caps(node, tracking=tracking)
+        return caps(node, tracking=tracking, post_copy=post_copy)
 
     migration = {
         "metadata": {"name": "mig-1", "namespace": "shop", "uid": "mig-uid-1", "generation": 1},
@@ -222,10 +225,45 @@ async def test_a_failed_restore_rolls_back_destination_first(fallback: str) -> N
     assert set(kube.pods) == {"web-0"} and kube.evicted == []  # clone removed, source kept
 
 
-async def test_post_copy_is_reconfigured_to_stop_and_copy() -> None:
+async def test_post_copy_is_reconfigured_to_stop_and_copy_where_a_node_cannot() -> None:
     runner, _, _, published = make(strategy="post-copy")
     assert await runner.run() == "Finished"
     assert kinds(published)[:2] == ["PreDumpSkipped", "MigrationReconfigured"]
+    assert "userfaultfd is unavailable" in published[1].why  # type: ignore[attr-defined]  # a field of that event kind
+    assert runner.status["strategy"] == "stop-and-copy"
+
+
+async def test_post_copy_commits_at_the_resume_and_waits_for_the_pages() -> None:
+    runner, _, agents, published = make(strategy="post-copy", post_copy=True)
+    assert await runner.run() == "Finished"
+    assert runner.status["strategy"] == "post-copy" and runner.status["committed"] is True
+    steps = [(agent, step) for agent, step, _ in agents.sent if agent in ("checkpoint", "network")]
+    assert steps == [
+        ("network", "prepare"),
+        ("checkpoint", "check-cpu"),
+        ("checkpoint", "dump"),
+        ("checkpoint", "restore"),
+        ("network", "commit"),
+        ("network", "commit"),
+        ("checkpoint", "fill"),
+        ("checkpoint", "finalize"),
+        ("network", "release"),
+    ]
+    assert kinds(published)[-1] == "MigrationFinished"
+
+
+async def test_a_broken_page_stream_after_the_resume_fails_without_rolling_back() -> None:
+    runner, kube, agents, published = make(
+        strategy="post-copy", post_copy=True, fail={"checkpoint:fill": "the page stream broke"}
+    )
+    assert await runner.run() == "Failed"
+    # Nothing to roll back to (the source had no memory of its own): the source is cleaned.
+    assert not [s for s in agents.sent if s[1] == "abort"]
+    assert ("checkpoint", "finalize", SOURCE) in agents.sent and ("network", "release", SOURCE) in agents.sent
+    failed = published[-1]
+    assert failed.kind == "MigrationFailed" and failed.stage == "fill"  # type: ignore[attr-defined]  # a field of that event kind
+    assert "page stream broke" in runner.status["failureReason"]
+    assert kube.evicted == ["web-0"]  # the fallback the spec gave
 
 
 async def test_a_missing_pod_fails_with_the_reason() -> None:

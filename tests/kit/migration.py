@@ -116,12 +116,20 @@ class Driver:
             await self.abort(move, report)
             report.total_seconds = time.perf_counter() - started
             return report
+        report.committed = protocol.committed_at_resume(move.strategy)
         for step in protocol.COMMIT:
             await self._step(move, step, report)
         report.committed = True
-        for step in protocol.AFTER_COMMIT:
-            await self._step(move, step, report)
-        report.ok = True
+        failure = None
+        for step in protocol.after_commit(move.strategy):
+            try:
+                await self._step(move, step, report)
+            except StepFailed as exc:
+                if step is not protocol.FILL:
+                    raise
+                # Past the commit point: the move failed, the source is cleaned all the same.
+                failure = exc.reason
+        report.ok, report.error = failure is None, failure
         report.total_seconds = time.perf_counter() - started
         return report
 

@@ -60,6 +60,9 @@ class CheckpointStep(StrEnum):
     ABORT = "abort"
     # After the commit point, on the source: remove the frozen copy.
     FINALIZE = "finalize"
+    # Post-copy, after the commit point, on the destination: wait until every page of the
+    # pod's memory has arrived (a broken page stream stops the pod there).
+    FILL = "fill"
 
 
 class CheckpointCommand(Message):

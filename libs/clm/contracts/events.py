@@ -197,6 +197,11 @@ class NodeCapabilities(Message):
     transfer_address: str | None = Field(
         default=None, pattern=r"^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:.]+\]:\d{1,5}$"
     )
+    # host:port of this node's agent's page relay (post-copy page traffic, in mutual TLS).
+    pages_address: str | None = Field(default=None, pattern=r"^[^\s:]+:\d{1,5}$|^\[[0-9a-fA-F:.]+\]:\d{1,5}$")
+    # This node can take part in a post-copy move (either side); if not, why not.
+    post_copy: bool = False
+    post_copy_problem: str | None = None
     problems: list[str] = Field(default_factory=list)
 
     def subject(self) -> str:

@@ -16,6 +16,15 @@ roles, every agent step with the role that runs it, and the order of the steps.
     after it (only ever completed, never undone)
       finalize          source        remove the frozen copy
       network release   source        clean up the source's network side
+
+    post-copy: the commit point is the destination's resume (the memory is still on the
+    source, served on demand: after the resume the source cannot take the pod back), so
+      prepare, check-cpu, dump (all but the memory), restore (resumes at once)
+    the commit point
+      network commit (withdraw, announce), then
+      fill              destination   wait for every page; a broken page stream stops the
+                                      pod there (never running with missing memory)
+      finalize, network release
     rollback (before the commit point, in this order: never two copies)
       abort             destination   remove whatever was restored
       abort             source        the pod runs again from its local images
@@ -114,6 +123,7 @@ RESTORE = Step(_CP, CheckpointStep.RESTORE, _D, "restore", Phase.RESTORING, "res
 WITHDRAW = Step(_NET, NetworkStep.COMMIT, _S, "network-commit", Phase.RESTORING, "withdraw")
 ANNOUNCE = Step(_NET, NetworkStep.COMMIT, _D, "network-commit", Phase.RESTORING, "announce")
 FINALIZE = Step(_CP, CheckpointStep.FINALIZE, _S, "finalize", Phase.FINALIZING, "finalize")
+FILL = Step(_CP, CheckpointStep.FILL, _D, "fill", Phase.FINALIZING, "wait-for-pages")
 RELEASE = Step(_NET, NetworkStep.RELEASE, _S, "network-release", Phase.FINALIZING, "release")
 ABORT_DESTINATION = Step(_CP, CheckpointStep.ABORT, _D, "abort", Phase.ROLLING_BACK, "remove-restored")
 ABORT_SOURCE = Step(_CP, CheckpointStep.ABORT, _S, "abort", Phase.ROLLING_BACK, "roll-back")
@@ -132,8 +142,19 @@ def before_commit(strategy: MigrationStrategy | str) -> tuple[Step, ...]:
     return (PREPARE_NETWORK, CHECK_CPU, *rounds, DUMP, RESTORE)
 
 
+def committed_at_resume(strategy: MigrationStrategy | str) -> bool:
+    """Post-copy: the destination's resume is the commit point (the network commit after it
+    only moves forward)."""
+    return MigrationStrategy(strategy) is MigrationStrategy.POST_COPY
+
+
+def after_commit(strategy: MigrationStrategy | str) -> tuple[Step, ...]:
+    """The steps after the commit point and the network commit, in order."""
+    return (FILL, *AFTER_COMMIT) if committed_at_resume(strategy) else AFTER_COMMIT
+
+
 def every_step() -> tuple[Step, ...]:
-    return (*before_commit(MigrationStrategy.PRE_COPY), *COMMIT, *AFTER_COMMIT, *ROLLBACK)
+    return (*before_commit(MigrationStrategy.PRE_COPY), *COMMIT, FILL, *AFTER_COMMIT, *ROLLBACK)
 
 
 def clone_before_dump(owner_kind: str) -> bool:

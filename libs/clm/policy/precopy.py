@@ -3,7 +3,9 @@
 Strategy (from the request and both nodes' capabilities):
 - auto: pre-copy where the source has dirty-memory tracking, else stop-and-copy.
 - pre-copy without dirty tracking (these machines, ARM64): stop-and-copy, reconfigured.
-- post-copy needs userfaultfd on the destination (CRIU lazy pages), else stop-and-copy.
+- post-copy needs both nodes able (NodeCapabilities.post_copy: userfaultfd, the pipe size
+  CRIU's page server needs, the agents' page relay), else stop-and-copy, reconfigured.
+  `auto` never picks post-copy.
 Whatever is chosen, a migration that will not pre-dump says so with PreDumpSkipped, so
 every migration's events begin either with pre-dump rounds or with that one event.
 
@@ -34,11 +36,9 @@ def strategy_for(
     *,
     source: str,
     destination: str,
-    post_copy_offered: bool,
 ) -> StrategyChoice:
     """The strategy a migration runs with, from what was requested and what both nodes' agents
-    published (None: nothing), and the events that say so. `post_copy_offered`: whether this
-    version's agents move memory lazily after the restore."""
+    published (None: nothing), and the events that say so."""
     for node in (source, destination):
         caps = capabilities.get(node)
         if caps is None or not caps.probe_ok:
@@ -49,20 +49,7 @@ def strategy_for(
             )
     source_caps, destination_caps = capabilities[source], capabilities[destination]
     assert source_caps is not None and destination_caps is not None
-    choice = choose_strategy(requested, source_caps, destination_caps)
-    if choice.strategy is MigrationStrategy.POST_COPY and not post_copy_offered:
-        return StrategyChoice(
-            MigrationStrategy.STOP_AND_COPY,
-            [
-                (MigrationReason.PRE_DUMP_SKIPPED, "post-copy requested"),
-                (
-                    MigrationReason.MIGRATION_RECONFIGURED,
-                    "post-copy is not offered by this version's checkpoint agents: "
-                    "continuing as stop-and-copy",
-                ),
-            ],
-        )
-    return choice
+    return choose_strategy(requested, source_caps, destination_caps)
 
 
 def choose_strategy(
@@ -93,24 +80,31 @@ def choose_strategy(
             ],
         )
     if requested == MigrationStrategy.POST_COPY:
-        if destination.userfaultfd:
+        unable = next(
+            (
+                f"{n.node}: {n.post_copy_problem or 'no post-copy'}"
+                for n in (source, destination)
+                if not n.post_copy
+            ),
+            None,
+        )
+        if unable is None:
             return StrategyChoice(
                 MigrationStrategy.POST_COPY,
                 [
                     (
                         MigrationReason.PRE_DUMP_SKIPPED,
-                        "post-copy: memory is served on demand after the " "restore",
+                        "post-copy: memory is served on demand after the restore",
                     )
                 ],
             )
         return StrategyChoice(
             MigrationStrategy.STOP_AND_COPY,
             [
-                (MigrationReason.PRE_DUMP_SKIPPED, f"userfaultfd is unavailable on {destination.node}"),
+                (MigrationReason.PRE_DUMP_SKIPPED, f"post-copy is unavailable ({unable})"),
                 (
                     MigrationReason.MIGRATION_RECONFIGURED,
-                    "post-copy requested but the destination cannot "
-                    "serve lazy pages: continuing as stop-and-copy",
+                    f"post-copy requested but not possible ({unable}): continuing as stop-and-copy",
                 ),
             ],
         )

@@ -21,6 +21,7 @@ def caps(node: str, *, tracking: bool = False, uffd: bool = True, arch: str = "a
         probe_ok=True,
         dirty_memory_tracking=tracking,
         userfaultfd=uffd,
+        post_copy=uffd,
     )
 
 

@@ -1,0 +1,150 @@
+"""The destination's post-copy fills: restored containers whose memory is still arriving.
+
+Each container's `criu lazy-pages` daemon reaches the source's page server through a
+PageTunnel. A daemon that ends without every page would leave the process running on
+zero-filled memory (closing userfaultfd lets the kernel fill the rest with zeros), so:
+- when the source's side of the tunnel ends, the container is paused before the daemon
+  hears of it; a daemon that then exits 0 had every page (the container resumes), any other
+  exit stops the container for good;
+- a watcher acts on the daemon's exit at once, whether or not the fill step was asked yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.checkpoint_agent.outcomes import Details
+from services.checkpoint_agent.page_relay import PageTunnel
+from services.checkpoint_agent.runc import LAZY_LOG
+from services.checkpoint_agent.runtime import ContainerRuntime, PageFill, RuntimeCommandError
+from services.checkpoint_agent.tls import AgentTls
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Fill:
+    name: str
+    container_id: str
+    tunnel: PageTunnel
+    page_fill: PageFill | None = None
+    paused: bool = False
+    watcher: asyncio.Task[int] | None = None
+    ended_at: float = 0.0
+
+
+@dataclass
+class MigrationFills:
+    fills: list[Fill] = field(default_factory=list)
+    resumed_at: float = 0.0
+
+
+class PageFills:
+    def __init__(self, runtime: ContainerRuntime) -> None:
+        self.runtime = runtime
+        self.by_uid: dict[str, MigrationFills] = {}
+
+    async def restore(
+        self,
+        uid: str,
+        *,
+        name: str,
+        container_id: str,
+        bundle: Path,
+        images: Path,
+        pages_address: str,
+        tls: AgentTls,
+        output: Path | None,
+    ) -> None:
+        """Restore one container with its memory still on the source; it runs when this returns."""
+        fill: Fill
+
+        async def source_ended() -> None:
+            fill.paused = True
+            with contextlib.suppress(RuntimeCommandError):
+                await asyncio.to_thread(self.runtime.pause, container_id)
+
+        tunnel = PageTunnel(
+            address=pages_address, migration=uid, container=name, tls=tls, source_ended=source_ended
+        )
+        fill = Fill(name=name, container_id=container_id, tunnel=tunnel)
+        await tunnel.open()
+        try:
+            fill.page_fill = await asyncio.to_thread(
+                self.runtime.restore_lazy,
+                container_id,
+                bundle,
+                images,
+                page_server=("127.0.0.1", fill.tunnel.port),
+                output=output,
+            )
+        except BaseException:
+            await fill.tunnel.close()
+            raise
+        fill.watcher = asyncio.create_task(self._watch(fill))
+        self.by_uid.setdefault(uid, MigrationFills()).fills.append(fill)
+
+    def resumed(self, uid: str) -> None:
+        self.by_uid.setdefault(uid, MigrationFills()).resumed_at = time.monotonic()
+
+    async def _watch(self, fill: Fill) -> int:
+        assert fill.page_fill is not None
+        code = await asyncio.to_thread(fill.page_fill.daemon.wait)
+        fill.ended_at = time.monotonic()
+        await fill.tunnel.close()
+        if code == 0:
+            if fill.paused:
+                await asyncio.to_thread(self.runtime.resume, fill.container_id)
+        else:
+            # Never a process running on memory that did not arrive.
+            await asyncio.to_thread(self.runtime.delete, fill.container_id)
+            log.warning(
+                "page fill failed: container stopped",
+                extra={"container": fill.container_id, "exit": code, "tunnel": fill.tunnel.error},
+            )
+        return code
+
+    async def wait(self, uid: str) -> tuple[Details, list[str]]:
+        """Wait for every fill of the migration: the measurements, and what went wrong."""
+        mine = self.by_uid.get(uid)
+        if mine is None:
+            return {}, ["this agent has no record of the migration's page fill (did it restart?)"]
+        codes = await asyncio.gather(*(f.watcher for f in mine.fills if f.watcher is not None))
+        problems = []
+        for fill, code in zip(mine.fills, codes, strict=True):
+            if code != 0:
+                why = fill.tunnel.error or _lazy_log_error(fill)
+                problems.append(f"container {fill.name}: the lazy-pages daemon exited {code} ({why})")
+        last = max((f.ended_at for f in mine.fills), default=mine.resumed_at)
+        details: Details = {
+            "containers": len(mine.fills),
+            "pages_bytes": sum(f.tunnel.traffic.to_destination for f in mine.fills),
+            "risk_window_seconds": round(max(0.0, last - mine.resumed_at), 6),
+        }
+        self.by_uid.pop(uid, None)
+        return details, problems
+
+    async def cancel(self, uid: str) -> None:
+        """A restore that failed or is aborted: no daemon or tunnel is left."""
+        mine = self.by_uid.pop(uid, None)
+        for fill in mine.fills if mine else []:
+            if fill.page_fill is not None and fill.page_fill.daemon.poll() is None:
+                fill.page_fill.daemon.kill()
+            await fill.tunnel.close()
+            if fill.watcher is not None:
+                await asyncio.gather(fill.watcher, return_exceptions=True)
+
+
+def _lazy_log_error(fill: Fill) -> str:
+    if fill.page_fill is None:
+        return "no daemon"
+    log_file = fill.page_fill.image_dir / LAZY_LOG
+    if not log_file.exists():
+        return "no log"
+    lines = [line for line in log_file.read_text(errors="replace").splitlines() if "Error" in line]
+    return "; ".join(lines[-2:]) or "no error in its log"

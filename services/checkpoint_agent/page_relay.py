@@ -1,0 +1,202 @@
+"""Post-copy page traffic between agents, inside mutual TLS.
+
+CRIU's page server (on the source) and its lazy-pages daemon (on the destination) speak
+plain TCP, so neither is exposed to the network: the page server listens on 127.0.0.1,
+the daemon connects to a tunnel on 127.0.0.1, and the two agents carry the bytes between
+them in TLS 1.3 between certificates the cluster's agent CA signed, as they do the images
+(transfer.py). Memory never crosses the network in the clear.
+
+    lazy-pages daemon -> 127.0.0.1:tunnel (destination agent)
+        == TLS ==> relay (source agent) -> 127.0.0.1:page server (CRIU, the frozen pod)
+
+After the handshake the destination says {"migration", "container", "protocol"}; the source
+answers {"ready": true} if it serves that container's pages, else {"error": why}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import orjson
+
+from services.checkpoint_agent.tls import AGENT_NAME, AgentTls
+
+PROTOCOL = 1
+CHUNK = 1 << 20
+HANDSHAKE_SECONDS = 10.0
+
+log = logging.getLogger(__name__)
+
+# (migration uid, container name) -> the local port its page server listens on, or None.
+PortLookup = Callable[[str, str], int | None]
+
+
+class PageRelayError(Exception):
+    pass
+
+
+@dataclass
+class Traffic:
+    """Bytes carried, each way, for the step's details and the agent's metrics."""
+
+    to_destination: int = 0
+    to_source: int = 0
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def _pump(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, count: Callable[[int], None]
+) -> None:
+    try:
+        while data := await reader.read(CHUNK):
+            writer.write(data)
+            count(len(data))
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+async def _splice(
+    source_side: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    destination_side: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+    traffic: Traffic,
+    source_ended: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Carry bytes both ways until either side ends; then both are closed (a broken side
+    must break the other). `source_ended` runs first when the source's side ends while the
+    destination's is still open."""
+
+    def down(n: int) -> None:
+        traffic.to_destination += n
+
+    def up(n: int) -> None:
+        traffic.to_source += n
+
+    tasks = [
+        asyncio.create_task(_pump(source_side[0], destination_side[1], down)),
+        asyncio.create_task(_pump(destination_side[0], source_side[1], up)),
+    ]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        if source_ended is not None and tasks[0] in done:
+            await source_ended()
+    finally:
+        for task in tasks:
+            task.cancel()
+        for _, writer in (source_side, destination_side):
+            writer.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        traffic.done.set()
+
+
+class PageRelay:
+    """The source's end: one TLS listener per agent; each connection is one container's pages."""
+
+    def __init__(self, *, tls: AgentTls | None, lookup: PortLookup, sent: Callable[[int], None]) -> None:
+        self.tls, self.lookup, self.sent = tls, lookup, sent
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        if self.tls is None:
+            # Without an identity this agent serves no pages (and refuses migrations).
+            raise PageRelayError("no agent TLS identity: the page relay does not listen")
+        self._server = await asyncio.start_server(self._serve, host, port, ssl=self.tls.server_context())
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            hello = orjson.loads(await asyncio.wait_for(reader.readline(), HANDSHAKE_SECONDS) or b"null")
+            if not isinstance(hello, dict) or hello.get("protocol") != PROTOCOL:
+                raise PageRelayError(f"the peer speaks page protocol {hello!r}, this agent {PROTOCOL}")
+            migration, container = str(hello.get("migration")), str(hello.get("container"))
+            port = self.lookup(migration, container)
+            if port is None:
+                raise PageRelayError(f"no pages served here for {migration}/{container}")
+            local = await asyncio.open_connection("127.0.0.1", port)
+        except (PageRelayError, OSError, TimeoutError, orjson.JSONDecodeError) as exc:
+            log.warning("page relay refused a connection", extra={"error": str(exc)})
+            with contextlib.suppress(OSError):
+                writer.write(orjson.dumps({"error": str(exc)}) + b"\n")
+                await writer.drain()
+            writer.close()
+            return
+        writer.write(b'{"ready": true}\n')
+        await writer.drain()
+        traffic = Traffic()
+        await _splice(local, (reader, writer), traffic)
+        self.sent(traffic.to_destination)
+        log.info(
+            "pages served",
+            extra={"migration": migration, "container": container, "bytes": traffic.to_destination},
+        )
+
+
+class PageTunnel:
+    """The destination's end for one container: a listener on 127.0.0.1 for its lazy-pages
+    daemon; the daemon's connection is carried to the source's relay."""
+
+    def __init__(
+        self,
+        *,
+        address: str,
+        migration: str,
+        container: str,
+        tls: AgentTls,
+        source_ended: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.address, self.migration, self.container, self.tls = address, migration, container, tls
+        # Run before the daemon hears that the source went away: the pod is paused then, so
+        # it never runs on pages the daemon will not fill (closing userfaultfd zero-fills).
+        self.source_ended = source_ended
+        self.traffic = Traffic()
+        self.error: str | None = None
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    async def open(self) -> PageTunnel:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self.close()  # one daemon, one connection
+        try:
+            remote = await self._connect()
+        except (PageRelayError, OSError, TimeoutError) as exc:
+            self.error = str(exc)
+            log.warning("page tunnel to the source failed", extra={"error": self.error})
+            writer.close()
+            self.traffic.done.set()
+            return
+        await _splice(remote, (reader, writer), self.traffic, self.source_ended)
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        host, port = self.address.rsplit(":", 1)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(
+                host.strip("[]"), int(port), ssl=self.tls.client_context(), server_hostname=AGENT_NAME
+            ),
+            HANDSHAKE_SECONDS,
+        )
+        hello = {"migration": self.migration, "container": self.container, "protocol": PROTOCOL}
+        writer.write(orjson.dumps(hello) + b"\n")
+        await writer.drain()
+        answer = orjson.loads(await asyncio.wait_for(reader.readline(), HANDSHAKE_SECONDS) or b"null")
+        if not isinstance(answer, dict) or not answer.get("ready"):
+            writer.close()
+            why = answer.get("error") if isinstance(answer, dict) else "no answer"
+            raise PageRelayError(f"the source's page relay at {self.address} refused: {why}")
+        return reader, writer
