@@ -12,116 +12,18 @@ connection with no CRIU network-lock rules left, and node B clean.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from clm.contracts import protocol
 from clm.runtime.podnet import pod_netns_name, pod_netns_path
-from tests.integration.support import pex_dir
-from tests.kit.agents import NodeAgents, agent_tls_dir
-from tests.kit.migration import Driver, Move
-from tests.kit.nats_server import NatsServer
+from tests.integration.agent_lab import NEEDS_NODES, STATE_MIB, Lab, check_client, lab
+from tests.kit.migration import Driver
 from tests.kit.netns import wait_listening
-from tests.kit.podlab import (
-    CountingClient,
-    LabPod,
-    expected_hash,
-    lock_rules,
-    remove_pod,
-    running_on,
-    start_pod,
-)
-from tests.kit.segment import POD_IP, Segment
+from tests.kit.podlab import CountingClient, LabPod, lock_rules, running_on
 
-MISSING = [t for t in ("runc", "criu", "nsenter", "iptables-save") if shutil.which(t) is None]
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or bool(MISSING),
-    reason=f"needs root and runc, criu, iptables (missing: {MISSING or 'root'}); "
-    "run tools/setup/install-system-deps as root",
-)
-STATE_MIB = 256
+__all__ = ["lab"]  # the fixture
 
-
-class Lab:
-    def __init__(self, segment: Segment, nats: NatsServer, tmp: Path) -> None:
-        self.segment, self.nats, self.tmp = segment, nats, tmp
-        tls = agent_tls_dir(tmp / "agent-tls")
-        images = Path("/dev/shm") / f"clm-test-{segment.suffix}"
-        self.images = images
-        self.nodes = {
-            key: NodeAgents(
-                node=f"n{key}{segment.suffix}",
-                node_netns=segment.nodes[key].name,
-                workdir=tmp / key,
-                nats_url=nats.url,
-                tls_dir=tls,
-                image_dir=images,
-                pex_dir=pex_dir(),
-                # A command an agent died on goes to its successor within this wait.
-                checkpoint_env={"CLM_ACK_WAIT_SECONDS": "3"},
-            )
-            for key in ("a", "b")
-        }
-        self.pod = LabPod(
-            namespace="games", name="mc-0", uid=str(uuid.uuid4()), ip=POD_IP, state_mib=STATE_MIB
-        )
-
-    @property
-    def a(self) -> NodeAgents:
-        return self.nodes["a"]
-
-    @property
-    def b(self) -> NodeAgents:
-        return self.nodes["b"]
-
-    def move(self) -> Move:
-        return Move(
-            pod=self.pod.ref, pod_ip=self.pod.ip, source=self.a.node, destination=self.b.node, step_timeout=60
-        )
-
-    def everywhere(self) -> dict[str, tuple[str, Path]]:
-        return {n.node: (n.node_netns, n.runc_root) for n in self.nodes.values()}
-
-    def b_is_clean(self) -> None:
-        assert not running_on(self.pod, self.b.runc_root)
-        assert not pod_netns_path(self.b.node, self.pod.uid).exists()
-        leftovers = [p for p in (self.images / self.b.node / "in").glob("*") if p.exists()]
-        assert leftovers == [], leftovers
-
-
-@pytest.fixture
-def lab(segment: Segment, nats_server: NatsServer, tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(segment, nats_server, tmp_path)
-    try:
-        for node in lab.nodes.values():
-            node.start()
-        for node in lab.nodes.values():
-            node.wait_ready()
-        start_pod(
-            lab.pod,
-            node=lab.a.node,
-            node_netns=lab.a.node_netns,
-            runc_root=lab.a.runc_root,
-            workdir=tmp_path / "pod",
-        )
-        yield lab
-    finally:
-        remove_pod(lab.pod, nodes=lab.everywhere())
-        for node in lab.nodes.values():
-            node.stop()
-        shutil.rmtree(lab.images, ignore_errors=True)
-
-
-def check_client(lab: Lab, result: dict) -> None:
-    assert result["error"] is None, f"the client's connection broke: {result['error']}"
-    assert result["in_order"], "a request was lost or answered twice"
-    assert result["answers"] > 50
-    assert result["hash"] == expected_hash(STATE_MIB, result["answers"]), "the state did not continue"
+pytestmark = NEEDS_NODES
 
 
 async def test_pod_moves_to_node_b_with_its_connection(lab: Lab) -> None:

@@ -1,0 +1,150 @@
+"""Post-copy live migration through the two node agents: real CRIU lazy pages, real runc
+containers, real network namespaces, the agents as real processes over NATS.
+
+The source freezes and dumps all but the memory; the destination restores at once and its
+memory comes through CRIU's page server, carried between the agents in mutual TLS. Then the
+failure paths: a destination that fails before the resume leaves the source serving on the
+same connection; the source's agent killed during the fill stops the pod on the
+destination (it never runs with missing memory) and fails the move with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from clm.contracts import MigrationStrategy, protocol
+from clm.runtime.podnet import pod_netns_name, pod_netns_path
+from tests.integration.agent_lab import NEEDS_NODES, STATE_MIB, Lab, check_client, lab
+from tests.kit.migration import Driver
+from tests.kit.netns import wait_listening
+from tests.kit.podlab import CountingClient, LabPod, lock_rules, running_on
+
+__all__ = ["lab"]  # the fixture
+pytestmark = NEEDS_NODES
+POST_COPY = MigrationStrategy.POST_COPY
+
+
+def processes() -> list[list[str]]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = [a.decode(errors="replace") for a in cmdline.read_bytes().split(b"\0") if a]
+        except OSError:
+            continue
+        if argv:
+            found.append(argv)
+    return found
+
+
+def lazy_pages_daemons(images: Path) -> list[str]:
+    return [
+        " ".join(argv)
+        for argv in processes()
+        if Path(argv[0]).name == "criu" and "lazy-pages" in argv and str(images) in " ".join(argv)
+    ]
+
+
+def helpers_of(pod: LabPod, images: Path) -> list[str]:
+    """runc or CRIU processes still working for the pod: a lazy dump (page server) on the
+    source, a lazy-pages daemon on the destination."""
+    runc = [" ".join(a) for a in processes() if Path(a[0]).name == "runc" and pod.container_id in a]
+    return runc + lazy_pages_daemons(images)
+
+
+async def test_post_copy_moves_the_pod_with_its_connection_and_memory(lab: Lab) -> None:
+    client = CountingClient(lab.segment.nodes["client"].name, lab.pod.ip, lab.tmp / "client")
+    try:
+        await asyncio.to_thread(client.wait_answers)
+        driver = await Driver.connect(lab.nats.url)
+        try:
+            report = await driver.migrate(lab.move(POST_COPY))
+        finally:
+            await driver.close()
+        await asyncio.to_thread(client.wait_answers)  # and goes on, on its memory from A
+        result = client.finish()
+    finally:
+        client.kill()
+    assert report.ok, report.error
+    check_client(lab, result)
+    assert running_on(lab.pod, lab.b.runc_root) and not running_on(lab.pod, lab.a.runc_root)
+    assert not pod_netns_path(lab.a.node, lab.pod.uid).exists()
+    dump = report.result("checkpoint", "dump")
+    assert dump is not None and dump.details["lazy_pages"] is True
+    # Only the non-memory state crossed before the resume.
+    assert int(dump.details["bytes"]) < STATE_MIB * 2**20 / 4, dump.details
+    fill = report.result("checkpoint", "fill")
+    assert fill is not None and int(fill.details["pages_bytes"]) > STATE_MIB * 2**20, fill.details
+    assert float(fill.details["risk_window_seconds"]) > 0
+    assert helpers_of(lab.pod, lab.images) == []
+    print(
+        f"{result['answers']} answers, largest gap {result['largest_gap']:.3f}s, "
+        f"dump {dump.duration_seconds:.3f}s ({dump.details['bytes']} bytes), "
+        f"risk window {fill.details['risk_window_seconds']}s, {fill.details['pages_bytes']} page bytes"
+    )
+
+
+async def test_a_destination_failing_before_the_resume_leaves_the_source_serving(lab: Lab) -> None:
+    move = lab.move(POST_COPY)
+    driver = await Driver.connect(lab.nats.url)
+    client = CountingClient(lab.segment.nodes["client"].name, lab.pod.ip, lab.tmp / "client")
+    blocker = None
+    try:
+        # The pod's port taken on B: CRIU cannot bind the restored listening socket there.
+        prepared = await driver.send(driver.command(move, protocol.PREPARE_NETWORK), 30)
+        assert prepared.ok, prepared.error
+        netns = pod_netns_name(lab.b.node, lab.pod.uid)
+        blocker = await asyncio.create_subprocess_exec(
+            "nsenter",
+            f"--net=/var/run/netns/{netns}",
+            "python3",
+            "-c",
+            "import socket,time; s=socket.socket(); s.bind(('0.0.0.0', 7000)); s.listen(); time.sleep(600)",
+        )
+        await asyncio.to_thread(wait_listening, netns, 7000)
+        await asyncio.to_thread(client.wait_answers)
+        report = await driver.migrate(move)
+        await asyncio.to_thread(client.wait_answers)  # A serves again: its memory never left
+        result = client.finish()
+    finally:
+        client.kill()
+        if blocker is not None:
+            blocker.kill()
+        await driver.close()
+    assert not report.ok and not report.committed
+    restore = report.result("checkpoint", "restore")
+    assert restore is not None and not restore.ok
+    aborted = [r for r in report.results if r.step == "abort"]
+    assert [r.ok for r in aborted] == [True, True, True], [(r.node, r.error) for r in aborted]
+    check_client(lab, result)
+    assert running_on(lab.pod, lab.a.runc_root)
+    assert lock_rules(lab.a.node, lab.pod) == ""
+    assert helpers_of(lab.pod, lab.images) == []
+    lab.b_is_clean()
+
+
+async def test_the_source_agent_killed_during_the_fill_stops_the_pod_and_fails_the_move(lab: Lab) -> None:
+    driver = await Driver.connect(lab.nats.url)
+
+    async def kill_during_the_fill() -> None:
+        # The pod runs on B while its memory still comes from A.
+        while not (running_on(lab.pod, lab.b.runc_root) and lazy_pages_daemons(lab.images / lab.b.node)):
+            await asyncio.sleep(0.002)
+        assert lab.a.checkpoint is not None
+        lab.a.checkpoint.kill()
+        lab.a.checkpoint.start().wait_ready()
+
+    killer = asyncio.create_task(kill_during_the_fill())
+    try:
+        report = await driver.migrate(lab.move(POST_COPY))
+    finally:
+        await driver.close()
+    await asyncio.wait_for(killer, 30)
+    assert report.committed and not report.ok
+    assert "memory stopped arriving" in (report.error or ""), report.error
+    assert "never ran with missing memory" in (report.error or "")
+    assert not running_on(lab.pod, lab.b.runc_root)  # stopped, not running on zero pages
+    assert not running_on(lab.pod, lab.a.runc_root)  # finalized: its address had moved
+    assert helpers_of(lab.pod, lab.images) == []
+    leftovers = [p for p in (lab.images / lab.b.node / "in").glob("*") if p.exists()]
+    assert leftovers == []
