@@ -2,7 +2,7 @@
 
     clm sandbox up|down|status          a whole CLM cluster on this machine
     clm events [--follow] [--json]      migration events on NATS
-    clm migrate NAMESPACE/POD [--to NODE]   create a Migration and follow it
+    clm migrate NAMESPACE/POD [--to NODE] [--strategy S]   create a Migration and follow it
     clm explain NAMESPACE/POD           why a pod is (not) eligible, and what the Evictor would do
     clm plan                            the evictor-planner's current plan
     clm agent-certs DIR [--renew|--new-ca]  the agents' CA and certificate (their mutual TLS)
@@ -26,6 +26,7 @@ import orjson
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from clm.contracts import MigrationStrategy
 from tools.clm import agent_certs, explain, migrate, plan
 from tools.clm.kube_objects import object_reader
 from tools.console import events
@@ -139,7 +140,15 @@ def _migrate(args: argparse.Namespace) -> int:
     api = _load_kube("migrate", args.kubeconfig)
     if api is None:
         return 2
-    return migrate.migrate(api, namespace, name, to=args.to, wait=not args.no_wait, timeout=args.timeout)
+    return migrate.migrate(
+        api,
+        namespace,
+        name,
+        to=args.to,
+        strategy=args.strategy,
+        wait=not args.no_wait,
+        timeout=args.timeout,
+    )
 
 
 def _agent_certs(args: argparse.Namespace) -> int:
@@ -199,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     move.add_argument("pod", metavar="NAMESPACE/POD")
     move.add_argument(
         "--to", default=None, metavar="NODE", help="destination (default: the coordinator picks)"
+    )
+    move.add_argument(
+        "--strategy",
+        choices=[str(s) for s in MigrationStrategy],
+        default=None,
+        help="how memory moves (default: the Migration's default, auto)",
     )
     move.add_argument("--no-wait", action="store_true", help="return once the Migration is created")
     move.add_argument("--timeout", type=float, default=300.0)

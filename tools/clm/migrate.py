@@ -1,4 +1,4 @@
-"""`clm migrate NAMESPACE/POD [--to NODE]`: create a Migration object for the pod and follow
+"""`clm migrate NAMESPACE/POD [--to NODE] [--strategy S]`: create a Migration object for the pod and follow
 its phases to the end (a watch), as the coordinator records them."""
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ def migrate(
     *,
     to: str | None,
     wait: bool,
+    strategy: str | None = None,
     timeout: float,
     out: TextIO | None = None,
     err: TextIO | None = None,
@@ -55,7 +56,7 @@ def migrate(
             raise
     name = migration_name(pod)
     try:
-        create_migration(custom, namespace, migration_body(name, pod, destination=to))
+        create_migration(custom, namespace, migration_body(name, pod, destination=to, strategy=strategy))
     except ApiException as exc:
         print(f"clm migrate: the API refused the Migration: {exc.status} {exc.body or exc.reason}", file=err)
         return 1
