@@ -41,7 +41,7 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(data: bytes) -> dict[int, int | bytes]:
+def fields(data: bytes) -> dict[int, int | bytes]:
     out: dict[int, int | bytes] = {}
     pos = 0
     while pos < len(data):
@@ -63,13 +63,13 @@ def parse_stats(raw: bytes) -> dict[str, float | int]:
     if len(raw) < 12:
         raise StatsFormatError("too short for a CRIU image")
     (length,) = struct.unpack_from("<I", raw, 8)
-    entry = _fields(raw[12 : 12 + length])
+    entry = fields(raw[12 : 12 + length])
     result: dict[str, float | int] = {}
     for number, names in ((1, DUMP_FIELDS), (2, RESTORE_FIELDS)):
         body = entry.get(number)
         if not isinstance(body, bytes):
             continue
-        for field_number, value in _fields(body).items():
+        for field_number, value in fields(body).items():
             name = names.get(field_number)
             if name is not None and isinstance(value, int):
                 result[name] = value / 1e6 if name.endswith("_seconds") else value

@@ -102,6 +102,8 @@ class DestinationSide:
         try:
             for package in sorted(p for p in incoming.iterdir() if p.is_dir()):
                 restored.append(await self._restore_container(command, package, netns, phases, pages_address))
+            if broken := self.fills.broken(uid):
+                raise OSError("; ".join(broken))
         except (RuntimeCommandError, OSError, KeyError, ValueError) as exc:
             await self.fills.cancel(uid)
             await asyncio.to_thread(self._remove_restored, pod_uid)

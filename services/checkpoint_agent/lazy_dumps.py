@@ -1,21 +1,21 @@
-"""The source's post-copy dumps: the frozen containers whose memory CRIU's page servers
-still hold, by migration. Their ports are kept on disk, so an agent that restarts during the
-fill goes on relaying pages (runc and CRIU run in their own sessions and outlive it)."""
+"""The source's post-copy page servers: for each migration, the port CRIU's page server
+serves each container's lazily restorable pages on, from the full dump in the outgoing
+images. Kept on disk, so an agent that restarts during the fill goes on relaying (the page
+servers run in their own sessions and outlive it). The pod itself is not running: rolling
+back is the stop-and-copy restore from the same images."""
 
 from __future__ import annotations
 
 import json
 import socket
 import threading
-from pathlib import Path
 
 from services.checkpoint_agent.layout import Layout
-from services.checkpoint_agent.runtime import LazyDump
 
 
 def free_local_port() -> int:
-    # CRIU binds the page server itself (runc offers no way to hand it a socket): the port
-    # is free when chosen, and CRIU binds it moments later.
+    # CRIU binds the page server itself: the port is free when chosen, and bound moments
+    # later (the page server's start fails, and says so, in the rare case it was taken).
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -24,14 +24,12 @@ def free_local_port() -> int:
 class LazyDumps:
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
-        self.running: dict[str, dict[str, LazyDump]] = {}
-        self._writing = threading.Lock()  # a pod's containers are dumped in parallel threads
+        self._writing = threading.Lock()  # a pod's containers are handled in parallel threads
 
-    def add(self, uid: str, name: str, dump: LazyDump) -> None:
+    def add(self, uid: str, name: str, port: int) -> None:
         with self._writing:
-            self.running.setdefault(uid, {})[name] = dump
             ports = self.ports(uid)
-            ports[name] = dump.port
+            ports[name] = port
             self.layout.lazy_record(uid).write_text(json.dumps(ports))
 
     def ports(self, uid: str) -> dict[str, int]:
@@ -46,26 +44,5 @@ class LazyDumps:
     def port_for(self, uid: str, container: str) -> int | None:
         return self.ports(uid).get(container)
 
-    def give_back(self, uid: str, name: str) -> None:
-        """Before the destination has resumed: break the page server's wait (a connection
-        that ends at once), so CRIU resumes the frozen container here and lifts its lock."""
-        port = self.port_for(uid, name)
-        if port is None:
-            return
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2):
-                pass
-        except OSError:
-            pass  # already gone: the page server ended on its own
-
     def forget(self, uid: str) -> None:
-        self.running.pop(uid, None)
         self.layout.lazy_record(uid).unlink(missing_ok=True)
-
-    @staticmethod
-    def log_tail(work_dir: Path) -> str:
-        log = work_dir / "dump.log"
-        if not log.exists():
-            return ""
-        lines = [line for line in log.read_text(errors="replace").splitlines() if "Error" in line]
-        return "; ".join(lines[-3:])

@@ -63,11 +63,15 @@ class PageFills:
     ) -> None:
         """Restore one container with its memory still on the source; it runs when this returns."""
         fill: Fill
+        mine = self.by_uid.setdefault(uid, MigrationFills())
 
         async def source_ended() -> None:
-            fill.paused = True
-            with contextlib.suppress(RuntimeCommandError):
-                await asyncio.to_thread(self.runtime.pause, container_id)
+            # Only once the restore is over: pausing tasks CRIU is still restoring would hang
+            # it (before then, the restore fails on the lost daemon and rolls back).
+            if mine.resumed_at:
+                fill.paused = True
+                with contextlib.suppress(RuntimeCommandError):
+                    await asyncio.to_thread(self.runtime.pause, container_id)
 
         tunnel = PageTunnel(
             address=pages_address, migration=uid, container=name, tls=tls, source_ended=source_ended
@@ -84,10 +88,31 @@ class PageFills:
                 output=output,
             )
         except BaseException:
-            await fill.tunnel.close()
+            await tunnel.close()
             raise
+        code = fill.page_fill.daemon.poll()
+        if code is not None and code != 0:
+            # It ended during the restore: the memory will not come.
+            await asyncio.to_thread(self.runtime.delete, container_id)
+            await tunnel.close()
+            raise RuntimeCommandError(
+                f"the lazy-pages daemon of {name} exited {code} during the restore "
+                f"({tunnel.error or _lazy_log_error(fill)})"
+            )
         fill.watcher = asyncio.create_task(self._watch(fill))
-        self.by_uid.setdefault(uid, MigrationFills()).fills.append(fill)
+        mine.fills.append(fill)
+
+    def broken(self, uid: str) -> list[str]:
+        """Fills whose daemon already failed (their containers are stopped)."""
+        mine = self.by_uid.get(uid)
+        problems = []
+        for f in mine.fills if mine else []:
+            if f.watcher is None or not f.watcher.done() or f.watcher.cancelled():
+                continue
+            if (code := f.watcher.result()) != 0:
+                why = f.tunnel.error or _lazy_log_error(f)
+                problems.append(f"container {f.name}: the lazy-pages daemon exited {code} ({why})")
+        return problems
 
     def resumed(self, uid: str) -> None:
         self.by_uid.setdefault(uid, MigrationFills()).resumed_at = time.monotonic()

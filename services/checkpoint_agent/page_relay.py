@@ -10,7 +10,8 @@ them in TLS 1.3 between certificates the cluster's agent CA signed, as they do t
         == TLS ==> relay (source agent) -> 127.0.0.1:page server (CRIU, the frozen pod)
 
 After the handshake the destination says {"migration", "container", "protocol"}; the source
-answers {"ready": true} if it serves that container's pages, else {"error": why}.
+answers {"ready": true} if it serves that container's pages, else {"error": why}. Then bytes
+flow both ways as they come, until either end hangs up.
 """
 
 from __future__ import annotations
@@ -48,49 +49,25 @@ class Traffic:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-async def _pump(
+async def _copy(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, count: Callable[[int], None]
 ) -> None:
-    try:
-        while data := await reader.read(CHUNK):
-            writer.write(data)
-            count(len(data))
-            await writer.drain()
-    finally:
-        writer.close()
+    while data := await reader.read(CHUNK):
+        writer.write(data)
+        count(len(data))
+        await writer.drain()
 
 
-async def _splice(
-    source_side: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    destination_side: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-    traffic: Traffic,
-    source_ended: Callable[[], Awaitable[None]] | None = None,
-) -> None:
-    """Carry bytes both ways until either side ends; then both are closed (a broken side
-    must break the other). `source_ended` runs first when the source's side ends while the
-    destination's is still open."""
-
-    def down(n: int) -> None:
-        traffic.to_destination += n
-
-    def up(n: int) -> None:
-        traffic.to_source += n
-
-    tasks = [
-        asyncio.create_task(_pump(source_side[0], destination_side[1], down)),
-        asyncio.create_task(_pump(destination_side[0], source_side[1], up)),
-    ]
+async def _first_to_end(*coroutines: Awaitable[None]) -> int:
+    """Run the copies until one ends; the index of the one that did (the others cancelled)."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        if source_ended is not None and tasks[0] in done:
-            await source_ended()
+        return tasks.index(next(iter(done)))
     finally:
         for task in tasks:
             task.cancel()
-        for _, writer in (source_side, destination_side):
-            writer.close()
         await asyncio.gather(*tasks, return_exceptions=True)
-        traffic.done.set()
 
 
 class PageRelay:
@@ -120,7 +97,7 @@ class PageRelay:
             port = self.lookup(migration, container)
             if port is None:
                 raise PageRelayError(f"no pages served here for {migration}/{container}")
-            local = await asyncio.open_connection("127.0.0.1", port)
+            local_reader, local_writer = await asyncio.open_connection("127.0.0.1", port)
         except (PageRelayError, OSError, TimeoutError, orjson.JSONDecodeError) as exc:
             log.warning("page relay refused a connection", extra={"error": str(exc)})
             with contextlib.suppress(OSError):
@@ -131,7 +108,19 @@ class PageRelay:
         writer.write(b'{"ready": true}\n')
         await writer.drain()
         traffic = Traffic()
-        await _splice(local, (reader, writer), traffic)
+
+        def to_destination(n: int) -> None:
+            traffic.to_destination += n
+
+        def to_source(n: int) -> None:
+            traffic.to_source += n
+
+        with contextlib.suppress(OSError):
+            await _first_to_end(
+                _copy(local_reader, writer, to_destination), _copy(reader, local_writer, to_source)
+            )
+        local_writer.close()
+        writer.close()
         self.sent(traffic.to_destination)
         log.info(
             "pages served",
@@ -174,14 +163,34 @@ class PageTunnel:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await self.close()  # one daemon, one connection
         try:
-            remote = await self._connect()
+            remote_reader, remote = await self._connect()
         except (PageRelayError, OSError, TimeoutError) as exc:
             self.error = str(exc)
             log.warning("page tunnel to the source failed", extra={"error": self.error})
             writer.close()
             self.traffic.done.set()
             return
-        await _splice(remote, (reader, writer), self.traffic, self.source_ended)
+
+        def to_destination(n: int) -> None:
+            self.traffic.to_destination += n
+
+        def to_source(n: int) -> None:
+            self.traffic.to_source += n
+
+        try:
+            first = await _first_to_end(
+                _copy(remote_reader, writer, to_destination), _copy(reader, remote, to_source)
+            )
+            if first == 0:
+                if self.source_ended is not None:
+                    await self.source_ended()
+                self.error = self.error or "the source's page stream ended before the daemon had every page"
+        except OSError as exc:
+            self.error = str(exc)
+        finally:
+            writer.close()
+            remote.close()
+            self.traffic.done.set()
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         host, port = self.address.rsplit(":", 1)

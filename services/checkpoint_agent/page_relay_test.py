@@ -25,22 +25,51 @@ def identity(directory: Path, ca: Pem) -> AgentTls:
     return AgentTls(directory)
 
 
-async def page_server(pages: int, *, break_after: int | None = None) -> tuple[asyncio.Server, int]:
-    """Answers each 8-byte request with `pages` pages; with `break_after`, hangs up mid-way."""
+class PageServer:
+    """Stands in for CRIU's page server: answers the first 8-byte request with `pages` pages
+    (with `break_after`, hangs up mid-way), then records how the session ended."""
 
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, pages: int, *, break_after: int | None = None) -> None:
+        self.pages, self.break_after = pages, break_after
+        self.ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readexactly(8)
-        for n in range(pages):
-            if break_after is not None and n == break_after:
+        for n in range(self.pages):
+            if self.break_after is not None and n == self.break_after:
                 writer.transport.abort()
+                self.ended.set_result("broke")
                 return
             writer.write(PAGE)
             await writer.drain()
-        await reader.read()  # the daemon closes when it has everything
+        try:
+            rest = await reader.read()
+            self.ended.set_result("orderly" if rest == b"" else f"data {rest!r}")
+        except ConnectionResetError:
+            self.ended.set_result("reset")
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    return server, int(server.sockets[0].getsockname()[1])
+
+async def relay_and_tunnel(
+    tmp_path: Path, ca: Pem, port: int, **tunnel: object
+) -> tuple[PageRelay, PageTunnel]:
+    relay = PageRelay(
+        tls=identity(tmp_path / "a", ca),
+        lookup=lambda m, c: port if (m, c) == ("m1", "app") else None,
+        sent=lambda n: None,
+    )
+    relay_port = await relay.start("127.0.0.1", 0)
+    return relay, await PageTunnel(
+        address=f"127.0.0.1:{relay_port}",
+        migration="m1",
+        container="app",
+        tls=identity(tmp_path / "b", ca),
+        **tunnel,  # type: ignore[arg-type]  # the source_ended hook
+    ).open()
 
 
 async def daemon(port: int, pages: int) -> bytes:
@@ -57,62 +86,37 @@ async def daemon(port: int, pages: int) -> bytes:
     return bytes(got)
 
 
-async def test_pages_cross_in_tls_and_arrive_whole(tmp_path: Path, ca: Pem) -> None:
-    server, server_port = await page_server(512)
-    sent: list[int] = []
-    relay = PageRelay(
-        tls=identity(tmp_path / "a", ca),
-        lookup=lambda m, c: server_port if (m, c) == ("m1", "app") else None,
-        sent=sent.append,
-    )
-    relay_port = await relay.start("127.0.0.1", 0)
-    ended: list[bool] = []
-
-    async def source_ended() -> None:
-        ended.append(True)
-
-    tunnel = await PageTunnel(
-        address=f"127.0.0.1:{relay_port}",
-        migration="m1",
-        container="app",
-        tls=identity(tmp_path / "b", ca),
-        source_ended=source_ended,
-    ).open()
+async def test_a_whole_fill_crosses_in_tls_and_ends_the_session_in_order(tmp_path: Path, ca: Pem) -> None:
+    server = PageServer(512)
+    relay, tunnel = await relay_and_tunnel(tmp_path, ca, await server.start())
     try:
         got = await asyncio.wait_for(daemon(tunnel.port, 512), 10)
-        await asyncio.wait_for(tunnel.traffic.done.wait(), 5)
+        assert await asyncio.wait_for(server.ended, 10) == "orderly"
     finally:
         await relay.stop()
-        server.close()
+        server.server.close()
     assert got == PAGE * 512
     assert tunnel.traffic.to_destination == 512 * len(PAGE) and tunnel.traffic.to_source == 8
-    assert tunnel.error is None and ended == []  # the daemon ended it: a whole fill
+    assert tunnel.error is None
 
 
 async def test_a_source_that_breaks_mid_fill_is_seen_before_the_daemon_hears(tmp_path: Path, ca: Pem) -> None:
-    server, server_port = await page_server(512, break_after=100)
-    relay = PageRelay(tls=identity(tmp_path / "a", ca), lookup=lambda m, c: server_port, sent=lambda n: None)
-    relay_port = await relay.start("127.0.0.1", 0)
+    server = PageServer(512, break_after=100)
     order: list[str] = []
 
     async def source_ended() -> None:
         order.append("paused")
 
-    tunnel = await PageTunnel(
-        address=f"127.0.0.1:{relay_port}",
-        migration="m1",
-        container="app",
-        tls=identity(tmp_path / "b", ca),
-        source_ended=source_ended,
-    ).open()
+    relay, tunnel = await relay_and_tunnel(tmp_path, ca, await server.start(), source_ended=source_ended)
     try:
         got = await asyncio.wait_for(daemon(tunnel.port, 512), 10)
         order.append("daemon saw the end")
     finally:
         await relay.stop()
-        server.close()
+        server.server.close()
     assert len(got) < 512 * len(PAGE)
     assert order == ["paused", "daemon saw the end"]
+    assert "ended before the daemon had every page" in (tunnel.error or "")
 
 
 async def test_an_unknown_migration_or_a_stranger_is_refused(tmp_path: Path, ca: Pem) -> None:

@@ -6,7 +6,6 @@ import contextlib
 import json
 import logging
 import os
-import select
 import signal
 import subprocess
 import time
@@ -17,12 +16,12 @@ from services.checkpoint_agent.runtime import (
     POD_UID,
     CheckpointResult,
     Container,
-    LazyDump,
     PageFill,
     RuntimeCommandError,
 )
 
 LAZY_LOG = "lazy-pages.log"
+PAGE_SERVER_LOG = "page-server.log"
 # The lazy-pages daemon fills memory at several hundred MiB/s; this bounds a stuck one.
 LAZY_FILL_TIMEOUT = 600.0
 
@@ -54,9 +53,17 @@ def _processes_with(program: str, *needles: str) -> list[int]:
     return found
 
 
-def _runc_commands_on(container_id: str) -> list[int]:
+def _runc_commands_on(container_id: str, base: list[str]) -> list[int]:
+    """runc commands on the container under this runtime's state root (another node's runc,
+    on the same host in tests and the sandbox, may work on a container of the same id)."""
+    root = next((a for a in base[1:] if a.startswith("--root=")), None)
     return [
-        pid for pid, argv in _cmdlines() if argv and Path(argv[0]).name == "runc" and container_id in argv[1:]
+        pid
+        for pid, argv in _cmdlines()
+        if argv
+        and Path(argv[0]).name == "runc"
+        and container_id in argv[1:]
+        and (root is None or root in argv[1:])
     ]
 
 
@@ -72,26 +79,26 @@ def _criu_log_tail(image_dir: Path, name: str) -> str:
     return "\n".join(lines[-8:])
 
 
-def _wait_readable(fd: int, seconds: float) -> bool:
-    readable, _, _ = select.select([fd], [], [], seconds)
-    return bool(readable)
-
-
-def _runc_errors(work_dir: Path) -> str:
-    parts = []
-    for name in ("runc-checkpoint.log", "runc-checkpoint.err"):
-        path = work_dir / name
-        if path.exists():
-            lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
-            parts += [line for line in lines if "error" in line.lower()][-3:]
-    return "; ".join(parts) or "no error from runc"
+def _listening(port: int) -> bool:
+    """Something listens on 127.0.0.1:port in this network namespace (without connecting:
+    a page server serves only the first connection)."""
+    wanted = f"0100007F:{port:04X}"
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    return any(line.split()[1] == wanted and line.split()[3] == "0A" for line in lines)
 
 
 class Runc:
     def __init__(self, *, root: Path | None = None, runc: str = "runc", criu: str = "criu") -> None:
         # A state root of our own keeps our containers apart from anyone else's runc use.
         self.base = [runc] + ([f"--root={root}"] if root else [])
+        if criu != "criu":
+            # runc runs CRIU itself for checkpoint and restore: the same binary as the agent's.
+            self.base.append(f"--criu={criu}")
         self.criu = criu
+        self.criu_name = Path(criu).name
 
     def _run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -199,53 +206,53 @@ class Runc:
         size = sum(p.stat().st_size for p in image_dir.iterdir() if p.is_file())
         return CheckpointResult(image_dir, seconds, size)
 
-    def checkpoint_lazy(
-        self, container_id: str, image_dir: Path, *, port: int, work_dir: Path, ready_seconds: float = 120
-    ) -> LazyDump:
-        """Freeze and dump all but the memory into `image_dir`; return once CRIU's page server
-        listens on 127.0.0.1:`port` (CRIU says so on --status-fd). The memory stays in the
-        frozen container until a lazy-pages daemon has fetched every page: then runc ends
-        the container. If the page stream breaks first, CRIU resumes the container here."""
-        image_dir.mkdir(parents=True, exist_ok=True)
-        work_dir.mkdir(parents=True, exist_ok=True)
-        ready_r, ready_w = os.pipe()
-        args = [
-            *self.base,
-            f"--log={work_dir / 'runc-checkpoint.log'}",
-            "checkpoint",
-            f"--image-path={image_dir.resolve()}",
-            f"--work-path={work_dir.resolve()}",
-            "--tcp-established",
-            "--lazy-pages",
-            f"--page-server=127.0.0.1:{port}",
-            f"--status-fd={ready_w}",
-            container_id,
-        ]
-        try:
-            process = subprocess.Popen(
-                args,
-                start_new_session=True,  # it serves the pages even if the agent dies
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=(work_dir / "runc-checkpoint.err").open("wb"),
-                pass_fds=(ready_w,),
-            )
-        finally:
-            os.close(ready_w)
-        try:
-            ready = _wait_readable(ready_r, ready_seconds) and os.read(ready_r, 1) != b""
-        finally:
-            os.close(ready_r)
-        if not ready:
-            if process.poll() is None:
-                process.kill()
-            process.wait()
-            raise RuntimeCommandError(
-                f"lazy checkpoint of {container_id} failed before its page server was ready "
-                f"(runc exited {process.returncode}): {_runc_errors(work_dir)}\n"
-                f"{_criu_log_tail(work_dir, 'dump.log')}"
-            )
-        return LazyDump(container_id=container_id, port=port, work_dir=work_dir, process=process)
+    def serve_lazy_pages(
+        self, image_dir: Path, *, port: int, ready_seconds: float = 60
+    ) -> subprocess.Popen[bytes]:
+        """CRIU's page server for a full dump's lazily restorable pages, on 127.0.0.1:`port`,
+        in its own session (it serves even if the agent dies); returns once it listens. It
+        serves one lazy-pages daemon and exits when that one hangs up."""
+        image_dir = image_dir.resolve()
+        server = subprocess.Popen(
+            [
+                self.criu,
+                "page-server",
+                "--lazy-pages",
+                "-D",
+                str(image_dir),
+                "--address",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "-o",
+                PAGE_SERVER_LOG,
+            ],
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + ready_seconds
+        while not _listening(port):
+            if server.poll() is not None or time.monotonic() > deadline:
+                if server.poll() is None:
+                    server.kill()
+                server.wait()
+                raise RuntimeCommandError(
+                    f"CRIU's page server did not start (exit {server.returncode}): "
+                    f"{_criu_log_tail(image_dir, PAGE_SERVER_LOG)}"
+                )
+            time.sleep(0.005)
+        return server
+
+    def stop_serving_pages(self, image_dir: Path) -> None:
+        """End page servers of `image_dir` (also ones an earlier agent started)."""
+        for pid in _processes_with(self.criu_name, "page-server", str(image_dir.resolve())):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def serving_pages(self, image_dir: Path) -> bool:
+        return bool(_processes_with(self.criu_name, "page-server", str(image_dir.resolve())))
 
     def restore_lazy(
         self,
@@ -401,11 +408,11 @@ class Runc:
         checkpoint or mid-restore leaves runc and CRIU to finish on their own); a lazy-pages
         daemon still serving `images` for a restore nobody waits for goes."""
         deadline = time.monotonic() + timeout
-        while _runc_commands_on(container_id):
+        while _runc_commands_on(container_id, self.base):
             if time.monotonic() > deadline:
                 raise RuntimeCommandError(f"runc commands on {container_id} still run after {timeout:g}s")
             time.sleep(0.05)
         if images is not None:
-            for pid in _processes_with("criu", "lazy-pages", str(images.resolve())):
+            for pid in _processes_with(self.criu_name, "lazy-pages", str(images.resolve())):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)

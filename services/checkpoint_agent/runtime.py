@@ -46,18 +46,6 @@ class CheckpointResult:
 
 
 @dataclass
-class LazyDump:
-    """A post-copy dump: everything but the memory is in the images; the memory stays in the
-    frozen container, served by CRIU's page server on 127.0.0.1:port until the destination
-    has every page (then CRIU ends the container), or given back if the transfer breaks."""
-
-    container_id: str
-    port: int
-    work_dir: Path
-    process: subprocess.Popen[bytes]
-
-
-@dataclass
 class PageFill:
     """A post-copy restore: the container runs, and a `criu lazy-pages` daemon brings its
     memory from the source's page server; it exits 0 once every page is in place."""
@@ -85,9 +73,11 @@ class ContainerRuntime(Protocol):
         lazy: bool = False,
         output: Path | None = None,
     ) -> float: ...
-    def checkpoint_lazy(
-        self, container_id: str, image_dir: Path, *, port: int, work_dir: Path, ready_seconds: float = 120
-    ) -> LazyDump: ...
+    def serve_lazy_pages(
+        self, image_dir: Path, *, port: int, ready_seconds: float = 60
+    ) -> subprocess.Popen[bytes]: ...
+    def stop_serving_pages(self, image_dir: Path) -> None: ...
+    def serving_pages(self, image_dir: Path) -> bool: ...
     def restore_lazy(
         self,
         container_id: str,

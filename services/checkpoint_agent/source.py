@@ -20,9 +20,10 @@ from services.checkpoint_agent.holdback import PacketHold
 from services.checkpoint_agent.layout import tree_size
 from services.checkpoint_agent.lazy_dumps import LazyDumps, free_local_port
 from services.checkpoint_agent.outcomes import Details, OutcomeStore
+from services.checkpoint_agent.pagemap import lazy_holes
 from services.checkpoint_agent.runtime import Container, ContainerRuntime, RuntimeCommandError
 from services.checkpoint_agent.tls import AgentTls
-from services.checkpoint_agent.transfer import Channel, TransferError, open_channel
+from services.checkpoint_agent.transfer import Channel, Holes, TransferError, open_channel
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class SourceSide:
         self.runtime, self.capabilities, self.outcomes = runtime, capabilities, outcomes
         # Packets the frozen pod misses, per migration, and since when.
         self.holds: dict[str, tuple[PacketHold, float]] = {}
-        # Post-copy: frozen containers whose memory CRIU's page servers still hold.
+        # Post-copy: where CRIU's page servers serve the dumped pods' memory.
         self.lazy = LazyDumps(self.layout)
 
     # ----- pre-dump -----
@@ -82,20 +83,50 @@ class SourceSide:
                 # A repeated dump after the images were made (e.g. the agent restarted during
                 # the transfer): send the same images again.
                 dump_details = json.loads(self.layout.dumped(uid).read_text())
+            holes: Holes = {}
+            if command.strategy == MigrationStrategy.POST_COPY:
+                holes = await self._serve_pages(command)
             stall = min(self.config.transfer_stall_seconds, command.timeout_seconds)
-            sent = await channel.send(outgoing, stall_seconds=stall)
-        except (TransferError, OSError, TimeoutError) as exc:
+            sent = await channel.send(outgoing, stall_seconds=stall, holes=holes)
+        except (TransferError, OSError, TimeoutError, RuntimeCommandError) as exc:
             reason = f"sending the images to {command.destination_node} failed: {exc}"
             raise StepFailed(reason + await self._rollback_note(command)) from None
         finally:
             channel.close()
         return {
             **dump_details,
-            "bytes": sent.bytes,
+            "lazy_pages": bool(holes),
+            "bytes": sent.bytes - sent.skipped,
+            "bytes_on_demand": sent.skipped,
             "files": sent.files,
             "transfer_seconds": round(sent.seconds, 6),
             "transfer_mib_per_s": round(sent.mib_per_s, 1),
         }
+
+    async def _serve_pages(self, command: CheckpointCommand) -> Holes:
+        """Post-copy: CRIU's page servers, one per container, serve the lazily restorable
+        memory from the dump here; the destination gets the images without it."""
+        uid = command.migration.uid
+        outgoing = self.layout.outgoing(uid)
+        holes: dict[str, list[tuple[int, int]]] = {}
+        for record in json.loads(self.layout.pod_record(uid).read_text()):
+            images = outgoing / record["name"] / "criu"
+            await asyncio.to_thread(self.runtime.stop_serving_pages, images)  # an earlier try's
+            port = free_local_port()
+            await asyncio.to_thread(self.runtime.serve_lazy_pages, images, port=port)
+            self.lazy.add(uid, record["name"], port)
+            for name, ranges in lazy_holes(images).items():
+                holes[f"{record['name']}/criu/{name}"] = ranges
+        return holes
+
+    async def _stop_serving(self, uid: str) -> None:
+        if not self.lazy.is_lazy(uid):
+            return
+        for name in self.lazy.ports(uid):
+            await asyncio.to_thread(
+                self.runtime.stop_serving_pages, self.layout.outgoing(uid) / name / "criu"
+            )
+        self.lazy.forget(uid)
 
     async def _movable_containers(self, command: CheckpointCommand) -> list[Container]:
         containers = await asyncio.to_thread(self.runtime.pod_containers, command.pod.uid)
@@ -156,10 +187,6 @@ class SourceSide:
         fails with the reason (the pod runs on the source, whole)."""
         uid = command.migration.uid
         records = json.loads(self.layout.pod_record(uid).read_text())
-        if self.lazy.is_lazy(uid):
-            # A post-copy dump's page servers lived on: give the pod back (CRIU resumes it).
-            note = await self._rollback_containers(command, records)
-            raise StepFailed(f"the checkpoint agent restarted during a post-copy dump{note}")
         for record in records:
             await asyncio.to_thread(self.runtime.settle, record["id"])
         complete = [images_complete(outgoing / r["name"] / "criu") for r in records]
@@ -227,23 +254,10 @@ class SourceSide:
         self, command: CheckpointCommand, containers: list[Container], outgoing: Path
     ) -> Details:
         started = time.perf_counter()
-        uid = command.migration.uid
-        lazy = command.strategy == MigrationStrategy.POST_COPY
 
         def dump_one(container: Container) -> None:
             target = outgoing / container.name
-            if lazy:
-                # All but the memory; the page server then holds the memory in the frozen
-                # container until the destination has fetched it.
-                dump = self.runtime.checkpoint_lazy(
-                    container.id,
-                    target / "criu",
-                    port=free_local_port(),
-                    work_dir=self.layout.criu_work(uid, container.name),
-                )
-                self.lazy.add(uid, container.name, dump)
-            else:
-                self.runtime.checkpoint(container.id, target / "criu", tcp_established=True)
+            self.runtime.checkpoint(container.id, target / "criu", tcp_established=True)
 
         # All containers of the pod together: each CRIU freezes its own container.
         results = await asyncio.gather(
@@ -259,7 +273,6 @@ class SourceSide:
         stats = [read_stats(outgoing / c.name / "criu" / "stats-dump") for c in containers]
         details: Details = {
             "containers": len(containers),
-            "lazy_pages": lazy,
             "dump_seconds": round(dump_seconds, 6),
             "package_seconds": round(time.perf_counter() - started - dump_seconds, 6),
         }
@@ -286,10 +299,6 @@ class SourceSide:
             ".",
         )
 
-    def _give_back(self, uid: str, pod: list[dict[str, str]]) -> None:
-        for record in pod:
-            self.lazy.give_back(uid, record["name"])
-
     # ----- rollback -----
 
     async def abort(self, command: CheckpointCommand) -> Details:
@@ -299,7 +308,6 @@ class SourceSide:
         if self.layout.pod_record(uid).exists():
             # Dumped, or a dump an earlier agent died during: whatever stopped runs again.
             pod = json.loads(self.layout.pod_record(uid).read_text())
-            self._give_back(uid, pod)
             for record in pod:
                 await asyncio.to_thread(self.runtime.settle, record["id"])
             await self._restore_source(command, pod)
@@ -335,24 +343,13 @@ class SourceSide:
         uid = command.migration.uid
         outgoing = self.layout.outgoing(uid)
         errors = []
-        if self.lazy.is_lazy(uid):
-            # The memory is still in the frozen containers: CRIU resumes them once their
-            # page servers stop waiting.
-            self._give_back(uid, pod)
-            for record in pod:
-                await asyncio.to_thread(self.runtime.settle, record["id"], timeout=60)
+        # Post-copy before the resume: the destination fetches no more pages from here.
+        await self._stop_serving(uid)
         for record in pod:
             state = await asyncio.to_thread(self.runtime.state, record["id"])
             if state in ("running", "paused"):
                 continue
             images = outgoing / record["name"] / "criu"
-            if self.lazy.is_lazy(uid):
-                work = self.layout.criu_work(uid, record["name"])
-                errors.append(
-                    f"container {record['name']} did not resume after its post-copy dump "
-                    f"(its memory was never written to an image): {self.lazy.log_tail(work)}"
-                )
-                continue
             if not (images / "inventory.img").exists():
                 errors.append(f"container {record['name']}: no image to restore from")
                 continue
@@ -370,27 +367,34 @@ class SourceSide:
         if errors:
             raise StepFailed("; ".join(errors))
         await self._replay(uid)
-        self.lazy.forget(uid)
         self.layout.dumped(uid).unlink(missing_ok=True)
         shutil.rmtree(outgoing, ignore_errors=True)
 
     # ----- finalize -----
 
+    async def _wait_pages_served(self, command: CheckpointCommand) -> None:
+        """Post-copy: the page servers exit once the destination's daemons hung up (after the
+        fill step on the destination, that is at once); one still serving after the step's
+        time is ended."""
+        uid = command.migration.uid
+        if not self.lazy.is_lazy(uid):
+            return
+        deadline = time.monotonic() + command.timeout_seconds / 2
+        for name in self.lazy.ports(uid):
+            images = self.layout.outgoing(uid) / name / "criu"
+            while await asyncio.to_thread(self.runtime.serving_pages, images):
+                if time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.05)
+        await self._stop_serving(uid)
+
     async def finalize(self, command: CheckpointCommand) -> Details:
         uid = command.migration.uid
         if not self.layout.dumped(uid).exists():
             raise StepFailed("nothing was dumped for this migration on this node: refusing to finalize")
-        pod = json.loads(self.layout.pod_record(uid).read_text())
-        lazy = self.lazy.is_lazy(uid)
-        if lazy:
-            # Post-copy: the page servers end once the destination has every page (or its
-            # fill failed and it stopped the pod there: the source's copy goes all the same,
-            # its address has moved).
-            self._give_back(uid, pod)
-        for record in pod:
-            await asyncio.to_thread(self.runtime.settle, record["id"], timeout=command.timeout_seconds)
+        await self._wait_pages_served(command)
+        for record in json.loads(self.layout.pod_record(uid).read_text()):
             await asyncio.to_thread(self.runtime.delete, record["id"])
-        self.lazy.forget(uid)
         replayed = await self._replay(uid)
         freed = tree_size(self.layout.outgoing(uid))
         shutil.rmtree(self.layout.outgoing(uid), ignore_errors=True)

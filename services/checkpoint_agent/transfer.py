@@ -9,8 +9,11 @@ After the handshake the sender says {"migration", "protocol"}; the receiver answ
 {"ready": true} if it expects that migration, else why not. Then frames (TLS keeps them
 whole and in order):
 
-    FILE  name      then DATA chunks, then DONE
+    FILE  name      then DATA chunks (and SKIP lengths: holes), then DONE
     END   manifest {name: size}
+
+A SKIP leaves a hole of that many bytes: post-copy sends the pages image without the pages
+that come later on demand (pagemap.py), at the size the restore expects.
 
 The receiver writes into a staging directory, checks the sizes against the manifest, and
 only then renames the staging directory into place. Any failure — an unknown certificate, a
@@ -32,16 +35,21 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import orjson
 
 from services.checkpoint_agent.tls import AGENT_NAME, AgentTls
 
 CHUNK = 4 << 20
-# 3: inside mutual TLS (2: HMAC-SHA256 frames, 1: keyed BLAKE2b). Both agents must speak it.
-PROTOCOL = 3
+# 4: holes (SKIP); 3: inside mutual TLS (2: HMAC-SHA256 frames, 1: keyed BLAKE2b). Both
+# agents must speak it.
+PROTOCOL = 4
 _HEADER = struct.Struct("!BI")  # frame type, payload length
-FILE, DATA, DONE, END, ERROR = 1, 2, 3, 4, 5
+FILE, DATA, DONE, END, ERROR, SKIP = 1, 2, 3, 4, 5, 6
+_SKIP = struct.Struct("!Q")
+# {relative file name: [(offset, length)...]}: byte ranges not to send.
+Holes = Mapping[str, list[tuple[int, int]]]
 MAX_FRAME = CHUNK + 4096
 
 
@@ -54,6 +62,8 @@ class TransferStats:
     files: int
     bytes: int
     seconds: float
+    # Of `bytes`, how many were holes (not sent).
+    skipped: int = 0
 
     @property
     def mib_per_s(self) -> float:
@@ -119,12 +129,15 @@ class Channel:
     def __init__(self, sock: ssl.SSLSocket) -> None:
         self.sock = sock
 
-    async def send(self, source: Path, *, stall_seconds: float = 600) -> TransferStats:
-        """Stream every regular file under `source` (subdirectories included). A peer that
-        takes nothing for `stall_seconds` fails the transfer (a dead link is not waited on)."""
+    async def send(
+        self, source: Path, *, stall_seconds: float = 600, holes: Holes | None = None
+    ) -> TransferStats:
+        """Stream every regular file under `source` (subdirectories included), leaving out
+        `holes`. A peer that takes nothing for `stall_seconds` fails the transfer (a dead
+        link is not waited on)."""
         self.sock.settimeout(stall_seconds)
         try:
-            return await asyncio.to_thread(_send, self.sock, source, time.perf_counter())
+            return await asyncio.to_thread(_send, self.sock, source, time.perf_counter(), holes or {})
         finally:
             # Also what stops the worker when the step is cancelled: its socket calls fail.
             self.close()
@@ -182,10 +195,10 @@ def _handshake(raw: socket.socket, tls: AgentTls, migration: str) -> ssl.SSLSock
     return sock
 
 
-def _send(sock: ssl.SSLSocket, source: Path, started: float) -> TransferStats:
+def _send(sock: ssl.SSLSocket, source: Path, started: float, holes: Holes) -> TransferStats:
     with sock:
         try:
-            manifest, total = _stream_files(sock, source)
+            manifest, total, skipped = _stream_files(sock, source, holes)
         except (ConnectionError, OSError) as exc:
             # The receiver may have said why before hanging up.
             try:
@@ -201,25 +214,43 @@ def _send(sock: ssl.SSLSocket, source: Path, started: float) -> TransferStats:
             raise TransferError(f"the receiver rejected the transfer: connection lost ({exc})") from None
     if not verdict.get("ok"):
         raise TransferError(f"the receiver rejected the transfer: {verdict.get('error')}")
-    return TransferStats(len(manifest), total, time.perf_counter() - started)
+    return TransferStats(len(manifest), total, time.perf_counter() - started, skipped)
 
 
-def _stream_files(sock: socket.socket, source: Path) -> tuple[dict[str, int], int]:
+def _stream_files(sock: socket.socket, source: Path, holes: Holes) -> tuple[dict[str, int], int, int]:
     manifest: dict[str, int] = {}
     buffer = bytearray(CHUNK)
     view = memoryview(buffer)
+    skipped = 0
     for path in sorted(p for p in source.rglob("*") if p.is_file() and not p.is_symlink()):
         name = path.relative_to(source).as_posix()
         _send_frame(sock, FILE, orjson.dumps({"name": name}))
         size = 0
         with path.open("rb", buffering=0) as handle:
-            while n := handle.readinto(buffer):
-                size += n
-                _send_frame(sock, DATA, view[:n])
+            for start, length in sorted(holes.get(name, [])):
+                size += _send_range(sock, handle, view, start - size)
+                _send_frame(sock, SKIP, _SKIP.pack(length))
+                handle.seek(length, os.SEEK_CUR)
+                size += length
+                skipped += length
+            size += _send_range(sock, handle, view, None)
         _send_frame(sock, DONE, b"")
         manifest[name] = size
     _send_frame(sock, END, orjson.dumps(manifest))
-    return manifest, sum(manifest.values())
+    return manifest, sum(manifest.values()), skipped
+
+
+def _send_range(sock: socket.socket, handle: BinaryIO, view: memoryview, length: int | None) -> int:
+    """Send `length` bytes from the file's position (None: to its end); the count sent."""
+    sent = 0
+    while length is None or sent < length:
+        want = len(view) if length is None else min(len(view), length - sent)
+        n = handle.readinto(view[:want])  # type: ignore[attr-defined]  # a raw FileIO
+        if not n:
+            break
+        sent += n
+        _send_frame(sock, DATA, view[:n])
+    return sent
 
 
 def receive_connection(
@@ -298,8 +329,12 @@ def _receive_files(sock: socket.socket, staging: Path) -> tuple[dict[str, int], 
             current = (name, (staging / name).open("wb", buffering=0))
         elif kind == DATA and current:
             current[1].write(payload)
+        elif kind == SKIP and current:
+            (length,) = _SKIP.unpack(bytes(payload))
+            current[1].seek(length, os.SEEK_CUR)
         elif kind == DONE and current:
             name, handle = current
+            handle.truncate()  # a hole at the end still counts in the size
             handle.close()
             received[name] = (staging / name).stat().st_size
             current = None

@@ -15,7 +15,12 @@ import pytest
 
 from services.checkpoint_agent.certs import Pem, make_agent_cert, make_ca, write_agent_tls
 from services.checkpoint_agent.tls import AgentTls
-from services.checkpoint_agent.transfer import TransferError, receive_connection, send_directory
+from services.checkpoint_agent.transfer import (
+    TransferError,
+    open_channel,
+    receive_connection,
+    send_directory,
+)
 
 
 def make_images(directory: Path) -> dict[str, bytes]:
@@ -86,6 +91,24 @@ async def test_round_trip(tmp_path: Path, ca: Pem, sender: AgentTls) -> None:
     for name, data in files.items():
         assert (tmp_path / "dst" / name).read_bytes() == data
     assert leftovers(tmp_path) == []
+
+
+async def test_holes_are_not_sent_and_the_file_keeps_its_size_and_other_bytes(
+    tmp_path: Path, ca: Pem, sender: AgentTls
+) -> None:
+    src = tmp_path / "src" / "c" / "criu"
+    src.mkdir(parents=True)
+    data = os.urandom(64 << 10)
+    (src / "pages-1.img").write_bytes(data)
+    holes = {"c/criu/pages-1.img": [(4096, 8192), (60 << 10, 4 << 10)]}  # the second ends the file
+    receiver = Receiver({"mig-1": tmp_path / "dst"}, identity(tmp_path / "recv-tls", ca))
+    channel = await open_channel("127.0.0.1", receiver.port, migration="mig-1", tls=sender)
+    stats = await channel.send(tmp_path / "src", holes=holes)
+    await receiver.result()
+    got = (tmp_path / "dst" / "c" / "criu" / "pages-1.img").read_bytes()
+    assert len(got) == len(data) and stats.bytes == len(data) and stats.skipped == 12 << 10
+    assert got[:4096] == data[:4096] and got[12288 : 60 << 10] == data[12288 : 60 << 10]
+    assert got[4096:12288] == bytes(8192) and got[60 << 10 :] == bytes(4 << 10)
 
 
 async def test_a_sender_of_another_cluster_is_refused_and_leaves_nothing(tmp_path: Path, ca: Pem) -> None:
@@ -267,7 +290,7 @@ async def test_a_sender_of_another_protocol_version_is_told_why(
             return sock.recv(4096)
 
     answer = await asyncio.to_thread(old_sender)
-    assert b"the sender speaks transfer protocol 2, this agent 3" in answer
+    assert b"the sender speaks transfer protocol 2, this agent 4" in answer
     with pytest.raises(TransferError, match="run the same CLM version on every node"):
         await receiver.result()
     assert not (tmp_path / "dst").exists()

@@ -45,7 +45,10 @@ class Lab:
                 image_dir=images,
                 pex_dir=pex_dir(),
                 # A command an agent died on goes to its successor within this wait.
-                checkpoint_env={"CLM_ACK_WAIT_SECONDS": "3"},
+                checkpoint_env={
+                    "CLM_ACK_WAIT_SECONDS": "3",
+                    "CLM_CRIU_BINARY": os.environ.get("XCRIU", "criu"),
+                },
             )
             for key in ("a", "b")
         }
@@ -101,7 +104,7 @@ def lab(segment: Segment, nats_server: NatsServer, tmp_path: Path) -> Iterator[L
         remove_pod(lab.pod, nodes=lab.everywhere())
         for node in lab.nodes.values():
             node.stop()
-        shutil.rmtree(lab.images, ignore_errors=True)
+        shutil.rmtree(lab.images, ignore_errors=True) if not os.environ.get("XKEEP") else None
 
 
 def check_client(lab: Lab, result: dict) -> None:

@@ -41,8 +41,15 @@ def lazy_pages_daemons(images: Path) -> list[str]:
     return [
         " ".join(argv)
         for argv in processes()
-        if Path(argv[0]).name == "criu" and "lazy-pages" in argv and str(images) in " ".join(argv)
+        if Path(argv[0]).name.startswith("criu") and "lazy-pages" in argv and str(images) in " ".join(argv)
     ]
+
+
+def restoring(pod: LabPod, runc_root: Path) -> bool:
+    return any(
+        Path(a[0]).name == "runc" and "restore" in a and pod.container_id in a and f"--root={runc_root}" in a
+        for a in processes()
+    )
 
 
 def helpers_of(pod: LabPod, images: Path) -> list[str]:
@@ -127,8 +134,12 @@ async def test_the_source_agent_killed_during_the_fill_stops_the_pod_and_fails_t
     driver = await Driver.connect(lab.nats.url)
 
     async def kill_during_the_fill() -> None:
-        # The pod runs on B while its memory still comes from A.
-        while not (running_on(lab.pod, lab.b.runc_root) and lazy_pages_daemons(lab.images / lab.b.node)):
+        # The pod runs on B (its restore is over) while its memory still comes from A.
+        while not (
+            running_on(lab.pod, lab.b.runc_root)
+            and not restoring(lab.pod, lab.b.runc_root)
+            and lazy_pages_daemons(lab.images / lab.b.node)
+        ):
             await asyncio.sleep(0.002)
         assert lab.a.checkpoint is not None
         lab.a.checkpoint.kill()

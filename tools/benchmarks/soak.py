@@ -510,7 +510,8 @@ class Soak:
 
 def criu_processes() -> list[str]:
     """CRIU processes alive (dump, restore, lazy-pages, page-server): none once a move ended.
-    The agents' periodic capability probe (`criu check`, `criu --version`) is not one."""
+    The agents' periodic capability probe (`criu check`, `criu --version`, `criu cpuinfo
+    dump`) is not one, nor a process that is exiting (its command line already gone)."""
     found = []
     pids = subprocess.run(["pgrep", "-x", "criu"], capture_output=True, text=True, check=False).stdout.split()
     for pid in pids:
@@ -519,7 +520,7 @@ def criu_processes() -> list[str]:
                 continue
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             words = [a.decode(errors="replace") for a in argv if a]
-            if len(words) > 1 and words[1] in ("check", "--version", "-V"):
+            if not words or (len(words) > 1 and words[1] in ("check", "--version", "-V", "cpuinfo")):
                 continue
             found.append(f"criu process {pid}: {' '.join(words)[:120]}")
     return found
