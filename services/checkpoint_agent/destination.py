@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -22,6 +23,8 @@ from services.checkpoint_agent.outcomes import Details, OutcomeStore
 from services.checkpoint_agent.page_fills import PageFills
 from services.checkpoint_agent.runtime import ContainerRuntime, RuntimeCommandError
 
+log = logging.getLogger(__name__)
+
 
 class DestinationSide:
     def __init__(
@@ -35,7 +38,12 @@ class DestinationSide:
         self.node = config.node
         self.runtime, self.capabilities, self.outcomes = runtime, capabilities, outcomes
         # Post-copy: restored containers whose memory is still arriving.
-        self.fills = PageFills(runtime)
+        self.fills = PageFills(runtime, config.layout)
+        for container_id in self.fills.stop_orphans():
+            log.warning(
+                "stopped a container whose memory was still arriving when this agent last stopped",
+                extra={"container": container_id},
+            )
         # Offered to the transfer server: migration uid -> where its images go.
         self.expected_transfers: dict[str, Path] = {}
         # An agent killed mid-transfer leaves a staging directory: never restorable.

@@ -8,7 +8,7 @@ memory while it moves):
     state_dir/migrations/<uid>/dumped                the images hold the pod (source)
     state_dir/migrations/<uid>/expected              a transfer is expected (destination)
     state_dir/migrations/<uid>/lazy.json             post-copy: page server ports (source)
-    state_dir/migrations/<uid>/criu-<container>/     post-copy: CRIU's and runc's logs (source)
+    state_dir/migrations/<uid>/filling               post-copy: containers filling (destination)
     state_dir/pods/<pod-uid>/<container>/            bundles of restored containers
     image_dir/out/<uid>/<container>/{criu/,config.json,rootfs.tar}    (source)
     image_dir/in/<uid>/...                                            (destination)
@@ -39,9 +39,6 @@ class Layout:
 
     def lazy_record(self, uid: str) -> Path:
         return self.workdir(uid) / "lazy.json"
-
-    def criu_work(self, uid: str, container: str) -> Path:
-        return self.workdir(uid) / f"criu-{container}"
 
     def results(self, uid: str) -> Path:
         return self.workdir(uid) / "results"

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.checkpoint_agent.layout import Layout
 from services.checkpoint_agent.outcomes import Details
 from services.checkpoint_agent.page_relay import PageTunnel
 from services.checkpoint_agent.runc import LAZY_LOG
@@ -25,6 +26,8 @@ from services.checkpoint_agent.runtime import ContainerRuntime, PageFill, Runtim
 from services.checkpoint_agent.tls import AgentTls
 
 log = logging.getLogger(__name__)
+# In a migration's work directory while its containers' memory arrives: their ids.
+FILLING = "filling"
 
 
 @dataclass
@@ -45,9 +48,28 @@ class MigrationFills:
 
 
 class PageFills:
-    def __init__(self, runtime: ContainerRuntime) -> None:
-        self.runtime = runtime
+    def __init__(self, runtime: ContainerRuntime, layout: Layout) -> None:
+        self.runtime, self.layout = runtime, layout
         self.by_uid: dict[str, MigrationFills] = {}
+
+    def stop_orphans(self) -> list[str]:
+        """At start: containers an earlier agent was filling. Their page streams died with
+        it, so their memory is incomplete: they are stopped (the fill step then fails)."""
+        stopped = []
+        for marker in (self.layout.state_dir / "migrations").glob(f"*/{FILLING}"):
+            for container_id in marker.read_text().split():
+                self.runtime.delete(container_id)
+                stopped.append(container_id)
+            marker.unlink()
+        return stopped
+
+    def _mark(self, uid: str) -> None:
+        mine = self.by_uid.get(uid)
+        marker = self.layout.workdir(uid) / FILLING
+        if mine and mine.fills:
+            marker.write_text("\n".join(f.container_id for f in mine.fills))
+        else:
+            marker.unlink(missing_ok=True)
 
     async def restore(
         self,
@@ -101,6 +123,7 @@ class PageFills:
             )
         fill.watcher = asyncio.create_task(self._watch(fill))
         mine.fills.append(fill)
+        self._mark(uid)
 
     def broken(self, uid: str) -> list[str]:
         """Fills whose daemon already failed (their containers are stopped)."""
@@ -152,11 +175,13 @@ class PageFills:
             "risk_window_seconds": round(max(0.0, last - mine.resumed_at), 6),
         }
         self.by_uid.pop(uid, None)
+        self._mark(uid)
         return details, problems
 
     async def cancel(self, uid: str) -> None:
         """A restore that failed or is aborted: no daemon or tunnel is left."""
         mine = self.by_uid.pop(uid, None)
+        self._mark(uid)
         for fill in mine.fills if mine else []:
             if fill.page_fill is not None and fill.page_fill.daemon.poll() is None:
                 fill.page_fill.daemon.kill()
