@@ -73,6 +73,9 @@ class CoordinatorSettings(ServiceSettings):
     max_per_replica: int = Field(default=5, ge=1)
     # Rules for nodes a pod may move between when the coordinator picks the destination.
     compatibility_profile: Profile = Profile.GENERIC
+    # `auto` picks post-copy for pods with at least this much memory where both nodes can
+    # (unset: never; post-copy's commit point is the destination's resume).
+    post_copy_auto_min_mib: int | None = Field(default=None, ge=0)
 
 
 class Coordinator:
@@ -105,6 +108,9 @@ class Coordinator:
             replica=settings.replica_id,
             step_timeout=settings.step_timeout_seconds,
             requirements=Requirements(profile=settings.compatibility_profile),
+            post_copy_auto_min_bytes=(
+                settings.post_copy_auto_min_mib << 20 if settings.post_copy_auto_min_mib is not None else None
+            ),
         )
         self.limits = Limits(
             settings.max_per_source_node, settings.max_per_destination_node, settings.max_in_cluster

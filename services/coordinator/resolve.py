@@ -11,6 +11,7 @@ from clm.policy.compatibility import Requirements
 from clm.policy.destination import choose_destination
 from clm.policy.evictor import matrix
 from clm.policy.naming import runtime_pod_uid
+from clm.policy.quantity import to_int
 from services.coordinator.kube import now_iso
 from services.coordinator.recorder import StatusRecorder, in_thread
 
@@ -54,8 +55,22 @@ async def resolve(record: StatusRecorder, requirements: Requirements) -> None:
         ownerKind=kind,
         startTime=now_iso(),
         fallback=fallback,
+        podMemoryBytes=pod_memory_bytes(pod),
         **kept,
     )
+
+
+def pod_memory_bytes(pod: dict[str, Any]) -> int:
+    """What the pod may hold in memory: its containers' limits, else their requests."""
+    total = 0
+    for container in o.containers(pod):
+        resources = container.get("resources") or {}
+        value = (resources.get("limits") or {}).get("memory") or (resources.get("requests") or {}).get(
+            "memory"
+        )
+        if value is not None:
+            total += to_int("memory", value)
+    return total
 
 
 async def _choose_destination(

@@ -41,7 +41,7 @@ from clm.contracts import (
 )
 from clm.contracts.protocol import Phase, StepFailed, is_terminal
 from clm.policy.compatibility import Profile, Requirements
-from clm.policy.precopy import strategy_for
+from clm.policy.precopy import AutoPostCopy, strategy_for
 from services.coordinator.clones import Clones
 from services.coordinator.kube import KubeGateway, now_iso
 from services.coordinator.lease import MigrationHandle
@@ -64,6 +64,8 @@ class RunnerConfig:
     answer_grace: float = 30.0
     # The replica driving (recorded in status.driver; the lease names it).
     replica: str = "coordinator"
+    # `auto` picks post-copy for pods of at least this many bytes (None: never).
+    post_copy_auto_min_bytes: int | None = None
 
 
 class MigrationRunner:
@@ -197,7 +199,8 @@ class MigrationRunner:
         src, dst = self.status["sourceNode"], self.status["destinationNode"]
         requested = MigrationStrategy(self.spec.get("strategy") or "auto")
         capabilities = {src: await self.capabilities(src), dst: await self.capabilities(dst)}
-        choice = strategy_for(requested, capabilities, source=src, destination=dst)
+        auto = AutoPostCopy(self.config.post_copy_auto_min_bytes, int(self.status.get("podMemoryBytes", 0)))
+        choice = strategy_for(requested, capabilities, source=src, destination=dst, auto_post_copy=auto)
         if choice.problem is not None:
             raise StepFailed(choice.problem, stage=protocol.CHECK_CPU.stage)
         for reason, why in choice.events:

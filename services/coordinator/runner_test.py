@@ -252,6 +252,19 @@ async def test_post_copy_commits_at_the_resume_and_waits_for_the_pages() -> None
     assert kinds(published)[-1] == "MigrationFinished"
 
 
+async def test_auto_picks_post_copy_for_a_large_pod_where_the_cluster_allows_it() -> None:
+    runner, kube, agents, published = make(post_copy=True)
+    kube.pods["web-0"]["spec"]["containers"][0]["resources"] = {"limits": {"memory": "2Gi"}}
+    runner.config.post_copy_auto_min_bytes = 1 << 30
+    assert await runner.run() == "Finished"
+    assert runner.status["strategy"] == "post-copy" and runner.status["podMemoryBytes"] == 2 << 30
+    assert ("checkpoint", "fill", DEST) in agents.sent
+    # Not allowed (the default): auto keeps to stop-and-copy for the same pod.
+    runner, kube, _, _ = make(post_copy=True)
+    kube.pods["web-0"]["spec"]["containers"][0]["resources"] = {"limits": {"memory": "2Gi"}}
+    assert await runner.run() == "Finished" and runner.status["strategy"] == "stop-and-copy"
+
+
 async def test_a_broken_page_stream_after_the_resume_fails_without_rolling_back() -> None:
     runner, kube, agents, published = make(
         strategy="post-copy", post_copy=True, fail={"checkpoint:fill": "the page stream broke"}

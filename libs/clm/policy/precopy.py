@@ -5,7 +5,8 @@ Strategy (from the request and both nodes' capabilities):
 - pre-copy without dirty tracking (these machines, ARM64): stop-and-copy, reconfigured.
 - post-copy needs both nodes able (NodeCapabilities.post_copy: userfaultfd, the pipe size
   CRIU's page server needs, the agents' page relay), else stop-and-copy, reconfigured.
-  `auto` never picks post-copy.
+  `auto` picks post-copy only where the cluster allows it (CLM_POST_COPY_AUTO_MIN_MIB) for
+  a pod with at least that much memory, and both nodes can.
 Whatever is chosen, a migration that will not pre-dump says so with PreDumpSkipped, so
 every migration's events begin either with pre-dump rounds or with that one event.
 
@@ -30,12 +31,25 @@ class StrategyChoice:
     problem: str | None = None
 
 
+@dataclass(frozen=True)
+class AutoPostCopy:
+    """The cluster's setting for `auto`: post-copy for pods with at least this much memory
+    (None: never). The pod's memory is its limits (else requests)."""
+
+    min_bytes: int | None = None
+    pod_bytes: int = 0
+
+    def allowed(self) -> bool:
+        return self.min_bytes is not None and self.pod_bytes >= self.min_bytes
+
+
 def strategy_for(
     requested: MigrationStrategy,
     capabilities: dict[str, NodeCapabilities | None],
     *,
     source: str,
     destination: str,
+    auto_post_copy: AutoPostCopy | None = None,
 ) -> StrategyChoice:
     """The strategy a migration runs with, from what was requested and what both nodes' agents
     published (None: nothing), and the events that say so."""
@@ -49,11 +63,14 @@ def strategy_for(
             )
     source_caps, destination_caps = capabilities[source], capabilities[destination]
     assert source_caps is not None and destination_caps is not None
-    return choose_strategy(requested, source_caps, destination_caps)
+    return choose_strategy(requested, source_caps, destination_caps, auto_post_copy or AutoPostCopy())
 
 
 def choose_strategy(
-    requested: MigrationStrategy, source: NodeCapabilities, destination: NodeCapabilities
+    requested: MigrationStrategy,
+    source: NodeCapabilities,
+    destination: NodeCapabilities,
+    auto_post_copy: AutoPostCopy = AutoPostCopy(),  # noqa: B008 - frozen, never mutated
 ) -> StrategyChoice:
     tracking = source.dirty_memory_tracking
     no_tracking = (
@@ -61,6 +78,10 @@ def choose_strategy(
         "memory moves in one final dump"
     )
     if requested == MigrationStrategy.AUTO:
+        if auto_post_copy.allowed() and source.post_copy and destination.post_copy:
+            size, threshold = auto_post_copy.pod_bytes >> 20, (auto_post_copy.min_bytes or 0) >> 20
+            why = f"auto: post-copy for a pod of {size} MiB (the cluster allows it from {threshold} MiB)"
+            return StrategyChoice(MigrationStrategy.POST_COPY, [(MigrationReason.PRE_DUMP_SKIPPED, why)])
         if tracking:
             return StrategyChoice(MigrationStrategy.PRE_COPY)
         return StrategyChoice(

@@ -75,3 +75,17 @@ def test_failed_round_reconfigures_to_stop_and_copy() -> None:
     events = after_failed_round(2, "criu pre-dump exited with 1")
     assert [r for r, _ in events] == [R.PRE_DUMP_FAILED, R.MIGRATION_RECONFIGURED]
     assert "stop-and-copy" in events[1][1]
+
+
+def test_auto_picks_post_copy_only_where_the_cluster_allows_it_for_a_large_pod() -> None:
+    from clm.policy.precopy import AutoPostCopy
+
+    big, small = (
+        AutoPostCopy(min_bytes=1 << 30, pod_bytes=2 << 30),
+        AutoPostCopy(min_bytes=1 << 30, pod_bytes=1 << 20),
+    )
+    choice = choose_strategy(S.AUTO, caps("src"), caps("dst"), big)
+    assert choice.strategy == S.POST_COPY and "2048 MiB" in choice.events[0][1]
+    assert choose_strategy(S.AUTO, caps("src"), caps("dst"), small).strategy == S.STOP_AND_COPY
+    assert choose_strategy(S.AUTO, caps("src"), caps("dst")).strategy == S.STOP_AND_COPY  # not allowed
+    assert choose_strategy(S.AUTO, caps("src"), caps("dst", uffd=False), big).strategy == S.STOP_AND_COPY
