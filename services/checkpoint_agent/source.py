@@ -84,10 +84,17 @@ class SourceSide:
                 # the transfer): send the same images again.
                 dump_details = json.loads(self.layout.dumped(uid).read_text())
             holes: Holes = {}
+            serving = None
             if command.strategy == MigrationStrategy.POST_COPY:
-                holes = await self._serve_pages(command)
+                holes = self._lazy_holes(command.migration.uid)
+                # The page servers load the memory while the rest of the images travel.
+                serving = asyncio.ensure_future(self._serve_pages(command))
             stall = min(self.config.transfer_stall_seconds, command.timeout_seconds)
-            sent = await channel.send(outgoing, stall_seconds=stall, holes=holes)
+            try:
+                sent = await channel.send(outgoing, stall_seconds=stall, holes=holes)
+            finally:
+                if serving is not None:
+                    await serving
         except (TransferError, OSError, TimeoutError, RuntimeCommandError) as exc:
             reason = f"sending the images to {command.destination_node} failed: {exc}"
             raise StepFailed(reason + await self._rollback_note(command)) from None
@@ -103,21 +110,25 @@ class SourceSide:
             "transfer_mib_per_s": round(sent.mib_per_s, 1),
         }
 
-    async def _serve_pages(self, command: CheckpointCommand) -> Holes:
-        """Post-copy: CRIU's page servers, one per container, serve the lazily restorable
-        memory from the dump here; the destination gets the images without it."""
-        uid = command.migration.uid
-        outgoing = self.layout.outgoing(uid)
+    def _lazy_holes(self, uid: str) -> Holes:
+        """Post-copy: the destination gets the images without the lazily restorable memory."""
         holes: dict[str, list[tuple[int, int]]] = {}
         for record in json.loads(self.layout.pod_record(uid).read_text()):
-            images = outgoing / record["name"] / "criu"
-            await asyncio.to_thread(self.runtime.stop_serving_pages, images)  # an earlier try's
-            port = free_local_port()
-            await asyncio.to_thread(self.runtime.serve_lazy_pages, images, port=port)
-            self.lazy.add(uid, record["name"], port)
+            images = self.layout.outgoing(uid) / record["name"] / "criu"
             for name, ranges in lazy_holes(images).items():
                 holes[f"{record['name']}/criu/{name}"] = ranges
         return holes
+
+    async def _serve_pages(self, command: CheckpointCommand) -> None:
+        """Post-copy: CRIU's page servers, one per container, serve that memory from the
+        dump here, from before the step answers until the destination has it all."""
+        uid = command.migration.uid
+        for record in json.loads(self.layout.pod_record(uid).read_text()):
+            images = self.layout.outgoing(uid) / record["name"] / "criu"
+            await asyncio.to_thread(self.runtime.stop_serving_pages, images)  # an earlier try's
+            port = free_local_port()
+            self.lazy.add(uid, record["name"], port)
+            await asyncio.to_thread(self.runtime.serve_lazy_pages, images, port=port)
 
     async def _stop_serving(self, uid: str) -> None:
         if not self.lazy.is_lazy(uid):
