@@ -476,7 +476,7 @@ class Soak:
             for side in ("in", "out"):
                 left = [p.name for p in (images / side).glob("*")] if (images / side).is_dir() else []
                 found += [f"images {side}/{name} on {node}" for name in left]
-        found += criu_processes()
+        found += criu_processes(self.sandbox.state_dir, self.nodes())
         custom = client.CustomObjectsApi(self.sandbox.api())
         migrations = custom.list_namespaced_custom_object(
             protocol.GROUP, protocol.VERSION, demo.NAMESPACE, protocol.PLURAL
@@ -508,22 +508,48 @@ class Soak:
         return verdict
 
 
-def criu_processes() -> list[str]:
-    """CRIU processes alive (dump, restore, lazy-pages, page-server): none once a move ended.
-    The agents' periodic capability probe (`criu check`, `criu --version`, `criu cpuinfo
-    dump`) is not one, nor a process that is exiting (its command line already gone)."""
+def criu_processes(state_dir: Path, nodes: list[str]) -> list[str]:
+    """CRIU processes of this sandbox alive (dump, restore, lazy-pages, page-server): none
+    once a move ended. Other tests' CRIU on the same host is not this run's: a process is
+    the sandbox's if its command line or an ancestor's (runc --root) names the sandbox's
+    directory, or the task it works on is in one of its nodes' cgroups. The agents' periodic
+    capability probe (`criu check`, `criu --version`, `criu cpuinfo dump`) is not one, nor a
+    process that is exiting (its command line already gone)."""
     found = []
     pids = subprocess.run(["pgrep", "-x", "criu"], capture_output=True, text=True, check=False).stdout.split()
     for pid in pids:
         with contextlib.suppress(OSError):
             if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] == "Z":
                 continue
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            words = [a.decode(errors="replace") for a in argv if a]
+            words = _argv(int(pid))
             if not words or (len(words) > 1 and words[1] in ("check", "--version", "-V", "cpuinfo")):
                 continue
-            found.append(f"criu process {pid}: {' '.join(words)[:120]}")
+            if _belongs(int(pid), words, state_dir, nodes):
+                found.append(f"criu process {pid}: {' '.join(words)[:120]}")
     return found
+
+
+def _argv(pid: int) -> list[str]:
+    return [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+
+
+def _belongs(pid: int, words: list[str], state_dir: Path, nodes: list[str]) -> bool:
+    here = str(state_dir)
+    current = pid
+    for _ in range(8):  # criu, runc, the agent, ...
+        with contextlib.suppress(OSError):
+            if any(here in w for w in _argv(current)):
+                return True
+            status = Path(f"/proc/{current}/status").read_text()
+            current = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
+        if current <= 1:
+            break
+    if "-t" in words[:-1]:
+        target = words[words.index("-t") + 1]
+        with contextlib.suppress(OSError, ValueError):
+            cgroups = Path(f"/proc/{int(target)}/cgroup").read_text()
+            return any(f"/clm/{node}/" in cgroups for node in nodes)
+    return False
 
 
 def table(rows: list[Row]) -> list[dict[str, Any]]:

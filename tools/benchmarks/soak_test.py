@@ -3,10 +3,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from tools.benchmarks.soak import NFT_PREFIX, forget_dead_runs_rules
+from tools.benchmarks.soak import NFT_PREFIX, criu_processes, forget_dead_runs_rules
 
 
 def tables() -> set[str]:
@@ -32,3 +33,33 @@ def test_a_killed_runs_fault_rules_are_removed_a_live_runs_kept() -> None:
     finally:
         for name in (dead, live):
             subprocess.run(["nft", "delete", "table", "inet", name], capture_output=True, check=False)
+
+
+def test_only_this_sandboxs_criu_processes_are_its_leftovers(tmp_path: Path) -> None:
+    # CI runs other CRIU tests beside the soak: their processes are not the soak's leftovers.
+    fake = tmp_path / "bin" / "criu"  # a process named criu, as pgrep -x sees it
+    fake.parent.mkdir()
+    shutil.copy("/bin/sleep", fake)
+    mine, theirs = tmp_path / "soak-state", tmp_path / "other-test"
+    # The parent's command line names the directory, as runc --root=<sandbox>/... does.
+    procs = [
+        subprocess.Popen(["sh", "-c", f"{fake} 30; true", str(where / "runc")]) for where in (mine, theirs)
+    ]
+    try:
+        wait_for_children(procs)
+        found = criu_processes(mine, ["sbx-1"])
+        assert len(found) == 1 and found[0].startswith("criu process ")
+        assert criu_processes(tmp_path / "a-third", ["sbx-1"]) == []
+    finally:
+        for proc in procs:
+            subprocess.run(["pkill", "-P", str(proc.pid)], check=False)
+            proc.kill()
+            proc.wait()
+
+
+def wait_for_children(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Until each shell has started its child (an event: the child's appearance)."""
+    for proc in procs:
+        while not subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, check=False).stdout:
+            if proc.poll() is not None:
+                raise RuntimeError("the shell exited before starting its child")
