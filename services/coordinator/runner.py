@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,6 +43,7 @@ from clm.contracts import (
 from clm.contracts.protocol import Phase, StepFailed, is_terminal
 from clm.policy.compatibility import Profile, Requirements
 from clm.policy.precopy import AutoPostCopy, strategy_for
+from clm.policy.waterfall import waterfall
 from services.coordinator.clones import Clones
 from services.coordinator.kube import KubeGateway, now_iso
 from services.coordinator.lease import MigrationHandle
@@ -179,18 +181,27 @@ class MigrationRunner:
             # which cannot take it back now; the network commit follows, only forward.
             await self.record.patch(committed=True, message="resumed on the destination: committed")
             return
-        for step in protocol.COMMIT:
-            commit = await self._step(step, strategy)
+        commit = [await self._step(step, strategy) for step in protocol.COMMIT]
         await self._record_freeze(commit, committed=True)
 
-    async def _record_freeze(self, commit: StepResult, **also: Any) -> None:
+    async def _record_freeze(self, commit: list[StepResult], **also: Any) -> None:
+        """The freeze: dump, restore and the network commit (withdraw then announce)."""
+        commit_seconds = sum(result.duration_seconds for result in commit)
         freeze = (
             float(self.status.get("dumpSeconds", 0))
             + float(self.status.get("restoreSeconds", 0))
-            + commit.duration_seconds
+            + commit_seconds
+        )
+        # From the dump command to the end of the network commit, phase by phase.
+        frozen = max(freeze, time.time() - float(self.status.get("dumpStartedAt", time.time())))
+        phases = waterfall(
+            self.status.get("dumpDetails") or {},
+            self.status.get("restoreDetails") or {},
+            commit_seconds=commit_seconds,
+            frozen_seconds=frozen,
         )
         await self.record.patch(
-            freezeSeconds=round(freeze, 3), freezeDuration=f"{freeze * 1000:.0f}ms", **also
+            freezeSeconds=round(freeze, 3), freezeDuration=f"{freeze * 1000:.0f}ms", waterfall=phases, **also
         )
 
     async def _strategy(self) -> str:
@@ -254,24 +265,29 @@ class MigrationRunner:
         if protocol.clone_before_dump(self.status.get("ownerKind", "")):
             await self.clones.create_before_dump()
         await self.record.phase(step.phase, f"freezing and dumping the pod on {self.status['sourceNode']}")
+        self.record.note(dumpStartedAt=round(time.time(), 3))
         dump = await self._step(step, strategy)
         self.record.note(
-            bytesTransferred=int(dump.details.get("bytes", 0)), dumpSeconds=dump.duration_seconds
+            bytesTransferred=int(dump.details.get("bytes", 0)),
+            dumpSeconds=dump.duration_seconds,
+            dumpDetails=_timings(dump.details),
         )
         return strategy
 
     async def _restore(self, step: protocol.Step, strategy: str) -> str:
-        await self.record.phase(step.phase, f"restoring on {self.status['destinationNode']}")
-        restore = await self._step(step, strategy)
-        self.record.note(restoreSeconds=restore.duration_seconds)
+        # The pod is frozen: the status write goes beside the restore, not before it.
+        restore, _ = await asyncio.gather(
+            self._step(step, strategy),
+            self.record.phase(step.phase, f"restoring on {self.status['destinationNode']}"),
+        )
+        self.record.note(restoreSeconds=restore.duration_seconds, restoreDetails=_timings(restore.details))
         return strategy
 
     async def _finalize(self) -> str:
         src, dst = self.status["sourceNode"], self.status["destinationNode"]
         strategy = self.status.get("strategy") or str(MigrationStrategy.STOP_AND_COPY)
         if protocol.committed_at_resume(strategy) and "freezeSeconds" not in self.status:
-            for step in protocol.COMMIT:
-                commit = await self._step_forward(step, strategy)
+            commit = [await self._step_forward(step, strategy) for step in protocol.COMMIT]
             await self._record_freeze(commit)
         await self.record.phase(Phase.FINALIZING, f"the pod runs on {dst}: cleaning up {src}")
         fill_failure: StepFailed | None = None
@@ -306,6 +322,7 @@ class MigrationRunner:
             phases={
                 "dump": float(self.status.get("dumpSeconds", 0)),
                 "restore": float(self.status.get("restoreSeconds", 0)),
+                **{f"freeze_{p['phase']}": float(p["seconds"]) for p in self.status.get("waterfall") or []},
             },
         )
         await self.record.phase(Phase.FINISHED, f"running on {dst} as {clone}", completionTime=now_iso())
@@ -374,6 +391,11 @@ class MigrationRunner:
         if fallback is Fallback.RESTORE_ON_SOURCE:
             return "the pod runs on its source node again"
         return "nothing more done"
+
+
+def _timings(details: dict[str, Any]) -> dict[str, float]:
+    """The step's measured seconds (for the waterfall), not its other details."""
+    return {k: float(v) for k, v in details.items() if k.endswith("_seconds") and isinstance(v, int | float)}
 
 
 def _seconds_since(iso: str) -> float:

@@ -329,3 +329,14 @@ async def test_without_a_destination_and_no_room_it_fails_with_the_reasons() -> 
     assert await runner.run() == "Failed"
     assert "no node can take the pod" in runner.status["failureReason"]
     assert "node-c" in runner.status["failureReason"] and agents.sent == []
+
+
+async def test_the_finished_move_carries_its_freeze_phase_by_phase() -> None:
+    runner, _, _, published = make()
+    assert await runner.run() == "Finished"
+    phases = [p["phase"] for p in runner.status["waterfall"]]
+    assert phases[0] == "freeze" and phases[-2:] == ["network_commit", "coordination"]
+    commit = next(p for p in runner.status["waterfall"] if p["phase"] == "network_commit")
+    assert commit["seconds"] == 0.2  # withdraw and announce, 0.1 s each
+    finished = published[-1]
+    assert "freeze_coordination" in finished.phases  # type: ignore[attr-defined]  # a field of that event kind
