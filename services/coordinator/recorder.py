@@ -59,6 +59,10 @@ class StatusRecorder:
             wanted.append(("Succeeded", "True"))
         if phase is Phase.FAILED:
             wanted.append(("Succeeded", "False"))
+        if self.status.get("committed"):
+            # Past the commit point: the pod is the destination's (in post-copy, from its
+            # resume), and the source can no longer take it back.
+            wanted.append(("Committed", "True"))
         earlier = {c.get("type"): c for c in self.status.get("conditions") or []}
         conditions = dict(earlier)
         for kind, status in wanted:

@@ -52,3 +52,14 @@ async def test_transition_time_moves_only_when_the_status_flips(monkeypatch: pyt
     assert done["Progressing"]["lastTransitionTime"] != first
     assert done["Succeeded"]["status"] == "True"
     assert set(done) == {"Progressing", "Succeeded"}
+
+
+async def test_past_the_commit_point_the_migration_says_so() -> None:
+    handle = FakeHandle()
+    status = StatusRecorder(handle, publish=None)  # type: ignore[arg-type]  # a fake handle; no events here
+    await status.phase(Phase.RESTORING, "restoring")
+    assert "Committed" not in conditions(handle)
+    await status.patch(committed=True)
+    await status.phase(Phase.FINALIZING, "the pod runs on the destination")
+    committed = conditions(handle)["Committed"]
+    assert committed["status"] == "True" and committed["reason"] == "Finalizing"
