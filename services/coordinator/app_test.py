@@ -10,7 +10,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from services.coordinator.app import Coordinator, CoordinatorSettings
+from services.coordinator.app import Coordinator, CoordinatorSettings, post_copy_threshold
 from services.coordinator.kube import LEASE_HOLDER, LEASE_UNTIL
 
 
@@ -93,3 +93,11 @@ async def test_migrations_another_replica_holds_do_not_use_up_this_ones_slots() 
     await c.resync()
     await asyncio.sleep(0)
     assert started == ["uid-3", "uid-4"]  # the expired lease is free to take
+
+
+def test_auto_picks_post_copy_only_where_the_cluster_opts_in() -> None:
+    assert post_copy_threshold(CoordinatorSettings()) is None  # by default, never
+    assert post_copy_threshold(CoordinatorSettings(post_copy_auto=True)) == 512 << 20  # the benchmark's
+    assert (
+        post_copy_threshold(CoordinatorSettings(post_copy_auto=True, post_copy_auto_min_mib=2048)) == 2 << 30
+    )

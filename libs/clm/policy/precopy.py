@@ -5,8 +5,8 @@ Strategy (from the request and both nodes' capabilities):
 - pre-copy without dirty tracking (these machines, ARM64): stop-and-copy, reconfigured.
 - post-copy needs both nodes able (NodeCapabilities.post_copy: userfaultfd, the pipe size
   CRIU's page server needs, the agents' page relay), else stop-and-copy, reconfigured.
-  `auto` picks post-copy only where the cluster allows it (CLM_POST_COPY_AUTO_MIN_MIB) for
-  a pod with at least that much memory, and both nodes can.
+  `auto` picks post-copy only where the cluster opts in (CLM_POST_COPY_AUTO), for a pod
+  with at least CLM_POST_COPY_AUTO_MIN_MIB of memory, and both nodes can.
 Whatever is chosen, a migration that will not pre-dump says so with PreDumpSkipped, so
 every migration's events begin either with pre-dump rounds or with that one event.
 
