@@ -1,11 +1,14 @@
-"""The source's post-copy page servers: for each migration, the port CRIU's page server
-serves each container's lazily restorable pages on, from the full dump in the outgoing
-images. Kept on disk, so an agent that restarts during the fill goes on relaying (the page
-servers run in their own sessions and outlive it). The pod itself is not running: rolling
-back is the stop-and-copy restore from the same images."""
+"""The source's post-copy page servers: for each migration and container, the agent's end
+of the socket pair CRIU's page server serves that container's lazily restorable pages on,
+from the full dump in the outgoing images. The record on disk says which containers are
+served; the sockets live in the agent, so a restarted agent serves no more pages (the
+orphaned page servers see their socket close and exit) and the destination's restore fails
+and rolls back. The pod itself is not running: rolling back is the stop-and-copy restore
+from the same images."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -13,36 +16,39 @@ import threading
 from services.checkpoint_agent.layout import Layout
 
 
-def free_local_port() -> int:
-    # CRIU binds the page server itself: the port is free when chosen, and bound moments
-    # later (the page server's start fails, and says so, in the rare case it was taken).
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 class LazyDumps:
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
-        self._writing = threading.Lock()  # a pod's containers are handled in parallel threads
+        self._writing = threading.Lock()
+        self._sockets: dict[tuple[str, str], socket.socket] = {}
 
-    def add(self, uid: str, name: str, port: int) -> None:
+    def add(self, uid: str, name: str, sock: socket.socket | None = None) -> None:
         with self._writing:
-            ports = self.ports(uid)
-            ports[name] = port
-            self.layout.lazy_record(uid).write_text(json.dumps(ports))
+            names = set(self.names(uid)) | {name}
+            self.layout.lazy_record(uid).write_text(json.dumps(sorted(names)))
+            if sock is not None:
+                old = self._sockets.pop((uid, name), None)
+                if old is not None:
+                    old.close()
+                self._sockets[(uid, name)] = sock
 
-    def ports(self, uid: str) -> dict[str, int]:
+    def names(self, uid: str) -> list[str]:
         try:
-            return {str(k): int(v) for k, v in json.loads(self.layout.lazy_record(uid).read_text()).items()}
-        except (OSError, ValueError):
-            return {}
+            return [str(n) for n in json.loads(self.layout.lazy_record(uid).read_text())]
+        except (OSError, ValueError, TypeError):
+            return []
 
     def is_lazy(self, uid: str) -> bool:
         return self.layout.lazy_record(uid).exists()
 
-    def port_for(self, uid: str, container: str) -> int | None:
-        return self.ports(uid).get(container)
+    def take(self, uid: str, container: str) -> socket.socket | None:
+        """The page server's socket for one connection from the destination (once)."""
+        with self._writing:
+            return self._sockets.pop((uid, container), None)
 
     def forget(self, uid: str) -> None:
-        self.layout.lazy_record(uid).unlink(missing_ok=True)
+        with self._writing:
+            for key in [k for k in self._sockets if k[0] == uid]:
+                with contextlib.suppress(OSError):
+                    self._sockets.pop(key).close()
+            self.layout.lazy_record(uid).unlink(missing_ok=True)

@@ -144,6 +144,7 @@ class PageFills:
         assert fill.page_fill is not None
         code = await asyncio.to_thread(fill.page_fill.daemon.wait)
         fill.ended_at = time.monotonic()
+        fill.tunnel.daemon_exited(code)
         await fill.tunnel.close()
         if code == 0:
             if fill.paused:

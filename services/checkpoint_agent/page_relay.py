@@ -1,13 +1,14 @@
 """Post-copy page traffic between agents, inside mutual TLS.
 
 CRIU's page server (on the source) and its lazy-pages daemon (on the destination) speak
-plain TCP, so neither is exposed to the network: the page server listens on 127.0.0.1,
-the daemon connects to a tunnel on 127.0.0.1, and the two agents carry the bytes between
-them in TLS 1.3 between certificates the cluster's agent CA signed, as they do the images
-(transfer.py). Memory never crosses the network in the clear.
+plain TCP, so neither is exposed to the network: the page server serves one end of a
+socket pair whose other end only the agent holds, the daemon connects to a tunnel on
+127.0.0.1, and the two agents carry the bytes between them in TLS 1.3 between certificates
+the cluster's agent CA signed, as they do the images (transfer.py). Memory never crosses
+the network in the clear.
 
     lazy-pages daemon -> 127.0.0.1:tunnel (destination agent)
-        == TLS ==> relay (source agent) -> 127.0.0.1:page server (CRIU, the frozen pod)
+        == TLS ==> relay (source agent) -> socket pair -> page server (CRIU, the full dump)
 
 After the handshake the destination says {"migration", "container", "protocol"}; the source
 answers {"ready": true} if it serves that container's pages, else {"error": why}. Then bytes
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -29,11 +31,13 @@ from services.checkpoint_agent.tls import AGENT_NAME, AgentTls
 PROTOCOL = 1
 CHUNK = 1 << 20
 HANDSHAKE_SECONDS = 10.0
+# After the source's last answer, how long the daemon may take to exit having every page.
+DAEMON_EXIT_SECONDS = 5.0
 
 log = logging.getLogger(__name__)
 
-# (migration uid, container name) -> the local port its page server listens on, or None.
-PortLookup = Callable[[str, str], int | None]
+# (migration uid, container name) -> the agent's end of its page server's socket (once), or None.
+PortLookup = Callable[[str, str], socket.socket | None]
 
 
 class PageRelayError(Exception):
@@ -94,10 +98,10 @@ class PageRelay:
             if not isinstance(hello, dict) or hello.get("protocol") != PROTOCOL:
                 raise PageRelayError(f"the peer speaks page protocol {hello!r}, this agent {PROTOCOL}")
             migration, container = str(hello.get("migration")), str(hello.get("container"))
-            port = self.lookup(migration, container)
-            if port is None:
+            page_server = self.lookup(migration, container)
+            if page_server is None:
                 raise PageRelayError(f"no pages served here for {migration}/{container}")
-            local_reader, local_writer = await asyncio.open_connection("127.0.0.1", port)
+            local_reader, local_writer = await asyncio.open_connection(sock=page_server)
         except (PageRelayError, OSError, TimeoutError, orjson.JSONDecodeError) as exc:
             log.warning("page relay refused a connection", extra={"error": str(exc)})
             with contextlib.suppress(OSError):
@@ -145,6 +149,8 @@ class PageTunnel:
         # Run before the daemon hears that the source went away: the pod is paused then, so
         # it never runs on pages the daemon will not fill (closing userfaultfd zero-fills).
         self.source_ended = source_ended
+        # The daemon's exit status, once it exited (PageFills' watcher says so).
+        self.exit_code: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.traffic = Traffic()
         self.error: str | None = None
         self._server: asyncio.Server | None = None
@@ -154,6 +160,16 @@ class PageTunnel:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
         self.port = int(self._server.sockets[0].getsockname()[1])
         return self
+
+    def daemon_exited(self, code: int) -> None:
+        if not self.exit_code.done():
+            self.exit_code.set_result(code)
+
+    async def _daemon_finished(self) -> bool:
+        try:
+            return await asyncio.wait_for(asyncio.shield(self.exit_code), DAEMON_EXIT_SECONDS) == 0
+        except TimeoutError:
+            return False
 
     async def close(self) -> None:
         if self._server is not None:
@@ -182,9 +198,17 @@ class PageTunnel:
                 _copy(remote_reader, writer, to_destination), _copy(reader, remote, to_source)
             )
             if first == 0:
-                if self.source_ended is not None:
+                # CRIU's page server hangs up right after its last answer (it serves a socket
+                # pair, so it does not wait for the daemon): the daemon then exits 0 on its
+                # own. Meanwhile its socket stays open, so a daemon still missing pages keeps
+                # waiting for them (nothing is zero-filled); only then is the pod paused.
+                finished = await self._daemon_finished()
+                if not finished and self.source_ended is not None:
                     await self.source_ended()
-                self.error = self.error or "the source's page stream ended before the daemon had every page"
+                if not finished:
+                    self.error = (
+                        self.error or "the source's page stream ended before the daemon had every page"
+                    )
         except OSError as exc:
             self.error = str(exc)
         finally:

@@ -1,9 +1,10 @@
 """The page relay and tunnel with stand-ins for CRIU's page server and lazy-pages daemon:
-plain TCP on 127.0.0.1 at both ends, mutual TLS between the agents."""
+a socket pair at the page server's end, 127.0.0.1 at the daemon's, mutual TLS between the agents."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import pytest
@@ -33,9 +34,15 @@ class PageServer:
         self.pages, self.break_after = pages, break_after
         self.ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
-        return int(self.server.sockets[0].getsockname()[1])
+    async def start(self) -> socket.socket:
+        """The agent's end of a socket pair, as the real page server is given the other."""
+        mine, its = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=its)
+        self.task = asyncio.create_task(self.serve(reader, writer))
+        return mine
+
+    def close(self) -> None:
+        self.task.cancel()
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readexactly(8)
@@ -55,11 +62,12 @@ class PageServer:
 
 
 async def relay_and_tunnel(
-    tmp_path: Path, ca: Pem, port: int, **tunnel: object
+    tmp_path: Path, ca: Pem, page_server: socket.socket, **tunnel: object
 ) -> tuple[PageRelay, PageTunnel]:
+    served = {("m1", "app"): page_server}
     relay = PageRelay(
         tls=identity(tmp_path / "a", ca),
-        lookup=lambda m, c: port if (m, c) == ("m1", "app") else None,
+        lookup=lambda m, c: served.pop((m, c), None),  # once, as LazyDumps.take
         sent=lambda n: None,
     )
     relay_port = await relay.start("127.0.0.1", 0)
@@ -94,7 +102,7 @@ async def test_a_whole_fill_crosses_in_tls_and_ends_the_session_in_order(tmp_pat
         assert await asyncio.wait_for(server.ended, 10) == "orderly"
     finally:
         await relay.stop()
-        server.server.close()
+        server.close()
     assert got == PAGE * 512
     assert tunnel.traffic.to_destination == 512 * len(PAGE) and tunnel.traffic.to_source == 8
     assert tunnel.error is None
@@ -113,7 +121,7 @@ async def test_a_source_that_breaks_mid_fill_is_seen_before_the_daemon_hears(tmp
         order.append("daemon saw the end")
     finally:
         await relay.stop()
-        server.server.close()
+        server.close()
     assert len(got) < 512 * len(PAGE)
     assert order == ["paused", "daemon saw the end"]
     assert "ended before the daemon had every page" in (tunnel.error or "")

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -77,17 +78,6 @@ def _criu_log_tail(image_dir: Path, name: str) -> str:
         if "Error" in line and "RLIMIT_NOFILE" not in line
     ]
     return "\n".join(lines[-8:])
-
-
-def _listening(port: int) -> bool:
-    """Something listens on 127.0.0.1:port in this network namespace (without connecting:
-    a page server serves only the first connection)."""
-    wanted = f"0100007F:{port:04X}"
-    try:
-        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    except OSError:
-        return False
-    return any(line.split()[1] == wanted and line.split()[3] == "0A" for line in lines)
 
 
 class Runc:
@@ -206,44 +196,38 @@ class Runc:
         size = sum(p.stat().st_size for p in image_dir.iterdir() if p.is_file())
         return CheckpointResult(image_dir, seconds, size)
 
-    def serve_lazy_pages(
-        self, image_dir: Path, *, port: int, ready_seconds: float = 60
-    ) -> subprocess.Popen[bytes]:
-        """CRIU's page server for a full dump's lazily restorable pages, on 127.0.0.1:`port`,
-        in its own session (it serves even if the agent dies); returns once it listens. It
-        serves one lazy-pages daemon and exits when that one hangs up."""
+    def serve_lazy_pages(self, image_dir: Path) -> tuple[subprocess.Popen[bytes], socket.socket]:
+        """CRIU's page server for a full dump's lazily restorable pages, in its own session
+        (it serves even if the agent dies), on one end of a socket pair: the other end, for
+        the agent's relay, is returned. No port: nothing else on the node can ask it for the
+        pod's memory. It serves one lazy-pages daemon and exits when that one hangs up."""
         image_dir = image_dir.resolve()
-        server = subprocess.Popen(
-            [
-                self.criu,
-                "page-server",
-                "--lazy-pages",
-                "-D",
-                str(image_dir),
-                "--address",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "-o",
-                PAGE_SERVER_LOG,
-            ],
-            start_new_session=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + ready_seconds
-        while not _listening(port):
-            if server.poll() is not None or time.monotonic() > deadline:
-                if server.poll() is None:
-                    server.kill()
-                server.wait()
-                raise RuntimeCommandError(
-                    f"CRIU's page server did not start (exit {server.returncode}): "
-                    f"{_criu_log_tail(image_dir, PAGE_SERVER_LOG)}"
-                )
-            time.sleep(0.005)
-        return server
+        mine, its = socket.socketpair()
+        try:
+            server = subprocess.Popen(
+                [
+                    self.criu,
+                    "page-server",
+                    "--lazy-pages",
+                    "-D",
+                    str(image_dir),
+                    "--ps-socket",
+                    str(its.fileno()),
+                    "-o",
+                    PAGE_SERVER_LOG,
+                ],
+                start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                pass_fds=(its.fileno(),),
+            )
+        except BaseException:
+            mine.close()
+            raise
+        finally:
+            its.close()
+        return server, mine
 
     def stop_serving_pages(self, image_dir: Path) -> None:
         """End page servers of `image_dir` (also ones an earlier agent started)."""

@@ -7,6 +7,7 @@ sandbox's node runtime, tests), and a containerd adapter can stand beside it.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,9 +74,7 @@ class ContainerRuntime(Protocol):
         lazy: bool = False,
         output: Path | None = None,
     ) -> float: ...
-    def serve_lazy_pages(
-        self, image_dir: Path, *, port: int, ready_seconds: float = 60
-    ) -> subprocess.Popen[bytes]: ...
+    def serve_lazy_pages(self, image_dir: Path) -> tuple[subprocess.Popen[bytes], socket.socket]: ...
     def stop_serving_pages(self, image_dir: Path) -> None: ...
     def serving_pages(self, image_dir: Path) -> bool: ...
     def restore_lazy(

@@ -18,7 +18,7 @@ from services.checkpoint_agent.config import AgentConfig, CapabilityLookup
 from services.checkpoint_agent.criu_stats import images_complete, read_stats
 from services.checkpoint_agent.holdback import PacketHold
 from services.checkpoint_agent.layout import tree_size
-from services.checkpoint_agent.lazy_dumps import LazyDumps, free_local_port
+from services.checkpoint_agent.lazy_dumps import LazyDumps
 from services.checkpoint_agent.outcomes import Details, OutcomeStore
 from services.checkpoint_agent.pagemap import lazy_holes
 from services.checkpoint_agent.runtime import Container, ContainerRuntime, RuntimeCommandError
@@ -126,14 +126,14 @@ class SourceSide:
         for record in json.loads(self.layout.pod_record(uid).read_text()):
             images = self.layout.outgoing(uid) / record["name"] / "criu"
             await asyncio.to_thread(self.runtime.stop_serving_pages, images)  # an earlier try's
-            port = free_local_port()
-            self.lazy.add(uid, record["name"], port)
-            await asyncio.to_thread(self.runtime.serve_lazy_pages, images, port=port)
+            self.lazy.add(uid, record["name"])  # before it starts: a rollback stops it
+            _, sock = await asyncio.to_thread(self.runtime.serve_lazy_pages, images)
+            self.lazy.add(uid, record["name"], sock)
 
     async def _stop_serving(self, uid: str) -> None:
         if not self.lazy.is_lazy(uid):
             return
-        for name in self.lazy.ports(uid):
+        for name in self.lazy.names(uid):
             await asyncio.to_thread(
                 self.runtime.stop_serving_pages, self.layout.outgoing(uid) / name / "criu"
             )
@@ -391,7 +391,7 @@ class SourceSide:
         if not self.lazy.is_lazy(uid):
             return
         deadline = time.monotonic() + command.timeout_seconds / 2
-        for name in self.lazy.ports(uid):
+        for name in self.lazy.names(uid):
             images = self.layout.outgoing(uid) / name / "criu"
             while await asyncio.to_thread(self.runtime.serving_pages, images):
                 if time.monotonic() > deadline:
