@@ -22,7 +22,7 @@ import contextlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import orjson
 
@@ -50,7 +50,6 @@ class Traffic:
 
     to_destination: int = 0
     to_source: int = 0
-    done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 async def _copy(
@@ -184,7 +183,6 @@ class PageTunnel:
             self.error = str(exc)
             log.warning("page tunnel to the source failed", extra={"error": self.error})
             writer.close()
-            self.traffic.done.set()
             return
 
         def to_destination(n: int) -> None:
@@ -214,7 +212,6 @@ class PageTunnel:
         finally:
             writer.close()
             remote.close()
-            self.traffic.done.set()
 
     async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         host, port = self.address.rsplit(":", 1)

@@ -252,41 +252,15 @@ class Runc:
         and in the background. Returns as soon as the container runs; the daemon exits 0 once
         every page is in place."""
         image_dir = image_dir.resolve()
-        socket = image_dir / "lazy-pages.socket"
-        socket.unlink(missing_ok=True)
         host, port = page_server
-        daemon = subprocess.Popen(
-            [
-                self.criu,
-                "lazy-pages",
-                "--page-server",
-                "--address",
-                host,
-                "--port",
-                str(port),
-                "-D",
-                str(image_dir),
-                "--work-dir",
-                str(image_dir),
-                "-o",
-                LAZY_LOG,
-            ],
-            start_new_session=True,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        daemon = self._start_lazy_pages(
+            image_dir, "--page-server", "--address", host, "--port", str(port), wait=30
         )
-        deadline = time.monotonic() + 30
-        while not socket.exists():
-            if daemon.poll() is not None or time.monotonic() > deadline:
-                if daemon.poll() is None:
-                    daemon.kill()
-                daemon.wait()
-                raise RuntimeCommandError(
-                    f"restore of {container_id} failed: the lazy-pages daemon did not start "
-                    f"(exit {daemon.returncode}): {_criu_log_tail(image_dir, LAZY_LOG)}"
-                )
-            time.sleep(0.005)
+        if daemon.returncode is not None:
+            raise RuntimeCommandError(
+                f"restore of {container_id} failed: the lazy-pages daemon did not start "
+                f"(exit {daemon.returncode}): {_criu_log_tail(image_dir, LAZY_LOG)}"
+            )
         args = ["restore", "-d", f"--image-path={image_dir}", "-b", str(bundle.resolve())]
         args += ["--tcp-established", "--lazy-pages", f"--work-path={image_dir}"]
         code, errors = self._detached(
@@ -351,26 +325,44 @@ class Runc:
         return time.perf_counter() - started
 
     def _lazy_pages_daemon(self, image_dir: Path) -> subprocess.Popen[bytes] | None:
-        socket = image_dir / "lazy-pages.socket"
-        socket.unlink(missing_ok=True)
+        daemon = self._start_lazy_pages(image_dir, wait=5)
+        if daemon.returncode is None:
+            return daemon
+        log.warning(
+            "lazy restore unavailable, restoring eagerly",
+            extra={"images": str(image_dir), "criu": _criu_log_tail(image_dir, LAZY_LOG)},
+        )
+        return None
+
+    def _start_lazy_pages(self, image_dir: Path, *args: str, wait: float) -> subprocess.Popen[bytes]:
+        """A `criu lazy-pages` daemon for `image_dir` (`args`: where its pages come from), once
+        its socket is there for the restore; one that could not start is returned ended."""
+        socket_path = image_dir / "lazy-pages.socket"
+        socket_path.unlink(missing_ok=True)
         daemon = subprocess.Popen(
-            [self.criu, "lazy-pages", "-D", str(image_dir), "--work-dir", str(image_dir), "-o", LAZY_LOG],
+            [
+                self.criu,
+                "lazy-pages",
+                *args,
+                "-D",
+                str(image_dir),
+                "--work-dir",
+                str(image_dir),
+                "-o",
+                LAZY_LOG,
+            ],
             start_new_session=True,  # it serves the restored container even if the agent dies
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 5
-        while not socket.exists():
+        deadline = time.monotonic() + wait
+        while not socket_path.exists():
             if daemon.poll() is not None or time.monotonic() > deadline:
                 if daemon.poll() is None:
                     daemon.kill()
                 daemon.wait()
-                log.warning(
-                    "lazy restore unavailable, restoring eagerly",
-                    extra={"images": str(image_dir), "criu": _criu_log_tail(image_dir, LAZY_LOG)},
-                )
-                return None
+                return daemon
             time.sleep(0.005)
         return daemon
 

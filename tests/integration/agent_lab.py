@@ -3,6 +3,7 @@ container on node A and a client on the segment: what the live-migration tests s
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import uuid
@@ -11,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from clm.contracts import MigrationStrategy
-from clm.runtime.podnet import pod_netns_path
+from clm.contracts import MigrationStrategy, protocol
+from clm.runtime.podnet import pod_netns_name, pod_netns_path
 from tests.integration.support import pex_dir
 from tests.kit.agents import NodeAgents, agent_tls_dir
-from tests.kit.migration import Move
+from tests.kit.migration import Driver, Move
 from tests.kit.nats_server import NatsServer
+from tests.kit.netns import wait_listening
 from tests.kit.podlab import LabPod, expected_hash, remove_pod, running_on, start_pod
 from tests.kit.segment import POD_IP, Segment
 
@@ -109,3 +111,20 @@ def check_client(lab: Lab, result: dict) -> None:
     assert result["in_order"], "a request was lost or answered twice"
     assert result["answers"] > 50
     assert result["hash"] == expected_hash(STATE_MIB, result["answers"]), "the state did not continue"
+
+
+async def take_pod_port_on_b(lab: Lab, driver: Driver, move: Move) -> asyncio.subprocess.Process:
+    """Prepare B's network, then take the pod's port there: CRIU cannot bind the restored
+    listening socket, so the restore really fails. The caller kills what this returns."""
+    prepared = await driver.send(driver.command(move, protocol.PREPARE_NETWORK), 30)
+    assert prepared.ok, prepared.error
+    netns = pod_netns_name(lab.b.node, lab.pod.uid)
+    blocker = await asyncio.create_subprocess_exec(
+        "nsenter",
+        f"--net=/var/run/netns/{netns}",
+        "python3",
+        "-c",
+        "import socket,time; s=socket.socket(); s.bind(('0.0.0.0', 7000)); s.listen(); time.sleep(600)",
+    )
+    await asyncio.to_thread(wait_listening, netns, 7000)
+    return blocker

@@ -15,10 +15,9 @@ import asyncio
 from pathlib import Path
 
 from clm.contracts import protocol
-from clm.runtime.podnet import pod_netns_name, pod_netns_path
-from tests.integration.agent_lab import NEEDS_NODES, STATE_MIB, Lab, check_client, lab
+from clm.runtime.podnet import pod_netns_path
+from tests.integration.agent_lab import NEEDS_NODES, STATE_MIB, Lab, check_client, lab, take_pod_port_on_b
 from tests.kit.migration import Driver
-from tests.kit.netns import wait_listening
 from tests.kit.podlab import CountingClient, LabPod, lock_rules, running_on
 
 __all__ = ["lab"]  # the fixture
@@ -161,19 +160,7 @@ async def test_failed_restore_leaves_pod_on_a(lab: Lab) -> None:
     client = CountingClient(lab.segment.nodes["client"].name, lab.pod.ip, lab.tmp / "client")
     blocker = None
     try:
-        # Prepare B's network first, then take the pod's port there: CRIU cannot bind the
-        # restored listening socket, so the restore really fails.
-        prepared = await driver.send(driver.command(move, protocol.PREPARE_NETWORK), 30)
-        assert prepared.ok, prepared.error
-        blocker = await asyncio.create_subprocess_exec(
-            "nsenter",
-            f"--net=/var/run/netns/{pod_netns_name(lab.b.node, lab.pod.uid)}",
-            "python3",
-            "-c",
-            "import socket,time; s=socket.socket(); s.bind(('0.0.0.0', 7000)); "
-            "s.listen(); time.sleep(600)",
-        )
-        await asyncio.to_thread(wait_listening, pod_netns_name(lab.b.node, lab.pod.uid), 7000)
+        blocker = await take_pod_port_on_b(lab, driver, move)
         report = await driver.migrate(move)
         await asyncio.to_thread(client.wait_answers)  # the pod serves on A again
         result = client.finish()

@@ -13,11 +13,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from clm.contracts import MigrationStrategy, protocol
-from clm.runtime.podnet import pod_netns_name, pod_netns_path
-from tests.integration.agent_lab import NEEDS_NODES, STATE_MIB, Lab, check_client, lab
+from clm.contracts import MigrationStrategy
+from clm.runtime.podnet import pod_netns_path
+from tests.integration.agent_lab import NEEDS_NODES, STATE_MIB, Lab, check_client, lab, take_pod_port_on_b
 from tests.kit.migration import Driver
-from tests.kit.netns import wait_listening
 from tests.kit.podlab import CountingClient, LabPod, lock_rules, running_on
 
 __all__ = ["lab"]  # the fixture
@@ -97,18 +96,7 @@ async def test_a_destination_failing_before_the_resume_leaves_the_source_serving
     client = CountingClient(lab.segment.nodes["client"].name, lab.pod.ip, lab.tmp / "client")
     blocker = None
     try:
-        # The pod's port taken on B: CRIU cannot bind the restored listening socket there.
-        prepared = await driver.send(driver.command(move, protocol.PREPARE_NETWORK), 30)
-        assert prepared.ok, prepared.error
-        netns = pod_netns_name(lab.b.node, lab.pod.uid)
-        blocker = await asyncio.create_subprocess_exec(
-            "nsenter",
-            f"--net=/var/run/netns/{netns}",
-            "python3",
-            "-c",
-            "import socket,time; s=socket.socket(); s.bind(('0.0.0.0', 7000)); s.listen(); time.sleep(600)",
-        )
-        await asyncio.to_thread(wait_listening, netns, 7000)
+        blocker = await take_pod_port_on_b(lab, driver, move)
         await asyncio.to_thread(client.wait_answers)
         report = await driver.migrate(move)
         await asyncio.to_thread(client.wait_answers)  # A serves again: its memory never left
