@@ -70,6 +70,8 @@ class CapabilityPublisher:
                 "probe_ok": probe.probe_ok,
                 "transfer_address": self.transfer_address,
                 "post_copy": post_copy or "available",
+                # Why the probe failed, when it did (the labeler then leaves the node unlabeled).
+                "problems": probe.problems,
                 **probe.features,
             },
         )
