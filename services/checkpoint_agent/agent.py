@@ -30,6 +30,7 @@ from clm.contracts.protocol import StepFailed
 from services.checkpoint_agent.config import AgentConfig, CapabilityLookup
 from services.checkpoint_agent.destination import DestinationSide
 from services.checkpoint_agent.outcomes import Details, Outcome, OutcomeStore
+from services.checkpoint_agent.restore_handler.server import RestoreHandlerServer
 from services.checkpoint_agent.runtime import ContainerRuntime
 from services.checkpoint_agent.source import SourceSide
 
@@ -38,13 +39,17 @@ Handler = Callable[[CheckpointCommand], Awaitable[Details]]
 
 class CheckpointAgent:
     def __init__(
-        self, config: AgentConfig, runtime: ContainerRuntime, capabilities: CapabilityLookup
+        self,
+        config: AgentConfig,
+        runtime: ContainerRuntime,
+        capabilities: CapabilityLookup,
+        handler: RestoreHandlerServer | None = None,
     ) -> None:
         self.config = config
         self.node = config.node
         self.outcomes = OutcomeStore(config.layout)
         self.source = SourceSide(config, runtime, capabilities, self.outcomes)
-        self.destination = DestinationSide(config, runtime, capabilities, self.outcomes)
+        self.destination = DestinationSide(config, runtime, capabilities, self.outcomes, handler)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._handlers: dict[protocol.Step, Handler] = {
             protocol.CHECK_CPU: self.destination.check_cpu,

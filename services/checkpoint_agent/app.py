@@ -19,10 +19,13 @@ from clm.runtime.version import __version__
 from services.checkpoint_agent.agent import CheckpointAgent
 from services.checkpoint_agent.capabilities import CapabilityPublisher, advertised_host
 from services.checkpoint_agent.config import AgentConfig
+from services.checkpoint_agent.containerd import Containerd
 from services.checkpoint_agent.metrics import AgentMetrics
 from services.checkpoint_agent.page_relay import PageRelay
 from services.checkpoint_agent.receiver import ImageReceiver
+from services.checkpoint_agent.restore_handler.server import RestoreHandlerServer
 from services.checkpoint_agent.runc import Runc
+from services.checkpoint_agent.runtime import ContainerRuntime
 from services.checkpoint_agent.settings import CheckpointAgentSettings
 from services.checkpoint_agent.tls import AgentTls
 
@@ -57,6 +60,19 @@ def agent_config(settings: CheckpointAgentSettings) -> AgentConfig:
     )
 
 
+def runtime_for(settings: CheckpointAgentSettings) -> tuple[ContainerRuntime, RestoreHandlerServer | None]:
+    """containerd on Kubernetes nodes (CLM_CONTAINERD_SOCKET), else runc (the local node runtime)."""
+    if settings.containerd_socket is None:
+        return Runc(root=settings.runc_root, criu=settings.criu_binary), None
+    runtime = Containerd(
+        cri_socket=settings.containerd_socket,
+        state_dir=settings.containerd_state_dir,
+        runc_root=settings.containerd_runc_root,
+        criu=settings.criu_binary,
+    )
+    return runtime, RestoreHandlerServer(settings.restore_handler_socket)
+
+
 def build(settings: CheckpointAgentSettings) -> ServiceApp:
     app = ServiceApp(name="checkpoint-agent", version=__version__, settings=settings, description=SUMMARY)
     node = settings.node_name
@@ -72,9 +88,8 @@ def build(settings: CheckpointAgentSettings) -> ServiceApp:
         "The answer to each checkpoint command, with its measurements in details.",
     )
     config = agent_config(settings)
-    agent = CheckpointAgent(
-        config, Runc(root=settings.runc_root, criu=settings.criu_binary), app.node_capabilities
-    )
+    runtime, handler = runtime_for(settings)
+    agent = CheckpointAgent(config, runtime, app.node_capabilities, handler)
     receiver = ImageReceiver(
         expected=agent.expected_transfers, tls=config.tls, received=metrics.bytes_received
     )
@@ -82,6 +97,8 @@ def build(settings: CheckpointAgentSettings) -> ServiceApp:
 
     @app.on_start
     async def start_transfers_and_publish_capabilities() -> None:
+        if handler is not None:
+            await handler.start()
         port = await receiver.start(settings.transfer_listen_host, settings.transfer_port)
         host = advertised_host(settings.transfer_advertise_host)
         pages_address = None

@@ -21,6 +21,7 @@ from services.checkpoint_agent.config import AgentConfig, CapabilityLookup
 from services.checkpoint_agent.criu_stats import read_stats
 from services.checkpoint_agent.outcomes import Details, OutcomeStore
 from services.checkpoint_agent.page_fills import PageFills
+from services.checkpoint_agent.restore_handler.server import RestoreHandlerServer
 from services.checkpoint_agent.runtime import ContainerRuntime, RuntimeCommandError
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,12 @@ class DestinationSide:
         runtime: ContainerRuntime,
         capabilities: CapabilityLookup,
         outcomes: OutcomeStore,
+        handler: RestoreHandlerServer | None = None,
     ) -> None:
         self.config, self.layout = config, config.layout
+        # Containerd nodes: the RuntimeClass handler's socket, where kubelet's creation of the
+        # clone's containers meets the images (restore_handler/).
+        self.handler = handler
         self.node = config.node
         self.runtime, self.capabilities, self.outcomes = runtime, capabilities, outcomes
         # Post-copy: restored containers whose memory is still arriving.
@@ -95,6 +100,8 @@ class DestinationSide:
         incoming = self.layout.incoming(uid)
         if not incoming.is_dir():
             raise StepFailed(f"no complete image of the pod has arrived from {command.source_node}")
+        if self.runtime.restores_through_handler:
+            return await self._restore_through_handler(command, incoming)
         netns = pod_netns_path(self.node, pod_uid, self.config.netns_dir)
         if not netns.exists():
             raise StepFailed(
@@ -130,6 +137,70 @@ class DestinationSide:
         details.update({k: round(v, 6) for k, v in phases.items()})
         details.update({k: v for k, v in stats.items() if k in ("forking_seconds", "pages_restored")})
         return details
+
+    async def _restore_through_handler(self, command: CheckpointCommand, incoming: Path) -> Details:
+        """Containerd nodes: offer each container's images to the restore handler, and wait
+        until kubelet's creation of the clone's containers has restored them all."""
+        if self.handler is None:
+            raise StepFailed(
+                f"{self.node} restores through containerd but its restore handler is not serving"
+            )
+        if self._post_copy(command):
+            raise StepFailed(f"post-copy is not available on containerd nodes yet ({self.node})")
+        uid, source = command.migration.uid, f"{command.pod.namespace}/{command.pod.name}"
+        packages = sorted(p for p in incoming.iterdir() if p.is_dir())
+        self.expected_transfers.pop(uid, None)
+        started = time.perf_counter()
+        offers = [self.handler.offer(source=source, container=p.name, package=p) for p in packages]
+        patience = max(5.0, command.timeout_seconds * 0.8)
+        done, pending = await asyncio.wait([o.result for o in offers], timeout=patience)
+        results = [f.result() for f in done if not f.cancelled()]
+        restored = [r.container_id for r in results if r.code == 0]
+        self._restored_file(uid).write_text(json.dumps(restored))
+        failed = [
+            f"{o.container}: {o.result.result().errors or 'exit ' + str(o.result.result().code)}"
+            for o in offers
+            if o.result.done() and not o.result.cancelled() and o.result.result().code != 0
+        ]
+        waiting = [o.container for o in offers if not o.result.done()]
+        if failed or waiting:
+            self.handler.withdraw(source)
+            await asyncio.to_thread(self._kill_restored, uid)
+            self.expected_transfers[uid] = incoming
+            why = (
+                "; ".join(failed)
+                if failed
+                else (
+                    f"kubelet on {self.node} has not created the clone's container(s) {', '.join(waiting)} "
+                    f"in {patience:.0f}s (is the clone pod bound to {self.node} with runtimeClassName "
+                    "clm-restore?)"
+                )
+            )
+            raise StepFailed(f"restore on {self.node} failed, nothing left running here: {why}")
+        for container_id in restored:
+            state = await asyncio.to_thread(self.runtime.state, container_id)
+            if state != "running":
+                await asyncio.to_thread(self._kill_restored, uid)
+                raise StepFailed(
+                    f"the clone's container {container_id} is {state or 'gone'} right after its restore"
+                )
+        self.layout.expected(uid).unlink(missing_ok=True)
+        shutil.rmtree(incoming, ignore_errors=True)
+        return {
+            "containers": len(restored),
+            "restore_seconds": round(time.perf_counter() - started, 6),
+            "lazy_pages": False,
+            "through": "containerd",
+        }
+
+    def _restored_file(self, uid: str) -> Path:
+        return self.layout.workdir(uid) / "restored-containers.json"
+
+    def _kill_restored(self, uid: str) -> None:
+        """The clone's containers this node restored for `uid`: ended (kubelet sees them exit)."""
+        record = self._restored_file(uid)
+        for container_id in json.loads(record.read_text()) if record.exists() else []:
+            self.runtime.delete(container_id)
 
     @staticmethod
     def _post_copy(command: CheckpointCommand) -> bool:
@@ -228,7 +299,12 @@ class DestinationSide:
         for record in incoming.glob("*/container.json") if incoming.is_dir() else ():
             container_id = json.loads(record.read_text())["id"]
             await asyncio.to_thread(self.runtime.settle, container_id, images=record.parent / "criu")
-        await asyncio.to_thread(self._remove_restored, command.pod.uid)
+        if self.runtime.restores_through_handler:
+            if self.handler is not None:
+                self.handler.withdraw(f"{command.pod.namespace}/{command.pod.name}")
+            await asyncio.to_thread(self._kill_restored, uid)
+        else:
+            await asyncio.to_thread(self._remove_restored, command.pod.uid)
         self.expected_transfers.pop(uid, None)
         shutil.rmtree(self.layout.incoming(uid), ignore_errors=True)
         self.layout.expected(uid).unlink(missing_ok=True)

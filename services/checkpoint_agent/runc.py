@@ -81,6 +81,11 @@ def _criu_log_tail(image_dir: Path, name: str) -> str:
 
 
 class Runc:
+    # Its checkpoint ends the container; a rollback restores it from the images.
+    leaves_source_running = False
+    # The agent restores containers itself (no kubelet on the node).
+    restores_through_handler = False
+
     def __init__(self, *, root: Path | None = None, runc: str = "runc", criu: str = "criu") -> None:
         # A state root of our own keeps our containers apart from anyone else's runc use.
         self.base = [runc] + ([f"--root={root}"] if root else [])
@@ -378,6 +383,35 @@ class Runc:
 
     def delete(self, container_id: str) -> None:
         self._run("delete", "--force", container_id)
+
+    def thaw(self, container_id: str) -> bool:
+        """Nothing to resume: a runc checkpoint ended the container."""
+        return False
+
+    def finish_source(self, container_id: str) -> None:
+        """The move is committed: the dumped container's leftovers go."""
+        self.delete(container_id)
+
+    def package_rootfs(self, container: Container, target: Path) -> None:
+        """The container's root filesystem as `rootfs.tar` (the bundle's own directory)."""
+        proc = subprocess.run(
+            [
+                "tar",
+                "-C",
+                str(container.bundle / "rootfs"),
+                "--one-file-system",
+                "-cf",
+                str(target / "rootfs.tar"),
+                ".",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeCommandError(
+                f"packing the root filesystem of {container.name} failed: {proc.stderr[-300:]}"
+            )
 
     def settle(self, container_id: str, *, images: Path | None = None, timeout: float = 600) -> None:
         """Wait until no runc command on the container still runs (an agent that died mid-

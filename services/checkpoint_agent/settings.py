@@ -13,6 +13,14 @@ class CheckpointAgentSettings(NodeAgentSettings):
     criu_binary: str = "criu"
     # Containers are runc containers under this state root (the local node runtime).
     runc_root: Path | None = None
+    # Kubernetes nodes: containerd's CRI socket. Set, the agent finds pods over CRI, dumps
+    # them with the shim's runc state (containerd_runc_root) leaving them frozen, and clones
+    # are restored by containerd through CLM's RuntimeClass handler (restore_handler_socket).
+    containerd_socket: Path | None = None
+    containerd_state_dir: Path = Path("/run/containerd")
+    containerd_runc_root: Path = Path("/run/containerd/runc/k8s.io")
+    # Where clm-runc (the clm-restore RuntimeClass handler's binary) asks this agent.
+    restore_handler_socket: Path = Path("/run/clm/restore-handler.sock")
     state_dir: Path = Path("/var/lib/clm/checkpoint-agent")
     # Checkpoint images; a tmpfs makes the dump faster (it holds a pod's memory while moving).
     image_dir: Path = Path("/var/lib/clm/checkpoint-agent/images")

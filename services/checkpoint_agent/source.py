@@ -12,7 +12,6 @@ from pathlib import Path
 
 from clm.contracts import CheckpointCommand, CheckpointStep, MigrationStrategy
 from clm.contracts.protocol import StepFailed
-from services.checkpoint_agent import process
 from services.checkpoint_agent.bundle import config_problems
 from services.checkpoint_agent.config import AgentConfig, CapabilityLookup
 from services.checkpoint_agent.criu_stats import images_complete, read_stats
@@ -294,21 +293,15 @@ class SourceSide:
         details["pages_written"] = sum(int(s.get("pages_written", 0)) for s in stats)
         return details
 
-    @staticmethod
-    async def _package(container: Container, target: Path) -> None:
+    async def _package(self, container: Container, target: Path) -> None:
         """What the destination needs besides CRIU's images: the OCI config, the container's
-        record and its root filesystem."""
+        record and its root filesystem (all of it, or on containerd its changes to the image)."""
         shutil.copy(container.bundle / "config.json", target / "config.json")
         (target / "container.json").write_text(json.dumps(container_record(container)))
-        await process.run(
-            "tar",
-            "-C",
-            str(container.bundle / "rootfs"),
-            "--one-file-system",
-            "-cf",
-            str(target / "rootfs.tar"),
-            ".",
-        )
+        try:
+            await asyncio.to_thread(self.runtime.package_rootfs, container, target)
+        except RuntimeCommandError as exc:
+            raise OSError(str(exc)) from None
 
     # ----- rollback -----
 
@@ -357,6 +350,8 @@ class SourceSide:
         # Post-copy before the resume: the destination fetches no more pages from here.
         await self._stop_serving(uid)
         for record in pod:
+            if await asyncio.to_thread(self.runtime.thaw, record["id"]):
+                continue  # left frozen by the dump (containerd): running again, network open
             state = await asyncio.to_thread(self.runtime.state, record["id"])
             if state in ("running", "paused"):
                 continue
@@ -405,7 +400,7 @@ class SourceSide:
             raise StepFailed("nothing was dumped for this migration on this node: refusing to finalize")
         await self._wait_pages_served(command)
         for record in json.loads(self.layout.pod_record(uid).read_text()):
-            await asyncio.to_thread(self.runtime.delete, record["id"])
+            await asyncio.to_thread(self.runtime.finish_source, record["id"])
         replayed = await self._replay(uid)
         freed = tree_size(self.layout.outgoing(uid))
         shutil.rmtree(self.layout.outgoing(uid), ignore_errors=True)

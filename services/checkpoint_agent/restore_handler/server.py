@@ -1,0 +1,212 @@
+"""The agent's side of the restore handler: a Unix socket clm-runc asks on, and the offers of
+images the destination's restore step makes for a clone's containers.
+
+The restore step offers each container's images and waits; kubelet creates the clone's
+containers whenever it gets to them (a Deployment's clone exists before the dump, so its
+`create` usually comes first and waits here for the images). Whichever comes second
+completes the pair: the handler is told to run `runc restore`, reports its exit status,
+and the step learns the clone's container id. Wire format: clm-runc.c.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.checkpoint_agent.containerd import apply_rootfs_diff
+from services.checkpoint_agent.restore_handler.calls import (
+    CallError,
+    Exit,
+    Run,
+    RuncCall,
+    as_asked,
+    clone_container,
+    parse,
+    restore_command,
+)
+
+log = logging.getLogger(__name__)
+MAX_REQUEST = 1 << 20
+
+
+@dataclass(frozen=True)
+class Restored:
+    container_id: str
+    code: int
+    errors: str
+
+
+@dataclass
+class Offer:
+    source: str  # namespace/name of the pod the clone restores
+    container: str
+    package: Path  # the container's package: criu/, rootfs-diff.tar, deleted.files
+    result: asyncio.Future[Restored] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+    taken: bool = False
+
+    @property
+    def images(self) -> Path:
+        return self.package / "criu"
+
+
+def _errors(call: RuncCall, work: Path) -> str:
+    lines: list[str] = []
+    if call.log is not None and call.log.exists():
+        lines += [
+            json.loads(line).get("msg", line)
+            for line in call.log.read_text(errors="replace").splitlines()
+            if '"level":"error"' in line
+        ]
+    restore_log = work / "restore.log"
+    if restore_log.exists():
+        lines += [line for line in restore_log.read_text(errors="replace").splitlines() if "Error" in line]
+    return "\n".join(lines[-8:])
+
+
+class RestoreHandlerServer:
+    def __init__(self, socket_path: Path, *, create_wait_seconds: float = 90.0) -> None:
+        self.socket_path, self.create_wait_seconds = socket_path, create_wait_seconds
+        self.offers: dict[tuple[str, str], Offer] = {}
+        self.restored: set[str] = set()
+        self._offered = asyncio.Event()
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> RestoreHandlerServer:
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        self.socket_path.unlink(missing_ok=True)
+        self._server = await asyncio.start_unix_server(self._serve, path=str(self.socket_path))
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        self.socket_path.unlink(missing_ok=True)
+
+    # ----- the restore step's side -----
+
+    def offer(self, *, source: str, container: str, package: Path) -> Offer:
+        offer = self.offers.get((source, container))
+        if offer is None or offer.result.done():
+            offer = Offer(source=source, container=container, package=package)
+            self.offers[(source, container)] = offer
+        self._offered.set()
+        self._offered = asyncio.Event()
+        return offer
+
+    def withdraw(self, source: str) -> None:
+        """A rolled back move: its clone's containers are refused from now on."""
+        for key in [k for k in self.offers if k[0] == source]:
+            offer = self.offers.pop(key)
+            if not offer.result.done():
+                offer.result.cancel()
+
+    # ----- clm-runc's side -----
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            # Arguments, each NUL-terminated, then an empty one (runc's arguments never are).
+            raw = await reader.readuntil(b"\0\0")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            log.warning("clm-runc sent an incomplete request", extra={"error": str(exc)})
+            writer.close()
+            return
+        argv = [a.decode(errors="replace") for a in raw[:-2].split(b"\0")]
+        try:
+            answer = await self._answer(argv, reader, writer)
+        except CallError as exc:
+            answer = Exit(2, str(exc))
+        except Exception as exc:  # - whatever went wrong, clm-runc must hear why
+            log.exception("answering clm-runc failed", extra={"argv": argv})
+            answer = Exit(1, f"the CLM checkpoint agent failed: {exc}")
+        if isinstance(answer, Exit):
+            writer.write(b"exit\0" + str(answer.code).encode() + b"\0" + answer.message.encode() + b"\0")
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+    async def _answer(
+        self, argv: list[str], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> Exit | None:
+        call = parse(argv)
+        if call.command == "start":
+            if call.container_id in self.restored:
+                return Exit(0)  # restored at create: it runs already
+            return await self._run(as_asked(call, argv), reader, writer)
+        if call.command != "create":
+            return await self._run(as_asked(call, argv), reader, writer)
+        annotations = json.loads((call.bundle / "config.json").read_text()).get("annotations") or {}
+        target = clone_container(call, annotations)
+        if target is None:
+            return await self._run(as_asked(call, argv), reader, writer)
+        if isinstance(target, Exit):
+            return target
+        offer = await self._wait_for_offer(target)
+        if offer is None:
+            return Exit(
+                1,
+                f"no checkpoint of container {target[1]} of {target[0]} has reached this node in "
+                f"{self.create_wait_seconds:g}s: a clone's containers are restored, never started fresh "
+                "(kubelet tries again; a rolled back move's clone is deleted)",
+            )
+        offer.taken = True
+        work = offer.package / "restore-work"
+        work.mkdir(exist_ok=True)
+        started = time.perf_counter()
+        await asyncio.to_thread(apply_rootfs_diff, offer.package, call.bundle / "rootfs")
+        run = Run(restore_command(call, images=offer.images.resolve(), work=work.resolve()), restores=target)
+        code = await self._run(run, reader, writer, exit_code=True)
+        assert isinstance(code, int)
+        if code == 0:
+            self.restored.add(call.container_id)
+        log.info(
+            "restored a clone's container",
+            extra={
+                "container": target[1],
+                "of": target[0],
+                "code": code,
+                "seconds": time.perf_counter() - started,
+            },
+        )
+        if not offer.result.done():
+            errors = "" if code == 0 else await asyncio.to_thread(_errors, call, work)
+            offer.result.set_result(Restored(container_id=call.container_id, code=code, errors=errors))
+        return None
+
+    async def _wait_for_offer(self, target: tuple[str, str]) -> Offer | None:
+        deadline = time.monotonic() + self.create_wait_seconds
+        while True:
+            offer = self.offers.get(target)
+            if offer is not None and not offer.taken and not offer.result.done():
+                return offer
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._offered.wait(), remaining)
+
+    async def _run(
+        self,
+        run: Run,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        exit_code: bool = False,
+    ):
+        """Tell clm-runc to run `run.argv`; with `exit_code`, wait for its exit status."""
+        writer.write(b"run\0" + b"".join(a.encode() + b"\0" for a in run.argv) + b"\0")
+        await writer.drain()
+        if not exit_code:
+            return None
+        try:
+            status = await reader.readuntil(b"\0")
+        except asyncio.IncompleteReadError:
+            return 1  # clm-runc went away (killed with its shim): no restore to count on
+        return int(status[:-1] or b"1")
