@@ -48,6 +48,8 @@ class IpHandoverSettings(NodeAgentSettings):
     # Records of what the agent did to the node (reconciled at start).
     state_dir: Path = Path("/var/lib/clm/ip-handover-agent")
     network_backend: Literal["routed", "aws-vpc"] = "routed"
+    # Kubernetes nodes with clm-cni: a clone's network is wired by its CNI ADD, not by prepare.
+    pods_wired_by_cni: bool = False
     # aws-vpc: this node's ENI that carries pod IPs and the region (unset: asked of the instance
     # metadata service, as a DaemonSet must), and (tests) the EC2 endpoint.
     aws_eni_id: str | None = None
@@ -91,6 +93,7 @@ def make_backend(settings: IpHandoverSettings) -> Backend:
         uplink=settings.uplink_interface,
         node_netns=settings.node_netns,
         segment_announce=settings.network_backend == "routed",
+        wired_by_cni=settings.pods_wired_by_cni,
     )
     if settings.network_backend == "routed":
         return local

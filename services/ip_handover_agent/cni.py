@@ -21,8 +21,9 @@ section, no delegate), for nodes whose network routes pod IPs (the sandbox): a p
 the address its IPAM plugin (e.g. the reference `static` or `host-local`) hands out, wired
 the way the IP-handover agent's routed backend wires and moves pods — veth, IP/32, a /32
 route on the node, proxy ARP and a gratuitous ARP on the uplink — so its IP can later move.
-The runtime creates the pod's namespace at the path the routed backend names for the pod
-(`CNI_ARGS` must carry `K8S_POD_UID`).
+The pod's namespace is wherever the runtime made it (containerd: /var/run/netns/cni-…; the
+sandbox's runtime: the routed backend's name); the node side is named by the pod's UID
+(`CNI_ARGS` must carry `K8S_POD_UID`), which is how the IP moves later.
 """
 
 from __future__ import annotations
@@ -291,13 +292,6 @@ class Plugin:
         backend = RoutedBackend(
             node=str(routed["node"]), uplink=str(routed.get("uplink", "eth0")), node_netns=self.node_netns
         )
-        pod = PodNet(uid=uid, ip="")
-        expected = f"/var/run/netns/{backend.pod_netns(pod)}"
-        if os.path.realpath(netns) != os.path.realpath(expected):
-            raise CniError(
-                ERR_CONFIG,
-                f"routed mode wires the pod's namespace at {expected} (it moves by that name); got {netns}",
-            )
         ipam = self.conf["ipam"]
         allocated = self._exec(str(ipam.get("type", "")), {**self.conf, "ipam": ipam}, self.env) or {}
         ips = [

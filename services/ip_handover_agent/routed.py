@@ -41,13 +41,22 @@ class PodNet:
 
 class RoutedBackend:
     def __init__(
-        self, *, node: str, uplink: str, node_netns: str | None = None, segment_announce: bool = True
+        self,
+        *,
+        node: str,
+        uplink: str,
+        node_netns: str | None = None,
+        segment_announce: bool = True,
+        wired_by_cni: bool = False,
     ) -> None:
         """`node_netns` is for tests and the sandbox, where a node is a network namespace;
         on a real node the agent runs in the host's namespace (None). Without
         `segment_announce` the node only routes the IP to the pod (no proxy ARP, no
         gratuitous ARP): where the network itself moves the IP, as a VPC does."""
         self.node, self.uplink, self.node_netns = node, uplink, node_netns
+        # Kubernetes nodes: clm-cni wires a clone's namespace when kubelet starts its sandbox
+        # (the IP unannounced) and unwires it when the pod goes; the agent only moves routes.
+        self.wired_by_cni = wired_by_cni
         self.segment_announce = segment_announce
 
     # ----- naming -----
@@ -76,6 +85,8 @@ class RoutedBackend:
     # ----- steps -----
 
     def prepare(self, pod: PodNet) -> None:
+        if self.wired_by_cni:
+            return  # the clone's CNI ADD does it, with the pod's own namespace
         ns, veth = self.pod_netns(pod), self.veth(pod)
         if not self._exists(ns):
             _run(["ip", "netns", "add", ns])
@@ -136,6 +147,8 @@ class RoutedBackend:
 
     def release(self, pod: PodNet) -> None:
         self.withdraw(pod)
+        if self.wired_by_cni:
+            return  # the veth and namespace go with the pod's sandbox (CNI DEL)
         self._ip("link", "del", self.veth(pod), check=False)
         if self._exists(self.pod_netns(pod)):
             _run(["ip", "netns", "del", self.pod_netns(pod)])

@@ -104,6 +104,8 @@ class NodeAgents:
     pex_dir: Path | None = None
     # Extra settings for the checkpoint agent (e.g. CLM_LAZY_RESTORE=false).
     checkpoint_env: dict[str, str] = field(default_factory=dict)
+    # Extra settings for the IP-handover agent (e.g. CLM_PODS_WIRED_BY_CNI=true).
+    network_env: dict[str, str] = field(default_factory=dict)
     checkpoint: AgentProcess | None = None
     network: AgentProcess | None = None
 
@@ -146,6 +148,7 @@ class NodeAgents:
                 "CLM_NODE_NETNS": self.node_netns,
                 "CLM_UPLINK_INTERFACE": "eth0",
                 "CLM_STATE_DIR": str(self.workdir / "network-state"),
+                **self.network_env,
             },
         ).start()
         return self

@@ -32,7 +32,8 @@ def _save(client: docker.DockerClient, tag: str) -> Path:
         CACHE.mkdir(parents=True, exist_ok=True)
         partial = tar.with_suffix(".partial")
         with partial.open("wb") as out:
-            for chunk in image.save(named=True):
+            # Saved by this name (an image's own `save` names it by its first tag).
+            for chunk in client.api.get_image(tag):
                 out.write(chunk)
         partial.rename(tar)
     return tar

@@ -29,6 +29,25 @@ RESTORE_HANDLER = "clm-restore"
 SANDBOX_IMAGE = "localhost/clm-pause:1"
 
 
+HANDLER_SOURCE = (
+    Path(__file__).resolve().parents[2] / "services" / "checkpoint_agent" / "restore_handler" / "clm-runc.c"
+)
+
+
+def build_restore_handler(target: Path) -> Path:
+    """clm-runc, compiled static (as the DaemonSet installs it on a node)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        ["gcc", "-O2", "-Wall", "-static", "-o", str(target), str(HANDLER_SOURCE)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"compiling {HANDLER_SOURCE} failed (gcc: tools/setup/install-system-deps): {proc.stderr}")
+    return target
+
+
 def containerd_config(
     *,
     root: Path,
@@ -117,6 +136,9 @@ class ContainerdNode:
     cni: dict[str, Any]
     restore_binary: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
+    # Where clm-cni runs: on these machines the API emulator listens in the host's namespace,
+    # not the node's, so the plugin is entered there and wires the node side by `nodeNetns`.
+    cni_netns: Path | None = None
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -149,7 +171,8 @@ class ContainerdNode:
         plugin.write_text(
             "#!/bin/sh\n"
             f"export PYTHONPATH={shlex.quote(os.environ.get('PYTHONPATH', ''))}\n"
-            f"exec {' '.join(shlex.quote(a) for a in self.cni_plugin)}\n"
+            + (f"exec nsenter --net={shlex.quote(str(self.cni_netns))} " if self.cni_netns else "exec ")
+            + f"{' '.join(shlex.quote(a) for a in self.cni_plugin)}\n"
         )
         plugin.chmod(0o755)
         (cni_conf / "10-clm.conf").write_text(json.dumps(self.cni))

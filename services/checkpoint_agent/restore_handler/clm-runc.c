@@ -56,7 +56,9 @@ static const char *subcommand(int argc, char **argv) {
 
 static int write_all(int fd, const char *buf, size_t len) {
   while (len > 0) {
-    ssize_t n = write(fd, buf, len);
+    /* MSG_NOSIGNAL: an agent that hung up is an error here, not a SIGPIPE (and no signal
+     * disposition is changed, which runc would inherit). */
+    ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
     if (n < 0) { if (errno == EINTR) continue; return -1; }
     buf += n; len -= (size_t)n;
   }
