@@ -27,7 +27,13 @@ from clm.runtime.cri.client import CriClient, CriError, state_name
 from tests.integration.support import pex_dir
 from tests.kit.agents import NodeAgents, agent_tls_dir
 from tests.kit.containerd_images import POD_IMAGE, node_images
-from tests.kit.containerd_node import BIN, RESTORE_HANDLER, ContainerdNode, build_restore_handler, routed_cni_conf
+from tests.kit.containerd_node import (
+    BIN,
+    RESTORE_HANDLER,
+    ContainerdNode,
+    build_restore_handler,
+    routed_cni_conf,
+)
 from tests.kit.kubelet import Kubelet, RunningPod
 from tests.kit.migration import Move
 from tests.kit.nats_server import NatsServer
@@ -85,7 +91,9 @@ class CriWatch:
 
 
 class ContainerdLab:
-    def __init__(self, segment: Segment, nats: NatsServer, tmp: Path, core: client.CoreV1Api, kubeconfig: Path):
+    def __init__(
+        self, segment: Segment, nats: NatsServer, tmp: Path, core: client.CoreV1Api, kubeconfig: Path
+    ):
         self.segment, self.nats, self.tmp, self.core = segment, nats, tmp, core
         tls = agent_tls_dir(tmp / "agent-tls")
         self.images = Path("/dev/shm") / f"clm-ctrd-test-{segment.suffix}"
@@ -187,7 +195,10 @@ class ContainerdLab:
                     ],
                 }
             ],
-            "volumes": [{"name": "app", "hostPath": {"path": str(self.app)}}, {"name": "data", "emptyDir": {}}],
+            "volumes": [
+                {"name": "app", "hostPath": {"path": str(self.app)}},
+                {"name": "data", "emptyDir": {}},
+            ],
         }
         annotations = {}
         if restores:

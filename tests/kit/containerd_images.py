@@ -1,7 +1,7 @@
 """The images a containerd node needs, built here (no registry is reachable) and saved as
 tars to import: the pod sandbox's pause image and the pods' image.
 
-- localhost/clm-pause:1: tools/images/pause/pause.c, compiled static, FROM scratch.
+- localhost/clm-pause:1: tests/kit/pause/pause.c, compiled static, FROM scratch.
 - localhost/clm-pod:bookworm: clm-base:bookworm (python3.11; tools/images/build-bases).
 
 Tars are kept in CACHE by image id, so each is saved once per machine.
@@ -22,7 +22,7 @@ from tests.kit.containerd_node import SANDBOX_IMAGE
 
 CACHE = Path("/var/cache/clm/containerd-images")
 POD_IMAGE = "localhost/clm-pod:bookworm"
-PAUSE_SOURCE = Path(__file__).resolve().parents[2] / "tools" / "images" / "pause" / "pause.c"
+PAUSE_SOURCE = Path(__file__).resolve().parent / "pause" / "pause.c"
 
 
 def _save(client: docker.DockerClient, tag: str) -> Path:

@@ -44,7 +44,9 @@ def build_restore_handler(target: Path) -> Path:
         check=False,
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"compiling {HANDLER_SOURCE} failed (gcc: tools/setup/install-system-deps): {proc.stderr}")
+        raise RuntimeError(
+            f"compiling {HANDLER_SOURCE} failed (gcc: tools/setup/install-system-deps): {proc.stderr}"
+        )
     return target
 
 

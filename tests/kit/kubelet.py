@@ -19,7 +19,11 @@ from typing import Any
 from clm.runtime.cri import api_pb2 as api
 from clm.runtime.cri.client import CriClient
 
-POD_NAME, POD_NAMESPACE, POD_UID = "io.kubernetes.pod.name", "io.kubernetes.pod.namespace", "io.kubernetes.pod.uid"
+POD_NAME, POD_NAMESPACE, POD_UID = (
+    "io.kubernetes.pod.name",
+    "io.kubernetes.pod.namespace",
+    "io.kubernetes.pod.uid",
+)
 CONTAINER_NAME = "io.kubernetes.container.name"
 EMPTY_DIR = "kubernetes.io~empty-dir"
 
@@ -89,7 +93,11 @@ def container_config(
         command=list(container.get("command") or []),
         args=list(container.get("args") or []),
         working_dir=container.get("workingDir", ""),
-        envs=[api.KeyValue(key=e["name"], value=str(e.get("value", ""))) for e in container.get("env") or []],
+        envs=[
+            # The Debian CRI proto declares KeyValue.value as bytes (wire-compatible with string).
+            api.KeyValue(key=e["name"], value=str(e.get("value", "")).encode())
+            for e in container.get("env") or []
+        ],
         mounts=_mounts(pod, container, kubelet_dir),
         log_path=f"{container['name']}/{attempt}.log",
         labels={CONTAINER_NAME: container["name"], POD_NAME: name, POD_NAMESPACE: namespace, POD_UID: uid},

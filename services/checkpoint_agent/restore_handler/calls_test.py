@@ -37,7 +37,11 @@ def test_the_shims_create_is_read_as_runc_reads_it() -> None:
 
 def test_start_and_options_with_equals() -> None:
     call = parse(["--root=/r", "--systemd-cgroup", "start", "abc"])
-    assert (call.command, call.container_id, call.globals) == ("start", "abc", ["--root=/r", "--systemd-cgroup"])
+    assert (call.command, call.container_id, call.globals) == (
+        "start",
+        "abc",
+        ["--root=/r", "--systemd-cgroup"],
+    )
 
 
 @pytest.mark.parametrize("argv", [[], ["--root", "/r"], ["create", "--bundle", "/b"], ["start", "a", "b"]])
@@ -64,7 +68,9 @@ def test_the_pod_sandbox_runs_as_asked() -> None:
 
 
 def test_a_pod_that_is_no_clone_is_refused_with_the_reason() -> None:
-    answer = clone_container(parse(SHIM_CREATE), {k: v for k, v in CONTAINER.items() if k != "cast.ai/restore"})
+    answer = clone_container(
+        parse(SHIM_CREATE), {k: v for k, v in CONTAINER.items() if k != "cast.ai/restore"}
+    )
     assert isinstance(answer, Exit)
     assert answer.code == 1
     assert "only restores clone pods" in answer.message
