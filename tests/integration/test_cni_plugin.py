@@ -232,9 +232,23 @@ def test_routed_mode_wires_a_pod_the_way_its_ip_can_move(env: Env) -> None:
         assert backend.inventory()["proxy_neighbours"] == ["10.216.1.9"]
         assert ip("link", "show", cni.host_veth(uid), check=False).returncode != 0  # not in the host's
         assert env.run("CHECK", pod=("games", "arena-0"), netns=pod_ns, conf=conf, uid=uid)[0] == 0
-        wrong = NetNS(f"clm-cni-elsewhere-{uuid.uuid4().hex[:6]}").create()
-        code, out = env.run("ADD", pod=("games", "arena-0"), netns=wrong, conf=conf, container="c2", uid=uid)
-        assert code == 1 and out is not None and "routed mode wires the pod's namespace" in out["msg"]
+        # A namespace named the container runtime's way (containerd: /var/run/netns/cni-…).
+        other_uid = env.pod("games", "arena-1")
+        elsewhere = NetNS(f"clm-cni-elsewhere-{uuid.uuid4().hex[:6]}").create()
+        other = {**conf, "ipam": {"type": "static", "addresses": [{"address": "10.216.1.10/32"}]}}
+        try:
+            code, out = env.run(
+                "ADD", pod=("games", "arena-1"), netns=elsewhere, conf=other, container="c2", uid=other_uid
+            )
+            assert code == 0, out
+            assert "10.216.1.10/32" in addresses(elsewhere)
+            assert sorted(backend.inventory()["routes"]) == ["10.216.1.10", "10.216.1.9"]
+            code, out = env.run(
+                "DEL", pod=("games", "arena-1"), netns=elsewhere, conf=other, container="c2", uid=other_uid
+            )
+            assert code == 0, out
+        finally:
+            ip("netns", "del", elsewhere.name, check=False)
         code, out = env.run("DEL", pod=("games", "arena-0"), netns=pod_ns, conf=conf, uid=uid)
         assert code == 0, out
         assert backend.inventory()["routes"] == [] and backend.inventory()["proxy_neighbours"] == []
