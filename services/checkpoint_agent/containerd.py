@@ -46,6 +46,8 @@ LOCK_RULES = f"""table inet {LOCK_TABLE} {{
 }}
 """
 ROOTFS_DIFF = "rootfs-diff.tar"
+VOLUMES = "volumes"
+EMPTY_DIR = "kubernetes.io~empty-dir"
 DELETED_FILES = "deleted.files"
 
 
@@ -108,6 +110,41 @@ def apply_rootfs_diff(package: Path, rootfs: Path) -> None:
             subprocess.run(["rm", "-rf", str(path)], check=False)
         else:
             path.unlink(missing_ok=True)
+
+
+def empty_dirs(config: dict) -> dict[str, Path]:
+    """The pod's emptyDir volumes a container mounts: name -> the directory kubelet made
+    (/var/lib/kubelet/pods/<uid>/volumes/kubernetes.io~empty-dir/<name>)."""
+    found = {}
+    for mount in config.get("mounts") or []:
+        source = Path(str(mount.get("source", "")))
+        if source.parent.name == EMPTY_DIR:
+            found[source.name] = source
+    return found
+
+
+def write_empty_dirs(config: dict, target: Path) -> list[str]:
+    """Each emptyDir the container mounts, whole, as volumes/<name>.tar (read while the pod
+    is frozen, so consistent with its memory)."""
+    names = []
+    for name, directory in sorted(empty_dirs(config).items()):
+        (target / VOLUMES).mkdir(exist_ok=True)
+        with tarfile.open(target / VOLUMES / f"{name}.tar", "w") as tar:
+            tar.add(directory, arcname=".")
+        names.append(name)
+    return names
+
+
+def apply_empty_dirs(package: Path, config: dict) -> list[str]:
+    """Fill the clone's emptyDirs (made empty by kubelet) with what the source's held."""
+    filled = []
+    for name, directory in sorted(empty_dirs(config).items()):
+        archive = package / VOLUMES / f"{name}.tar"
+        if archive.exists():
+            with tarfile.open(archive) as tar:
+                tar.extractall(directory, filter="fully_trusted")
+            filled.append(name)
+    return filled
 
 
 class Containerd(Runc):
@@ -241,6 +278,7 @@ class Containerd(Runc):
                 "containerd state directory mounted with HostToContainer propagation)"
             )
         write_rootfs_diff(upper, target)
+        write_empty_dirs(json.loads((container.bundle / "config.json").read_text()), target)
 
     def delete(self, container_id: str) -> None:
         """A clone the move gives up: killed through the shim's own runc state (kubelet sees

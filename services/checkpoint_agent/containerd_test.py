@@ -5,9 +5,11 @@ import os
 from pathlib import Path
 
 from services.checkpoint_agent.containerd import (
+    apply_empty_dirs,
     apply_rootfs_diff,
     netns_of,
     overlay_upperdir,
+    write_empty_dirs,
     write_rootfs_diff,
 )
 
@@ -50,3 +52,25 @@ def test_the_changes_to_the_image_move_whole(tmp_path: Path) -> None:
     assert os.readlink(rootfs / "srv" / "link") == "data/db"
     assert not (rootfs / "etc-gone").exists()
     assert (rootfs / "etc" / "keep").read_text() == "image file"
+
+
+def test_emptydir_contents_go_to_the_clones_emptydir(tmp_path: Path) -> None:
+    source_dir = tmp_path / "src" / "volumes" / "kubernetes.io~empty-dir" / "data"
+    clone_dir = tmp_path / "clone" / "volumes" / "kubernetes.io~empty-dir" / "data"
+    (source_dir / "sub").mkdir(parents=True)
+    clone_dir.mkdir(parents=True)
+    (source_dir / "sub" / "state.bin").write_bytes(os.urandom(10000))
+    package = tmp_path / "package"
+    package.mkdir()
+
+    def config(directory: Path) -> dict:
+        return {
+            "mounts": [
+                {"destination": "/data", "source": str(directory)},
+                {"destination": "/srv", "source": "/opt"},
+            ]
+        }
+
+    assert write_empty_dirs(config(source_dir), package) == ["data"]
+    assert apply_empty_dirs(package, config(clone_dir)) == ["data"]
+    assert (clone_dir / "sub" / "state.bin").read_bytes() == (source_dir / "sub" / "state.bin").read_bytes()

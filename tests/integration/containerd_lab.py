@@ -222,6 +222,10 @@ class ContainerdLab:
             strategy=MigrationStrategy.STOP_AND_COPY,
         )
 
+    def pid_of(self, key: str, running: RunningPod, container: str = "server") -> int:
+        """The container's first process on the host, as CRI reports it (verbose status)."""
+        return int(self.cris[key].container_info(running.containers[container])["pid"])
+
     def wait_running(self, key: str, running: RunningPod, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         for container_id in running.containers.values():

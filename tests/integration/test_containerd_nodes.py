@@ -12,7 +12,9 @@ is removed; a rollback leaves CRI on A reporting the source running, its connect
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from pathlib import Path
 
 from clm.contracts import protocol
 from clm.runtime.cri.client import state_name
@@ -23,6 +25,7 @@ from tests.integration.containerd_lab import (
     CriWatch,
     containerd_lab,
 )
+from tests.kit.kubelet import empty_dir
 from tests.kit.migration import Driver
 from tests.kit.podlab import CountingClient, expected_hash
 from tests.kit.segment import POD_IP
@@ -45,6 +48,14 @@ async def test_pod_moves_between_containerd_nodes_with_its_connection(containerd
     running = await asyncio.to_thread(lab.kubelets["a"].run_pod, source)
     lab.set_pod_ip("mc-0", POD_IP)
     await asyncio.to_thread(lab.wait_running, "a", running)
+    # What the pod wrote to its emptyDir and to its own root filesystem (the image's upper layer).
+    data = {"db/blob.bin": os.urandom(3 * 2**20), "db/log.txt": b"line\n" * 1000}
+    for relative, content in data.items():
+        path = empty_dir(lab.kubelets["a"].kubelet_dir, source, "data") / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    marker = os.urandom(4096)
+    Path(f"/proc/{lab.pid_of('a', running)}/root/var/tmp/marker").write_bytes(marker)
     watch = CriWatch(lab.cris["a"], running.containers["server"]).start()
     client = CountingClient(lab.segment.nodes["client"].name, POD_IP, lab.tmp / "client")
     driver = await Driver.connect(lab.nats.url)
@@ -71,6 +82,10 @@ async def test_pod_moves_between_containerd_nodes_with_its_connection(containerd
     assert state_name(status.state) == "running"
     assert status.log_path.endswith("server/0.log")
     assert states_before_removal == ["running"], f"CRI on A saw the source as {states_before_removal}"
+    for relative, content in data.items():
+        moved = empty_dir(lab.kubelets["b"].kubelet_dir, clone, "data") / relative
+        assert moved.read_bytes() == content, f"emptyDir file {relative} differs after the move"
+    assert Path(f"/proc/{lab.pid_of('b', clone_running)}/root/var/tmp/marker").read_bytes() == marker
     restore = report.result("checkpoint", "restore")
     assert restore is not None and restore.details.get("through") == "containerd"
     print(

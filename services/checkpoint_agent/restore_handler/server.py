@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.checkpoint_agent.containerd import apply_rootfs_diff
+from services.checkpoint_agent.containerd import apply_empty_dirs, apply_rootfs_diff
 from services.checkpoint_agent.restore_handler.calls import (
     CallError,
     Exit,
@@ -161,6 +161,9 @@ class RestoreHandlerServer:
         work.mkdir(exist_ok=True)
         started = time.perf_counter()
         await asyncio.to_thread(apply_rootfs_diff, offer.package, call.bundle / "rootfs")
+        await asyncio.to_thread(
+            apply_empty_dirs, offer.package, json.loads((call.bundle / "config.json").read_text())
+        )
         run = Run(restore_command(call, images=offer.images.resolve(), work=work.resolve()), restores=target)
         code = await self._run(run, reader, writer, exit_code=True)
         assert isinstance(code, int)

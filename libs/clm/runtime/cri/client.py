@@ -3,8 +3,10 @@ say which call failed and containerd's own words."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -104,6 +106,12 @@ class CriClient:
     def container_status(self, container_id: str) -> api.ContainerStatus:
         request = api.ContainerStatusRequest(container_id=container_id)
         return self._call("ContainerStatus", self._runtime.ContainerStatus, request).status
+
+    def container_info(self, container_id: str) -> dict[str, Any]:
+        """The runtime's own verbose status (containerd: the pid, the runtime spec, ...)."""
+        request = api.ContainerStatusRequest(container_id=container_id, verbose=True)
+        info = self._call("ContainerStatus", self._runtime.ContainerStatus, request).info
+        return dict(json.loads(info["info"])) if "info" in info else {}
 
     def list_containers(
         self, labels: dict[str, str] | None = None, *, sandbox_id: str = ""
