@@ -57,6 +57,8 @@ def agent_config(settings: CheckpointAgentSettings) -> AgentConfig:
         transfer_connect_seconds=settings.transfer_connect_seconds,
         transfer_stall_seconds=settings.transfer_stall_seconds,
         node_netns=settings.netns_dir / settings.node_netns if settings.node_netns else None,
+        checkpoint_archives=settings.checkpoint_archives,
+        checkpoint_archive_dir=settings.checkpoint_archive_dir,
     )
 
 

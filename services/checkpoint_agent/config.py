@@ -38,6 +38,10 @@ class AgentConfig:
     # then runs again here instead of waiting out the step's timeout).
     transfer_connect_seconds: float = 20.0
     transfer_stall_seconds: float = 10.0
+    # Containerd nodes: checkpoint archives (checkpointctl reads them) of the pods restored
+    # here, kept in checkpoint_archive_dir: never, only when the restore failed, or always.
+    checkpoint_archives: str = "never"
+    checkpoint_archive_dir: Path | None = None
 
     @property
     def layout(self) -> Layout:

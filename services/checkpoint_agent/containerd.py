@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from clm.runtime.cri.client import CriClient, CriError
+from services.checkpoint_agent.checkpoint_archive import write_config_dump
 from services.checkpoint_agent.runc import Runc
 from services.checkpoint_agent.runtime import (
     CONTAINER_NAME,
@@ -279,6 +280,9 @@ class Containerd(Runc):
             )
         write_rootfs_diff(upper, target)
         write_empty_dirs(json.loads((container.bundle / "config.json").read_text()), target)
+        write_config_dump(
+            target, container_id=container.id, created=(container.bundle / "config.json").stat().st_mtime
+        )
 
     def delete(self, container_id: str) -> None:
         """A clone the move gives up: killed through the shim's own runc state (kubelet sees

@@ -17,6 +17,7 @@ from clm.contracts.protocol import StepFailed
 from clm.runtime.podnet import pod_netns_path
 from services.checkpoint_agent import process
 from services.checkpoint_agent.bundle import rebind
+from services.checkpoint_agent.checkpoint_archive import archive_name, write_archive
 from services.checkpoint_agent.config import AgentConfig, CapabilityLookup
 from services.checkpoint_agent.criu_stats import read_stats
 from services.checkpoint_agent.outcomes import Details, OutcomeStore
@@ -40,6 +41,7 @@ class DestinationSide:
         # Containerd nodes: the RuntimeClass handler's socket, where kubelet's creation of the
         # clone's containers meets the images (restore_handler/).
         self.handler = handler
+        self._background: set[asyncio.Task[None]] = set()
         self.node = config.node
         self.runtime, self.capabilities, self.outcomes = runtime, capabilities, outcomes
         # Post-copy: restored containers whose memory is still arriving.
@@ -167,6 +169,7 @@ class DestinationSide:
             self.handler.withdraw(source)
             await asyncio.to_thread(self._kill_restored, uid)
             self.expected_transfers[uid] = incoming
+            self._after_restore(command, incoming, packages, failed=True)
             why = (
                 "; ".join(failed)
                 if failed
@@ -185,13 +188,49 @@ class DestinationSide:
                     f"the clone's container {container_id} is {state or 'gone'} right after its restore"
                 )
         self.layout.expected(uid).unlink(missing_ok=True)
-        shutil.rmtree(incoming, ignore_errors=True)
+        self._after_restore(command, incoming, packages, failed=False)
         return {
             "containers": len(restored),
             "restore_seconds": round(time.perf_counter() - started, 6),
             "lazy_pages": False,
             "through": "containerd",
         }
+
+    def _after_restore(
+        self, command: CheckpointCommand, incoming: Path, packages: list[Path], *, failed: bool
+    ) -> None:
+        """Keep the checkpoint archives if asked (in the background: the freeze does not wait
+        for them), then drop a restored pod's images."""
+        keep = self.config.checkpoint_archives
+        wanted = self.config.checkpoint_archive_dir is not None and (
+            keep == "always" or (keep == "failed" and failed)
+        )
+
+        def archive_then_drop() -> None:
+            if wanted:
+                self._keep_archives(command, packages, failed=failed)
+            if not failed:
+                shutil.rmtree(incoming, ignore_errors=True)
+
+        if not wanted:
+            archive_then_drop()
+            return
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(archive_then_drop))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _keep_archives(self, command: CheckpointCommand, packages: list[Path], *, failed: bool) -> None:
+        assert self.config.checkpoint_archive_dir is not None
+        for package in packages:
+            name = archive_name(command.pod.namespace, command.pod.name, package.name)
+            try:
+                path = write_archive(package, self.config.checkpoint_archive_dir / name)
+            except OSError as exc:
+                log.warning(
+                    "cannot keep the checkpoint archive", extra={"container": package.name, "error": str(exc)}
+                )
+                continue
+            log.info("kept the checkpoint archive", extra={"path": str(path), "restore_failed": failed})
 
     def _restored_file(self, uid: str) -> Path:
         return self.layout.workdir(uid) / "restored-containers.json"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -21,6 +22,10 @@ class CheckpointAgentSettings(NodeAgentSettings):
     containerd_runc_root: Path = Path("/run/containerd/runc/k8s.io")
     # Where clm-runc (the clm-restore RuntimeClass handler's binary) asks this agent.
     restore_handler_socket: Path = Path("/run/clm/restore-handler.sock")
+    # Containerd nodes: keep the standard checkpoint archive (`checkpointctl show` reads it) of
+    # each container restored here: never, when its restore failed (to see why), or always.
+    checkpoint_archives: Literal["never", "failed", "always"] = "never"
+    checkpoint_archive_dir: Path = Path("/var/lib/clm/checkpoint-agent/checkpoints")
     state_dir: Path = Path("/var/lib/clm/checkpoint-agent")
     # Checkpoint images; a tmpfs makes the dump faster (it holds a pod's memory while moving).
     image_dir: Path = Path("/var/lib/clm/checkpoint-agent/images")

@@ -144,6 +144,8 @@ class ContainerdLab:
                     "CLM_CONTAINERD_STATE_DIR": str(ctrd.state),
                     "CLM_CONTAINERD_RUNC_ROOT": str(ctrd.runc_root),
                     "CLM_RESTORE_HANDLER_SOCKET": str(socket),
+                    "CLM_CHECKPOINT_ARCHIVES": "always",
+                    "CLM_CHECKPOINT_ARCHIVE_DIR": str(workdir / "checkpoints"),
                 },
                 network_env={"CLM_PODS_WIRED_BY_CNI": "true"},
             )
@@ -225,6 +227,15 @@ class ContainerdLab:
     def pid_of(self, key: str, running: RunningPod, container: str = "server") -> int:
         """The container's first process on the host, as CRI reports it (verbose status)."""
         return int(self.cris[key].container_info(running.containers[container])["pid"])
+
+    def wait_archives(self, key: str, pattern: str, timeout: float = 30) -> list[Path]:
+        """The checkpoint archives node `key` keeps (written after the restore answered)."""
+        directory = self.tmp / key / "checkpoints"
+        deadline = time.monotonic() + timeout
+        while not (found := sorted(directory.glob(pattern))):
+            assert time.monotonic() < deadline, f"no checkpoint archive {pattern} in {directory}"
+            time.sleep(0.1)
+        return found
 
     def wait_running(self, key: str, running: RunningPod, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

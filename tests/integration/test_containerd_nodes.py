@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from tests.integration.containerd_lab import (
     CriWatch,
     containerd_lab,
 )
+from tests.kit.containerd_images import POD_IMAGE
+from tests.kit.containerd_node import BIN
 from tests.kit.kubelet import empty_dir
 from tests.kit.migration import Driver
 from tests.kit.podlab import CountingClient, expected_hash
@@ -86,6 +89,20 @@ async def test_pod_moves_between_containerd_nodes_with_its_connection(containerd
         moved = empty_dir(lab.kubelets["b"].kubelet_dir, clone, "data") / relative
         assert moved.read_bytes() == content, f"emptyDir file {relative} differs after the move"
     assert Path(f"/proc/{lab.pid_of('b', clone_running)}/root/var/tmp/marker").read_bytes() == marker
+    # The checkpoint archive B kept, as checkpointctl reads it.
+    archives = await asyncio.to_thread(lab.wait_archives, "b", "checkpoint-mc-0_games-server-*.tar")
+    assert len(archives) == 1, archives
+    shown = await asyncio.to_thread(
+        subprocess.run,
+        [str(BIN / "checkpointctl"), "show", str(archives[0])],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert (
+        "server" in shown.stdout and "containerd" in shown.stdout and POD_IMAGE in shown.stdout
+    ), shown.stdout
     restore = report.result("checkpoint", "restore")
     assert restore is not None and restore.details.get("through") == "containerd"
     print(
