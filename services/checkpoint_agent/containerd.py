@@ -24,6 +24,7 @@ import tarfile
 import time
 from pathlib import Path
 
+from clm.policy import names
 from clm.runtime.cri.client import CriClient, CriError
 from services.checkpoint_agent.checkpoint_archive import write_config_dump
 from services.checkpoint_agent.runc import Runc
@@ -167,8 +168,11 @@ class Containerd(Runc):
         with CriClient(self.cri_socket, timeout=30) as cri:
             try:
                 listed = cri.list_containers()
+                sandboxes = cri.list_pod_sandboxes()
             except CriError as exc:
                 raise RuntimeCommandError(str(exc)) from None
+        # A clone moved again is asked for by the UID its line's first pod had.
+        first_uid = {sb.id: sb.annotations.get(names.RUNTIME_POD_UID, "") for sb in sandboxes}
         out = []
         for item in listed:
             labels = dict(item.labels)
@@ -182,16 +186,23 @@ class Containerd(Runc):
                     pid=self.pid(item.id) or 0,
                     bundle=self.bundle(item.id),
                     annotations={
-                        k: labels[k]
-                        for k in (POD_UID, POD_NAME, POD_NAMESPACE, CONTAINER_NAME)
-                        if k in labels
+                        **{
+                            k: labels[k]
+                            for k in (POD_UID, POD_NAME, POD_NAMESPACE, CONTAINER_NAME)
+                            if k in labels
+                        },
+                        names.RUNTIME_POD_UID: first_uid.get(item.pod_sandbox_id) or labels.get(POD_UID, ""),
                     },
                 )
             )
         return out
 
     def pod_containers(self, pod_uid: str) -> list[Container]:
-        return [c for c in self.containers() if c.annotations.get(POD_UID) == pod_uid]
+        return [
+            c
+            for c in self.containers()
+            if pod_uid in (c.annotations.get(POD_UID), c.annotations.get(names.RUNTIME_POD_UID))
+        ]
 
     def run(self, container_id: str, bundle: Path, **_: object) -> None:
         raise RuntimeCommandError("on containerd nodes kubelet starts containers, never the agent")

@@ -23,6 +23,7 @@ import pytest
 from kubernetes import client
 
 from clm.contracts import MigrationStrategy, PodRef
+from clm.policy.naming import clone_spec
 from clm.runtime.cri.client import CriClient, CriError, state_name
 from tests.integration.support import pex_dir
 from tests.kit.agents import NodeAgents, agent_tls_dir
@@ -182,8 +183,8 @@ class ContainerdLab:
             ctrd.stop()
         shutil.rmtree(self.images, ignore_errors=True)
 
-    def pod_object(self, name: str, *, node: str, restores: str | None = None) -> dict[str, Any]:
-        """The server pod as the API holds it (a clone: its annotation and RuntimeClass)."""
+    def pod_object(self, name: str, *, node: str) -> dict[str, Any]:
+        """The server pod as the API holds it."""
         spec: dict[str, Any] = {
             "nodeName": node,
             "containers": [
@@ -202,13 +203,22 @@ class ContainerdLab:
                 {"name": "data", "emptyDir": {}},
             ],
         }
-        annotations = {}
-        if restores:
-            spec["runtimeClassName"] = RESTORE_HANDLER
-            annotations["cast.ai/restore"] = restores
-        body = {"metadata": {"name": name, "namespace": NAMESPACE, "annotations": annotations}, "spec": spec}
+        body: dict[str, Any] = {"metadata": {"name": name, "namespace": NAMESPACE}, "spec": spec}
         created = self.core.create_namespaced_pod(NAMESPACE, body)
-        return self.core.api_client.sanitize_for_serialization(created)
+        return dict(self.core.api_client.sanitize_for_serialization(created))
+
+    def clone_object(self, source: dict[str, Any], name: str) -> dict[str, Any]:
+        """The clone pod as the coordinator creates it (the policy core's clone spec)."""
+        clone = clone_spec(source, name=name, node=self.b.node)
+        assert not clone.problems, clone.problems
+        assert clone.pod["spec"]["runtimeClassName"] == RESTORE_HANDLER
+        created = self.core.create_namespaced_pod(NAMESPACE, clone.pod)
+        return dict(self.core.api_client.sanitize_for_serialization(created))
+
+    def core_pod(self, name: str) -> dict[str, Any]:
+        return dict(
+            self.core.api_client.sanitize_for_serialization(self.core.read_namespaced_pod(name, NAMESPACE))
+        )
 
     def set_pod_ip(self, name: str, ip: str) -> None:
         self.core.patch_namespaced_pod_status(name, NAMESPACE, {"status": {"podIP": ip}})

@@ -65,7 +65,7 @@ async def test_pod_moves_between_containerd_nodes_with_its_connection(containerd
     try:
         await asyncio.to_thread(client.wait_answers)
         move = lab.move(source)
-        clone = lab.pod_object("mc-0-clone-1", node=lab.b.node, restores="games/mc-0")
+        clone = lab.clone_object(lab.core_pod("mc-0"), "mc-0-clone-1")
         # kubelet on B starts the clone as soon as it is bound there: its container's
         # creation waits in the restore handler until the restore step offers the images.
         clone_start = asyncio.create_task(asyncio.to_thread(lab.kubelets["b"].run_pod, clone))

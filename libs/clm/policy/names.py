@@ -18,6 +18,9 @@ RESTORE = "cast.ai/restore"
 # network by. Restored containers keep the first pod's identity, so a clone moved again is
 # found by this UID, not by its own.
 RUNTIME_POD_UID = "live.cast.ai/runtime-pod-uid"
+# CLM's RuntimeClass for clone pods (deploy/kustomize ships it): its handler restores the
+# clone's containers from their checkpoint instead of starting them from their images.
+RESTORE_RUNTIME_CLASS = "clm-restore"
 
 # Well-known Kubernetes labels the rules read.
 ARCH = "kubernetes.io/arch"

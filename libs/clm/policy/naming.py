@@ -92,6 +92,17 @@ def clone_spec(pod: o.Obj, *, name: str, node: str) -> CloneSpec:
     spec.pop("schedulerName", None)  # bound directly: no scheduler involved
 
     problems: list[Reason] = []
+    runtime_class = spec.get("runtimeClassName")
+    if runtime_class and runtime_class != names.RESTORE_RUNTIME_CLASS:
+        problems.append(
+            Reason(
+                "restore-runtime-class",
+                f"the pod runs with RuntimeClass {runtime_class!r}; a clone runs with "
+                f"{names.RESTORE_RUNTIME_CLASS!r}, whose handler restores with runc and CRIU",
+            )
+        )
+    # kubelet hands the clone's containers to CLM's handler, which restores them.
+    spec["runtimeClassName"] = names.RESTORE_RUNTIME_CLASS
     container_names = {c.get("name") for c in spec.get("containers") or []}
     init_names = {c.get("name") for c in spec.get("initContainers") or []}
 

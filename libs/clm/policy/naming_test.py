@@ -126,3 +126,17 @@ def test_a_clone_of_a_clone_keeps_the_first_pods_runtime_uid() -> None:
     again = clone_spec(clone, name="worker-clone-2", node="node-a").pod
     assert again["metadata"]["annotations"][names.RUNTIME_POD_UID] == "uid-pod-worker"
     assert runtime_pod_uid(first) == "uid-pod-worker"
+
+
+def test_a_clone_runs_with_the_restore_runtime_class() -> None:
+    spec = clone_spec(_pod(), name="c", node="n")
+    assert spec.pod["spec"]["runtimeClassName"] == names.RESTORE_RUNTIME_CLASS
+    assert spec.problems == ()
+
+
+def test_a_pod_with_another_runtime_class_cannot_be_cloned() -> None:
+    pod = _pod()
+    pod["spec"]["runtimeClassName"] = "gvisor"
+    problems = clone_spec(pod, name="c", node="n").problems
+    assert [p.code for p in problems] == ["restore-runtime-class"]
+    assert "gvisor" in problems[0].message
