@@ -15,25 +15,32 @@ import asyncio
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from clm.contracts import protocol
 from clm.runtime.cri.client import state_name
-from tests.integration.containerd_lab import (
-    NEEDS_CONTAINERD,
-    STATE_MIB,
-    ContainerdLab,
-    CriWatch,
-    containerd_lab,
-)
+from tests.integration.support import pex_dir
 from tests.kit.containerd_images import POD_IMAGE
 from tests.kit.containerd_node import BIN
 from tests.kit.kubelet import empty_dir
 from tests.kit.migration import Driver
+from tests.kit.nats_server import NatsServer
 from tests.kit.podlab import CountingClient, expected_hash
-from tests.kit.segment import POD_IP
+from tests.kit.segment import POD_IP, Segment
+from tools.containerd.lab import ContainerdLab, CriWatch, containerd_lab, missing
 
-__all__ = ["containerd_lab"]  # the fixture
+STATE_MIB = 256
+NEEDS_CONTAINERD = pytest.mark.skipif(missing() is not None, reason=missing() or "")
+
+
+@pytest.fixture(name="lab")
+def lab_fixture(segment: Segment, nats_server: NatsServer, tmp_path: Path) -> Iterator[ContainerdLab]:
+    with containerd_lab(segment, nats_server, tmp_path, pex_dir=pex_dir(), state_mib=STATE_MIB) as lab:
+        yield lab
+
 
 pytestmark = NEEDS_CONTAINERD
 
@@ -45,12 +52,8 @@ def _check_client(result: dict) -> None:
     assert result["hash"] == expected_hash(STATE_MIB, result["answers"]), "the state did not continue"
 
 
-async def test_pod_moves_between_containerd_nodes_with_its_connection(containerd_lab: ContainerdLab) -> None:
-    lab = containerd_lab
-    source = lab.pod_object("mc-0", node=lab.a.node)
-    running = await asyncio.to_thread(lab.kubelets["a"].run_pod, source)
-    lab.set_pod_ip("mc-0", POD_IP)
-    await asyncio.to_thread(lab.wait_running, "a", running)
+async def test_pod_moves_between_containerd_nodes_with_its_connection(lab: ContainerdLab) -> None:
+    source, running = await asyncio.to_thread(lab.start_server, "mc-0")
     # What the pod wrote to its emptyDir and to its own root filesystem (the image's upper layer).
     data = {"db/blob.bin": os.urandom(3 * 2**20), "db/log.txt": b"line\n" * 1000}
     for relative, content in data.items():
@@ -64,14 +67,9 @@ async def test_pod_moves_between_containerd_nodes_with_its_connection(containerd
     driver = await Driver.connect(lab.nats.url)
     try:
         await asyncio.to_thread(client.wait_answers)
-        move = lab.move(source)
-        clone = lab.clone_object(lab.core_pod("mc-0"), "mc-0-clone-1")
-        # kubelet on B starts the clone as soon as it is bound there: its container's
-        # creation waits in the restore handler until the restore step offers the images.
-        clone_start = asyncio.create_task(asyncio.to_thread(lab.kubelets["b"].run_pod, clone))
-        report = await driver.migrate(move)
+        report, clone, clone_running = await lab.migrate(driver, source, "mc-0-clone-1")
         assert report.ok, report.error
-        clone_running = await asyncio.wait_for(clone_start, 30)
+        assert clone_running is not None
         await asyncio.to_thread(client.wait_answers)
         result = client.finish()
         states_before_removal = list(watch.states)
@@ -111,12 +109,8 @@ async def test_pod_moves_between_containerd_nodes_with_its_connection(containerd
     )
 
 
-async def test_rollback_thaws_the_source_in_place(containerd_lab: ContainerdLab) -> None:
-    lab = containerd_lab
-    source = lab.pod_object("mc-0", node=lab.a.node)
-    running = await asyncio.to_thread(lab.kubelets["a"].run_pod, source)
-    lab.set_pod_ip("mc-0", POD_IP)
-    await asyncio.to_thread(lab.wait_running, "a", running)
+async def test_rollback_thaws_the_source_in_place(lab: ContainerdLab) -> None:
+    source, running = await asyncio.to_thread(lab.start_server, "mc-0")
     watch = CriWatch(lab.cris["a"], running.containers["server"]).start()
     client = CountingClient(lab.segment.nodes["client"].name, POD_IP, lab.tmp / "client")
     driver = await Driver.connect(lab.nats.url)

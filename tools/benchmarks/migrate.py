@@ -13,8 +13,13 @@ gap between two answers (the client-visible interruption). Side by side, in one 
 - naive: what `podman container checkpoint --export` / `restore --import` does — dump to
   local disk, copy the image directory, restore — with the same IP handover.
 
+- containerd: CLM's stop-and-copy between two containerd 2.1 nodes driven over CRI as
+  kubelet drives them: the source dumped left frozen, the clone restored by containerd's
+  shim through the clm-restore RuntimeClass handler.
+
 CLM's stop-and-copy restore is lazy from the received local images; the naive path's is
-eager, as podman's.
+eager, as podman's. A second table: a move given up after the dump, the pod answering again
+on its node — from its images on a runc node, thawed in place on a containerd node.
 Writes a PNG plot next to the table (`--plot PATH`, default dist/bench/migrate.png).
 """
 
@@ -31,7 +36,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from clm.contracts import MigrationStrategy
+from clm.contracts import MigrationStrategy, protocol
 from clm.runtime.podnet import pod_netns_path
 from services.checkpoint_agent import main as checkpoint_agent_main
 from services.checkpoint_agent.bundle import rebind
@@ -39,10 +44,12 @@ from services.checkpoint_agent.runc import Runc
 from services.ip_handover_agent import main as ip_handover_agent_main
 from services.ip_handover_agent.routed import PodNet, RoutedBackend
 from tests.kit.agents import NodeAgents, agent_tls_dir, built_pex
-from tests.kit.migration import Driver, Move
+from tests.kit.migration import Driver, MigrationReport, Move
 from tests.kit.nats_server import NatsServer
 from tests.kit.podlab import CountingClient, LabPod, remove_pod, start_pod
 from tests.kit.segment import POD_IP, Segment, make_segment
+from tools.containerd.lab import ContainerdLab, containerd_lab
+from tools.containerd.lab import missing as containerd_missing
 
 # Started as `python -m` by NodeAgents: named here so the benchmark's PEX carries them.
 AGENT_MAINS = (checkpoint_agent_main.__name__, ip_handover_agent_main.__name__)
@@ -63,6 +70,8 @@ def _require_machine() -> None:
             "tools/bench migrate needs root and runc, criu, iproute2 "
             f"(missing: {missing or 'root'}): run it as root after tools/setup/install-system-deps"
         )
+    if (why := containerd_missing()) is not None:
+        raise SystemExit(f"tools/bench migrate's containerd rows: {why}")
 
 
 def _pex_dir() -> Path | None:
@@ -120,18 +129,7 @@ class Bench:
         finally:
             client.kill()
             remove_pod(pod, nodes=self.everywhere())
-        return {
-            "state_mib": size_mib,
-            "path": path,
-            "interruption_s": round(result["largest_gap"], 3),
-            "stalled_s": stalled_seconds(result.get("gaps") or []),
-            "total_s": round(total, 3),
-            "freeze_dump_s": details.get("dump_seconds", 0.0),
-            "transfer_s": details.get("transfer_seconds", 0.0),
-            "restore_s": details.get("restore_seconds", 0.0),
-            "risk_window_s": details.get("risk_window_seconds", 0.0),
-            "connection_kept": result["error"] is None and result["in_order"],
-        }
+        return _row(size_mib, path, result, total, details)
 
     async def _agents(self, pod: LabPod, strategy: str) -> dict[str, float]:
         a, b = self.nodes["a"], self.nodes["b"]
@@ -151,15 +149,7 @@ class Bench:
             await driver.close()
         if not report.ok:
             raise RuntimeError(f"migration failed: {report.error}")
-        dump, restore = report.result("checkpoint", "dump"), report.result("checkpoint", "restore")
-        assert dump is not None and restore is not None
-        fill = report.result("checkpoint", "fill")
-        return {
-            "dump_seconds": float(dump.details["dump_seconds"]),
-            "transfer_seconds": float(dump.details["transfer_seconds"]),
-            "restore_seconds": float(restore.details["restore_seconds"]),
-            "risk_window_seconds": float(fill.details["risk_window_seconds"]) if fill else 0.0,
-        }
+        return _details(report)
 
     def _naive(self, pod: LabPod) -> dict[str, float]:
         """checkpoint --export / restore --import: disk, copy, restore; same IP handover."""
@@ -200,6 +190,132 @@ class Bench:
             return {"dump_seconds": t1 - t0, "transfer_seconds": t2 - t1, "restore_seconds": t3 - t2}
         finally:
             shutil.rmtree(disk, ignore_errors=True)
+
+    def measure_rollback(self, size_mib: int) -> dict[str, Any]:
+        """A move given up after the dump: the runc node brings the pod back from its images."""
+        a = self.nodes["a"]
+        pod = LabPod(
+            namespace="bench", name=f"r{size_mib}", uid=str(uuid.uuid4()), ip=POD_IP, state_mib=size_mib
+        )
+        start_pod(pod, node=a.node, node_netns=a.node_netns, runc_root=a.runc_root, workdir=self.tmp / "pod")
+        client = CountingClient(self.segment.nodes["client"].name, pod.ip, self.tmp / "client")
+        try:
+            time.sleep(1.0)
+            move = Move(
+                pod=pod.ref,
+                pod_ip=pod.ip,
+                source=a.node,
+                destination=self.nodes["b"].node,
+                step_timeout=600,
+                strategy=MigrationStrategy.STOP_AND_COPY,
+            )
+            seconds = asyncio.run(_dump_then_roll_back(self.nats_url, move))
+            time.sleep(1.0)
+            result = client.finish()
+        finally:
+            client.kill()
+            remove_pod(pod, nodes=self.everywhere())
+        return _rollback_row(size_mib, "runc: restore from images", seconds, result)
+
+
+async def _dump_then_roll_back(nats_url: str, move: Move) -> float:
+    """Dump the pod, then roll the move back; the rollback steps' seconds."""
+    driver = await Driver.connect(nats_url)
+    try:
+        for step in (protocol.PREPARE_NETWORK, protocol.CHECK_CPU, protocol.DUMP):
+            result = await driver.send(driver.command(move, step), 600)
+            if not result.ok:
+                raise RuntimeError(f"{step.name} failed: {result.error}")
+        started = time.perf_counter()
+        for step in protocol.ROLLBACK:
+            result = await driver.send(driver.command(move, step), 600)
+            if not result.ok:
+                raise RuntimeError(f"rollback {step.name} failed: {result.error}")
+        return time.perf_counter() - started
+    finally:
+        await driver.close()
+
+
+def _rollback_row(size_mib: int, path: str, seconds: float, result: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "state_mib": size_mib,
+        "rollback": path,
+        "rollback_s": round(seconds, 3),
+        "interruption_s": round(result["largest_gap"], 3),
+        "connection_kept": result["error"] is None and result["in_order"],
+    }
+
+
+def _containerd_rows(lab: ContainerdLab, size_mib: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The move between two containerd nodes (over CRI), and a rollback there (a thaw)."""
+    rows = []
+    for kind in ("move", "rollback"):
+        name = f"{kind[0]}{size_mib}"
+        source, running = lab.start_server(name, state_mib=size_mib)
+        client = CountingClient(lab.segment.nodes["client"].name, POD_IP, lab.tmp / "client")
+        clone: dict[str, Any] | None = None
+        clone_running = None
+        try:
+            time.sleep(1.0)
+            started = time.perf_counter()
+            if kind == "move":
+                report, clone, clone_running = asyncio.run(_containerd_move(lab, source, f"{name}-clone-1"))
+                details = _details(report)
+            else:
+                seconds = asyncio.run(_dump_then_roll_back(lab.nats.url, lab.move(source)))
+            total = time.perf_counter() - started
+            time.sleep(1.0)
+            result = client.finish()
+        finally:
+            client.kill()
+            lab.remove("a", source, running)
+            if clone is not None:
+                lab.remove("b", clone, clone_running)
+        if kind == "move":
+            rows.append(_row(size_mib, "containerd", result, total, details))
+        else:
+            rows.append(_rollback_row(size_mib, "containerd: thaw in place", seconds, result))
+    return rows[0], rows[1]
+
+
+async def _containerd_move(lab: ContainerdLab, source: dict[str, Any], clone: str) -> tuple[Any, Any, Any]:
+    driver = await Driver.connect(lab.nats.url)
+    try:
+        report, clone_pod, running = await lab.migrate(driver, source, clone)
+    finally:
+        await driver.close()
+    if not report.ok:
+        raise RuntimeError(f"migration failed: {report.error}")
+    return report, clone_pod, running
+
+
+def _details(report: MigrationReport) -> dict[str, float]:
+    dump, restore = report.result("checkpoint", "dump"), report.result("checkpoint", "restore")
+    assert dump is not None and restore is not None
+    fill = report.result("checkpoint", "fill")
+    return {
+        "dump_seconds": float(dump.details["dump_seconds"]),
+        "transfer_seconds": float(dump.details["transfer_seconds"]),
+        "restore_seconds": float(restore.details["restore_seconds"]),
+        "risk_window_seconds": float(fill.details["risk_window_seconds"]) if fill else 0.0,
+    }
+
+
+def _row(
+    size_mib: int, path: str, result: dict[str, Any], total: float, details: dict[str, float]
+) -> dict[str, Any]:
+    return {
+        "state_mib": size_mib,
+        "path": path,
+        "interruption_s": round(result["largest_gap"], 3),
+        "stalled_s": stalled_seconds(result.get("gaps") or []),
+        "total_s": round(total, 3),
+        "freeze_dump_s": details.get("dump_seconds", 0.0),
+        "transfer_s": details.get("transfer_seconds", 0.0),
+        "restore_s": details.get("restore_seconds", 0.0),
+        "risk_window_s": details.get("risk_window_seconds", 0.0),
+        "connection_kept": result["error"] is None and result["in_order"],
+    }
 
 
 def stalled_seconds(gaps: list[list[float]]) -> float:
@@ -243,7 +359,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
         ("stalled_s", axes[1], "client stalled, all gaps > 50 ms (s)"),
         ("total_s", axes[2], "total migration time (s)"),
     ):
-        for name, marker in (("stop-and-copy", "o"), ("post-copy", "^"), ("naive", "s")):
+        for name, marker in (("stop-and-copy", "o"), ("post-copy", "^"), ("naive", "s"), ("containerd", "D")):
             points = sorted((r["state_mib"], r[metric]) for r in rows if r["path"] == name)
             if points:
                 ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, label=name)
@@ -264,6 +380,7 @@ def run(*, quick: bool, plot_path: Path = PLOT_PATH) -> list[Table]:
     _require_machine()
     sizes = QUICK_SIZES_MIB if quick else SIZES_MIB
     rows: list[dict[str, Any]] = []
+    rollbacks: list[dict[str, Any]] = []
     with (
         make_segment() as segment,
         NatsServer() as nats,
@@ -275,11 +392,20 @@ def run(*, quick: bool, plot_path: Path = PLOT_PATH) -> list[Table]:
             for size in sizes:
                 for path in PATHS:
                     rows.append(bench.measure(size, path))
+                rollbacks.append(bench.measure_rollback(size))
         finally:
             bench.stop()
+        # The same moves between two containerd nodes driven over CRI (restored by
+        # containerd's shim through the clm-restore handler), in the same run.
+        with containerd_lab(segment, nats, Path(tmp) / "containerd", pex_dir=_pex_dir()) as lab:
+            for size in sizes:
+                move, rollback = _containerd_rows(lab, size)
+                rows.append(move)
+                rollbacks.append(rollback)
     written = plot(rows, plot_path)
     return [
         ("Live migration: client-visible interruption and total time (seconds)", rows),
+        ("Rollback after the dump: the pod answering again on its node (seconds)", rollbacks),
         ("Side by side: CLM stop-and-copy over the naive path (lower is better)", _ratios(rows)),
         ("Side by side: CLM post-copy over the naive path (lower is better)", _ratios(rows, "post-copy")),
         ("Plot", [{"png": str(written)}]),

@@ -9,6 +9,8 @@ clone restores and that pod's IP, as it does from a real API server.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import sys
@@ -19,13 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pytest
 from kubernetes import client
 
 from clm.contracts import MigrationStrategy, PodRef
 from clm.policy.naming import clone_spec
 from clm.runtime.cri.client import CriClient, CriError, state_name
-from tests.integration.support import pex_dir
 from tests.kit.agents import NodeAgents, agent_tls_dir
 from tests.kit.containerd_images import POD_IMAGE, node_images
 from tests.kit.containerd_node import (
@@ -36,24 +36,28 @@ from tests.kit.containerd_node import (
     routed_cni_conf,
 )
 from tests.kit.kubelet import Kubelet, RunningPod
-from tests.kit.migration import Move
+from tests.kit.migration import Driver, MigrationReport, Move
 from tests.kit.nats_server import NatsServer
 from tests.kit.segment import POD_IP, Segment
 from tests.kit.workloads import stateful_server
 from tools.kube_emulator.testing import api_client, running_emulator
 
-MISSING = [t for t in ("runc", "criu", "nsenter", "gcc", "nft") if shutil.which(t) is None]
-NEEDS_CONTAINERD = pytest.mark.skipif(
-    os.geteuid() != 0 or bool(MISSING) or not (BIN / "containerd").exists(),
-    reason=f"needs root, runc, criu, gcc, nft (missing: {MISSING or 'none'}) and containerd 2.1 in {BIN}: "
-    "run tools/setup/install-system-deps as root (it runs tools/setup/ensure-containerd)",
-)
-STATE_MIB = 256
+
+def missing() -> str | None:
+    """Why two containerd nodes cannot run here (None: they can)."""
+    tools = [t for t in ("runc", "criu", "nsenter", "gcc", "nft") if shutil.which(t) is None]
+    if os.geteuid() == 0 and not tools and (BIN / "containerd").exists():
+        return None
+    return (
+        f"needs root, runc, criu, gcc, nft (missing: {tools or 'none'}) and containerd 2.1 in {BIN}: "
+        "run tools/setup/install-system-deps as root (it runs tools/setup/ensure-containerd)"
+    )
+
+
 NAMESPACE = "games"
 
 
-def _cni_plugin() -> list[str]:
-    built = pex_dir()
+def _cni_plugin(built: Path | None) -> list[str]:
     if built is not None and (built / "clm-cni.pex").is_file():
         return [shutil.which("python3.11") or sys.executable, str(built / "clm-cni.pex")]
     return [sys.executable, "-m", "services.ip_handover_agent.cni"]
@@ -93,8 +97,17 @@ class CriWatch:
 
 class ContainerdLab:
     def __init__(
-        self, segment: Segment, nats: NatsServer, tmp: Path, core: client.CoreV1Api, kubeconfig: Path
-    ):
+        self,
+        segment: Segment,
+        nats: NatsServer,
+        tmp: Path,
+        core: client.CoreV1Api,
+        kubeconfig: Path,
+        *,
+        pex_dir: Path | None,
+        state_mib: int = 256,
+    ) -> None:
+        self.state_mib = state_mib
         self.segment, self.nats, self.tmp, self.core = segment, nats, tmp, core
         tls = agent_tls_dir(tmp / "agent-tls")
         self.images = Path("/dev/shm") / f"clm-ctrd-test-{segment.suffix}"
@@ -114,7 +127,7 @@ class ContainerdLab:
                 name=node,
                 netns=segment.nodes[key].name,
                 workdir=workdir / "containerd",
-                cni_plugin=_cni_plugin(),
+                cni_plugin=_cni_plugin(pex_dir),
                 cni={
                     **routed_cni_conf(
                         node=node,
@@ -138,7 +151,7 @@ class ContainerdLab:
                 nats_url=nats.url,
                 tls_dir=tls,
                 image_dir=self.images,
-                pex_dir=pex_dir(),
+                pex_dir=pex_dir,
                 checkpoint_env={
                     "CLM_ACK_WAIT_SECONDS": "3",
                     "CLM_CONTAINERD_SOCKET": str(ctrd.socket),
@@ -183,7 +196,7 @@ class ContainerdLab:
             ctrd.stop()
         shutil.rmtree(self.images, ignore_errors=True)
 
-    def pod_object(self, name: str, *, node: str) -> dict[str, Any]:
+    def pod_object(self, name: str, *, node: str, state_mib: int | None = None) -> dict[str, Any]:
         """The server pod as the API holds it."""
         spec: dict[str, Any] = {
             "nodeName": node,
@@ -191,7 +204,12 @@ class ContainerdLab:
                 {
                     "name": "server",
                     "image": POD_IMAGE,
-                    "command": ["python3.11", "-u", "/srv/stateful_server.py", str(STATE_MIB)],
+                    "command": [
+                        "python3.11",
+                        "-u",
+                        "/srv/stateful_server.py",
+                        str(state_mib or self.state_mib),
+                    ],
                     "volumeMounts": [
                         {"name": "app", "mountPath": "/srv", "readOnly": True},
                         {"name": "data", "mountPath": "/data"},
@@ -234,6 +252,38 @@ class ContainerdLab:
             strategy=MigrationStrategy.STOP_AND_COPY,
         )
 
+    def start_server(self, name: str, state_mib: int | None = None) -> tuple[dict[str, Any], RunningPod]:
+        """The stateful server pod on node A, as kubelet starts it, answering on POD_IP."""
+        source = self.pod_object(name, node=self.a.node, state_mib=state_mib)
+        running = self.kubelets["a"].run_pod(source)
+        self.set_pod_ip(name, POD_IP)
+        self.wait_running("a", running)
+        return source, running
+
+    async def migrate(
+        self, driver: Driver, source: dict[str, Any], clone_name: str
+    ) -> tuple[MigrationReport, dict[str, Any], RunningPod | None]:
+        """The move as the coordinator makes it on Kubernetes: the clone pod created before
+        the dump, kubelet on B starting it (its container's creation waits in the restore
+        handler), the steps sent to both agents."""
+        clone = self.clone_object(self.core_pod(source["metadata"]["name"]), clone_name)
+        clone_start = asyncio.create_task(asyncio.to_thread(self.kubelets["b"].run_pod, clone))
+        report = await driver.migrate(self.move(source))
+        try:
+            clone_running = await asyncio.wait_for(clone_start, 120)
+        except Exception:  # - a rolled back move's clone is refused: kubelet's start fails
+            if report.ok:
+                raise
+            clone_running = None
+        return report, clone, clone_running
+
+    def remove(self, key: str, pod: dict[str, Any], running: RunningPod | None) -> None:
+        """The pod object deleted, and kubelet on `key` tearing its pod down."""
+        if running is not None:
+            self.kubelets[key].remove_pod(running)
+        with contextlib.suppress(client.ApiException):
+            self.core.delete_namespaced_pod(pod["metadata"]["name"], NAMESPACE)
+
     def pid_of(self, key: str, running: RunningPod, container: str = "server") -> int:
         """The container's first process on the host, as CRI reports it (verbose status)."""
         return int(self.cris[key].container_info(running.containers[container])["pid"])
@@ -255,13 +305,16 @@ class ContainerdLab:
                 time.sleep(0.05)
 
 
-@pytest.fixture
-def containerd_lab(segment: Segment, nats_server: NatsServer, tmp_path: Path) -> Iterator[ContainerdLab]:
-    kubeconfig = tmp_path / "kubeconfig"
+@contextlib.contextmanager
+def containerd_lab(
+    segment: Segment, nats: NatsServer, tmp: Path, *, pex_dir: Path | None, state_mib: int = 256
+) -> Iterator[ContainerdLab]:
+    """Two containerd nodes with their agents, the API emulator clm-cni reads, started."""
+    kubeconfig = tmp / "kubeconfig"
     with running_emulator(kubeconfig=kubeconfig) as emulator:
         core = client.CoreV1Api(api_client(emulator.url))
         core.create_namespace({"metadata": {"name": NAMESPACE}})
-        lab = ContainerdLab(segment, nats_server, tmp_path, core, kubeconfig)
+        lab = ContainerdLab(segment, nats, tmp, core, kubeconfig, pex_dir=pex_dir, state_mib=state_mib)
         try:
             lab.start()
             yield lab
