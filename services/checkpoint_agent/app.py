@@ -118,6 +118,7 @@ def build(settings: CheckpointAgentSettings) -> ServiceApp:
             criu=settings.criu_binary,
             transfer_address=f"{host}:{port}",
             pages_address=pages_address,
+            runtime=runtime,
         )
         await publisher.publish()
         app.background(publisher.repeat(settings.capabilities_interval_seconds))

@@ -13,6 +13,7 @@ from clm.runtime import ServiceApp
 from clm.runtime.version import __version__
 from services.checkpoint_agent.post_copy_setup import ensure_pipe_size, post_copy_problem
 from services.checkpoint_agent.probe import run_probe
+from services.checkpoint_agent.runtime import ContainerRuntime
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +38,25 @@ class CapabilityPublisher:
         criu: str,
         transfer_address: str,
         pages_address: str | None = None,
+        runtime: ContainerRuntime | None = None,
     ) -> None:
         self.app, self.node, self.criu, self.transfer_address = app, node, criu, transfer_address
         self.pages_address = pages_address
+        # What the node's container runtime lacks for moves (containerd: CLM's handler).
+        self.runtime = runtime
 
     async def publish(self) -> None:
         probe = await run_probe(self.criu)
+        if self.runtime is not None:
+            probe.problems += await asyncio.to_thread(self.runtime.node_problems)
+            probe.probe_ok = probe.probe_ok and not probe.problems
         post_copy = post_copy_problem(
             userfaultfd=probe.features.get("userfaultfd", False),
             pipe_problem=ensure_pipe_size(),
             pages_address=self.pages_address,
         )
+        if post_copy is None and self.runtime is not None and self.runtime.restores_through_handler:
+            post_copy = "post-copy is not available on containerd nodes yet"
         await self.app.publish(
             NodeCapabilities(
                 node=self.node,

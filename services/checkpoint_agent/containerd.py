@@ -48,6 +48,7 @@ LOCK_RULES = f"""table inet {LOCK_TABLE} {{
 }}
 """
 ROOTFS_DIFF = "rootfs-diff.tar"
+RESTORE_HANDLER = names.RESTORE_RUNTIME_CLASS  # the RuntimeClass's handler has its name
 VOLUMES = "volumes"
 EMPTY_DIR = "kubernetes.io~empty-dir"
 DELETED_FILES = "deleted.files"
@@ -160,6 +161,24 @@ class Containerd(Runc):
     ) -> None:
         super().__init__(root=runc_root, runc=runc, criu=criu)
         self.cri_socket, self.state_dir = cri_socket, state_dir
+
+    def node_problems(self) -> list[str]:
+        """What this node lacks to take part in moves: containerd answering CRI, with CLM's
+        runtime handler loaded (the install-node init container writes its config drop-in;
+        containerd loads a new handler only when it restarts)."""
+        try:
+            with CriClient(self.cri_socket, timeout=10) as cri:
+                handlers = cri.runtime_handlers()
+        except CriError as exc:
+            return [f"containerd at {self.cri_socket} does not answer CRI: {exc}"]
+        if RESTORE_HANDLER not in handlers:
+            return [
+                f"containerd has no {RESTORE_HANDLER!r} runtime handler (it has {sorted(handlers)}): "
+                "this node cannot restore clones; the checkpoint agent's install-node step writes the config "
+                "drop-in, "
+                "then containerd must be restarted to load it"
+            ]
+        return []
 
     def bundle(self, container_id: str) -> Path:
         return self.state_dir / TASKS / container_id

@@ -74,7 +74,9 @@ async def run_probe(criu: str = "criu") -> ProbeResult:
         result.problems.append(problem)
     code, out = await _run(criu, "check")
     if code != 0:
-        result.problems.append(f"criu check failed: {out.strip().splitlines()[-1:]}")
+        # CRIU's own error lines say what is missing; its last line only that something is.
+        errors = [line.strip() for line in out.splitlines() if line.startswith("Error")]
+        result.problems.append(f"criu check failed: {errors or out.strip().splitlines()[-1:]}")
     for name, feature in FEATURES.items():
         code, _ = await _run(criu, "check", "--feature", feature)
         result.features[name] = code == 0

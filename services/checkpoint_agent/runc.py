@@ -384,6 +384,9 @@ class Runc:
     def delete(self, container_id: str) -> None:
         self._run("delete", "--force", container_id)
 
+    def node_problems(self) -> list[str]:
+        return []
+
     def thaw(self, container_id: str) -> bool:
         """Nothing to resume: a runc checkpoint ended the container."""
         return False

@@ -24,7 +24,7 @@ from clm.contracts import protocol
 from clm.runtime.cri.client import state_name
 from tests.integration.support import pex_dir
 from tests.kit.containerd_images import POD_IMAGE
-from tests.kit.containerd_node import BIN
+from tests.kit.containerd_node import BIN, RESTORE_HANDLER
 from tests.kit.kubelet import empty_dir
 from tests.kit.migration import Driver
 from tests.kit.nats_server import NatsServer
@@ -53,6 +53,8 @@ def _check_client(result: dict) -> None:
 
 
 async def test_pod_moves_between_containerd_nodes_with_its_connection(lab: ContainerdLab) -> None:
+    # install-node's drop-in is loaded: containerd offers the clones' runtime handler.
+    assert RESTORE_HANDLER in lab.cris["b"].runtime_handlers()
     source, running = await asyncio.to_thread(lab.start_server, "mc-0")
     # What the pod wrote to its emptyDir and to its own root filesystem (the image's upper layer).
     data = {"db/blob.bin": os.urandom(3 * 2**20), "db/log.txt": b"line\n" * 1000}

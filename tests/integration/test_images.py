@@ -51,7 +51,9 @@ def privileged() -> dict[str, object]:
     """What the DaemonSets' `privileged: true` means, on this machine: Docker's --privileged
     grants every capability, and fails where the machine itself lacks one (these test
     machines run without CAP_SYS_RESOURCE); then every capability the machine has, with
-    seccomp and AppArmor lifted, as --privileged would."""
+    seccomp and AppArmor lifted and /proc/sys writable (`systempaths=unconfined`), as
+    --privileged and Kubernetes' privileged containers have it: `criu check` needs to write
+    /proc/sys/kernel/ns_last_pid, and failed on the read-only one, so the node went unlabeled."""
     bounding = int(Path("/proc/self/status").read_text().split("CapBnd:")[1].split()[0], 16)
     have = [name for bit, name in enumerate(CAPABILITIES) if bounding >> bit & 1]
     if len(have) == len(CAPABILITIES):
@@ -60,7 +62,7 @@ def privileged() -> dict[str, object]:
     have = [name for name in have if name not in ("PERFMON", "BPF", "CHECKPOINT_RESTORE")]
     return {
         "cap_add": have,
-        "security_opt": ["seccomp=unconfined", "apparmor=unconfined"],
+        "security_opt": ["seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"],
     }
 
 

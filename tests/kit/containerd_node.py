@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from clm.runtime.cri.client import CriClient, CriError
+from services.checkpoint_agent import node_install
 
 CONTAINERD_DIR = Path(os.environ.get("CLM_CONTAINERD_DIR", "/opt/clm/containerd-2.1"))
 BIN = CONTAINERD_DIR / "usr" / "bin"
@@ -58,24 +59,19 @@ def containerd_config(
     runc_root: Path,
     cni_bin: Path,
     cni_conf: Path,
-    restore_binary: Path | None,
+    imports: list[str] | None = None,
 ) -> str:
-    """containerd's config (version 3) for a node: CRI with runc, and CLM's restore handler.
+    """containerd's config (version 3) for a node: CRI with runc; CLM's restore handler comes
+    in a drop-in the checkpoint agent's install-node writes (`imports`), as on a real node.
 
     `restrict_oom_score_adj`: kubelet asks for negative OOM scores (the pause container
     -998), which need CAP_SYS_RESOURCE; where containerd runs without it (these machines),
     containerd keeps the scores at or above its own instead of failing every pod."""
     runc = {"BinaryName": "runc", "Root": str(runc_root)}
     runtimes: dict[str, Any] = {"runc": {"runtime_type": "io.containerd.runc.v2", "options": runc}}
-    if restore_binary is not None:
-        runtimes[RESTORE_HANDLER] = {
-            "runtime_type": "io.containerd.runc.v2",
-            # The clone's containers carry the annotation naming the pod they restore.
-            "pod_annotations": ["cast.ai/restore"],
-            "options": {**runc, "BinaryName": str(restore_binary)},
-        }
     lines = [
         "version = 3",
+        f"imports = {json.dumps(imports or [])}",
         f"root = {json.dumps(str(root))}",
         f"state = {json.dumps(str(state))}",
         "[grpc]",
@@ -97,8 +93,6 @@ def containerd_config(
     for name, runtime in runtimes.items():
         table = f'[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.{json.dumps(name)}]'
         lines += [f"    {table}", f"      runtime_type = {json.dumps(runtime['runtime_type'])}"]
-        if "pod_annotations" in runtime:
-            lines.append(f"      pod_annotations = {json.dumps(runtime['pod_annotations'])}")
         lines.append(f"      [{table[1:-1]}.options]")
         lines += [f"        {k} = {json.dumps(v)}" for k, v in runtime["options"].items()]
     lines += [
@@ -179,6 +173,7 @@ class ContainerdNode:
         plugin.chmod(0o755)
         (cni_conf / "10-clm.conf").write_text(json.dumps(self.cni))
         config = self.workdir / "config.toml"
+        dropins = self.workdir / "conf.d"
         config.write_text(
             containerd_config(
                 root=self.workdir / "root",
@@ -187,9 +182,19 @@ class ContainerdNode:
                 runc_root=self.workdir / "runc",
                 cni_bin=cni_bin,
                 cni_conf=cni_conf,
-                restore_binary=self.restore_binary,
+                imports=[f"{dropins}/*.toml"],
             )
         )
+        if self.restore_binary is not None:
+            # What the checkpoint agent's DaemonSet does on a node (its install-node step).
+            done = node_install.install(
+                binary=self.restore_binary,
+                binary_target=self.workdir / "bin" / "clm-runc",
+                containerd_config=config,
+                dropin_dir=dropins,
+            )
+            if done.problems:
+                raise RuntimeError(f"install-node on {self.name}: {done.problems}")
         # containerd finds its shim on PATH: 2.1's, not the system's 1.6.
         env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '/usr/sbin:/usr/bin')}", **self.env}
         with self.log_path.open("ab") as log:

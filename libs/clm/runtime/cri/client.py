@@ -121,6 +121,11 @@ class CriClient:
         )
         return list(self._call("ListContainers", self._runtime.ListContainers, request).containers)
 
+    def runtime_handlers(self) -> set[str]:
+        """The runtime handlers the runtime offers (RuntimeClass handlers; "" the default)."""
+        response = self._call("Status", self._runtime.Status, api.StatusRequest(verbose=False))
+        return {h.name for h in response.runtime_handlers}
+
     # ----- images -----
 
     def image_present(self, image: str) -> bool:
