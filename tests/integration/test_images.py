@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import docker
 import docker.errors
@@ -51,7 +52,7 @@ def privileged() -> dict[str, object]:
     """What the DaemonSets' `privileged: true` means, on this machine: Docker's --privileged
     grants every capability, and fails where the machine itself lacks one (these test
     machines run without CAP_SYS_RESOURCE); then every capability the machine has, with
-    seccomp and AppArmor lifted and /proc/sys writable (`systempaths=unconfined`), as
+    seccomp and AppArmor lifted and /proc/sys writable (no masked or read-only paths), as
     --privileged and Kubernetes' privileged containers have it: `criu check` needs to write
     /proc/sys/kernel/ns_last_pid, and failed on the read-only one, so the node went unlabeled."""
     bounding = int(Path("/proc/self/status").read_text().split("CapBnd:")[1].split()[0], 16)
@@ -62,7 +63,9 @@ def privileged() -> dict[str, object]:
     have = [name for name in have if name not in ("PERFMON", "BPF", "CHECKPOINT_RESTORE")]
     return {
         "cap_add": have,
-        "security_opt": ["seccomp=unconfined", "apparmor=unconfined", "systempaths=unconfined"],
+        "security_opt": ["seccomp=unconfined", "apparmor=unconfined"],
+        # docker's `--security-opt systempaths=unconfined`, which the CLI turns into these two.
+        "unmasked_system_paths": True,
     }
 
 
@@ -97,17 +100,47 @@ class Run:
     containers: dict[str, Container] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
 
-    def start(self, name: str, image: str, **kwargs: object) -> Container:
-        container = self.docker.containers.run(
+    def start(self, name: str, image: str, **kwargs: Any) -> Container:
+        if kwargs.pop("unmasked_system_paths", False):
+            container = self._start_unmasked(name, image, **kwargs)
+        else:
+            container = self.docker.containers.run(
+                image,
+                name=f"{self.label}-{name}",
+                labels={self.label: name},
+                network_mode="host",
+                detach=True,
+                **kwargs,
+            )
+        self.containers[name] = container
+        return container
+
+    def _start_unmasked(self, name: str, image: str, **kwargs: Any) -> Container:
+        """As `start`, with no masked or read-only /proc paths (the SDK has no such option,
+        so the container is made through the low-level API with the two fields set)."""
+        api = self.docker.api
+        volumes: dict[str, dict[str, str]] = kwargs.pop("volumes", {})
+        host_config = api.create_host_config(
+            network_mode="host",
+            binds={source: {"bind": v["bind"], "mode": v["mode"]} for source, v in volumes.items()},
+            pid_mode=kwargs.pop("pid_mode", None),
+            cap_add=kwargs.pop("cap_add", None),
+            security_opt=kwargs.pop("security_opt", None),
+        )
+        host_config["MaskedPaths"] = []
+        host_config["ReadonlyPaths"] = []
+        created = api.create_container(
             image,
             name=f"{self.label}-{name}",
             labels={self.label: name},
-            network_mode="host",
+            environment=kwargs.pop("environment", None),
+            volumes=[v["bind"] for v in volumes.values()],
+            host_config=host_config,
             detach=True,
-            **kwargs,
         )
-        self.containers[name] = container
-        return container
+        assert not kwargs, f"not passed on: {sorted(kwargs)}"
+        api.start(created["Id"])
+        return self.docker.containers.get(created["Id"])
 
     def logs(self, name: str) -> str:
         container = self.containers[name]
