@@ -1,0 +1,139 @@
+"""clm-runc (compiled from clm-runc.c) against the agent's socket, with a stand-in runc that
+records what it was asked: the wire protocol both ways, as containerd's shim would drive it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from services.checkpoint_agent.restore_handler.server import RestoreHandlerServer
+
+SOURCE = Path(__file__).parent / "clm-runc.c"
+pytestmark = pytest.mark.skipif(
+    shutil.which("gcc") is None, reason="needs gcc to build clm-runc: run tools/setup/install-system-deps"
+)
+
+
+@pytest.fixture(scope="module")
+def clm_runc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    binary = tmp_path_factory.mktemp("bin") / "clm-runc"
+    subprocess.run(["gcc", "-O2", "-Wall", "-static", "-o", str(binary), str(SOURCE)], check=True)
+    return binary
+
+
+def fake_runc(directory: Path) -> Path:
+    """Records its argv (one JSON line per call) and exits 0."""
+    script = directory / "runc"
+    script.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {directory}/calls\nexit "${{FAKE_RUNC_EXIT:-0}}"\n')
+    script.chmod(0o755)
+    return script
+
+
+def bundle(directory: Path, annotations: dict[str, str]) -> Path:
+    (directory / "rootfs").mkdir(parents=True)
+    (directory / "config.json").write_text(json.dumps({"annotations": annotations, "mounts": []}))
+    return directory
+
+
+CLONE = {
+    "io.kubernetes.cri.container-type": "container",
+    "io.kubernetes.cri.container-name": "server",
+    "io.kubernetes.cri.sandbox-namespace": "games",
+    "io.kubernetes.cri.sandbox-name": "mc-0-clone-1",
+    "cast.ai/restore": "games/mc-0",
+}
+
+
+async def call(binary: Path, socket: Path, runc: Path, *argv: str) -> tuple[int, str]:
+    env = {**os.environ, "CLM_RESTORE_SOCKET": str(socket), "CLM_RUNC": str(runc)}
+    proc = await asyncio.create_subprocess_exec(
+        str(binary), *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode()
+
+
+async def test_the_sandbox_runs_as_asked_and_other_commands_never_ask(clm_runc: Path, tmp_path: Path) -> None:
+    runc = fake_runc(tmp_path)
+    server = await RestoreHandlerServer(tmp_path / "h.sock").start()
+    try:
+        sandbox = bundle(tmp_path / "sb", {"io.kubernetes.cri.container-type": "sandbox"})
+        code, out = await call(
+            clm_runc, server.socket_path, runc, "--root", "/r", "create", "--bundle", str(sandbox), "sb1"
+        )
+        assert code == 0, out
+        await server.stop()  # state, kill, delete: straight to runc, agent or not
+        code, out = await call(clm_runc, server.socket_path, runc, "--root", "/r", "kill", "sb1", "KILL")
+        assert code == 0, out
+    finally:
+        await server.stop()
+    assert (tmp_path / "calls").read_text().splitlines() == [
+        f"--root /r create --bundle {sandbox} sb1",
+        "--root /r kill sb1 KILL",
+    ]
+
+
+async def test_a_clone_waits_for_its_images_is_restored_and_its_start_is_done(
+    clm_runc: Path, tmp_path: Path
+) -> None:
+    runc = fake_runc(tmp_path)
+    server = await RestoreHandlerServer(tmp_path / "h.sock").start()
+    try:
+        clone = bundle(tmp_path / "c1", CLONE)
+        creating = asyncio.create_task(
+            call(
+                clm_runc,
+                server.socket_path,
+                runc,
+                "--root",
+                "/r",
+                "create",
+                "--bundle",
+                str(clone),
+                "--pid-file",
+                "/p",
+                "c1",
+            )
+        )
+        await asyncio.sleep(0.3)
+        assert not creating.done()  # kubelet got there first: the create waits for the images
+        package = tmp_path / "package"
+        (package / "criu").mkdir(parents=True)
+        offer = server.offer(source="games/mc-0", container="server", package=package)
+        code, out = await asyncio.wait_for(creating, 10)
+        assert code == 0, out
+        restored = await asyncio.wait_for(offer.result, 5)
+        assert (restored.container_id, restored.code) == ("c1", 0)
+        code, out = await call(clm_runc, server.socket_path, runc, "--root", "/r", "start", "c1")
+        assert code == 0, out
+    finally:
+        await server.stop()
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert len(calls) == 1  # the start ran nothing
+    assert calls[0].startswith(f"--root /r restore --detach --bundle {clone} --pid-file /p --image-path=")
+    assert calls[0].endswith("--tcp-established c1")
+
+
+async def test_a_clone_without_a_checkpoint_never_starts_fresh(clm_runc: Path, tmp_path: Path) -> None:
+    runc = fake_runc(tmp_path)
+    server = await RestoreHandlerServer(tmp_path / "h.sock", create_wait_seconds=0.5).start()
+    try:
+        clone = bundle(tmp_path / "c2", CLONE)
+        code, out = await call(clm_runc, server.socket_path, runc, "create", "--bundle", str(clone), "c2")
+        assert code == 1 and "never started fresh" in out, out
+        not_a_clone = bundle(tmp_path / "c3", {k: v for k, v in CLONE.items() if k != "cast.ai/restore"})
+        code, out = await call(
+            clm_runc, server.socket_path, runc, "create", "--bundle", str(not_a_clone), "c3"
+        )
+        assert code == 1 and "only restores clone pods" in out, out
+    finally:
+        await server.stop()
+    code, out = await call(clm_runc, tmp_path / "h.sock", runc, "create", "--bundle", str(clone), "c2")
+    assert code == 1 and "cannot reach the CLM checkpoint agent" in out, out
+    assert not (tmp_path / "calls").exists()  # runc never ran
