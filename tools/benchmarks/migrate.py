@@ -397,7 +397,10 @@ def run(*, quick: bool, plot_path: Path = PLOT_PATH) -> list[Table]:
             bench.stop()
         # The same moves between two containerd nodes driven over CRI (restored by
         # containerd's shim through the clm-restore handler), in the same run.
-        with containerd_lab(segment, nats, Path(tmp) / "containerd", pex_dir=_pex_dir()) as lab:
+        # No checkpoint archives kept: their writing would run into the next measurement.
+        with containerd_lab(
+            segment, nats, Path(tmp) / "containerd", pex_dir=_pex_dir(), checkpoint_archives="never"
+        ) as lab:
             for size in sizes:
                 move, rollback = _containerd_rows(lab, size)
                 rows.append(move)

@@ -106,6 +106,7 @@ class ContainerdLab:
         *,
         pex_dir: Path | None,
         state_mib: int = 256,
+        checkpoint_archives: str = "always",
     ) -> None:
         self.state_mib = state_mib
         self.segment, self.nats, self.tmp, self.core = segment, nats, tmp, core
@@ -158,7 +159,7 @@ class ContainerdLab:
                     "CLM_CONTAINERD_STATE_DIR": str(ctrd.state),
                     "CLM_CONTAINERD_RUNC_ROOT": str(ctrd.runc_root),
                     "CLM_RESTORE_HANDLER_SOCKET": str(socket),
-                    "CLM_CHECKPOINT_ARCHIVES": "always",
+                    "CLM_CHECKPOINT_ARCHIVES": checkpoint_archives,
                     "CLM_CHECKPOINT_ARCHIVE_DIR": str(workdir / "checkpoints"),
                 },
                 network_env={"CLM_PODS_WIRED_BY_CNI": "true"},
@@ -307,14 +308,29 @@ class ContainerdLab:
 
 @contextlib.contextmanager
 def containerd_lab(
-    segment: Segment, nats: NatsServer, tmp: Path, *, pex_dir: Path | None, state_mib: int = 256
+    segment: Segment,
+    nats: NatsServer,
+    tmp: Path,
+    *,
+    pex_dir: Path | None,
+    state_mib: int = 256,
+    checkpoint_archives: str = "always",
 ) -> Iterator[ContainerdLab]:
     """Two containerd nodes with their agents, the API emulator clm-cni reads, started."""
     kubeconfig = tmp / "kubeconfig"
     with running_emulator(kubeconfig=kubeconfig) as emulator:
         core = client.CoreV1Api(api_client(emulator.url))
         core.create_namespace({"metadata": {"name": NAMESPACE}})
-        lab = ContainerdLab(segment, nats, tmp, core, kubeconfig, pex_dir=pex_dir, state_mib=state_mib)
+        lab = ContainerdLab(
+            segment,
+            nats,
+            tmp,
+            core,
+            kubeconfig,
+            pex_dir=pex_dir,
+            state_mib=state_mib,
+            checkpoint_archives=checkpoint_archives,
+        )
         try:
             lab.start()
             yield lab
