@@ -317,6 +317,7 @@ def containerd_lab(
     checkpoint_archives: str = "always",
 ) -> Iterator[ContainerdLab]:
     """Two containerd nodes with their agents, the API emulator clm-cni reads, started."""
+    tmp.mkdir(parents=True, exist_ok=True)
     kubeconfig = tmp / "kubeconfig"
     with running_emulator(kubeconfig=kubeconfig) as emulator:
         core = client.CoreV1Api(api_client(emulator.url))
