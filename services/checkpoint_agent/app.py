@@ -72,7 +72,12 @@ def runtime_for(settings: CheckpointAgentSettings) -> tuple[ContainerRuntime, Re
         runc_root=settings.containerd_runc_root,
         criu=settings.criu_binary,
     )
-    return runtime, RestoreHandlerServer(settings.restore_handler_socket)
+    handler = RestoreHandlerServer(
+        settings.restore_handler_socket,
+        lazy_pages=runtime.lazy_pages_daemon if settings.lazy_restore else None,
+        kill=runtime.delete,
+    )
+    return runtime, handler
 
 
 def build(settings: CheckpointAgentSettings) -> ServiceApp:

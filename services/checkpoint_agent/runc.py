@@ -297,7 +297,7 @@ class Runc:
         the container wrote to pipes continues into the CRI log file `output` (else nowhere)."""
         started = time.perf_counter()
         image_dir = image_dir.resolve()
-        daemon = self._lazy_pages_daemon(image_dir) if lazy else None
+        daemon = self.lazy_pages_daemon(image_dir) if lazy else None
         # The image path must be absolute: runc changes into the bundle first.
         args = ["restore", "-d", f"--image-path={image_dir}", "-b", str(bundle.resolve())]
         if tcp_established:
@@ -329,7 +329,7 @@ class Runc:
                 )
         return time.perf_counter() - started
 
-    def _lazy_pages_daemon(self, image_dir: Path) -> subprocess.Popen[bytes] | None:
+    def lazy_pages_daemon(self, image_dir: Path) -> subprocess.Popen[bytes] | None:
         daemon = self._start_lazy_pages(image_dir, wait=5)
         if daemon.returncode is None:
             return daemon

@@ -104,13 +104,16 @@ def as_asked(call: RuncCall, argv: list[str]) -> Run:
     return Run(["runc", *argv])
 
 
-def restore_command(call: RuncCall, *, images: Path, work: Path) -> list[str]:
+def restore_command(call: RuncCall, *, images: Path, work: Path, lazy: bool = False) -> list[str]:
     """`runc restore` in place of the shim's `runc create`: same state root and log, the
-    bundle and pid file the shim reads, detached so the shim takes over the process."""
+    bundle and pid file the shim reads, detached so the shim takes over the process. With
+    `lazy`, memory comes from a `criu lazy-pages` daemon whose socket is in `work`."""
     argv = ["runc", *call.globals, "restore", "--detach", "--bundle", str(call.bundle)]
     if "--pid-file" in call.options:
         argv += ["--pid-file", call.options["--pid-file"]]
     argv += [f"--image-path={images}", f"--work-path={work}", "--tcp-established"]
+    if lazy:
+        argv.append("--lazy-pages")
     if "--no-pivot" in call.flags:
         argv.append("--no-pivot")
     return [*argv, call.container_id]

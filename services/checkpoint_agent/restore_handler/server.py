@@ -14,7 +14,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from services.checkpoint_agent.restore_handler.calls import (
     parse,
     restore_command,
 )
+from services.checkpoint_agent.runc import LAZY_FILL_TIMEOUT
 
 log = logging.getLogger(__name__)
 MAX_REQUEST = 1 << 20
@@ -71,8 +74,19 @@ def _errors(call: RuncCall, work: Path) -> str:
 
 
 class RestoreHandlerServer:
-    def __init__(self, socket_path: Path, *, create_wait_seconds: float = 90.0) -> None:
+    def __init__(
+        self,
+        socket_path: Path,
+        *,
+        create_wait_seconds: float = 90.0,
+        lazy_pages: Callable[[Path], subprocess.Popen[bytes] | None] | None = None,
+        kill: Callable[[str], None] | None = None,
+    ) -> None:
         self.socket_path, self.create_wait_seconds = socket_path, create_wait_seconds
+        # Memory restored lazily from the received images (a `criu lazy-pages` daemon for
+        # them, or None where it cannot start), as the runc runtime's restore does; and how
+        # a container whose memory did not all arrive is ended.
+        self.lazy_pages, self.kill = lazy_pages, kill
         self.offers: dict[tuple[str, str], Offer] = {}
         self.restored: set[str] = set()
         self._offered = asyncio.Event()
@@ -157,18 +171,26 @@ class RestoreHandlerServer:
                 "(kubelet tries again; a rolled back move's clone is deleted)",
             )
         offer.taken = True
-        work = offer.package / "restore-work"
-        work.mkdir(exist_ok=True)
         started = time.perf_counter()
         await asyncio.to_thread(apply_rootfs_diff, offer.package, call.bundle / "rootfs")
         await asyncio.to_thread(
             apply_empty_dirs, offer.package, json.loads((call.bundle / "config.json").read_text())
         )
-        run = Run(restore_command(call, images=offer.images.resolve(), work=work.resolve()), restores=target)
+        images = offer.images.resolve()
+        daemon = await asyncio.to_thread(self.lazy_pages, images) if self.lazy_pages else None
+        # CRIU finds the lazy-pages daemon's socket in its work directory.
+        work = images if daemon is not None else (offer.package / "restore-work").resolve()
+        work.mkdir(exist_ok=True)
+        run = Run(restore_command(call, images=images, work=work, lazy=daemon is not None), restores=target)
+        # The shim's `start` follows the moment clm-runc exits 0 (before the agent has read
+        # that status): it must already find the container counted as restored.
+        self.restored.add(call.container_id)
         code = await self._run(run, reader, writer, exit_code=True)
         assert isinstance(code, int)
-        if code == 0:
-            self.restored.add(call.container_id)
+        if daemon is not None:
+            code = await asyncio.to_thread(self._filled, daemon, call.container_id, code)
+        if code != 0:
+            self.restored.discard(call.container_id)
         log.info(
             "restored a clone's container",
             extra={
@@ -182,6 +204,24 @@ class RestoreHandlerServer:
             errors = "" if code == 0 else await asyncio.to_thread(_errors, call, work)
             offer.result.set_result(Restored(container_id=call.container_id, code=code, errors=errors))
         return None
+
+    def _filled(self, daemon: subprocess.Popen[bytes], container_id: str, code: int) -> int:
+        """The restore's outcome once every page is in place: a container whose memory did
+        not all arrive never runs on (it is ended, and the restore counts as failed)."""
+        if code != 0:
+            daemon.kill()
+            daemon.wait()
+            return code
+        try:
+            daemon.wait(timeout=LAZY_FILL_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+        if daemon.returncode == 0:
+            return 0
+        if self.kill is not None:
+            self.kill(container_id)
+        return 1
 
     async def _wait_for_offer(self, target: tuple[str, str]) -> Offer | None:
         deadline = time.monotonic() + self.create_wait_seconds
