@@ -33,6 +33,8 @@ from clm.contracts import (
 # command NATS did not take is sent again.
 RECHECK_SECONDS = 1.0
 PUBLISH_RETRY_SECONDS = 0.5
+# One fetch of stored answers may wait this long (a timeout there fails the look, retried).
+EARLIER_FETCH_SECONDS = 5.0
 
 
 class AgentClient:
@@ -73,12 +75,12 @@ class AgentClient:
                     if self.nc.stats["reconnects"] == reconnects:
                         continue
                 # Reconnected since: an answer sent meanwhile missed the subscription, but
-                # CLM_EVENTS holds it.
+                # CLM_EVENTS holds it. Looked for at every recheck from now on, not once: one
+                # sent just as the connection came back may be stored after the first look.
                 try:
                     earlier = await self._earlier_result(subject, command.message_id)
                 except (nats.errors.Error, TimeoutError):
-                    continue  # NATS away again: looked for after the next reconnect
-                reconnects = self.nc.stats["reconnects"]
+                    continue  # NATS away again: looked for again at the next recheck
                 if earlier is not None:
                     return earlier
             raise TimeoutError(
@@ -103,19 +105,22 @@ class AgentClient:
             await asyncio.sleep(PUBLISH_RETRY_SECONDS)
 
     async def _earlier_result(self, subject: str, command_id: str) -> StepResult | None:
+        """The answer to `command_id` among the step's results stored in CLM_EVENTS: every
+        stored one is read (the consumer says how many), however slowly they arrive — a fetch
+        that times out is not taken for the end (under load it was, and the answer missed)."""
         found: StepResult | None = None
         psub = await self.js.pull_subscribe(
             subject, stream=streams.EVENTS.name, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
         )
         try:
-            while True:
-                try:
-                    msgs = await psub.fetch(batch=100, timeout=0.5)
-                except TimeoutError:
-                    return found
+            pending = (await psub.consumer_info()).num_pending or 0
+            while pending > 0:
+                msgs = await psub.fetch(batch=min(pending, 100), timeout=EARLIER_FETCH_SECONDS)
+                pending -= len(msgs)
                 for msg in msgs:
                     result = decode(msg.data, StepResult)
                     if result.command_id == command_id:
                         found = result
+            return found
         finally:
             await psub.unsubscribe()
