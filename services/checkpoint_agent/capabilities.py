@@ -70,6 +70,7 @@ class CapabilityPublisher:
                 pages_address=self.pages_address,
                 post_copy=post_copy is None,
                 post_copy_problem=post_copy,
+                clones_restored_by_kubelet=self.runtime is not None and self.runtime.restores_through_handler,
                 **probe.features,
             )
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from clm.contracts import PodCreateFailed, PodCreateFinished
 from clm.contracts.protocol import StepFailed
+from clm.policy import objects as o
 from clm.policy.naming import clone_name, clone_spec
 from services.coordinator.recorder import StatusRecorder, in_thread
 
@@ -60,13 +61,16 @@ class Clones:
     async def replace_after_commit(self) -> None:
         """A StatefulSet pod: delete the source object, then create its namesake."""
         record = self.record
-        await in_thread(self.kube.delete_pod, record.namespace, self._pod_name)
+        source = record.status.get("sourcePodSpec")
+        current = await in_thread(self.kube.get_pod, record.namespace, self._pod_name)
+        # Repeated after a crash, the name may already be the namesake's: never delete that.
+        if current is not None and (source is None or o.uid(current) == o.uid(source)):
+            await in_thread(self.kube.delete_pod, record.namespace, self._pod_name)
         if not record.status.get("clonePod"):
             await record.patch(clonePod=self._pod_name)
         if record.emitted("pod-create-finished"):
             return
         dst = record.status["destinationNode"]
-        source = record.status.get("sourcePodSpec")
         if source is None:
             raise StepFailed("the StatefulSet pod's spec was not kept", stage="pod-create")
         spec = clone_spec(source, name=self._pod_name, node=dst)
@@ -87,6 +91,12 @@ class Clones:
         if clone != self._pod_name:
             await in_thread(self.kube.delete_pod, record.namespace, self._pod_name)
         return str(clone)
+
+    async def remove_namesake(self) -> None:
+        """A StatefulSet namesake whose restore failed: it never ran, and its controller makes
+        the pod afresh once it is gone."""
+        if self.record.status.get("clonePod") == self._pod_name:
+            await in_thread(self.kube.delete_pod, self.record.namespace, self._pod_name)
 
     async def remove(self) -> None:
         """Rollback: a clone that never ran goes (a StatefulSet's namesake does not exist yet)."""

@@ -52,6 +52,9 @@ from services.coordinator.resolve import resolve
 
 log = logging.getLogger(__name__)
 
+# status.commitPoint when the source pod object's deletion was the commit point.
+SOURCE_DELETED = "source-deleted"
+
 Send = Callable[[CheckpointCommand | NetworkCommand, float], Awaitable[StepResult]]
 Capabilities = Callable[[str], Awaitable[NodeCapabilities | None]]
 StepHandler = Callable[[protocol.Step, str], Awaitable[str]]
@@ -171,6 +174,15 @@ class MigrationRunner:
         await resolve(self.record, self.config.requirements)
         strategy = await self._strategy()
         for step in protocol.before_commit(strategy):
+            if step is protocol.RESTORE and await self._namesake_before_restore():
+                # Recorded before the deletion: a coordinator restarted after it goes on forward.
+                await self.record.patch(
+                    committed=True,
+                    commitPoint=SOURCE_DELETED,
+                    message="the StatefulSet pod's object is deleted for its namesake, which kubelet "
+                    f"restores on {self.status['destinationNode']}: committed, only forward from here",
+                )
+                return
             handler = self._handlers.get(step)
             if handler is not None:
                 strategy = await handler(step, strategy)
@@ -183,6 +195,16 @@ class MigrationRunner:
             return
         commit = [await self._step(step, strategy) for step in protocol.COMMIT]
         await self._record_freeze(commit, committed=True)
+
+    async def _namesake_before_restore(self) -> bool:
+        """A StatefulSet pod moving to a node whose kubelet restores clones: its namesake can
+        only exist once the source object is gone, and must exist before the restore (kubelet
+        creates its containers, the node's handler restores them). The source object's
+        deletion is then the commit point: kubelet ends the frozen source with it."""
+        if self.status.get("ownerKind") != "StatefulSet":
+            return False
+        capabilities = await self.capabilities(self.status["destinationNode"])
+        return capabilities is not None and capabilities.clones_restored_by_kubelet
 
     async def _record_freeze(self, commit: list[StepResult], **also: Any) -> None:
         """The freeze: dump, restore and the network commit (withdraw then announce)."""
@@ -286,7 +308,15 @@ class MigrationRunner:
     async def _finalize(self) -> str:
         src, dst = self.status["sourceNode"], self.status["destinationNode"]
         strategy = self.status.get("strategy") or str(MigrationStrategy.STOP_AND_COPY)
-        if protocol.committed_at_resume(strategy) and "freezeSeconds" not in self.status:
+        deleted_first = self.status.get("commitPoint") == SOURCE_DELETED
+        if deleted_first and "restoreSeconds" not in self.status:
+            await self.clones.replace_after_commit()
+            try:
+                await self._restore(protocol.RESTORE, strategy)
+            except StepFailed as failure:
+                await self._namesake_not_restored(failure, strategy)
+                return Phase.FAILED
+        if (protocol.committed_at_resume(strategy) or deleted_first) and "freezeSeconds" not in self.status:
             commit = [await self._step_forward(step, strategy) for step in protocol.COMMIT]
             await self._record_freeze(commit)
         await self.record.phase(Phase.FINALIZING, f"the pod runs on {dst}: cleaning up {src}")
@@ -328,13 +358,33 @@ class MigrationRunner:
         await self.record.phase(Phase.FINISHED, f"running on {dst} as {clone}", completionTime=now_iso())
         return Phase.FINISHED
 
-    async def _failed_after_commit(self, failure: StepFailed) -> None:
+    async def _namesake_not_restored(self, failure: StepFailed, strategy: str) -> None:
+        """The source object is gone (the commit point) and its namesake's restore failed:
+        the destination and the source's leftovers are cleaned, the namesake that never ran is
+        deleted so that its StatefulSet makes the pod afresh (the state is lost: said so)."""
+        for step in (protocol.ABORT_DESTINATION, protocol.ABORT_NETWORK):
+            try:
+                await self._step(step, strategy)
+            except StepFailed as problem:
+                log.warning("cleaning the destination failed", extra={"error": problem.reason})
+        for step in protocol.after_commit(strategy):
+            if step is not protocol.FILL:
+                await self._step_forward(step, strategy)
+        await self.clones.remove_namesake()
+        await self._failed_after_commit(
+            failure,
+            outcome="the source pod was deleted at the commit point and its namesake could not be "
+            "restored: the namesake is deleted, and its StatefulSet creates the pod afresh",
+        )
+
+    async def _failed_after_commit(self, failure: StepFailed, *, outcome: str | None = None) -> None:
         """Post-copy's page stream broke after the resume: the destination stopped the pod
         (it never runs with missing memory) and the source's copy is gone; the fallback the
         label matrix gave follows."""
         await self.clones.remove()
         fallback = Fallback(self.spec.get("fallback") or self.status.get("fallback") or "none")
-        outcome = await self._fallback(fallback)
+        if outcome is None:
+            outcome = await self._fallback(fallback)
         message = (
             f"{failure.stage} failed after the commit point: {failure.reason}; fallback {fallback}: {outcome}"
         )

@@ -61,7 +61,8 @@ class FakeKube:
         self.pods[name].setdefault("status", {}).update(phase="Running", podIP=ip)
 
     def delete_pod(self, namespace: str, name: str) -> None:
-        self.pods.pop(name, None)
+        if self.pods.pop(name, None) is not None:
+            self.timeline.append(("kube", "delete-pod", name))
 
     def evict_pod(self, namespace: str, name: str) -> str:
         self.evicted.append(name)
@@ -91,7 +92,9 @@ class FakeAgents:
         )
 
 
-def caps(node: str, *, tracking: bool = False, post_copy: bool = False) -> NodeCapabilities:
+def caps(
+    node: str, *, tracking: bool = False, post_copy: bool = False, kubelet_restores: bool = False
+) -> NodeCapabilities:
     return NodeCapabilities(
         node=node,
         agent_version="t",
@@ -101,6 +104,7 @@ def caps(node: str, *, tracking: bool = False, post_copy: bool = False) -> NodeC
         cpuinfo_image_b64="AA==",
         post_copy=post_copy,
         post_copy_problem=None if post_copy else "userfaultfd is unavailable",
+        clones_restored_by_kubelet=kubelet_restores,
     )
 
 
@@ -113,6 +117,7 @@ def make(
     refuse_pods: bool = False,
     fail: dict[str, str] | None = None,
     owner: str = "ReplicaSet",
+    kubelet_restores: bool = False,
 ) -> tuple[MigrationRunner, FakeKube, FakeAgents, list[Message]]:
     pod = {
         "metadata": {
@@ -139,7 +144,7 @@ def make(
         published.append(message)
 
     async def capabilities(node: str) -> NodeCapabilities:
-        return caps(node, tracking=tracking, post_copy=post_copy)
+        return caps(node, tracking=tracking, post_copy=post_copy, kubelet_restores=kubelet_restores)
 
     migration = {
         "metadata": {"name": "mig-1", "namespace": "shop", "uid": "mig-uid-1", "generation": 1},
@@ -173,6 +178,7 @@ async def test_success_sends_the_steps_in_order_and_moves_the_pod() -> None:
         ("network", "commit", DEST),
         ("checkpoint", "finalize", SOURCE),
         ("network", "release", SOURCE),
+        ("kube", "delete-pod", "web-0"),  # the source object, once the clone is the pod
     ]
     assert kinds(published) == ["PreDumpSkipped", "PodCreateFinished", "MigrationFinished"]
     assert kube.events == [(1, "PreDumpSkipped"), (2, "PodCreateFinished"), (3, "MigrationFinished")]
@@ -299,6 +305,66 @@ async def test_a_statefulset_pod_keeps_its_name_created_after_the_commit() -> No
     # Created only after the commit point (the source object had to go first).
     timeline = agents.sent
     assert timeline.index(("kube", "create-pod", "web-0")) > timeline.index(("network", "commit", DEST))
+
+
+async def test_on_kubelet_nodes_a_statefulset_namesake_exists_before_its_restore() -> None:
+    runner, kube, agents, published = make(owner="StatefulSet", kubelet_restores=True)
+    assert await runner.run() == "Finished"
+    assert agents.sent == [
+        ("network", "prepare", DEST),
+        ("checkpoint", "check-cpu", DEST),
+        ("checkpoint", "dump", SOURCE),
+        # The commit point: the source object goes, the namesake comes, kubelet restores it.
+        ("kube", "delete-pod", "web-0"),
+        ("kube", "create-pod", "web-0"),
+        ("checkpoint", "restore", DEST),
+        ("network", "commit", SOURCE),
+        ("network", "commit", DEST),
+        ("checkpoint", "finalize", SOURCE),
+        ("network", "release", SOURCE),
+    ]
+    assert runner.status["commitPoint"] == "source-deleted" and runner.status["committed"] is True
+    assert kube.pods["web-0"]["spec"]["nodeName"] == DEST and "freezeSeconds" in runner.status
+    assert kinds(published) == ["PreDumpSkipped", "PodCreateFinished", "MigrationFinished"]
+
+
+async def test_a_namesake_that_fails_to_restore_is_deleted_and_nothing_rolls_back_to_the_source() -> None:
+    runner, kube, agents, published = make(
+        owner="StatefulSet", kubelet_restores=True, fail={"checkpoint:restore": "criu said no"}
+    )
+    assert await runner.run() == "Failed"
+    after = agents.sent[agents.sent.index(("checkpoint", "restore", DEST)) + 1 :]
+    assert after == [
+        ("checkpoint", "abort", DEST),
+        ("network", "abort", DEST),
+        ("checkpoint", "finalize", SOURCE),  # the source's images and lock rules go
+        ("network", "release", SOURCE),
+        ("kube", "delete-pod", "web-0"),  # the namesake never ran: its StatefulSet makes it anew
+    ]
+    assert kube.pods == {} and kube.evicted == []
+    failed = published[-1]
+    assert failed.kind == "MigrationFailed" and failed.stage == "restore"  # type: ignore[attr-defined]  # a field of that event kind
+    assert "StatefulSet creates the pod afresh" in runner.status["message"]
+
+
+async def test_a_coordinator_restarted_after_the_deletion_never_deletes_the_namesake() -> None:
+    runner, kube, agents, _ = make(owner="StatefulSet", kubelet_restores=True)
+    assert await runner.run() == "Finished"
+    again = MigrationRunner(
+        {**runner.record.handle.obj, "status": {**runner.status, "phase": "Finalizing"}},
+        kube=kube,  # type: ignore[arg-type]  # a recording fake of KubeGateway
+        send=agents.send,
+        capabilities=runner.capabilities,
+        publish=runner.record.publish,
+        config=runner.config,
+    )
+    again.status.pop("restoreSeconds", None)
+    again.status.pop("freezeSeconds", None)
+    assert await again.run() == "Finished"
+    assert kube.pods["web-0"]["spec"]["nodeName"] == DEST
+    assert ("kube", "delete-pod", "web-0") not in agents.sent[
+        agents.sent.index(("network", "release", SOURCE)) :
+    ]
 
 
 async def test_without_a_fallback_in_the_spec_the_label_matrix_decides() -> None:

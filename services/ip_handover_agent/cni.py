@@ -40,6 +40,8 @@ from clm.contracts.protocol import StepFailed
 from services.ip_handover_agent.routed import PodNet, RoutedBackend
 
 RESTORE_ANNOTATION = "cast.ai/restore"
+RESTORE_POD_IP_ANNOTATION = "live.cast.ai/restore-pod-ip"
+RUNTIME_POD_UID_ANNOTATION = "live.cast.ai/runtime-pod-uid"
 GATEWAY = "169.254.1.1"
 SUPPORTED = ["0.4.0", "1.0.0", "1.1.0"]
 STATE_DIR = Path("/var/lib/cni/clm")
@@ -88,9 +90,9 @@ class KubeLookup:
 
         self.api = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
 
-    def restore_source(self, namespace: str, name: str) -> str | None:
+    def annotations(self, namespace: str, name: str) -> dict[str, str]:
         pod = self.api.read_namespaced_pod(name, namespace)
-        return (pod.metadata.annotations or {}).get(RESTORE_ANNOTATION)
+        return dict(pod.metadata.annotations or {})
 
     def pod_ip_and_uid(self, namespace: str, name: str) -> tuple[str | None, str]:
         pod = self.api.read_namespaced_pod(name, namespace)
@@ -103,6 +105,7 @@ class Plugin:
         self.version = str(conf.get("cniVersion", "1.0.0"))
         self.state_dir = Path(conf.get("stateDir", STATE_DIR))
         self._lookup = lookup
+        self._own: dict[str, str] = {}  # the pod's annotations, once read
         # The sandbox's nodes are network namespaces: the node side of a pod's wiring goes
         # there, while the plugin itself runs where it can reach the API (the host).
         self.node_netns: str | None = (conf.get("routed") or {}).get("nodeNetns")
@@ -171,7 +174,8 @@ class Plugin:
         if not namespace or not name:
             return None  # not a Kubernetes pod: nothing to restore
         try:
-            return self.lookup().restore_source(namespace, name)
+            self._own = self.lookup().annotations(namespace, name)
+            return self._own.get(RESTORE_ANNOTATION)
         except CniError:
             raise
         except Exception as exc:  # - any API failure: the runtime retries ADD
@@ -230,12 +234,17 @@ class Plugin:
                 ERR_RESTORE, f"annotation {RESTORE_ANNOTATION}={source!r} is not <namespace>/<pod>"
             )
         namespace, name = source.split("/", 1)
-        try:
-            ip, source_uid = self.lookup().pod_ip_and_uid(namespace, name)
-        except Exception as exc:  # - any API failure: the runtime retries ADD
-            raise CniError(
-                ERR_TRY_LATER, f"cannot read the restored pod {source} from the API", str(exc)
-            ) from None
+        own = self._own
+        # The clone carries the source's IP and runtime UID: a StatefulSet pod's namesake is
+        # created after the source object is gone (its name now reads the namesake itself).
+        ip, source_uid = own.get(RESTORE_POD_IP_ANNOTATION), own.get(RUNTIME_POD_UID_ANNOTATION)
+        if not ip or not source_uid:
+            try:
+                ip, source_uid = self.lookup().pod_ip_and_uid(namespace, name)
+            except Exception as exc:  # - any API failure: the runtime retries ADD
+                raise CniError(
+                    ERR_TRY_LATER, f"cannot read the restored pod {source} from the API", str(exc)
+                ) from None
         if not ip:
             raise CniError(ERR_RESTORE, f"pod {source} has no IP to restore (status.podIP is empty)")
         veth = host_veth(source_uid)

@@ -93,12 +93,23 @@ class Env:
         out = json.loads(proc.stdout) if proc.stdout.strip() else None
         return proc.returncode, out
 
-    def pod(self, namespace: str, name: str, *, ip: str | None = None, restores: str | None = None) -> str:
+    def pod(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        ip: str | None = None,
+        restores: str | None = None,
+        annotations: dict[str, str] | None = None,
+    ) -> str:
         body = {
             "metadata": {
                 "name": name,
                 "namespace": namespace,
-                "annotations": {cni.RESTORE_ANNOTATION: restores} if restores else {},
+                "annotations": {
+                    **({cni.RESTORE_ANNOTATION: restores} if restores else {}),
+                    **(annotations or {}),
+                },
             },
             "spec": {"containers": [{"name": "app", "image": "host"}]},
         }
@@ -187,6 +198,30 @@ def test_a_restored_pod_gets_the_ip_of_the_pod_it_restores(env: Env) -> None:
     assert "10.216.0.77" not in ip("route").stdout
     assert env.run("CHECK", pod=("games", "mc-0-clone-1"), netns=ns, container="clone1")[0] == 0
     code, out = env.run("DEL", pod=("games", "mc-0-clone-1"), netns=ns, container="clone1")
+    assert code == 0, out
+    assert ip("link", "show", veth, check=False).returncode != 0
+
+
+def test_a_statefulset_namesake_gets_the_ip_its_clone_spec_carries(env: Env) -> None:
+    """Its source object is gone: `cast.ai/restore` names the namesake itself, which has no IP
+    yet, so the IP and the runtime UID come from the clone's own annotations."""
+    env.pod(
+        "games",
+        "db-0",
+        restores="games/db-0",
+        annotations={
+            cni.RESTORE_POD_IP_ANNOTATION: "10.216.0.78",
+            cni.RUNTIME_POD_UID_ANNOTATION: "uid-of-the-first-db-0",
+        },
+    )
+    ns = pod_netns("namesake")
+    code, out = env.run("ADD", pod=("games", "db-0"), netns=ns, container="namesake1")
+    assert code == 0, out
+    assert out is not None and out["ips"][0]["address"] == "10.216.0.78/32"
+    assert "10.216.0.78/32" in addresses(ns)
+    veth = cni.host_veth("uid-of-the-first-db-0")
+    assert ip("link", "show", veth, check=False).returncode == 0
+    code, out = env.run("DEL", pod=("games", "db-0"), netns=ns, container="namesake1")
     assert code == 0, out
     assert ip("link", "show", veth, check=False).returncode != 0
 

@@ -27,6 +27,7 @@ import pytest
 from kubernetes import client
 
 from tests.integration.support import one_sandbox_at_a_time, pex_dir, wait_for
+from tests.kit.containerd_images import POD_IMAGE
 from tests.kit.netns import ip
 from tools.clm import main as clm
 from tools.kube_emulator.testing import api_client
@@ -123,8 +124,8 @@ def test_a_users_pod_in_the_background_sandbox_moves_with_clm_migrate(
                     "containers": [
                         {
                             "name": "main",
-                            "image": "host",
-                            "command": ["python3", "-u", "-c", COUNTER],
+                            "image": POD_IMAGE,
+                            "command": ["python3.11", "-u", "-c", COUNTER],
                         }
                     ],
                 },
@@ -221,8 +222,8 @@ def _exits_follow_the_restart_policy(core: client.CoreV1Api) -> None:
                     "containers": [
                         {
                             "name": "main",
-                            "image": "host",
-                            "command": ["python3", "-c", "print('bye'); import sys; sys.exit(3)"],
+                            "image": POD_IMAGE,
+                            "command": ["python3.11", "-c", "print('bye'); import sys; sys.exit(3)"],
                         }
                     ],
                 },

@@ -293,3 +293,24 @@ class ContainerdNode:
         ]
         for target in sorted(mounts, key=len, reverse=True):
             subprocess.run(["umount", "-l", target], capture_output=True, check=False)
+
+
+def stop_leftover_containerds(under: Path) -> None:
+    """What a killed run left under `under`: its containerds and their shims (found by their
+    sockets' paths), then its mounts."""
+    prefix = str(under.resolve()).encode() + b"/"
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            names = (b"containerd", b"containerd-shim-runc-v2")
+            if argv and argv[0].rsplit(b"/", 1)[-1] in names and any(a.startswith(prefix) for a in argv):
+                os.kill(int(entry.name), signal.SIGKILL)
+    mounts = [
+        line.split()[4]
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if line.split()[4].startswith(prefix.decode())
+    ]
+    for target in sorted(mounts, key=len, reverse=True):
+        subprocess.run(["umount", "-l", target], capture_output=True, check=False)

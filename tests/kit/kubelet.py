@@ -12,6 +12,7 @@ runtime handler. Volumes: hostPath and emptyDir (a directory under the pod's dir
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,20 +29,25 @@ CONTAINER_NAME = "io.kubernetes.container.name"
 EMPTY_DIR = "kubernetes.io~empty-dir"
 
 
-def _meta(pod: dict[str, Any]) -> tuple[str, str, str]:
+def _meta(pod: Mapping[str, Any]) -> tuple[str, str, str]:
     meta = pod["metadata"]
     return meta["namespace"], meta["name"], meta["uid"]
 
 
-def pod_dir(kubelet_dir: Path, pod: dict[str, Any]) -> Path:
+def pod_dir(kubelet_dir: Path, pod: Mapping[str, Any]) -> Path:
     return kubelet_dir / "pods" / _meta(pod)[2]
 
 
-def empty_dir(kubelet_dir: Path, pod: dict[str, Any], volume: str) -> Path:
+def empty_dir(kubelet_dir: Path, pod: Mapping[str, Any], volume: str) -> Path:
     return pod_dir(kubelet_dir, pod) / "volumes" / EMPTY_DIR / volume
 
 
-def sandbox_config(pod: dict[str, Any], *, kubelet_dir: Path, cgroup_root: str) -> api.PodSandboxConfig:
+def pod_log_dir(config: api.PodSandboxConfig) -> Path:
+    """Where the pod's container logs go: `<container>/<attempt>.log` under it."""
+    return Path(config.log_directory)
+
+
+def sandbox_config(pod: Mapping[str, Any], *, kubelet_dir: Path, cgroup_root: str) -> api.PodSandboxConfig:
     namespace, name, uid = _meta(pod)
     labels = dict(pod["metadata"].get("labels") or {})
     labels.update({POD_NAME: name, POD_NAMESPACE: namespace, POD_UID: uid})
@@ -60,7 +66,7 @@ def sandbox_config(pod: dict[str, Any], *, kubelet_dir: Path, cgroup_root: str) 
     )
 
 
-def _mounts(pod: dict[str, Any], container: dict[str, Any], kubelet_dir: Path) -> list[api.Mount]:
+def _mounts(pod: Mapping[str, Any], container: Mapping[str, Any], kubelet_dir: Path) -> list[api.Mount]:
     volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
     mounts = []
     for mount in container.get("volumeMounts") or []:
@@ -84,7 +90,7 @@ def _mounts(pod: dict[str, Any], container: dict[str, Any], kubelet_dir: Path) -
 
 
 def container_config(
-    pod: dict[str, Any], container: dict[str, Any], *, kubelet_dir: Path, attempt: int = 0
+    pod: Mapping[str, Any], container: Mapping[str, Any], *, kubelet_dir: Path, attempt: int = 0
 ) -> api.ContainerConfig:
     namespace, name, uid = _meta(pod)
     return api.ContainerConfig(
@@ -123,12 +129,17 @@ class Kubelet:
     def __init__(self, cri: CriClient, *, kubelet_dir: Path, cgroup_root: str) -> None:
         self.cri, self.kubelet_dir, self.cgroup_root = cri, kubelet_dir, cgroup_root
 
-    def run_pod(self, pod: dict[str, Any]) -> RunningPod:
+    def make_empty_dir(self, pod: Mapping[str, Any], volume: str) -> Path:
+        path = empty_dir(self.kubelet_dir, pod, volume)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def run_pod(self, pod: Mapping[str, Any]) -> RunningPod:
         """RunPodSandbox, then CreateContainer and StartContainer for each container, as kubelet's
         SyncPod does for a new pod (volumes made first)."""
         for volume in pod["spec"].get("volumes") or []:
             if "emptyDir" in volume:
-                empty_dir(self.kubelet_dir, pod, volume["name"]).mkdir(parents=True, exist_ok=True)
+                self.make_empty_dir(pod, volume["name"])
         config = sandbox_config(pod, kubelet_dir=self.kubelet_dir, cgroup_root=self.cgroup_root)
         Path(config.log_directory).mkdir(parents=True, exist_ok=True)
         handler = pod["spec"].get("runtimeClassName") or ""

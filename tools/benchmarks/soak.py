@@ -35,7 +35,6 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,10 +43,7 @@ from kubernetes import client
 
 from clm.contracts import protocol
 from clm.contracts.protocol import Phase, is_terminal
-from clm.policy.naming import runtime_pod_uid
-from clm.runtime.podnet import pod_netns_name
-from services.checkpoint_agent.runc import Runc
-from services.checkpoint_agent.runtime import POD_UID
+from services.checkpoint_agent.containerd import LOCK_TABLE
 from services.coordinator.kube import LEASE_HOLDER
 from tests.kit.podlab import expected_hash
 from tools.console.migrations import create_migration, follow, migration_body
@@ -175,19 +171,21 @@ class Soak:
             self.workloads.append(Workload(pod=pod, statefulset=statefulset, player=player))
 
     def check_the_checks(self) -> None:
-        """Leave a stray pod namespace and image directory, as a broken move would: the
+        """Leave a stray pod network record and image directory, as a broken move would: the
         leftover check must report both (else it could pass a run that leaks)."""
-        node = self.nodes()[0]
-        stray_netns = pod_netns_name(node, "soakcanary000")
+        runtime = self.sandbox.runtimes[0]
+        node = runtime.node
+        stray_network = runtime.workdir / "cni-state" / "soakcanary000.json"
         stray_images = self.sandbox.state_dir / "nodes" / node / "images" / node / "in" / "soak-canary"
-        subprocess.run(["ip", "netns", "add", stray_netns], check=True)
+        stray_network.parent.mkdir(parents=True, exist_ok=True)
+        stray_network.write_text("{}")
         stray_images.mkdir(parents=True)
         try:
             found = self.leftovers(None)
         finally:
-            subprocess.run(["ip", "netns", "delete", stray_netns], check=True)
+            stray_network.unlink()
             stray_images.rmdir()
-        missed = [what for what in (stray_netns, "soak-canary") if not any(what in f for f in found)]
+        missed = [what for what in ("soakcanary0", "soak-canary") if not any(what in f for f in found)]
         if missed:
             raise RuntimeError(f"the leftover check misses {missed} (it found {found})")
         if self.leftovers(None):
@@ -381,20 +379,18 @@ class Soak:
         assert cluster is not None
         cluster.wait_ready(timeout=60)
 
-    def containers(self, runtime_uid: str) -> dict[str, int]:
-        """Running containers of the pod, by node."""
-        found: dict[str, int] = Counter()
-        for node in self.nodes():
-            runc = Runc(root=self.sandbox.state_dir / "nodes" / node / "runc")
-            for c in runc.containers():
-                if c.annotations.get(POD_UID) == runtime_uid and c.status == "running":
-                    found[node] += 1
-        return dict(found)
+    def containers(self, pod: str) -> dict[str, int]:
+        """Running containers of the pod (its name: a StatefulSet's), by node, as CRI says."""
+        found: dict[str, int] = {}
+        for runtime in self.sandbox.runtimes:
+            count = runtime.running_copies(demo.NAMESPACE, pod)
+            if count:
+                found[runtime.node] = count
+        return found
 
     def check(self, row: Row, workload: Workload, status: dict[str, Any] | None) -> None:
         pod = self.pod_object(workload.pod)
-        uid = runtime_pod_uid(pod)
-        running = self.containers(uid)
+        running = self.containers(workload.pod)
         row.copies = sum(running.values())
         expected = row.destination if row.outcome == "Finished" else row.source
         row.where_expected = set(running) == {expected} and pod["spec"]["nodeName"] == expected
@@ -435,15 +431,9 @@ class Soak:
         topology = self.sandbox.topology
         assert topology is not None
         pods = [self.pod_object(w.pod) for w in self.workloads]
-        wanted_netns = {pod_netns_name(p["spec"]["nodeName"], runtime_pod_uid(p)) for p in pods}
-        listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-        pod_netns = {
-            line.split()[0]
-            for line in listed.splitlines()
-            if line.startswith("clm-sbx-") and line.count("-") >= 3
-        }
-        for extra in sorted(pod_netns - wanted_netns):
-            found.append(f"pod namespace {extra}")
+        uids = {p["metadata"]["uid"] for p in pods}
+        for runtime in self.sandbox.runtimes:
+            found += runtime.leftovers(uids)
         for node, ns in topology.nodes.items():
             routes = subprocess.run(
                 ["ip", "-n", ns.name, "route", "show", "proto", "199"],
@@ -455,14 +445,19 @@ class Soak:
             for route in routes.splitlines():
                 if route.split()[0] not in wanted:
                     found.append(f"route {route.split()[0]} on {node}")
-        for name in sorted(wanted_netns & pod_netns):
-            # CRIU's network lock: iptables chains or an nftables table named CRIU-<pid>.
-            for listing in (["iptables-save"], ["nft", "list", "ruleset"]):
-                rules = subprocess.run(
-                    ["ip", "netns", "exec", name, *listing], capture_output=True, text=True, check=False
-                ).stdout
-                if "CRIU" in rules:
-                    found.append(f"CRIU lock rules in {name} ({listing[0]})")
+        for runtime in self.sandbox.runtimes:
+            for uid, pod_netns in runtime.sandbox_netns().items():
+                # The network lock: CRIU's (iptables chains or an nftables table CRIU-<pid>) or the
+                # containerd dump's own nftables table.
+                for listing in (["iptables-save"], ["nft", "list", "ruleset"]):
+                    rules = subprocess.run(
+                        ["nsenter", f"--net={pod_netns}", *listing],
+                        capture_output=True,
+                        text=True,
+                        check=False,
+                    ).stdout
+                    if "CRIU" in rules or LOCK_TABLE in rules:
+                        found.append(f"lock rules in pod {uid}'s namespace on {runtime.node} ({listing[0]})")
         # The soak's own fault rules, once healed: none on the host or in any node.
         for netns in [None, *(ns.name for ns in topology.nodes.values())]:
             prefix = ["ip", "netns", "exec", netns] if netns else []
@@ -548,7 +543,7 @@ def _belongs(pid: int, words: list[str], state_dir: Path, nodes: list[str]) -> b
         target = words[words.index("-t") + 1]
         with contextlib.suppress(OSError, ValueError):
             cgroups = Path(f"/proc/{int(target)}/cgroup").read_text()
-            return any(f"/clm/{node}/" in cgroups for node in nodes)
+            return any(f"/clm-sbx/{node}/" in cgroups for node in nodes)
     return False
 
 

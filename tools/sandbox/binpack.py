@@ -29,12 +29,13 @@ from kubernetes.client.exceptions import ApiException
 from clm.contracts import protocol
 from clm.policy import names
 from tests.kit import builders as b
+from tests.kit.containerd_images import POD_IMAGE
 from tests.kit.workloads import stateful_server
 
 NAMESPACE = "binpack"
 GAME_PORT = 7000
 REPLICASET = "web-6d4cf56db6"
-IDLE = ["python3", "-c", "import time\nwhile True: time.sleep(1)"]
+IDLE = ["python3.11", "-c", "import time\nwhile True: time.sleep(1)"]
 
 # name -> (node, owner kind and name or None, extra labels, cpu request)
 PODS: dict[str, tuple[str, tuple[str, str] | None, dict[str, str], str]] = {
@@ -60,14 +61,14 @@ STAY = ["game-1", f"{REPLICASET}-q9r4s", "ledger", "reserved-sbx-2"]
 def _container(name: str, state_mib: int) -> dict[str, Any]:
     server = Path(stateful_server.__file__).read_text()
     if name.startswith("game-"):
-        command = ["python3", "-u", "-c", server, str(state_mib)]
+        command = ["python3.11", "-u", "-c", server, str(state_mib)]
         memory = f"{state_mib + 64}Mi"
     else:
         command, memory = IDLE, "64Mi"
     cpu = PODS[name][3]
     return {
         "name": "main",
-        "image": "host",
+        "image": POD_IMAGE,
         "command": command,
         "resources": {"requests": {"cpu": cpu, "memory": memory}},
     }

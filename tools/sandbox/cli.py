@@ -19,6 +19,7 @@ from kubernetes import client
 from clm.contracts import protocol
 from clm.contracts.events import MigrationEvent
 from clm.contracts.protocol import Phase
+from tests.kit.containerd_node import stop_leftover_containerds
 from tools.console.events import render, stream_events
 from tools.console.report import emit
 from tools.kube_emulator.testing import api_client
@@ -351,7 +352,8 @@ def _down(args: argparse.Namespace) -> int:
         pid = int(holder.get("pid", 0)) or None  # still coming up: state.json not written yet
     if pid is not None:
         _stop_process(pid)
-    # Whatever a crashed sandbox left: containers, namespaces, links.
+    # Whatever a crashed sandbox left: containerds and shims, containers, namespaces, links.
+    stop_leftover_containerds(args.state_dir / "nodes")
     for runc_root in args.state_dir.glob("nodes/*/runc"):
         delete_all_containers(runc_root)
     left = remove_leftovers()

@@ -21,6 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from clm.contracts.protocol import Phase
 from clm.policy import names
 from tests.kit import builders as b
+from tests.kit.containerd_images import POD_IMAGE
 from tests.kit.podlab import expected_hash
 from tests.kit.workloads import counting_client, stateful_server
 from tools.console.events import render, stream_events
@@ -46,8 +47,8 @@ def deploy(
     server = Path(stateful_server.__file__).read_text()
     container = {
         "name": "server",
-        "image": "host",
-        "command": ["python3", "-u", "-c", server, str(state_mib)],
+        "image": POD_IMAGE,
+        "command": ["python3.11", "-u", "-c", server, str(state_mib)],
         "ports": [{"containerPort": PORT}],
         "resources": {"requests": {"cpu": "100m", "memory": f"{state_mib + 64}Mi"}},
     }

@@ -1,39 +1,11 @@
-"""What happens when a sandbox container exits, as kubelet does it (sandbox code).
-
-`runc run -d` leaves the container's first process without a parent that waits for it; the
-sandbox process makes itself a child subreaper, so those processes (and the ones CRIU
-restores under the node agents it started) become its children and their exit statuses
-can be collected with waitpid — the exit code `runc state` does not report.
-"""
+"""What happens when a sandbox container exits, as kubelet does it (sandbox code): the
+restart policy, the crash-loop back-off and the pod's phase. CRI reports the exit codes."""
 
 from __future__ import annotations
 
-import ctypes
-import os
-
-PR_SET_CHILD_SUBREAPER = 36
 # kubelet's crash-loop back-off: 10 s, doubling, at most 5 minutes.
 BACKOFF_FIRST_SECONDS = 10.0
 BACKOFF_MAX_SECONDS = 300.0
-
-
-def become_subreaper() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER) failed")
-
-
-def exit_code(pid: int) -> int | None:
-    """The exit code of our child `pid` once it has exited (128 + signal when killed), None
-    while it runs or when it is not our child."""
-    try:
-        done, status = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return None
-    if done == 0:
-        return None
-    code = os.waitstatus_to_exitcode(status)
-    return 128 - code if code < 0 else code
 
 
 def after_exit(restart_policy: str | None, code: int) -> str:

@@ -1,7 +1,7 @@
 """A whole CLM cluster on one machine: NATS JetStream, the Kubernetes API emulator, N nodes
-(network namespaces on one segment, each with both node agents and the sandbox's node
-runtime running its pods as runc containers) and the labeler, evictor-planner and
-coordinator as separate processes.
+(network namespaces on one segment, each with a real containerd 2.1 and CLM's restore
+handler, both node agents and a kubelet stand-in that drives containerd over CRI) and the
+labeler, evictor-planner and coordinator as separate processes.
 
 `Sandbox.up()` starts it and writes `state.json` in the state directory (what `clm sandbox
 status`, `clm events`, `clm migrate` read); `Sandbox.down()` removes everything it created.
@@ -25,16 +25,18 @@ from kubernetes import client
 
 from services.checkpoint_agent.certs import make_agent_cert, make_ca, write_agent_tls
 from tests.kit import builders as b
+from tests.kit.containerd_images import node_images
+from tests.kit.containerd_node import BIN as CONTAINERD_BIN
+from tests.kit.containerd_node import build_restore_handler, stop_leftover_containerds
 from tools.kube_emulator.testing import api_client
 from tools.local_cluster.cluster import LocalCluster
-from tools.sandbox.ipam import Ipam
-from tools.sandbox.node_runtime import NodeRuntime
-from tools.sandbox.topology import POD_RANGE, Topology, node_ip, remove_leftovers
+from tools.sandbox.kubelet_node import KubeletNode
+from tools.sandbox.topology import SUBNET, Topology, node_ip, node_pod_range, remove_leftovers
 
 log = logging.getLogger("clm.sandbox")
 
 DEFAULT_STATE_DIR = Path("/tmp/clm-sandbox")
-REQUIRED_TOOLS = ("runc", "criu", "nsenter", "ip", "iptables", "nats-server")
+REQUIRED_TOOLS = ("runc", "criu", "nsenter", "ip", "iptables", "nft", "nats-server", "gcc")
 
 
 # One sandbox per machine: its namespaces and links have fixed names (remove_leftovers finds
@@ -85,6 +87,8 @@ def machine_lock_holder() -> dict | None:
 
 def missing_requirements() -> list[str]:
     problems = [f"{tool} is not installed" for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    if not (CONTAINERD_BIN / "containerd").exists():
+        problems.append(f"containerd 2.1 is not in {CONTAINERD_BIN} (tools/setup/ensure-containerd)")
     if os.geteuid() != 0:
         problems.insert(0, "the sandbox needs root (network namespaces, runc, CRIU)")
     return problems
@@ -125,7 +129,7 @@ class Sandbox:
     planner_dry_run: bool = True
     topology: Topology | None = None
     cluster: LocalCluster | None = None
-    runtimes: list[NodeRuntime] = field(default_factory=list)
+    runtimes: list[KubeletNode] = field(default_factory=list)
     machine_lock: int | None = None
     # More settings by service name (node agents: on every node), e.g. short leases for a soak.
     extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -165,16 +169,37 @@ class Sandbox:
         nodes = list(self.topology.nodes)
         if self.nats_port is not None and not _port_free(self.nats_port):
             self.nats_port = None  # nats-server picks a free one
+        # Each node's containerd first: its agents talk to it from their start.
+        handler = build_restore_handler(self.state_dir / "bin" / "clm-runc")
+        images = node_images()
+        for index, (node, ns) in enumerate(self.topology.nodes.items(), start=1):
+            self.runtimes.append(
+                KubeletNode(
+                    node=node,
+                    node_netns=ns.name,
+                    workdir=self.state_dir / "nodes" / node / "kubelet-node",
+                    cni_plugin=self._cni_plugin(),
+                    kubeconfig=self.kubeconfig,
+                    address_range=node_pod_range(index),
+                    subnet=f"{SUBNET}.0/24",
+                    restore_binary=handler,
+                    image_tars=images,
+                ).start_runtime()
+            )
         node_env = {
-            node: {
-                "ip-handover-agent": {"CLM_NODE_NETNS": ns.name, "CLM_UPLINK_INTERFACE": "eth0"},
+            runtime.node: {
+                "ip-handover-agent": {
+                    "CLM_NODE_NETNS": runtime.node_netns,
+                    "CLM_UPLINK_INTERFACE": "eth0",
+                    "CLM_PODS_WIRED_BY_CNI": "true",
+                },
                 "checkpoint-agent": {
                     "CLM_AGENT_TLS_DIR": str(tls),
-                    "CLM_NODE_NETNS": ns.name,
-                    "CLM_CONTAINER_LOG_DIR": str(self._container_logs(node)),
+                    "CLM_NODE_NETNS": runtime.node_netns,
+                    **runtime.agent_env(),
                 },
             }
-            for node, ns in self.topology.nodes.items()
+            for runtime in self.runtimes
         }
         self.cluster = LocalCluster(
             pex_dir=self.pex_dir,
@@ -204,29 +229,11 @@ class Sandbox:
         core = client.CoreV1Api(api)
         for index, node in enumerate(nodes, start=1):
             register_node(core, node, node_ip(index))
-        ipam = Ipam(*POD_RANGE, used=lambda: _pod_ips(core))
-        for node, ns in self.topology.nodes.items():
-            workdir = self.state_dir / "nodes" / node
-            self.runtimes.append(
-                NodeRuntime(
-                    node=node,
-                    node_netns=ns.name,
-                    runc_root=workdir / "runc",  # the checkpoint agent's runc root: one runtime per node
-                    workdir=workdir / "runtime",
-                    api=api,
-                    ipam=ipam,
-                    cni_plugin=self._cni_plugin(),
-                    kubeconfig=self.kubeconfig,
-                    container_logs=self._container_logs(node),
-                ).start()
-            )
+        for runtime in self.runtimes:
+            runtime.start(api)
         ready = self.cluster.wait_ready()
         self._write_state()
         return ready
-
-    def _container_logs(self, node: str) -> Path:
-        """The node's container logs, shared by its runtime and its checkpoint agent."""
-        return self.state_dir / "nodes" / node / "container-logs"
 
     def _cni_plugin(self) -> list[str]:
         """clm-cni as the node runtimes run it: the PEX built with the services, else the
@@ -256,7 +263,9 @@ class Sandbox:
         tmp.rename(self.state_dir / "state.json")
 
     def _clean_state_dir(self) -> None:
-        """What an earlier run left: runc containers, namespaces, its state (logs are kept)."""
+        """What an earlier run left: containerd and its shims, runc containers, namespaces, its
+        state (logs are kept)."""
+        stop_leftover_containerds(self.state_dir / "nodes")
         for runc_root in self.state_dir.glob("nodes/*/runc"):
             delete_all_containers(runc_root)
         remove_leftovers()
@@ -282,6 +291,7 @@ class Sandbox:
                 runtime.remove_everything()
             except Exception:  # - the namespace sweep below removes what is left
                 log.exception("removing the pods of %s failed", runtime.node)
+        stop_leftover_containerds(self.state_dir / "nodes")
         for runc_root in self.state_dir.glob("nodes/*/runc"):
             delete_all_containers(runc_root)
         if self.topology is not None:
@@ -327,10 +337,6 @@ def register_node(core: client.CoreV1Api, node: str, address: str) -> None:
     ]
     status["addresses"] = [{"type": "InternalIP", "address": address}, {"type": "Hostname", "address": node}]
     core.patch_node_status(node, {"status": status})
-
-
-def _pod_ips(core: client.CoreV1Api) -> list[str]:
-    return [p.status.pod_ip for p in core.list_pod_for_all_namespaces().items if p.status and p.status.pod_ip]
 
 
 def delete_all_containers(runc_root: Path) -> None:

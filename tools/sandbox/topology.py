@@ -15,7 +15,15 @@ from tests.kit.netns import NetNS, ip, remove_stale
 PREFIX = "clm-sbx"
 SUBNET = "10.215.0"
 CLIENT_IP = f"{SUBNET}.100"
-POD_RANGE = (f"{SUBNET}.64", f"{SUBNET}.99")
+POD_RANGE = (f"{SUBNET}.128", f"{SUBNET}.253")
+# Each node hands out its own share (its CNI's host-local range); a moved pod keeps its IP.
+NODE_POD_ADDRESSES = 14
+
+
+def node_pod_range(index: int) -> tuple[str, str]:
+    """The first and last pod address node `index` (1..9) hands out."""
+    first = 128 + (index - 1) * NODE_POD_ADDRESSES
+    return f"{SUBNET}.{first}", f"{SUBNET}.{first + NODE_POD_ADDRESSES - 1}"
 
 
 def node_name(index: int) -> str:

@@ -202,6 +202,10 @@ class NodeCapabilities(Message):
     # This node can take part in a post-copy move (either side); if not, why not.
     post_copy: bool = False
     post_copy_problem: str | None = None
+    # Clones here are restored when kubelet creates their containers (the clm-restore
+    # RuntimeClass handler, containerd nodes), so a clone's pod object must exist before its
+    # restore: a StatefulSet pod's namesake is then created before the restore, not after.
+    clones_restored_by_kubelet: bool = False
     problems: list[str] = Field(default_factory=list)
 
     def subject(self) -> str:

@@ -18,6 +18,9 @@ RESTORE = "cast.ai/restore"
 # network by. Restored containers keep the first pod's identity, so a clone moved again is
 # found by this UID, not by its own.
 RUNTIME_POD_UID = "live.cast.ai/runtime-pod-uid"
+# CLM's own: the IP a clone takes over (a StatefulSet namesake's source object is gone when
+# the node's CNI plugin wires it).
+RESTORE_POD_IP = "live.cast.ai/restore-pod-ip"
 # CLM's RuntimeClass for clone pods (deploy/kustomize ships it): its handler restores the
 # clone's containers from their checkpoint instead of starting them from their images.
 RESTORE_RUNTIME_CLASS = "clm-restore"

@@ -87,6 +87,8 @@ def clone_spec(pod: o.Obj, *, name: str, node: str) -> CloneSpec:
     annotations[names.RESTORE] = f"{o.namespace(pod)}/{o.name(pod)}"
     if runtime_uid:
         annotations[names.RUNTIME_POD_UID] = runtime_uid
+    if o.status(pod).get("podIP"):
+        annotations[names.RESTORE_POD_IP] = o.status(pod)["podIP"]
     spec = clone.setdefault("spec", {})
     spec["nodeName"] = node
     spec.pop("schedulerName", None)  # bound directly: no scheduler involved

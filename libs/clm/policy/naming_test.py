@@ -128,6 +128,13 @@ def test_a_clone_of_a_clone_keeps_the_first_pods_runtime_uid() -> None:
     assert runtime_pod_uid(first) == "uid-pod-worker"
 
 
+def test_a_clone_carries_the_ip_it_takes_over() -> None:
+    pod = b.pod("db-0")
+    pod.setdefault("status", {})["podIP"] = "10.0.0.7"
+    clone = clone_spec(pod, name="db-0", node="node-b").pod
+    assert clone["metadata"]["annotations"][names.RESTORE_POD_IP] == "10.0.0.7"
+
+
 def test_a_clone_runs_with_the_restore_runtime_class() -> None:
     spec = clone_spec(_pod(), name="c", node="n")
     assert spec.pod["spec"]["runtimeClassName"] == names.RESTORE_RUNTIME_CLASS

@@ -17,6 +17,10 @@ def name(obj: Obj) -> str:
     return meta(obj).get("name", "")
 
 
+def uid(obj: Obj) -> str:
+    return str(meta(obj).get("uid", ""))
+
+
 def namespace(obj: Obj) -> str:
     return meta(obj).get("namespace", "")
 

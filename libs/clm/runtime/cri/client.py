@@ -77,6 +77,12 @@ class CriClient:
         request = api.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id)
         return self._call("PodSandboxStatus", self._runtime.PodSandboxStatus, request).status
 
+    def pod_sandbox_info(self, sandbox_id: str) -> dict[str, Any]:
+        """The runtime's own verbose sandbox status (containerd: netNamespacePath, the spec, ...)."""
+        request = api.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id, verbose=True)
+        info = self._call("PodSandboxStatus", self._runtime.PodSandboxStatus, request).info
+        return dict(json.loads(info["info"])) if "info" in info else {}
+
     def list_pod_sandboxes(self, labels: dict[str, str] | None = None) -> list[api.PodSandbox]:
         request = api.ListPodSandboxRequest(filter=api.PodSandboxFilter(label_selector=labels or {}))
         return list(self._call("ListPodSandbox", self._runtime.ListPodSandbox, request).items)
