@@ -136,10 +136,12 @@ class ContainerdNode:
     # not the node's, so the plugin is entered there and wires the node side by `nodeNetns`.
     cni_netns: Path | None = None
     process: subprocess.Popen[bytes] | None = None
+    # Where the sockets go when the workdir's path is too long for one (108 bytes at most).
+    socket_dir: Path | None = None
 
     @property
     def socket(self) -> Path:
-        return self.workdir / "containerd.sock"
+        return (self.socket_dir or self.workdir) / "containerd.sock"
 
     @property
     def runc_root(self) -> Path:
@@ -161,7 +163,7 @@ class ContainerdNode:
         if not (BIN / "containerd").exists():
             raise RuntimeError(f"{BIN / 'containerd'} is missing: run tools/setup/ensure-containerd as root")
         cni_bin, cni_conf = self.workdir / "cni-bin", self.workdir / "cni-conf"
-        for d in (cni_bin, cni_conf, self.workdir / "runc"):
+        for d in (cni_bin, cni_conf, self.workdir / "runc", self.socket.parent):
             d.mkdir(parents=True, exist_ok=True)
         plugin = cni_bin / "clm-cni"
         plugin.write_text(
@@ -295,22 +297,22 @@ class ContainerdNode:
             subprocess.run(["umount", "-l", target], capture_output=True, check=False)
 
 
-def stop_leftover_containerds(under: Path) -> None:
-    """What a killed run left under `under`: its containerds and their shims (found by their
-    sockets' paths), then its mounts."""
-    prefix = str(under.resolve()).encode() + b"/"
+def stop_leftover_containerds(*under: Path) -> None:
+    """What a killed run left under these directories: its containerds and their shims (found
+    by their configs' and sockets' paths), then its mounts."""
+    prefixes = tuple(str(d.resolve()).encode() + b"/" for d in under)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         with contextlib.suppress(OSError):
             argv = (entry / "cmdline").read_bytes().split(b"\0")
             names = (b"containerd", b"containerd-shim-runc-v2")
-            if argv and argv[0].rsplit(b"/", 1)[-1] in names and any(a.startswith(prefix) for a in argv):
+            if argv and argv[0].rsplit(b"/", 1)[-1] in names and any(a.startswith(prefixes) for a in argv):
                 os.kill(int(entry.name), signal.SIGKILL)
     mounts = [
         line.split()[4]
         for line in Path("/proc/self/mountinfo").read_text().splitlines()
-        if line.split()[4].startswith(prefix.decode())
+        if line.split()[4].encode().startswith(prefixes)
     ]
     for target in sorted(mounts, key=len, reverse=True):
         subprocess.run(["umount", "-l", target], capture_output=True, check=False)

@@ -24,6 +24,7 @@ from tools.console.events import render, stream_events
 from tools.console.report import emit
 from tools.kube_emulator.testing import api_client
 from tools.sandbox import binpack, demo
+from tools.sandbox.kubelet_node import SOCKETS
 from tools.sandbox.sandbox import (
     DEFAULT_STATE_DIR,
     Sandbox,
@@ -353,7 +354,7 @@ def _down(args: argparse.Namespace) -> int:
     if pid is not None:
         _stop_process(pid)
     # Whatever a crashed sandbox left: containerds and shims, containers, namespaces, links.
-    stop_leftover_containerds(args.state_dir / "nodes")
+    stop_leftover_containerds(args.state_dir / "nodes", SOCKETS)
     for runc_root in args.state_dir.glob("nodes/*/runc"):
         delete_all_containers(runc_root)
     left = remove_leftovers()

@@ -47,6 +47,8 @@ from tools.sandbox.log_server import LogServer
 
 log = logging.getLogger("clm.sandbox.kubelet")
 
+# One sandbox per machine (its lock): the nodes' sockets have fixed, short paths.
+SOCKETS = Path("/run/clm-sbx")
 # A pod whose start failed is tried again after this long (kubelet's back-off, shortened).
 START_RETRY_SECONDS = 5.0
 
@@ -126,9 +128,14 @@ class KubeletNode:
     _cri: CriClient | None = None
 
     @property
+    def socket_dir(self) -> Path:
+        """The node's sockets: a short path (a state directory's may be too long for one)."""
+        return SOCKETS / self.node
+
+    @property
     def restore_socket(self) -> Path:
         """Where this node's checkpoint agent answers clm-runc."""
-        return self.workdir / "restore-handler.sock"
+        return self.socket_dir / "restore-handler.sock"
 
     @property
     def kubelet_dir(self) -> Path:
@@ -156,6 +163,7 @@ class KubeletNode:
             env={"CLM_RESTORE_SOCKET": str(self.restore_socket)},
             # The API emulator listens in the host's namespace: clm-cni runs there.
             cni_netns=Path(f"/proc/{os.getpid()}/ns/net"),
+            socket_dir=self.socket_dir,
         ).start()
         for tar in self.image_tars:
             self.containerd.import_image(tar)

@@ -30,7 +30,7 @@ from tests.kit.containerd_node import BIN as CONTAINERD_BIN
 from tests.kit.containerd_node import build_restore_handler, stop_leftover_containerds
 from tools.kube_emulator.testing import api_client
 from tools.local_cluster.cluster import LocalCluster
-from tools.sandbox.kubelet_node import KubeletNode
+from tools.sandbox.kubelet_node import SOCKETS, KubeletNode
 from tools.sandbox.topology import SUBNET, Topology, node_ip, node_pod_range, remove_leftovers
 
 log = logging.getLogger("clm.sandbox")
@@ -265,7 +265,7 @@ class Sandbox:
     def _clean_state_dir(self) -> None:
         """What an earlier run left: containerd and its shims, runc containers, namespaces, its
         state (logs are kept)."""
-        stop_leftover_containerds(self.state_dir / "nodes")
+        stop_leftover_containerds(self.state_dir / "nodes", SOCKETS)
         for runc_root in self.state_dir.glob("nodes/*/runc"):
             delete_all_containers(runc_root)
         remove_leftovers()
@@ -291,7 +291,8 @@ class Sandbox:
                 runtime.remove_everything()
             except Exception:  # - the namespace sweep below removes what is left
                 log.exception("removing the pods of %s failed", runtime.node)
-        stop_leftover_containerds(self.state_dir / "nodes")
+        stop_leftover_containerds(self.state_dir / "nodes", SOCKETS)
+        shutil.rmtree(SOCKETS, ignore_errors=True)
         for runc_root in self.state_dir.glob("nodes/*/runc"):
             delete_all_containers(runc_root)
         if self.topology is not None:
