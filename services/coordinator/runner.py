@@ -6,7 +6,9 @@ agent, so a runner started on a half-done migration (after a coordinator crash, 
 another replica) repeats the step it was on and goes on; events are keyed, so none is
 recorded twice. The commit point is `status.committed`: before it any failure rolls back
 (the destination cleaned, the pod running again on the source, then the fallback the label
-matrix gave); after it the migration only moves forward.
+matrix gave); after it the migration only moves forward. It is the network commit, the
+destination's resume in post-copy, and for a StatefulSet pod moving to a node whose kubelet
+restores clones the deletion of the source object (its namesake must exist before its restore).
 
 The parts: `resolve` fixes what moves, `policy.precopy.strategy_for` picks the strategy,
 `StatusRecorder` writes the status and the events, `Clones` makes the clone pod.

@@ -374,10 +374,14 @@ class Soak:
     # ----- checks -----
 
     def wait_settled(self) -> None:
-        """Every service ready again (a killed one restarted, NATS and the API back)."""
+        """Every service ready again (a killed one restarted, NATS and the API back), and each
+        node's kubelet done with what the move changed (a source pod's teardown takes seconds,
+        as on a real node: not a leftover while it runs)."""
         cluster = self.sandbox.cluster
         assert cluster is not None
         cluster.wait_ready(timeout=60)
+        for runtime in self.sandbox.runtimes:
+            runtime.wait_idle(timeout=60)  # what is still not done shows as a leftover
 
     def containers(self, pod: str) -> dict[str, int]:
         """Running containers of the pod (its name: a StatefulSet's), by node, as CRI says."""

@@ -65,8 +65,10 @@ class Api:
                 400,
                 "BadRequest",
                 f"pods/{sub} is not served: the Kubernetes API emulator streams no sessions into "
-                "containers. In the CLM sandbox, look inside a pod with `runc --root <sandbox state "
-                "dir>/nodes/<node>/runc list` (its containers) and `... exec -t <container id> sh`",
+                "containers. In the CLM sandbox, look inside a pod through its node's containerd: "
+                "`/opt/clm/containerd-2.1/usr/bin/ctr --address /run/clm-sbx/<node>/containerd.sock "
+                "-n k8s.io containers list`, then `... tasks exec --exec-id look -t <container id> sh` "
+                "(the pod's containerStatuses give the container id)",
             )
         if (
             sub not in (None, "status", "eviction", "ephemeralcontainers")

@@ -22,6 +22,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -121,11 +122,14 @@ class KubeletNode:
     pods: dict[str, PodHere] = field(default_factory=dict)  # pod UID -> what runs here
     busy: set[str] = field(default_factory=set)
     retry_at: dict[str, float] = field(default_factory=dict)
+    last_actions: Actions = field(default_factory=Actions)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _logs: LogServer | None = None
     _cri: CriClient | None = None
+    _synced: threading.Condition = field(default_factory=threading.Condition)
+    _syncs: int = 0
 
     @property
     def socket_dir(self) -> Path:
@@ -225,7 +229,32 @@ class KubeletNode:
                 self.sync(kubelet)
             except Exception as exc:  # - the loop goes on; the next sync retries
                 log.warning("kubelet sync failed: %s", exc, extra={"node": self.node})
+            else:
+                with self._synced:
+                    self._syncs += 1
+                    self._synced.notify_all()
             self._stop.wait(self.interval)
+
+    def _synced_since(self, count: int) -> bool:
+        return self._syncs >= count
+
+    def wait_idle(self, timeout: float = 60) -> bool:
+        """Until a sync that began after this call found nothing to start or tear down and
+        nothing in progress: what the API says is what runs here. False if not in `timeout`."""
+        deadline = time.monotonic() + timeout
+        with self._synced:
+            seen = self._syncs
+        while True:
+            with self._synced:
+                # Two syncs on: the first may have begun before this call.
+                if not self._synced.wait_for(
+                    partial(self._synced_since, seen + 2), deadline - time.monotonic()
+                ):
+                    return False
+                seen = self._syncs
+            with self._lock:
+                if not self.busy and not self.last_actions.start and not self.last_actions.remove:
+                    return True
 
     def _kubelet(self) -> Kubelet:
         return Kubelet(self.cri, kubelet_dir=self.kubelet_dir, cgroup_root=f"/clm-sbx/{self.node}")
@@ -240,6 +269,7 @@ class KubeletNode:
         with self._lock:
             actions = decide(pods, present, set(self.busy), dict(self.retry_at), time.monotonic())
             self.busy |= {o.uid(p) for p in actions.start} | set(actions.remove)
+            self.last_actions = actions
         for pod in actions.start:
             threading.Thread(
                 target=self._start_pod, args=(kubelet, pod), name=f"start-{o.name(pod)}", daemon=True
@@ -422,12 +452,16 @@ class KubeletNode:
 
     def _remove_pod(self, uid: str) -> None:
         """The pod object is gone: its containers stopped, its sandbox (and network) removed."""
+        started = time.monotonic()
         try:
             for sandbox in self.cri.list_pod_sandboxes(labels={POD_UID: uid}):
                 self._teardown(sandbox.id)
             with self._lock:
                 self.pods.pop(uid, None)
-            log.info("pod removed", extra={"node": self.node, "uid": uid})
+            log.info(
+                "pod removed",
+                extra={"node": self.node, "uid": uid, "seconds": round(time.monotonic() - started, 3)},
+            )
         except Exception as exc:  # - the next sync tries again
             log.warning("removing pod %s failed: %s", uid, exc, extra={"node": self.node})
         finally:
