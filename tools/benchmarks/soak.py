@@ -380,8 +380,12 @@ class Soak:
         cluster = self.sandbox.cluster
         assert cluster is not None
         cluster.wait_ready(timeout=60)
-        for runtime in self.sandbox.runtimes:
-            runtime.wait_idle(timeout=60)  # what is still not done shows as a leftover
+        # What is still not done after that shows as a leftover.
+        waits = [threading.Thread(target=r.wait_idle, kwargs={"timeout": 60}) for r in self.sandbox.runtimes]
+        for wait in waits:
+            wait.start()
+        for wait in waits:
+            wait.join()
 
     def containers(self, pod: str) -> dict[str, int]:
         """Running containers of the pod (its name: a StatefulSet's), by node, as CRI says."""

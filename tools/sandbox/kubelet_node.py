@@ -123,13 +123,15 @@ class KubeletNode:
     busy: set[str] = field(default_factory=set)
     retry_at: dict[str, float] = field(default_factory=dict)
     last_actions: Actions = field(default_factory=Actions)
+    last_sync_failed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _logs: LogServer | None = None
     _cri: CriClient | None = None
     _synced: threading.Condition = field(default_factory=threading.Condition)
-    _syncs: int = 0
+    _syncs: int = 0  # syncs finished
+    _begun: int = 0  # syncs begun
 
     @property
     def socket_dir(self) -> Path:
@@ -225,14 +227,17 @@ class KubeletNode:
     def _loop(self) -> None:
         kubelet = self._kubelet()
         while not self._stop.is_set():
+            with self._synced:
+                self._begun += 1
             try:
                 self.sync(kubelet)
             except Exception as exc:  # - the loop goes on; the next sync retries
                 log.warning("kubelet sync failed: %s", exc, extra={"node": self.node})
-            else:
-                with self._synced:
-                    self._syncs += 1
-                    self._synced.notify_all()
+                with self._lock:
+                    self.last_sync_failed = True
+            with self._synced:
+                self._syncs = self._begun
+                self._synced.notify_all()
             self._stop.wait(self.interval)
 
     def _synced_since(self, count: int) -> bool:
@@ -242,18 +247,16 @@ class KubeletNode:
         """Until a sync that began after this call found nothing to start or tear down and
         nothing in progress: what the API says is what runs here. False if not in `timeout`."""
         deadline = time.monotonic() + timeout
-        with self._synced:
-            seen = self._syncs
         while True:
             with self._synced:
-                # Two syncs on: the first may have begun before this call.
+                # Syncs run one after another: the one after those begun so far began after now.
                 if not self._synced.wait_for(
-                    partial(self._synced_since, seen + 2), deadline - time.monotonic()
+                    partial(self._synced_since, self._begun + 1), deadline - time.monotonic()
                 ):
                     return False
-                seen = self._syncs
             with self._lock:
-                if not self.busy and not self.last_actions.start and not self.last_actions.remove:
+                idle = not (self.busy or self.last_actions.start or self.last_actions.remove)
+                if idle and not self.last_sync_failed:
                     return True
 
     def _kubelet(self) -> Kubelet:
@@ -269,7 +272,7 @@ class KubeletNode:
         with self._lock:
             actions = decide(pods, present, set(self.busy), dict(self.retry_at), time.monotonic())
             self.busy |= {o.uid(p) for p in actions.start} | set(actions.remove)
-            self.last_actions = actions
+            self.last_actions, self.last_sync_failed = actions, False
         for pod in actions.start:
             threading.Thread(
                 target=self._start_pod, args=(kubelet, pod), name=f"start-{o.name(pod)}", daemon=True
