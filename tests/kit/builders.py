@@ -131,12 +131,17 @@ def workload(
     return {"kind": kind, "metadata": metadata, "spec": spec}
 
 
-def pvc(name: str, volume: str | None, namespace: str = "default") -> dict[str, Any]:
-    return {
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"volumeName": volume} if volume else {},
-    }
+def pvc(
+    name: str,
+    volume: str | None,
+    namespace: str = "default",
+    *,
+    access_modes: tuple[str, ...] = ("ReadWriteOnce",),
+) -> dict[str, Any]:
+    spec: dict[str, Any] = {"accessModes": list(access_modes)}
+    if volume:
+        spec["volumeName"] = volume
+    return {"kind": "PersistentVolumeClaim", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
 
 
 def pv(

@@ -16,6 +16,8 @@ PORTABLE_VOLUMES = ("emptyDir", "configMap", "secret", "projected", "downwardAPI
 # PersistentVolume sources reachable from every node (no zone pin).
 SHARED_PV_SOURCES = ("nfs", "cephfs", "glusterfs")
 SHARED_CSI_DRIVERS = ("efs.csi.aws.com", "nfs.csi.k8s.io", "fsx.csi.aws.com")
+# PVC access modes that let the clone mount the claim while the source still has it.
+SHARED_ACCESS_MODES = frozenset({"ReadWriteMany", "ReadOnlyMany"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +119,25 @@ def _pv_node_bound(pv: o.Obj) -> bool:
     )
 
 
+def _attach_order_reason(vname: str, claim: str, pvc: o.Obj, workload: Workload) -> Reason | None:
+    """A volume only one node may mount (ReadWriteOnce, ReadWriteOncePod) can follow the pod
+    only where the clone needs it after the source let go: a StatefulSet pod's namesake is
+    created once the source object is deleted; any other clone exists, on another node, while
+    the source still holds the volume, and kubelet would never start it."""
+    modes = set(o.spec(pvc).get("accessModes") or ["ReadWriteOnce"])
+    if modes & SHARED_ACCESS_MODES or workload.kind == "StatefulSet":
+        return None
+    return Reason(
+        "volume-attached-once",
+        f"volume {vname!r}: PVC {claim!r} is {', '.join(sorted(modes))}: a {workload.kind or 'bare'} "
+        "pod's clone runs on the destination while the source still holds the volume, so it cannot mount it "
+        "(only a StatefulSet pod, whose namesake follows the source's deletion, takes such a volume along; "
+        "or use a ReadWriteMany claim)",
+    )
+
+
 def _volume_reasons(
-    pod: o.Obj, lookup: Lookup, config: EligibilityConfig
+    pod: o.Obj, lookup: Lookup, config: EligibilityConfig, workload: Workload
 ) -> tuple[list[Reason], list[Reason], frozenset[str] | None]:
     reasons: list[Reason] = []
     notes: list[Reason] = []
@@ -164,6 +183,10 @@ def _volume_reasons(
             if pv is None:
                 reasons.append(Reason("pvc-unbound", f"volume {vname!r}: PVC {claim!r} is not bound"))
                 continue
+            attach = _attach_order_reason(vname, claim, pvc, workload)
+            if attach is not None:
+                reasons.append(attach)
+                continue
             pv_spec = o.spec(pv)
             csi_driver = (pv_spec.get("csi") or {}).get("driver", "")
             if any(src in pv_spec for src in SHARED_PV_SOURCES) or csi_driver in SHARED_CSI_DRIVERS:
@@ -186,7 +209,7 @@ def assess(pod: o.Obj, lookup: Lookup, config: EligibilityConfig | None = None) 
     config = config or EligibilityConfig()
     workload = resolve(pod, lookup)
     reasons = [*_owner_reasons(workload, pod, config), *_pod_level_reasons(pod), *_container_reasons(pod)]
-    volume_reasons, notes, zones = _volume_reasons(pod, lookup, config)
+    volume_reasons, notes, zones = _volume_reasons(pod, lookup, config, workload)
     reasons += volume_reasons
     pod_labels = o.labels(pod)
     if names.is_true(pod_labels, names.LIVE_MIGRATION_DISABLED):

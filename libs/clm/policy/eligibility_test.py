@@ -80,7 +80,9 @@ def test_custom_controllers_can_be_allow_listed() -> None:
 
 
 def _with_volume(volume: dict, objs: list[dict]) -> tuple[dict, list[dict]]:
-    return b.pod("data-0", volumes=[volume]), [b.node("node-a", zone="us-east-1b"), *objs]
+    # A StatefulSet's pod: any claim may follow it (its namesake comes after the source).
+    pod = b.pod("data-0", volumes=[volume], owners=[b.owner("StatefulSet", "data")])
+    return pod, [b.node("node-a", zone="us-east-1b"), b.workload("StatefulSet", "data", replicas=1), *objs]
 
 
 # Seed 002, "Supported storage types" (PVC and EBS pin the destination's zone).
@@ -162,7 +164,8 @@ def test_two_zonal_volumes_intersect() -> None:
         {"name": "b", "persistentVolumeClaim": {"claimName": "b"}},
     ]
     objs = [b.pvc("a", "pv-a"), b.pv("pv-a", zone="z1"), b.pvc("b", "pv-b"), b.pv("pv-b", zone="z1")]
-    result = assess(b.pod("p", volumes=volumes), b.Store(objs).lookup)
+    pod = b.pod("p-0", volumes=volumes, owners=[b.owner("StatefulSet", "p")])
+    result = assess(pod, b.Store([*objs, b.workload("StatefulSet", "p", replicas=1)]).lookup)
     assert result.eligible and result.zones == frozenset({"z1"})
 
 
@@ -223,3 +226,24 @@ def test_opt_out_labels_are_noted_not_blocking() -> None:
     result = assess(pod, b.Store().lookup)
     assert result.eligible
     assert {n.code for n in result.notes} == {"opted-out", "removal-disabled"}
+
+
+@pytest.mark.parametrize("modes", [("ReadWriteOnce",), ("ReadWriteOncePod",)])
+def test_a_volume_one_node_mounts_follows_only_a_statefulset_pod(modes: tuple[str, ...]) -> None:
+    volume = {"name": "data", "persistentVolumeClaim": {"claimName": "data-0"}}
+    claim = [b.pvc("data-0", "pv-1", access_modes=modes), b.pv("pv-1", zone="us-east-1a")]
+    bare = assess(b.pod("data-0", volumes=[volume]), b.Store([b.node("node-a"), *claim]).lookup)
+    assert [r.code for r in bare.reasons] == ["volume-attached-once"]
+    assert modes[0] in bare.reasons[0].message and "ReadWriteMany" in bare.reasons[0].message
+    pod, objs = _with_volume(volume, claim)
+    assert assess(pod, b.Store(objs).lookup).eligible
+
+
+def test_a_shared_claim_follows_any_pod() -> None:
+    volume = {"name": "data", "persistentVolumeClaim": {"claimName": "shared"}}
+    objs = [
+        b.node("node-a"),
+        b.pvc("shared", "pv-nfs", access_modes=("ReadWriteMany",)),
+        b.pv("pv-nfs", source={"nfs": {"server": "s", "path": "/"}}),
+    ]
+    assert assess(b.pod("web-1", volumes=[volume]), b.Store(objs).lookup).eligible
