@@ -8,11 +8,20 @@ point, once the source object is deleted (`protocol.clone_before_dump`).
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+
 from clm.contracts import PodCreateFailed, PodCreateFinished
 from clm.contracts.protocol import StepFailed
 from clm.policy import objects as o
 from clm.policy.naming import clone_name, clone_spec
 from services.coordinator.recorder import StatusRecorder, in_thread
+
+log = logging.getLogger(__name__)
+# After the restore, kubelet reports the clone Running within its next sync.
+KUBELET_REPORT_SECONDS = 30.0
+KUBELET_POLL_SECONDS = 0.2
 
 
 class Clones:
@@ -83,14 +92,29 @@ class Clones:
             node=dst,
         )
 
-    async def hand_over(self) -> str:
-        """The clone is the pod now: running with the pod's IP, the source object gone."""
+    async def hand_over(self, *, kubelet_reports: bool = False) -> str:
+        """The clone is the pod now: running with the pod's IP, the source object gone. Where
+        kubelet runs the clone (`kubelet_reports`), its status is kubelet's to write: the move
+        waits (a while) for kubelet to report it Running; elsewhere the coordinator writes it."""
         record = self.record
         clone = record.status["clonePod"]
-        await in_thread(self.kube.set_pod_running, record.namespace, clone, record.status.get("podIP"))
+        if kubelet_reports:
+            await self._wait_reported_running(clone)
+        else:
+            await in_thread(self.kube.set_pod_running, record.namespace, clone, record.status.get("podIP"))
         if clone != self._pod_name:
             await in_thread(self.kube.delete_pod, record.namespace, self._pod_name)
         return str(clone)
+
+    async def _wait_reported_running(self, clone: str) -> None:
+        deadline = time.monotonic() + KUBELET_REPORT_SECONDS
+        while time.monotonic() < deadline:
+            pod = await in_thread(self.kube.get_pod, self.record.namespace, clone)
+            if pod is not None and o.status(pod).get("phase") == "Running" and o.status(pod).get("podIP"):
+                return
+            await asyncio.sleep(KUBELET_POLL_SECONDS)
+        log.warning("kubelet has not reported the clone Running", extra={"clone": clone})
+        await self.record.patch(message=f"restored, but kubelet has not reported {clone} Running yet")
 
     async def remove_namesake(self) -> None:
         """A StatefulSet namesake whose restore failed: it never ran, and its controller makes

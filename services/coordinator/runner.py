@@ -198,15 +198,16 @@ class MigrationRunner:
         commit = [await self._step(step, strategy) for step in protocol.COMMIT]
         await self._record_freeze(commit, committed=True)
 
+    async def _kubelet_restores_clones(self) -> bool:
+        capabilities = await self.capabilities(self.status["destinationNode"])
+        return capabilities is not None and capabilities.clones_restored_by_kubelet
+
     async def _namesake_before_restore(self) -> bool:
         """A StatefulSet pod moving to a node whose kubelet restores clones: its namesake can
         only exist once the source object is gone, and must exist before the restore (kubelet
         creates its containers, the node's handler restores them). The source object's
         deletion is then the commit point: kubelet ends the frozen source with it."""
-        if self.status.get("ownerKind") != "StatefulSet":
-            return False
-        capabilities = await self.capabilities(self.status["destinationNode"])
-        return capabilities is not None and capabilities.clones_restored_by_kubelet
+        return self.status.get("ownerKind") == "StatefulSet" and await self._kubelet_restores_clones()
 
     async def _record_freeze(self, commit: list[StepResult], **also: Any) -> None:
         """The freeze: dump, restore and the network commit (withdraw then announce)."""
@@ -338,7 +339,7 @@ class MigrationRunner:
             return Phase.FAILED
         if not protocol.clone_before_dump(self.status.get("ownerKind", "")):
             await self.clones.replace_after_commit()
-        clone = await self.clones.hand_over()
+        clone = await self.clones.hand_over(kubelet_reports=await self._kubelet_restores_clones())
         started = self.status.get("startTime")
         total = _seconds_since(started) if started else 0.0
         freeze = float(self.status.get("freezeSeconds", 0))

@@ -29,6 +29,7 @@ class FakeKube:
         self.events: list[tuple[int, str]] = []
         self.evicted: list[str] = []
         self.refuse_pods = refuse_pods
+        self.kubelet = False  # a kubelet reports the pods created Running
         # Shared with FakeAgents.sent: API writes and agent steps in one order.
         self.timeline: list[tuple[str, str, str]] = []
         self.nodes: list[dict[str, Any]] = []
@@ -54,6 +55,8 @@ class FakeKube:
     def create_pod(self, namespace: str, body: dict[str, Any]) -> None:
         if self.refuse_pods:
             raise RuntimeError("admission webhook denied the request")
+        if self.kubelet:  # it starts the pod and reports it
+            body = {**body, "status": {"phase": "Running", "podIP": "10.0.0.9"}}
         self.pods[body["metadata"]["name"]] = body
         self.timeline.append(("kube", "create-pod", body["metadata"]["name"]))
 
@@ -138,6 +141,7 @@ def make(
         "status": {"podIP": "10.0.0.9"},
     }
     kube, agents, published = FakeKube(pod, refuse_pods=refuse_pods), FakeAgents(fail), []
+    kube.kubelet = kubelet_restores
     kube.timeline = agents.sent
 
     async def publish(message: Message) -> None:
@@ -326,6 +330,13 @@ async def test_on_kubelet_nodes_a_statefulset_namesake_exists_before_its_restore
     assert runner.status["commitPoint"] == "source-deleted" and runner.status["committed"] is True
     assert kube.pods["web-0"]["spec"]["nodeName"] == DEST and "freezeSeconds" in runner.status
     assert kinds(published) == ["PreDumpSkipped", "PodCreateFinished", "MigrationFinished"]
+
+
+async def test_on_kubelet_nodes_the_clone_status_is_kubelets_to_write() -> None:
+    runner, kube, _, _ = make(kubelet_restores=True)
+    kube.set_pod_running = None  # type: ignore[assignment]  # never called: kubelet owns the status
+    assert await runner.run() == "Finished"
+    assert kube.pods["web-0-clone-1"]["status"]["phase"] == "Running"
 
 
 async def test_a_namesake_that_fails_to_restore_is_deleted_and_nothing_rolls_back_to_the_source() -> None:

@@ -31,6 +31,7 @@ from tests.kit.containerd_images import POD_IMAGE
 from tests.kit.netns import ip
 from tools.clm import main as clm
 from tools.kube_emulator.testing import api_client
+from tools.sandbox.kubelet_node import NFS_ROOT
 from tools.sandbox.sandbox import read_state
 
 MISSING = [t for t in ("runc", "criu", "nsenter", "nats-server") if shutil.which(t) is None]
@@ -163,6 +164,8 @@ def test_a_users_pod_in_the_background_sandbox_moves_with_clm_migrate(
         status = capsys.readouterr().out
         assert "default/counter-clone-1" in status and "Finished" in status
 
+        _volumes_follow_the_pod(core, capsys)
+
         _a_second_sandbox_is_refused(tmp_path, state_dir, int(state["pid"]), capsys)
         assert core.read_namespaced_pod("counter-clone-1", "default").status.phase == "Running"
     finally:
@@ -172,6 +175,98 @@ def test_a_users_pod_in_the_background_sandbox_moves_with_clm_migrate(
     assert read_state(state_dir) is None and _leftovers() == []
     assert clm.main(["sandbox", "status", "--state-dir", str(state_dir)]) == 1
     assert "no sandbox runs" in capsys.readouterr().err
+
+
+NOTES = """
+import itertools, os, time
+msg = open("/cfg/msg").read().strip()
+out = open("/data/notes.txt", "a", buffering=1)  # held open across the move
+for i in itertools.count():
+    out.write(f"{i}\\n")
+    with open(f"/scratch/{i % 5}", "w") as f:
+        f.write(str(i))
+    print(msg, i, flush=True)
+    time.sleep(0.1)
+"""
+
+
+def _volumes_follow_the_pod(core: client.CoreV1Api, capsys: pytest.CaptureFixture[str]) -> None:
+    """A configMap, a ReadWriteMany claim (an nfs PV: the sandbox's stand-in NFS server) and an
+    emptyDir: kubelet mounts the first two again for the clone, the emptyDir's files come along,
+    and a file held open on the claim goes on being written after the move."""
+    export = f"/notes-{os.getpid()}-{time.monotonic_ns()}"
+    core.create_namespaced_config_map("default", {"metadata": {"name": "greeting"}, "data": {"msg": "hello"}})
+    core.create_persistent_volume(
+        {
+            "metadata": {"name": "notes-pv"},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "nfs": {"server": "sandbox", "path": export},
+            },
+        }
+    )
+    core.create_namespaced_persistent_volume_claim(
+        "default",
+        {
+            "metadata": {"name": "notes"},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "volumeName": "notes-pv",
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    )
+    core.create_namespaced_pod(
+        "default",
+        {
+            "metadata": {"name": "notes"},
+            "spec": {
+                "nodeName": "sbx-1",
+                "containers": [
+                    {
+                        "name": "main",
+                        "image": POD_IMAGE,
+                        "command": ["python3.11", "-u", "-c", NOTES],
+                        "volumeMounts": [
+                            {"name": "cfg", "mountPath": "/cfg"},
+                            {"name": "data", "mountPath": "/data"},
+                            {"name": "scratch", "mountPath": "/scratch"},
+                        ],
+                    }
+                ],
+                "volumes": [
+                    {"name": "cfg", "configMap": {"name": "greeting"}},
+                    {"name": "data", "persistentVolumeClaim": {"claimName": "notes"}},
+                    {"name": "scratch", "emptyDir": {}},
+                ],
+            },
+        },
+    )
+
+    def labeled() -> bool:
+        pod = core.read_namespaced_pod("notes", "default")
+        return (pod.metadata.labels or {}).get("live.cast.ai/migration-enabled") == "true"
+
+    wait_for(labeled, "the notes pod labeled eligible (its claim is ReadWriteMany)", timeout=60)
+    before = wait_for(lambda: _greetings(_log(core, "notes")), "the notes pod's first lines")
+    capsys.readouterr()
+    assert clm.main(["migrate", "default/notes", "--to", "sbx-2", "--timeout", "120"]) == 0
+    assert "done: notes runs on sbx-2 as notes-clone-1" in capsys.readouterr().out
+    after = wait_for(
+        lambda: [n for n in _greetings(_log(core, "notes-clone-1")) if n > before[-1] + 5],
+        "the clone's log going on, the configMap read",
+    )
+    notes = NFS_ROOT / "sandbox" / export.lstrip("/") / "notes.txt"
+    written = [int(line) for line in notes.read_text().splitlines()]
+    assert written == list(range(len(written))), written[-5:]  # one file, written on without a gap
+    assert written[-1] >= after[0]
+    core.delete_namespaced_pod("notes-clone-1", "default")
+    shutil.rmtree(notes.parent)  # the stand-in NFS server keeps exports, as a real one does
+
+
+def _greetings(log: str) -> list[int]:
+    return [int(line.split()[1]) for line in log.splitlines() if line.startswith("hello ")]
 
 
 def _a_second_sandbox_is_refused(

@@ -66,7 +66,14 @@ def sandbox_config(pod: Mapping[str, Any], *, kubelet_dir: Path, cgroup_root: st
     )
 
 
-def _mounts(pod: Mapping[str, Any], container: Mapping[str, Any], kubelet_dir: Path) -> list[api.Mount]:
+def _mounts(
+    pod: Mapping[str, Any],
+    container: Mapping[str, Any],
+    kubelet_dir: Path,
+    volume_dirs: Mapping[str, Path] | None = None,
+) -> list[api.Mount]:
+    """`volume_dirs`: the host directories the node prepared for volumes other than hostPath
+    and emptyDir (configMap, secret, a claim's volume)."""
     volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
     mounts = []
     for mount in container.get("volumeMounts") or []:
@@ -77,8 +84,11 @@ def _mounts(pod: Mapping[str, Any], container: Mapping[str, Any], kubelet_dir: P
             host = Path(volume["hostPath"]["path"])
         elif "emptyDir" in volume:
             host = empty_dir(kubelet_dir, pod, mount["name"])
+        elif volume_dirs is not None and mount["name"] in volume_dirs:
+            host = volume_dirs[mount["name"]]
         else:
-            raise ValueError(f"volume {mount['name']}: only hostPath and emptyDir here")
+            kinds = [k for k in volume if k != "name"]
+            raise ValueError(f"volume {mount['name']}: {kinds} volumes are not prepared on this node")
         mounts.append(
             api.Mount(
                 container_path=mount["mountPath"],
@@ -90,7 +100,12 @@ def _mounts(pod: Mapping[str, Any], container: Mapping[str, Any], kubelet_dir: P
 
 
 def container_config(
-    pod: Mapping[str, Any], container: Mapping[str, Any], *, kubelet_dir: Path, attempt: int = 0
+    pod: Mapping[str, Any],
+    container: Mapping[str, Any],
+    *,
+    kubelet_dir: Path,
+    attempt: int = 0,
+    volume_dirs: Mapping[str, Path] | None = None,
 ) -> api.ContainerConfig:
     namespace, name, uid = _meta(pod)
     return api.ContainerConfig(
@@ -104,7 +119,7 @@ def container_config(
             api.KeyValue(key=e["name"], value=str(e.get("value", "")).encode())
             for e in container.get("env") or []
         ],
-        mounts=_mounts(pod, container, kubelet_dir),
+        mounts=_mounts(pod, container, kubelet_dir, volume_dirs),
         log_path=f"{container['name']}/{attempt}.log",
         labels={CONTAINER_NAME: container["name"], POD_NAME: name, POD_NAMESPACE: namespace, POD_UID: uid},
         annotations={"io.kubernetes.container.restartCount": str(attempt)},

@@ -16,6 +16,7 @@ StopPodSandbox — CNI DEL —, RemovePodSandbox).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import os
@@ -50,6 +51,9 @@ log = logging.getLogger("clm.sandbox.kubelet")
 
 # One sandbox per machine (its lock): the nodes' sockets have fixed, short paths.
 SOCKETS = Path("/run/clm-sbx")
+# The sandbox's stand-in NFS server: an nfs PV's export is this host's directory
+# NFS_ROOT/<server>/<path>, which every node (one machine) sees, as every node mounts one export.
+NFS_ROOT = Path("/var/lib/clm-sandbox-nfs")
 # A pod whose start failed is tried again after this long (kubelet's back-off, shortened).
 START_RETRY_SECONDS = 5.0
 
@@ -89,6 +93,26 @@ def image_problem(image: str, present: set[str]) -> str | None:
     )
 
 
+def volume_files(volume: o.Obj, obj: o.Obj | None) -> dict[str, bytes]:
+    """What kubelet writes into a configMap or secret volume: each key (or the `items` asked
+    for, at their paths), from the object's data. Raises when the object is missing."""
+    kind = "configMap" if "configMap" in volume else "secret"
+    source = volume[kind]
+    name = source.get("name") if kind == "configMap" else source.get("secretName")
+    if obj is None:
+        if source.get("optional"):
+            return {}
+        raise ValueError(f"volume {volume['name']}: {kind} {name!r} not found")
+    data: dict[str, bytes] = {k: str(v).encode() for k, v in (obj.get("data") or {}).items()}
+    if kind == "secret":
+        data = {k: base64.b64decode(v) for k, v in data.items()}
+    data.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
+    items = source.get("items")
+    if not items:
+        return data
+    return {item["path"]: data[item["key"]] for item in items if item["key"] in data}
+
+
 @dataclass
 class PodHere:
     """A pod this kubelet runs: its sandbox and the latest container of each name."""
@@ -103,6 +127,7 @@ class PodHere:
     outcomes: dict[str, str] = field(default_factory=dict)
     ip: str = ""
     reported: Any = None
+    volume_dirs: dict[str, Path] = field(default_factory=dict)
 
 
 @dataclass
@@ -301,12 +326,13 @@ class KubeletNode:
             for volume in o.spec(pod).get("volumes") or []:
                 if "emptyDir" in volume:
                     kubelet.make_empty_dir(pod, volume["name"])
+            volume_dirs = self._prepare_volumes(pod)
             config = sandbox_config(pod, kubelet_dir=self.kubelet_dir, cgroup_root=kubelet.cgroup_root)
             pod_log_dir(config).mkdir(parents=True, exist_ok=True)
             sandbox_id = self.cri.run_pod_sandbox(
                 config, runtime_handler=o.spec(pod).get("runtimeClassName") or ""
             )
-            here = PodHere(pod=pod, sandbox_id=sandbox_id, sandbox=config)
+            here = PodHere(pod=pod, sandbox_id=sandbox_id, sandbox=config, volume_dirs=volume_dirs)
             here.ip = self.cri.pod_sandbox_status(sandbox_id).network.ip
             for container in o.spec(pod).get("containers") or []:
                 here.containers[container["name"]] = self._create_and_start(pod, here, container, attempt=0)
@@ -346,8 +372,57 @@ class KubeletNode:
         self._report(here)
         log.info("pod started", extra={"pod": f"{ns}/{name}", "node": self.node, "ip": here.ip})
 
+    def _prepare_volumes(self, pod: o.Obj) -> dict[str, Path]:
+        """configMap and secret volumes written, as kubelet writes them, and a claim's volume
+        found (PVC, then its PV): `nfs` from the sandbox's stand-in NFS server (NFS_ROOT on this
+        host, which every node shares), `hostPath` as it is. Other volume types are refused."""
+        core = client.CoreV1Api(self._api)
+        ns, found = o.namespace(pod), dict[str, Path]()
+        kubelet_pod_dir = self.kubelet_dir / "pods" / o.uid(pod) / "volumes"
+        for volume in o.spec(pod).get("volumes") or []:
+            name = volume["name"]
+            if "configMap" in volume or "secret" in volume:
+                kind = "configMap" if "configMap" in volume else "secret"
+                read = core.read_namespaced_config_map if kind == "configMap" else core.read_namespaced_secret
+                source = volume[kind].get("name") or volume[kind].get("secretName", "")
+                try:
+                    obj = self._api.sanitize_for_serialization(read(source, ns))
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+                    obj = None
+                target = kubelet_pod_dir / f"kubernetes.io~{kind.lower()}" / name
+                target.mkdir(parents=True, exist_ok=True)
+                for key, data in volume_files(volume, obj).items():
+                    (target / key).parent.mkdir(parents=True, exist_ok=True)
+                    (target / key).write_bytes(data)
+                found[name] = target
+            elif "persistentVolumeClaim" in volume:
+                claim = volume["persistentVolumeClaim"]["claimName"]
+                pvc = self._api.sanitize_for_serialization(
+                    core.read_namespaced_persistent_volume_claim(claim, ns)
+                )
+                pv_name = o.spec(pvc).get("volumeName")
+                if not pv_name:
+                    raise ValueError(f"volume {name}: PVC {claim} is not bound")
+                pv = o.spec(self._api.sanitize_for_serialization(core.read_persistent_volume(pv_name)))
+                path: Path
+                if "nfs" in pv:
+                    path = NFS_ROOT / pv["nfs"]["server"] / str(pv["nfs"]["path"]).lstrip("/")
+                    path.mkdir(parents=True, exist_ok=True)
+                elif "hostPath" in pv:
+                    path = Path(pv["hostPath"]["path"])
+                else:
+                    raise ValueError(
+                        f"volume {name}: PV {pv_name} is neither nfs nor hostPath, which the sandbox mounts"
+                    )
+                found[name] = path
+        return found
+
     def _create_and_start(self, pod: o.Obj, here: PodHere, container: dict[str, Any], *, attempt: int) -> str:
-        config = container_config(pod, container, kubelet_dir=self.kubelet_dir, attempt=attempt)
+        config = container_config(
+            pod, container, kubelet_dir=self.kubelet_dir, attempt=attempt, volume_dirs=here.volume_dirs
+        )
         container_id = self.cri.create_container(here.sandbox_id, config, here.sandbox)
         self.cri.start_container(container_id)
         return container_id

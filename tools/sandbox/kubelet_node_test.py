@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import pytest
+
 from clm.policy import names
 from tests.kit import builders as b
 from tests.kit.containerd_images import POD_IMAGE
-from tools.sandbox.kubelet_node import decide, image_problem
+from tools.sandbox.kubelet_node import decide, image_problem, volume_files
 
 
 def _pod(name: str, **kw) -> dict:
@@ -49,3 +51,22 @@ def test_only_images_the_node_has_run() -> None:
     assert image_problem(POD_IMAGE, {POD_IMAGE}) is None
     problem = image_problem("nginx", {POD_IMAGE})
     assert problem is not None and "reaches no registry" in problem and POD_IMAGE in problem
+
+
+def test_config_map_and_secret_volumes_hold_their_keys() -> None:
+    cm = {"data": {"game.toml": "level = 3\n"}, "binaryData": {"logo": "AAE="}}
+    volume = {"name": "cfg", "configMap": {"name": "game"}}
+    assert volume_files(volume, cm) == {"game.toml": b"level = 3\n", "logo": b"\x00\x01"}
+    picked = {
+        "name": "cfg",
+        "configMap": {"name": "game", "items": [{"key": "game.toml", "path": "etc/g.toml"}]},
+    }
+    assert volume_files(picked, cm) == {"etc/g.toml": b"level = 3\n"}
+    secret = {"name": "s", "secret": {"secretName": "token"}}
+    assert volume_files(secret, {"data": {"token": "c2VjcmV0"}}) == {"token": b"secret"}
+
+
+def test_a_missing_config_map_is_an_error_unless_optional() -> None:
+    with pytest.raises(ValueError, match="configMap 'game' not found"):
+        volume_files({"name": "cfg", "configMap": {"name": "game"}}, None)
+    assert volume_files({"name": "cfg", "configMap": {"name": "game", "optional": True}}, None) == {}
