@@ -258,6 +258,8 @@ EXPECTED_RULES = {
         ("", "nodes", "list"),
         ("", "events", "create"),
     },
+    # The node's clm-cni, which the agent serves: which pod a clone restores, and its IP.
+    "clm-ip-handover-agent": {("", "pods", "get")},
 }
 
 
@@ -284,8 +286,10 @@ def test_each_service_has_its_own_account_bound_where_it_runs(
         assert account["metadata"]["name"] == f"clm-{component}"
         namespace = workload["metadata"]["namespace"]
         assert account["metadata"]["namespace"] == namespace
-        if component in AGENTS:
+        if component == "checkpoint-agent":
             assert spec["automountServiceAccountToken"] is False, f"{component} never calls the API"
+        if component == "ip-handover-agent":  # clm-cni's pod reads, and nothing else (above)
+            assert spec["automountServiceAccountToken"] is True
         for binding in find(docs, "ClusterRoleBinding", f"clm-{component}"):
             assert binding["subjects"] == [
                 {"kind": "ServiceAccount", "name": f"clm-{component}", "namespace": namespace}

@@ -19,10 +19,13 @@ from clm.contracts import (
 )
 from clm.contracts.protocol import StepFailed
 from clm.runtime import ServiceApp
+from clm.runtime.kubeapi import api_client
 from clm.runtime.settings import NodeAgentSettings, SettingsError
 from clm.runtime.version import __version__
 from services.ip_handover_agent import imds
 from services.ip_handover_agent.aws_network import AwsVpcNetwork
+from services.ip_handover_agent.cni import KubeLookup
+from services.ip_handover_agent.cni_server import CniServer
 from services.ip_handover_agent.ledger import Ledger, reconcile_actions
 from services.ip_handover_agent.routed import PodNet, RoutedBackend
 
@@ -50,6 +53,11 @@ class IpHandoverSettings(NodeAgentSettings):
     network_backend: Literal["routed", "aws-vpc"] = "routed"
     # Kubernetes nodes with clm-cni: a clone's network is wired by its CNI ADD, not by prepare.
     pods_wired_by_cni: bool = False
+    # Kubernetes nodes: where the node's clm-cni shim hands its CNI calls to this agent, which
+    # runs the plugin with its own API access (None: no shim on this node).
+    cni_socket: Path | None = None
+    # The API the plugin reads pods from (None: in-cluster); needed with cni_socket.
+    kubeconfig: Path | None = None
     # aws-vpc: this node's ENI that carries pod IPs and the region (unset: asked of the instance
     # metadata service, as a DaemonSet must), and (tests) the EC2 endpoint.
     aws_eni_id: str | None = None
@@ -128,6 +136,20 @@ def build(settings: IpHandoverSettings) -> ServiceApp:
         async with locks.setdefault(pod.uid, asyncio.Lock()):
             # The steps shell out to iproute2: keep the event loop (and health checks) free.
             await asyncio.to_thread(run)
+
+    if settings.cni_socket is not None:
+        # A clear error at start, not at a pod's first ADD, when the API is not configured.
+        lookup = KubeLookup(api=api_client(settings.kubeconfig, "ip-handover-agent"))
+        cni_server = CniServer(settings.cni_socket, lookup)
+
+        @app.on_start
+        async def serve_cni() -> None:
+            await cni_server.start()
+            log.info("serving the node's clm-cni", extra={"socket": str(settings.cni_socket)})
+
+        @app.on_stop
+        async def stop_cni() -> None:
+            await cni_server.stop()
 
     @app.before_consuming
     async def reconcile() -> None:

@@ -85,10 +85,14 @@ class KubeLookup:
     """The two reads the plugin needs from the API: the pod's annotations and the source
     pod's IP. Uses the official client with the kubeconfig named in the configuration."""
 
-    def __init__(self, kubeconfig: str) -> None:
+    def __init__(self, kubeconfig: str | None = None, *, api: Any = None) -> None:
+        """From the kubeconfig the configuration names, or (the agent serving the node's
+        clm-cni shim) the agent's own API client."""
         from kubernetes import client, config
 
-        self.api = client.CoreV1Api(config.new_client_from_config(config_file=kubeconfig))
+        if api is None:
+            api = config.new_client_from_config(config_file=kubeconfig)
+        self.api = client.CoreV1Api(api)
 
     def annotations(self, namespace: str, name: str) -> dict[str, str]:
         pod = self.api.read_namespaced_pod(name, namespace)
@@ -364,9 +368,8 @@ class Plugin:
             raise CniError(ERR_RESTORE, f"{record['ifname']} does not hold {record['ip']}/32")
 
 
-def main(stdin: str | None = None, env: dict[str, str] | None = None) -> int:
-    env = dict(os.environ if env is None else env)
-    raw = sys.stdin.read() if stdin is None else stdin
+def execute(raw: str, env: dict[str, str], lookup: KubeLookup | None = None) -> tuple[int, str]:
+    """One CNI call: the exit status and what goes to stdout (the result, or a CNI error)."""
     version = "1.0.0"
     try:
         if env.get("CNI_COMMAND") == "VERSION" and not raw.strip():
@@ -377,13 +380,21 @@ def main(stdin: str | None = None, env: dict[str, str] | None = None) -> int:
             except json.JSONDecodeError as exc:
                 raise CniError(ERR_CONFIG, f"the network configuration on stdin is not JSON: {exc}") from None
         version = str(conf.get("cniVersion", version))
-        result = Plugin(env, conf).run()
+        result = Plugin(env, conf, lookup).run()
     except CniError as exc:
-        print(json.dumps({"cniVersion": version, "code": exc.code, "msg": exc.msg, "details": exc.details}))
-        return 1
-    if result is not None:
-        print(json.dumps(result))
-    return 0
+        return 1, json.dumps(
+            {"cniVersion": version, "code": exc.code, "msg": exc.msg, "details": exc.details}
+        )
+    return 0, json.dumps(result) if result is not None else ""
+
+
+def main(stdin: str | None = None, env: dict[str, str] | None = None) -> int:
+    env = dict(os.environ if env is None else env)
+    raw = sys.stdin.read() if stdin is None else stdin
+    code, out = execute(raw, env)
+    if out:
+        print(out)
+    return code
 
 
 if __name__ == "__main__":

@@ -32,13 +32,14 @@ from tests.kit.netns import ip
 from tools.clm import main as clm
 from tools.kube_emulator.testing import api_client
 from tools.sandbox.kubelet_node import NFS_ROOT
-from tools.sandbox.sandbox import read_state
+from tools.sandbox.sandbox import missing_requirements, read_state
 
-MISSING = [t for t in ("runc", "criu", "nsenter", "nats-server") if shutil.which(t) is None]
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or bool(MISSING),
-    reason=f"needs root and runc, criu (missing: {MISSING or 'root'}); run tools/setup/install-system-deps",
-)
+MISSING = missing_requirements()  # root, runc, CRIU, containerd 2.1, ...
+pytestmark = [
+    # A turn may come after the other sandbox tests' (one sandbox per machine): the wait counts.
+    pytest.mark.timeout(1200),
+    pytest.mark.skipif(bool(MISSING), reason=f"{'; '.join(MISSING)}: run tools/setup/install-system-deps"),
+]
 
 
 @pytest.fixture(autouse=True)

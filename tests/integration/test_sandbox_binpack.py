@@ -15,8 +15,6 @@ the coordinator, the labeler, NATS and the API emulator:
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,13 +29,14 @@ from tests.integration.support import wait_for as _wait_for
 from tests.kit.podlab import expected_hash
 from tools.sandbox import binpack
 from tools.sandbox.demo import Player
-from tools.sandbox.sandbox import Sandbox
+from tools.sandbox.sandbox import Sandbox, missing_requirements
 
-MISSING = [t for t in ("runc", "criu", "nsenter", "nats-server") if shutil.which(t) is None]
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or bool(MISSING),
-    reason=f"needs root and runc, criu (missing: {MISSING or 'root'}); run tools/setup/install-system-deps",
-)
+MISSING = missing_requirements()  # root, runc, CRIU, containerd 2.1, ...
+pytestmark = [
+    # A turn may come after the other sandbox tests' (one sandbox per machine): the wait counts.
+    pytest.mark.timeout(1200),
+    pytest.mark.skipif(bool(MISSING), reason=f"{'; '.join(MISSING)}: run tools/setup/install-system-deps"),
+]
 STATE_MIB = 32
 SEQUENCE = ["PreDumpSkipped", "PodCreateFinished", "MigrationFinished"]
 

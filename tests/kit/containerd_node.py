@@ -35,20 +35,33 @@ HANDLER_SOURCE = (
 )
 
 
-def build_restore_handler(target: Path) -> Path:
-    """clm-runc, compiled static (as the DaemonSet installs it on a node)."""
+CNI_SHIM_SOURCE = (
+    Path(__file__).resolve().parents[2] / "services" / "ip_handover_agent" / "cni_shim" / "clm-cni.c"
+)
+
+
+def _build_static(source: Path, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run(
-        ["gcc", "-O2", "-Wall", "-static", "-o", str(target), str(HANDLER_SOURCE)],
+        ["gcc", "-O2", "-Wall", "-static", "-o", str(target), str(source)],
         capture_output=True,
         text=True,
         check=False,
     )
     if proc.returncode != 0:
-        raise RuntimeError(
-            f"compiling {HANDLER_SOURCE} failed (gcc: tools/setup/install-system-deps): {proc.stderr}"
-        )
+        raise RuntimeError(f"compiling {source} failed (gcc: tools/setup/install-system-deps): {proc.stderr}")
     return target
+
+
+def build_restore_handler(target: Path) -> Path:
+    """clm-runc, compiled static (as the DaemonSet installs it on a node)."""
+    return _build_static(HANDLER_SOURCE, target)
+
+
+def build_cni_shim(target: Path) -> Path:
+    """The node's clm-cni (static C: it hands each call to the IP-handover agent), as the
+    IP-handover agent's DaemonSet installs it."""
+    return _build_static(CNI_SHIM_SOURCE, target)
 
 
 def containerd_config(

@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -135,7 +134,7 @@ class KubeletNode:
     node: str
     node_netns: str
     workdir: Path
-    cni_plugin: list[str]
+    cni_shim: Path  # clm-cni as nodes get it: it hands each call to the node's IP-handover agent
     kubeconfig: Path
     address_range: tuple[str, str]  # first and last pod address this node hands out
     subnet: str  # the pod network, e.g. 10.215.0.0/24
@@ -164,6 +163,11 @@ class KubeletNode:
         return SOCKETS / self.node
 
     @property
+    def cni_socket(self) -> Path:
+        """Where this node's IP-handover agent answers clm-cni."""
+        return self.socket_dir / "cni.sock"
+
+    @property
     def restore_socket(self) -> Path:
         """Where this node's checkpoint agent answers clm-runc."""
         return self.socket_dir / "restore-handler.sock"
@@ -178,7 +182,7 @@ class KubeletNode:
             name=self.node,
             netns=self.node_netns,
             workdir=self.workdir / "containerd",
-            cni_plugin=self.cni_plugin,
+            cni_plugin=[str(self.cni_shim)],
             cni={
                 **routed_cni_conf(
                     node=self.node,
@@ -191,9 +195,8 @@ class KubeletNode:
                 "routed": {"node": self.node, "uplink": "eth0", "nodeNetns": self.node_netns},
             },
             restore_binary=self.restore_binary,
-            env={"CLM_RESTORE_SOCKET": str(self.restore_socket)},
-            # The API emulator listens in the host's namespace: clm-cni runs there.
-            cni_netns=Path(f"/proc/{os.getpid()}/ns/net"),
+            # containerd hands its environment to the shims and CNI plugins it runs.
+            env={"CLM_RESTORE_SOCKET": str(self.restore_socket), "CLM_CNI_SOCKET": str(self.cni_socket)},
             socket_dir=self.socket_dir,
         ).start()
         for tar in self.image_tars:

@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from services.checkpoint_agent.certs import make_agent_cert, make_ca, write_agen
 from tests.kit import builders as b
 from tests.kit.containerd_images import node_images
 from tests.kit.containerd_node import BIN as CONTAINERD_BIN
-from tests.kit.containerd_node import build_restore_handler, stop_leftover_containerds
+from tests.kit.containerd_node import build_cni_shim, build_restore_handler, stop_leftover_containerds
 from tools.kube_emulator.testing import api_client
 from tools.local_cluster.cluster import LocalCluster
 from tools.sandbox.kubelet_node import SOCKETS, KubeletNode
@@ -171,6 +170,7 @@ class Sandbox:
             self.nats_port = None  # nats-server picks a free one
         # Each node's containerd first: its agents talk to it from their start.
         handler = build_restore_handler(self.state_dir / "bin" / "clm-runc")
+        cni_shim = build_cni_shim(self.state_dir / "bin" / "clm-cni")
         images = node_images()
         for index, (node, ns) in enumerate(self.topology.nodes.items(), start=1):
             self.runtimes.append(
@@ -178,7 +178,7 @@ class Sandbox:
                     node=node,
                     node_netns=ns.name,
                     workdir=self.state_dir / "nodes" / node / "kubelet-node",
-                    cni_plugin=self._cni_plugin(),
+                    cni_shim=cni_shim,
                     kubeconfig=self.kubeconfig,
                     address_range=node_pod_range(index),
                     subnet=f"{SUBNET}.0/24",
@@ -192,6 +192,9 @@ class Sandbox:
                     "CLM_NODE_NETNS": runtime.node_netns,
                     "CLM_UPLINK_INTERFACE": "eth0",
                     "CLM_PODS_WIRED_BY_CNI": "true",
+                    # It serves the node's clm-cni, reading pods through the API.
+                    "CLM_CNI_SOCKET": str(runtime.cni_socket),
+                    "CLM_KUBECONFIG": str(self.kubeconfig),
                 },
                 "checkpoint-agent": {
                     "CLM_AGENT_TLS_DIR": str(tls),
@@ -234,14 +237,6 @@ class Sandbox:
         ready = self.cluster.wait_ready()
         self._write_state()
         return ready
-
-    def _cni_plugin(self) -> list[str]:
-        """clm-cni as the node runtimes run it: the PEX built with the services, else the
-        module from this source tree."""
-        pex = self.pex_dir / "clm-cni.pex"
-        if pex.is_file():
-            return [shutil.which("python3.11") or sys.executable, str(pex.resolve())]
-        return [sys.executable, "-m", "services.ip_handover_agent.cni"]
 
     def _write_state(self) -> None:
         assert self.cluster is not None and self.topology is not None and self.cluster.kube is not None
