@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from clm.contracts import (
     AgentKind,
@@ -21,6 +23,19 @@ from services.coordinator.runner import MigrationRunner, RunnerConfig
 from tests.kit import builders as b
 
 SOURCE, DEST = "node-a", "node-b"
+CRD = (
+    Path(__file__).resolve().parents[2]
+    / "deploy"
+    / "kustomize"
+    / "base"
+    / "crds"
+    / "migrations.live.cast.ai.yaml"
+)
+STATUS_FIELDS = set(
+    yaml.safe_load(CRD.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"][
+        "status"
+    ]["properties"]
+)
 
 
 class FakeKube:
@@ -35,6 +50,10 @@ class FakeKube:
         self.nodes: list[dict[str, Any]] = []
 
     def patch_status(self, m: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
+        # An API server prunes what the CRD's schema does not declare: such a field would be
+        # gone after a restart, so writing one is a bug.
+        unknown = set(status) - STATUS_FIELDS
+        assert not unknown, f"status fields missing from the Migration CRD's schema: {sorted(unknown)}"
         return {**m, "status": copy.deepcopy(status)}
 
     def record_event(self, m: dict[str, Any], sequence: int, reason: str, kind: str, message: str) -> None:
