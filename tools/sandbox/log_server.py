@@ -2,7 +2,7 @@
 /containerLogs/{namespace}/{pod}/{container}?tailLines=N&timestamps=true&follow=true`.
 The API emulator proxies `pods/{name}/log` here, so `kubectl logs [-f]` works.
 
-aiohttp, as every HTTP server of the repository; the node runtime is thread-based, so the
+aiohttp, as every HTTP server of the repository; the kubelet stand-in is thread-based, so the
 server runs its own event loop in a thread of its own.
 """
 

@@ -108,7 +108,7 @@ def read_state(state_dir: Path) -> dict | None:
 
 def pid_alive(pid: int) -> bool:
     """True while `pid` runs; an exited process nobody has reaped yet (a zombie, e.g. under
-    a subreaper such as a sandbox's node runtime) counts as gone."""
+    a subreaper) counts as gone."""
     try:
         os.kill(pid, 0)
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -328,7 +328,7 @@ def register_node(core: client.CoreV1Api, node: str, address: str) -> None:
             "reason": "KubeletReady",
             "lastHeartbeatTime": now,
             "lastTransitionTime": now,
-            "message": "sandbox node runtime is running",
+            "message": "the sandbox's kubelet stand-in is running",
         }
     ]
     status["addresses"] = [{"type": "InternalIP", "address": address}, {"type": "Hostname", "address": node}]
