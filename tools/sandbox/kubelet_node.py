@@ -26,7 +26,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client
+from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from clm.policy import objects as o
@@ -150,6 +150,7 @@ class KubeletNode:
     last_sync_failed: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _changed: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _logs: LogServer | None = None
     _cri: CriClient | None = None
@@ -234,10 +235,12 @@ class KubeletNode:
         )
         self._thread = threading.Thread(target=self._loop, name=f"kubelet-{self.node}", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._watch, name=f"kubelet-watch-{self.node}", daemon=True).start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
+        self._changed.set()
         if self._thread is not None:
             self._thread.join(10)
         if self._logs is not None:
@@ -266,7 +269,25 @@ class KubeletNode:
             with self._synced:
                 self._syncs = self._begun
                 self._synced.notify_all()
-            self._stop.wait(self.interval)
+            # Woken by a change to this node's pods (as kubelet's informer is), else resynced.
+            self._changed.wait(self.interval)
+            self._changed.clear()
+
+    def _watch(self) -> None:
+        """The node's pods as a watch stream: each event wakes the sync loop at once."""
+        while not self._stop.is_set():
+            try:
+                stream = watch.Watch().stream(
+                    client.CoreV1Api(self._api).list_pod_for_all_namespaces,
+                    field_selector=f"spec.nodeName={self.node}",
+                    timeout_seconds=30,
+                )
+                for _ in stream:
+                    self._changed.set()
+                    if self._stop.is_set():
+                        break
+            except Exception:  # - the API restarting: the loop's resync covers the gap
+                self._stop.wait(self.interval)
 
     def _synced_since(self, count: int) -> bool:
         return self._syncs >= count
