@@ -127,9 +127,16 @@ def check_migrations(api: client.ApiClient, nats_url: str) -> None:
     """One Migration per moved pod, Finished, its clone named per the seed, its events the
     documented sequence on NATS and as Kubernetes Events on it, one to one, in order."""
     core = client.CoreV1Api(api)
-    migrations = client.CustomObjectsApi(api).list_namespaced_custom_object(
-        protocol.GROUP, protocol.VERSION, binpack.NAMESPACE, protocol.PLURAL
-    )["items"]
+
+    def ended() -> list[dict[str, Any]]:
+        found = client.CustomObjectsApi(api).list_namespaced_custom_object(
+            protocol.GROUP, protocol.VERSION, binpack.NAMESPACE, protocol.PLURAL
+        )["items"]
+        return found if all(protocol.is_terminal((m.get("status") or {}).get("phase")) for m in found) else []
+
+    # The pods can be in place before their moves end: a StatefulSet pod's namesake runs on its
+    # destination from its restore, while the move still commits the network and cleans up.
+    migrations = wait_for(ended, "every Migration finished or failed")
     assert sorted(m["spec"]["podName"] for m in migrations) == sorted(binpack.MIGRATED)
     events = core.list_namespaced_event(binpack.NAMESPACE).items
     nats_events = asyncio.run(
