@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from services.ip_handover_agent.cni_server import CniServer, parse_request
+from tests.kit.containerd_node import build_cni_shim
 
-SHIM = Path(__file__).resolve().parent / "cni_shim" / "clm-cni.c"
 pytestmark = pytest.mark.skipif(
     shutil.which("gcc") is None, reason="gcc is missing: tools/setup/install-system-deps"
 )
@@ -21,9 +21,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    binary = tmp_path_factory.mktemp("shim") / "clm-cni"
-    subprocess.run(["gcc", "-O2", "-Wall", "-static", "-o", str(binary), str(SHIM)], check=True)
-    return binary
+    return build_cni_shim(tmp_path_factory.mktemp("shim") / "clm-cni")
 
 
 async def _call(shim: Path, socket: Path, env: dict[str, str], stdin: str) -> tuple[int, str]:
