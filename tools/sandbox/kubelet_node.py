@@ -64,12 +64,20 @@ class Actions:
 
 
 def decide(
-    pods: list[o.Obj], present: set[str], busy: set[str], retry_at: dict[str, float], now: float
+    pods: list[o.Obj],
+    present: set[str],
+    busy: set[str],
+    retry_at: dict[str, float],
+    now: float,
+    running: set[str] | None = None,
 ) -> Actions:
     """`pods`: bound to this node; `present`: pod UIDs with a sandbox here; `busy`: UIDs being
-    started or torn down right now; `retry_at`: when a pod whose start failed may be tried again.
-    A pod that finished, or is being deleted, is not started."""
+    started or torn down right now; `retry_at`: when a pod whose start failed may be tried again;
+    `running`: the UIDs this kubelet runs (None: every present one). A sandbox no pod explains goes,
+    and so does one this kubelet does not run (a start that failed half-way): its pod starts anew
+    once it is gone. A pod that finished, or is being deleted, is not started."""
     wanted = {o.uid(p) for p in pods}
+    stale = present - (present if running is None else running)
     start = tuple(
         p
         for p in pods
@@ -78,7 +86,7 @@ def decide(
         and o.status(p).get("phase") not in ("Succeeded", "Failed")
         and not o.meta(p).get("deletionTimestamp")
     )
-    remove = tuple(sorted(uid for uid in present - wanted - busy))
+    remove = tuple(sorted(((present - wanted) | stale) - busy))
     return Actions(start=start, remove=remove)
 
 
@@ -319,7 +327,9 @@ class KubeletNode:
         ]
         present = {s.labels.get(POD_UID, "") for s in self.cri.list_pod_sandboxes()} - {""}
         with self._lock:
-            actions = decide(pods, present, set(self.busy), dict(self.retry_at), time.monotonic())
+            actions = decide(
+                pods, present, set(self.busy), dict(self.retry_at), time.monotonic(), running=set(self.pods)
+            )
             self.busy |= {o.uid(p) for p in actions.start} | set(actions.remove)
             self.last_actions, self.last_sync_failed = actions, False
         for pod in actions.start:
@@ -363,9 +373,14 @@ class KubeletNode:
         except Exception as exc:  # - reported on the pod, tried again later, as kubelet does
             message = exc.details if isinstance(exc, CriError) else str(exc)
             log.warning("pod %s/%s failed to start: %s", ns, name, message, extra={"node": self.node})
+            with self._lock:  # first: whatever fails below, the pod is tried again
+                self.retry_at[uid] = time.monotonic() + START_RETRY_SECONDS
+                self.busy.discard(uid)
             if sandbox_id:
-                self._teardown(sandbox_id)
-            self._patch_status(
+                # Left if this fails too (CNI DEL with the agent away): the next sync removes it.
+                with contextlib.suppress(CriError):
+                    self._teardown(sandbox_id)
+            self._report_waiting(
                 ns,
                 name,
                 {
@@ -385,9 +400,6 @@ class KubeletNode:
                     ],
                 },
             )
-            with self._lock:
-                self.retry_at[uid] = time.monotonic() + START_RETRY_SECONDS
-                self.busy.discard(uid)
             return
         with self._lock:
             self.pods[uid] = here
@@ -544,6 +556,13 @@ class KubeletNode:
             status["startTime"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self._patch_status(o.namespace(here.pod), o.name(here.pod), status)
         here.reported = key
+
+    def _report_waiting(self, ns: str, name: str, status: dict[str, Any]) -> None:
+        """A failed start's status; the API may be away too (then the retry reports again)."""
+        try:
+            self._patch_status(ns, name, status)
+        except Exception as exc:  # - the next attempt writes it
+            log.warning("reporting %s/%s failed: %s", ns, name, exc, extra={"node": self.node})
 
     def _patch_status(self, ns: str, name: str, status: dict[str, Any]) -> None:
         try:

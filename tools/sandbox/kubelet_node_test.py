@@ -70,3 +70,15 @@ def test_a_missing_config_map_is_an_error_unless_optional() -> None:
     with pytest.raises(ValueError, match="configMap 'game' not found"):
         volume_files({"name": "cfg", "configMap": {"name": "game"}}, None)
     assert volume_files({"name": "cfg", "configMap": {"name": "game", "optional": True}}, None) == {}
+
+
+def test_a_sandbox_left_by_a_failed_start_goes_then_its_pod_starts_anew() -> None:
+    web = _pod("web")
+    uid = web["metadata"]["uid"]
+    # The sandbox is there, but this kubelet does not run the pod (its teardown failed).
+    left = decide([web], present={uid}, busy=set(), retry_at={}, now=0.0, running=set())
+    assert left.remove == (uid,) and left.start == ()
+    assert [p["metadata"]["name"] for p in decide([web], set(), set(), {}, 0.0, running=set()).start] == [
+        "web"
+    ]
+    assert decide([web], present={uid}, busy=set(), retry_at={}, now=0.0, running={uid}).remove == ()
