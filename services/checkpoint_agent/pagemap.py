@@ -36,21 +36,29 @@ def _records(raw: bytes) -> list[bytes]:
     return out
 
 
-def holes_of_pagemap(raw: bytes) -> tuple[int, list[tuple[int, int]]]:
-    """(pages_id, [(offset, length)...]) of the lazy pages in pages-<pages_id>.img."""
+def _entries(raw: bytes) -> tuple[int, list[tuple[int, int]]]:
+    """(pages_id, [(flags, pages)...]) of one pagemap image."""
     records = _records(raw)
     if not records:
         raise StatsFormatError("no pagemap head")
     head = fields(records[0])
-    pages_id = int(head.get(1, 0))
-    holes: list[tuple[int, int]] = []
-    offset = 0
+    entries = []
     for record in records[1:]:
         entry = fields(record)
         pages = int(entry.get(5, entry.get(2, 0)))
         flags = entry.get(4)
         if not isinstance(flags, int):
             flags = PE_PARENT if entry.get(3) else PE_PRESENT
+        entries.append((flags, pages))
+    return int(head.get(1, 0)), entries
+
+
+def holes_of_pagemap(raw: bytes) -> tuple[int, list[tuple[int, int]]]:
+    """(pages_id, [(offset, length)...]) of the lazy pages in pages-<pages_id>.img."""
+    pages_id, entries = _entries(raw)
+    holes: list[tuple[int, int]] = []
+    offset = 0
+    for flags, pages in entries:
         if not flags & PE_PRESENT:
             continue
         length = pages * PAGE_SIZE
@@ -71,3 +79,18 @@ def lazy_holes(image_dir: Path) -> dict[str, list[tuple[int, int]]]:
         if holes:
             found.setdefault(f"pages-{pages_id}.img", []).extend(holes)
     return found
+
+
+def pages_by_kind(image_dir: Path) -> dict[str, int]:
+    """How many pages a dump's pagemaps hold, by kind ("present", "lazy", "parent"): what
+    to say when a post-copy dump turns out to have no lazily restorable memory."""
+    counts = {"present": 0, "lazy": 0, "parent": 0}
+    for pagemap in sorted(image_dir.glob("pagemap-*.img")):
+        for flags, pages in _entries(pagemap.read_bytes())[1]:
+            if flags & PE_LAZY:
+                counts["lazy"] += pages
+            elif flags & PE_PRESENT:
+                counts["present"] += pages
+            elif flags & PE_PARENT:
+                counts["parent"] += pages
+    return counts

@@ -3,7 +3,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from services.checkpoint_agent.pagemap import PE_LAZY, PE_PARENT, PE_PRESENT, lazy_holes
+from services.checkpoint_agent.pagemap import PE_LAZY, PE_PARENT, PE_PRESENT, lazy_holes, pages_by_kind
 
 
 def varint(value: int) -> bytes:
@@ -49,3 +49,11 @@ def test_lazy_pages_become_holes_at_their_offsets_in_the_pages_file(tmp_path: Pa
 def test_a_dump_without_lazy_pages_has_no_holes(tmp_path: Path) -> None:
     (tmp_path / "pagemap-1.img").write_bytes(pagemap(1, [(0x400000, 2, PE_PRESENT)]))
     assert lazy_holes(tmp_path) == {}
+
+
+def test_pages_are_counted_by_kind_across_pagemaps(tmp_path: Path) -> None:
+    (tmp_path / "pagemap-1.img").write_bytes(
+        pagemap(1, [(0x400000, 2, PE_PRESENT), (0x600000, 3, PE_LAZY | PE_PRESENT)])
+    )
+    (tmp_path / "pagemap-2.img").write_bytes(pagemap(2, [(0x400000, 5, PE_PARENT)]))
+    assert pages_by_kind(tmp_path) == {"present": 2, "lazy": 3, "parent": 5}

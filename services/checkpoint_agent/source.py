@@ -19,7 +19,7 @@ from services.checkpoint_agent.holdback import PacketHold
 from services.checkpoint_agent.layout import tree_size
 from services.checkpoint_agent.lazy_dumps import LazyDumps
 from services.checkpoint_agent.outcomes import Details, OutcomeStore
-from services.checkpoint_agent.pagemap import lazy_holes
+from services.checkpoint_agent.pagemap import lazy_holes, pages_by_kind
 from services.checkpoint_agent.runtime import Container, ContainerRuntime, RuntimeCommandError
 from services.checkpoint_agent.tls import AgentTls
 from services.checkpoint_agent.transfer import Channel, Holes, TransferError, open_channel
@@ -84,8 +84,11 @@ class SourceSide:
                 dump_details = json.loads(self.layout.dumped(uid).read_text())
             holes: Holes = {}
             serving = None
+            lazy_problem = None
             if command.strategy == MigrationStrategy.POST_COPY:
                 holes = self._lazy_holes(command.migration.uid)
+                if not holes:
+                    lazy_problem = self._no_lazy_memory(command.migration.uid)
                 # The page servers load the memory while the rest of the images travel.
                 serving = asyncio.ensure_future(self._serve_pages(command))
             stall = min(self.config.transfer_stall_seconds, command.timeout_seconds)
@@ -99,7 +102,7 @@ class SourceSide:
             raise StepFailed(reason + await self._rollback_note(command)) from None
         finally:
             channel.close()
-        return {
+        details: Details = {
             **dump_details,
             "lazy_pages": bool(holes),
             "bytes": sent.bytes - sent.skipped,
@@ -108,6 +111,22 @@ class SourceSide:
             "transfer_seconds": round(sent.seconds, 6),
             "transfer_mib_per_s": round(sent.mib_per_s, 1),
         }
+        if lazy_problem:
+            details["lazy_problem"] = lazy_problem
+        return details
+
+    def _no_lazy_memory(self, uid: str) -> str:
+        """Why a post-copy dump sends all its memory up front: what its pagemaps hold."""
+        kinds: dict[str, dict[str, int]] = {}
+        for record in json.loads(self.layout.pod_record(uid).read_text()):
+            images = self.layout.outgoing(uid) / record["name"] / "criu"
+            kinds[record["name"]] = {
+                **pages_by_kind(images),
+                "pagemaps": len(list(images.glob("pagemap-*.img"))),
+            }
+        problem = f"the dump holds no lazily restorable memory, so all of it goes now: {kinds}"
+        log.warning("post-copy without lazy pages", extra={"migration": uid, "pages": kinds})
+        return problem
 
     def _lazy_holes(self, uid: str) -> Holes:
         """Post-copy: the destination gets the images without the lazily restorable memory."""

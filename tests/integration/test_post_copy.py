@@ -76,7 +76,8 @@ async def test_post_copy_moves_the_pod_with_its_connection_and_memory(lab: Lab) 
     assert running_on(lab.pod, lab.b.runc_root) and not running_on(lab.pod, lab.a.runc_root)
     assert not pod_netns_path(lab.a.node, lab.pod.uid).exists()
     dump = report.result("checkpoint", "dump")
-    assert dump is not None and dump.details["lazy_pages"] is True
+    assert dump is not None
+    assert dump.details["lazy_pages"] is True, dump.details  # lazy_problem says what the dump held
     # Only the non-memory state crossed before the resume.
     assert int(dump.details["bytes"]) < STATE_MIB * 2**20 / 4, dump.details
     fill = report.result("checkpoint", "fill")
