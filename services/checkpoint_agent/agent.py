@@ -69,8 +69,10 @@ class CheckpointAgent:
 
     async def execute(self, command: CheckpointCommand) -> Outcome:
         uid = command.migration.uid
+        # Each pre-copy round is a step of its own.
+        key = str(command.step) if command.round is None else f"{command.step}-{command.round}"
         async with self._locks[uid]:
-            stored = self.outcomes.succeeded(uid, command.step)
+            stored = self.outcomes.succeeded(uid, key)
             if stored is not None:
                 return stored
             started = time.perf_counter()
@@ -91,7 +93,7 @@ class CheckpointAgent:
                     ok=False, error=f"{command.step} did not finish within {command.timeout_seconds:g}s"
                 )
             outcome.seconds = time.perf_counter() - started
-            self.outcomes.put(uid, command.step, outcome)
+            self.outcomes.put(uid, key, outcome)
             return outcome
 
 

@@ -257,7 +257,7 @@ class Containerd(Runc):
         return self._nft(self._netns(container_id), "list", "table", "inet", LOCK_TABLE).returncode == 0
 
     def checkpoint(
-        self, container_id: str, image_dir: Path, *, tcp_established: bool = True
+        self, container_id: str, image_dir: Path, *, tcp_established: bool = True, parent: str | None = None
     ) -> CheckpointResult:
         """Lock the pod's network, freeze the container and dump it, leaving it frozen."""
         image_dir.mkdir(parents=True, exist_ok=True)
@@ -268,6 +268,8 @@ class Containerd(Runc):
         args = ["checkpoint", "--leave-running", f"--image-path={image_dir.resolve()}"]
         if tcp_established:
             args.append("--tcp-established")
+        if parent:
+            args.append(f"--parent-path={parent}")
         proc = self._run(*args, container_id)
         seconds = time.perf_counter() - started
         if proc.returncode != 0:

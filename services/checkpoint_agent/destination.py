@@ -22,6 +22,7 @@ from services.checkpoint_agent.config import AgentConfig, CapabilityLookup
 from services.checkpoint_agent.criu_stats import read_stats
 from services.checkpoint_agent.outcomes import Details, OutcomeStore
 from services.checkpoint_agent.page_fills import PageFills
+from services.checkpoint_agent.pre_copy_rounds import ExpectedTransfers, stack_rounds
 from services.checkpoint_agent.restore_handler.server import RestoreHandlerServer
 from services.checkpoint_agent.runtime import ContainerRuntime, RuntimeCommandError
 
@@ -52,10 +53,11 @@ class DestinationSide:
                 extra={"container": container_id},
             )
         # Offered to the transfer server: migration uid -> where its images go.
-        self.expected_transfers: dict[str, Path] = {}
+        self.expected_transfers = ExpectedTransfers(self.layout)
         # An agent killed mid-transfer leaves a staging directory: never restorable.
-        for partial in (config.image_dir / "in").glob("*.partial-*"):
-            shutil.rmtree(partial, ignore_errors=True)
+        for pattern in ("*.partial-*", "*.rounds/*.partial-*"):
+            for partial in (config.image_dir / "in").glob(pattern):
+                shutil.rmtree(partial, ignore_errors=True)
         for marker in (config.state_dir / "migrations").glob("*/expected"):
             uid = marker.parent.name
             self.expected_transfers[uid] = self.layout.incoming(uid)
@@ -102,6 +104,8 @@ class DestinationSide:
         incoming = self.layout.incoming(uid)
         if not incoming.is_dir():
             raise StepFailed(f"no complete image of the pod has arrived from {command.source_node}")
+        if command.strategy == MigrationStrategy.PRE_COPY:
+            stack_rounds(self.layout.rounds_in(uid), incoming)
         if self.runtime.restores_through_handler:
             return await self._restore_through_handler(command, incoming)
         netns = pod_netns_path(self.node, pod_uid, self.config.netns_dir)
@@ -128,6 +132,7 @@ class DestinationSide:
             raise StepFailed(f"restore on {self.node} failed, nothing left running here: {exc}") from None
         seconds = time.perf_counter() - started
         stats = read_stats(next(iter(sorted(incoming.glob("*/criu/stats-restore"))), incoming / "-"))
+        shutil.rmtree(self.layout.rounds_in(uid), ignore_errors=True)
         if pages_address is None:
             shutil.rmtree(incoming, ignore_errors=True)
         else:
@@ -211,6 +216,7 @@ class DestinationSide:
                 self._keep_archives(command, packages, failed=failed)
             if not failed:
                 shutil.rmtree(incoming, ignore_errors=True)
+                shutil.rmtree(self.layout.rounds_in(command.migration.uid), ignore_errors=True)
 
         if not wanted:
             archive_then_drop()
@@ -346,6 +352,7 @@ class DestinationSide:
             await asyncio.to_thread(self._remove_restored, command.pod.uid)
         self.expected_transfers.pop(uid, None)
         shutil.rmtree(self.layout.incoming(uid), ignore_errors=True)
+        shutil.rmtree(self.layout.rounds_in(uid), ignore_errors=True)
         self.layout.expected(uid).unlink(missing_ok=True)
         self.outcomes.forget(uid, CheckpointStep.RESTORE, CheckpointStep.CHECK_CPU)
         return {"removed": True}

@@ -25,6 +25,8 @@ LAZY_LOG = "lazy-pages.log"
 PAGE_SERVER_LOG = "page-server.log"
 # The lazy-pages daemon fills memory at several hundred MiB/s; this bounds a stuck one.
 LAZY_FILL_TIMEOUT = 600.0
+# A pre-dump copies the whole memory in its first round; a slow node may need a while.
+PRE_DUMP_TIMEOUT = 600.0
 
 log = logging.getLogger(__name__)
 
@@ -184,18 +186,40 @@ class Runc:
         return json.loads(proc.stdout).get("pid") if proc.returncode == 0 else None
 
     def checkpoint(
-        self, container_id: str, image_dir: Path, *, tcp_established: bool = True
+        self, container_id: str, image_dir: Path, *, tcp_established: bool = True, parent: str | None = None
     ) -> CheckpointResult:
+        """Freeze and dump the container (which ends it). With `parent` (a pre-copy round's
+        images, relative to `image_dir`), only the memory written since that round is dumped."""
         image_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         args = ["checkpoint", f"--image-path={image_dir.resolve()}"]
         if tcp_established:
             args.append("--tcp-established")
+        if parent:
+            args.append(f"--parent-path={parent}")
         proc = self._run(*args, container_id)
         seconds = time.perf_counter() - started
         if proc.returncode != 0:
             raise RuntimeCommandError(
                 f"checkpoint of {container_id} failed: {proc.stderr.strip()}\n"
+                f"{_criu_log_tail(image_dir, 'dump.log')}"
+            )
+        size = sum(p.stat().st_size for p in image_dir.iterdir() if p.is_file())
+        return CheckpointResult(image_dir, seconds, size)
+
+    def pre_dump(self, container_id: str, image_dir: Path, *, parent: str | None) -> CheckpointResult:
+        """One pre-copy round: the container's memory (with `parent`, only what it wrote since
+        that round) copied while it keeps running, after a freeze of a few milliseconds."""
+        image_dir.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        args = ["checkpoint", "--pre-dump", f"--image-path={image_dir.resolve()}"]
+        if parent:
+            args.append(f"--parent-path={parent}")
+        proc = self._run(*args, container_id, timeout=PRE_DUMP_TIMEOUT)
+        seconds = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise RuntimeCommandError(
+                f"pre-dump of {container_id} failed: {proc.stderr.strip()}\n"
                 f"{_criu_log_tail(image_dir, 'dump.log')}"
             )
         size = sum(p.stat().st_size for p in image_dir.iterdir() if p.is_file())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shutil
 import time
 from pathlib import Path
@@ -50,13 +51,88 @@ class SourceSide:
     # ----- pre-dump -----
 
     async def pre_dump(self, command: CheckpointCommand) -> Details:
+        """One pre-copy round while the pod runs: each container's memory (after round 1, only
+        what it wrote since the round before) dumped beside the final dump's place and
+        streamed to the destination. Nothing stays frozen; a failure leaves the pod running."""
         mine = await self.capabilities(self.node)
         if mine is None or not mine.dirty_memory_tracking:
             raise StepFailed(
                 f"pre-dump needs dirty-memory tracking, which {self.node} does not have "
                 "(criu check --feature mem_dirty_track); migrate with stop-and-copy or post-copy"
             )
-        raise StepFailed("pre-copy rounds are not implemented by this agent version; use stop-and-copy")
+        tls = self.config.require_tls()
+        uid, number = command.migration.uid, command.round or 1
+        done = self._rounds(uid)
+        previous = done[-1]["round"] if done else None
+        if previous is not None and previous >= number:
+            raise StepFailed(f"pre-copy round {number} comes after round {previous}: rounds only go forward")
+        containers = await self._movable_containers(command)
+        target = self.layout.rounds_out(uid) / str(number)
+        shutil.rmtree(target, ignore_errors=True)
+        channel = await self._open_channel(command, tls, transfer=f"{uid}/round-{number}")
+        started = time.perf_counter()
+        try:
+
+            def pre_dump_one(container: Container) -> None:
+                images = target / container.name / "criu"
+                parent = None
+                if previous is not None:
+                    parent = os.path.relpath(
+                        self.layout.rounds_out(uid) / str(previous) / container.name / "criu", images
+                    )
+                self.runtime.pre_dump(container.id, images, parent=parent)
+
+            results = await asyncio.gather(
+                *(asyncio.to_thread(pre_dump_one, c) for c in containers), return_exceptions=True
+            )
+            failures = [r for r in results if isinstance(r, BaseException)]
+            if failures:
+                raise RuntimeCommandError(str(failures[0]))
+            dump_seconds = time.perf_counter() - started
+            stall = min(self.config.transfer_stall_seconds, command.timeout_seconds)
+            sent = await channel.send(target, stall_seconds=stall)
+        except (TransferError, OSError, TimeoutError, RuntimeCommandError) as exc:
+            shutil.rmtree(target, ignore_errors=True)
+            raise StepFailed(
+                f"pre-copy round {number} failed: {exc}; nothing was frozen, the pod runs on {self.node}"
+            ) from None
+        finally:
+            channel.close()
+        stats = [read_stats(target / c.name / "criu" / "stats-dump") for c in containers]
+        details: Details = {
+            "round": number,
+            "containers": len(containers),
+            "pages_written": sum(int(st.get("pages_written", 0)) for st in stats),
+            "pages_scanned": sum(int(st.get("pages_scanned", 0)) for st in stats),
+            "bytes": sent.bytes,
+            "dump_seconds": round(dump_seconds, 6),
+            "transfer_seconds": round(sent.seconds, 6),
+            "transfer_mib_per_s": round(sent.mib_per_s, 1),
+        }
+        frozen = [float(st["frozen_seconds"]) for st in stats if "frozen_seconds" in st]
+        if frozen:
+            details["frozen_seconds"] = max(frozen)
+        self.layout.workdir(uid).mkdir(parents=True, exist_ok=True)
+        self.layout.rounds_record(uid).write_text(json.dumps([*done, {"round": number}]))
+        return details
+
+    def _rounds(self, uid: str) -> list[dict[str, int]]:
+        record = self.layout.rounds_record(uid)
+        return list(json.loads(record.read_text())) if record.exists() else []
+
+    def _parent_of_final(self, command: CheckpointCommand, container: Container, images: Path) -> str | None:
+        """Pre-copy: the last round's images, relative to the final dump's (CRIU's parent)."""
+        if command.strategy != MigrationStrategy.PRE_COPY:
+            return None
+        done = self._rounds(command.migration.uid)
+        if not done:
+            return None
+        last = self.layout.rounds_out(command.migration.uid) / str(done[-1]["round"])
+        return os.path.relpath(last / container.name / "criu", images)
+
+    def _forget_rounds(self, uid: str) -> None:
+        shutil.rmtree(self.layout.rounds_out(uid), ignore_errors=True)
+        self.layout.rounds_record(uid).unlink(missing_ok=True)
 
     # ----- dump -----
 
@@ -167,9 +243,12 @@ class SourceSide:
         await self._refuse_unmovable(containers)
         return containers
 
-    async def _open_channel(self, command: CheckpointCommand, tls: AgentTls) -> Channel:
-        """The channel to the destination's agent. It may be restarting (a new address, on
-        the sandbox a new port): tried again, the address looked up again, for a while."""
+    async def _open_channel(
+        self, command: CheckpointCommand, tls: AgentTls, *, transfer: str | None = None
+    ) -> Channel:
+        """The channel to the destination's agent (`transfer`: what it carries, by default
+        the migration's final images). It may be restarting (a new address, on the sandbox a
+        new port): tried again, the address looked up again, for a while."""
         node = command.destination_node
         patience = min(self.config.transfer_connect_seconds, command.timeout_seconds / 2)
         deadline = time.monotonic() + patience
@@ -179,7 +258,7 @@ class SourceSide:
                 return await open_channel(
                     host.strip("[]"),
                     int(port),
-                    migration=command.migration.uid,
+                    migration=transfer or command.migration.uid,
                     tls=tls,
                     connect_seconds=max(0.5, min(5.0, deadline - time.monotonic())),
                 )
@@ -285,8 +364,9 @@ class SourceSide:
         started = time.perf_counter()
 
         def dump_one(container: Container) -> None:
-            target = outgoing / container.name
-            self.runtime.checkpoint(container.id, target / "criu", tcp_established=True)
+            images = outgoing / container.name / "criu"
+            parent = self._parent_of_final(command, container, images)
+            self.runtime.checkpoint(container.id, images, tcp_established=True, parent=parent)
 
         # All containers of the pod together: each CRIU freezes its own container.
         results = await asyncio.gather(
@@ -336,7 +416,10 @@ class SourceSide:
             await self._restore_source(command, pod)
             self.outcomes.forget(uid, CheckpointStep.DUMP)
             self.layout.pod_record(uid).unlink(missing_ok=True)
+            self._forget_rounds(uid)
             return {"rolled_back": True}
+        # Pre-copy rounds alone froze nothing: their images go.
+        self._forget_rounds(uid)
         return {"rolled_back": False}
 
     async def _rollback_note(self, command: CheckpointCommand) -> str:
@@ -422,6 +505,8 @@ class SourceSide:
             await asyncio.to_thread(self.runtime.finish_source, record["id"])
         replayed = await self._replay(uid)
         freed = tree_size(self.layout.outgoing(uid))
+        freed += tree_size(self.layout.rounds_out(uid))
         shutil.rmtree(self.layout.outgoing(uid), ignore_errors=True)
+        self._forget_rounds(uid)
         self.layout.dumped(uid).unlink()
         return {"freed_bytes": freed, "replayed_packets": replayed}

@@ -222,7 +222,7 @@ def _stream_files(sock: socket.socket, source: Path, holes: Holes) -> tuple[dict
     buffer = bytearray(CHUNK)
     view = memoryview(buffer)
     skipped = 0
-    for path in sorted(p for p in source.rglob("*") if p.is_file() and not p.is_symlink()):
+    for path in _regular_files(source):
         name = path.relative_to(source).as_posix()
         _send_frame(sock, FILE, orjson.dumps({"name": name}))
         size = 0
@@ -238,6 +238,15 @@ def _stream_files(sock: socket.socket, source: Path, holes: Holes) -> tuple[dict
         manifest[name] = size
     _send_frame(sock, END, orjson.dumps(manifest))
     return manifest, sum(manifest.values()), skipped
+
+
+def _regular_files(source: Path) -> list[Path]:
+    """Every regular file under `source`, not through symlinks: a pre-copy dump's `parent`
+    link points at an earlier round, which travelled on its own."""
+    found: list[Path] = []
+    for top, _dirs, files in os.walk(source):
+        found.extend(p for p in (Path(top, f) for f in files) if p.is_file() and not p.is_symlink())
+    return sorted(found)
 
 
 def _send_range(sock: socket.socket, handle: BinaryIO, view: memoryview, length: int | None) -> int:

@@ -44,7 +44,7 @@ from clm.contracts import (
 )
 from clm.contracts.protocol import Phase, StepFailed, is_terminal
 from clm.policy.compatibility import Profile, Requirements
-from clm.policy.precopy import AutoPostCopy, strategy_for
+from clm.policy.precopy import AutoPostCopy, ConvergenceRule, Round, next_round, strategy_for
 from clm.policy.waterfall import waterfall
 from services.coordinator.clones import Clones
 from services.coordinator.kube import KubeGateway, now_iso
@@ -73,6 +73,8 @@ class RunnerConfig:
     replica: str = "coordinator"
     # `auto` picks post-copy for pods of at least this many bytes (None: never).
     post_copy_auto_min_bytes: int | None = None
+    # When pre-copy rounds stop.
+    convergence: ConvergenceRule = field(default_factory=ConvergenceRule)
 
 
 class MigrationRunner:
@@ -253,38 +255,90 @@ class MigrationRunner:
         )
 
     async def _pre_dump(self, step: protocol.Step, strategy: str) -> str:
-        await self.record.phase(step.phase, "pre-copy round 1 while the pod runs")
-        try:
-            result = await self._step(step, strategy, round_=1)
-        except StepFailed as failure:
+        """Pre-copy rounds while the pod runs, each reported (PreDumpFinished), until the
+        convergence rule stops them. A failed round reconfigures the move to stop-and-copy;
+        one that shows the pod cannot converge goes post-copy where the cluster allows it."""
+        # A coordinator that restarted mid-rounds goes on from the rounds recorded.
+        rounds = [
+            Round(
+                int(r["round"]),
+                int(r["pages"]),
+                int(r["bytes"]),
+                float(r["durationSeconds"]),
+                float(r.get("transferSeconds", 0.0)),
+            )
+            for r in self.status.get("preDumpRounds") or []
+        ]
+        post_copy_allowed = await self._post_copy_allowed()
+        while (
+            verdict := next_round(rounds, self.config.convergence, post_copy_allowed=post_copy_allowed)
+        ).another_round:
+            number = len(rounds) + 1
+            await self.record.phase(step.phase, f"pre-copy round {number} while the pod runs")
+            try:
+                result = await self._step(step, strategy, round_=number)
+            except StepFailed as failure:
+                await self.record.emit(
+                    f"pre-dump-failed-{number}",
+                    PreDumpFailed,
+                    failure.reason,
+                    round=number,
+                    error=failure.reason,
+                )
+                stop_and_copy = MigrationStrategy.STOP_AND_COPY
+                await self._reconfigured(
+                    MigrationStrategy.PRE_COPY,
+                    stop_and_copy,
+                    f"pre-dump round {number} failed: continuing as stop-and-copy",
+                )
+                await self.record.patch(strategy=str(stop_and_copy))
+                return str(stop_and_copy)
+            d = result.details
+            done = Round(
+                number,
+                int(d.get("pages_written", 0)),
+                int(d.get("bytes", 0)),
+                result.duration_seconds,
+                float(d.get("transfer_seconds", 0.0)),
+            )
+            rounds.append(done)
             await self.record.emit(
-                "pre-dump-failed-1", PreDumpFailed, failure.reason, round=1, error=failure.reason
+                f"pre-dump-finished-{number}",
+                PreDumpFinished,
+                f"round {number}: {done.pages} pages",
+                round=number,
+                pages=done.pages,
+                bytes=done.bytes,
+                duration_seconds=done.seconds,
             )
-            stop_and_copy = MigrationStrategy.STOP_AND_COPY
-            await self._reconfigured(
-                MigrationStrategy.PRE_COPY,
-                stop_and_copy,
-                "pre-dump round 1 failed: continuing as stop-and-copy",
+            await self.record.patch(
+                preDumpRounds=[
+                    {
+                        "round": r.number,
+                        "pages": r.pages,
+                        "bytes": r.bytes,
+                        "durationSeconds": r.seconds,
+                        "transferSeconds": r.transfer_seconds,
+                    }
+                    for r in rounds
+                ]
             )
-            await self.record.patch(strategy=str(stop_and_copy))
-            return str(stop_and_copy)
-        d = result.details
-        pages, size = int(d.get("pages_written", 0)), int(d.get("bytes", 0))
-        await self.record.emit(
-            "pre-dump-finished-1",
-            PreDumpFinished,
-            f"round 1: {pages} pages",
-            round=1,
-            pages=pages,
-            bytes=size,
-            duration_seconds=result.duration_seconds,
-        )
-        await self.record.patch(
-            preDumpRounds=[
-                {"round": 1, "pages": pages, "bytes": size, "durationSeconds": result.duration_seconds}
-            ]
-        )
+        await self.record.patch(preCopyVerdict=verdict.why)
+        if verdict.post_copy:
+            post_copy = MigrationStrategy.POST_COPY
+            await self._reconfigured(MigrationStrategy.PRE_COPY, post_copy, verdict.why)
+            await self.record.patch(strategy=str(post_copy))
+            return str(post_copy)
         return strategy
+
+    async def _post_copy_allowed(self) -> bool:
+        """A pod whose rounds do not converge may go post-copy: where the cluster opted in
+        to post-copy (CLM_POST_COPY_AUTO) and both nodes can."""
+        if self.config.post_copy_auto_min_bytes is None:
+            return False
+        nodes = (self.status["sourceNode"], self.status["destinationNode"])
+        found = [await self.capabilities(node) for node in nodes]
+        return all(caps is not None and caps.post_copy for caps in found)
 
     async def _dump(self, step: protocol.Step, strategy: str) -> str:
         if protocol.clone_before_dump(self.status.get("ownerKind", "")):

@@ -93,22 +93,39 @@ class FakeKube:
 
 
 class FakeAgents:
-    def __init__(self, fail: dict[str, str] | None = None) -> None:
+    def __init__(self, fail: dict[str, str] | None = None, round_pages: list[int] | None = None) -> None:
+        # "agent:step" fails every such step; "checkpoint:pre-dump:N" only round N.
         self.fail = fail or {}
+        # Pre-copy: the pages each round writes (sent at 100 MiB/s).
+        self.round_pages = round_pages or []
         self.sent: list[tuple[str, str, str]] = []
+        self.strategies: dict[str, str] = {}
+        self.rounds: list[int] = []
 
     async def send(self, command: CheckpointCommand | NetworkCommand, timeout: float) -> StepResult:
         agent = AgentKind.CHECKPOINT if isinstance(command, CheckpointCommand) else AgentKind.NETWORK
         self.sent.append((agent, str(command.step), command.node))
-        error = self.fail.get(f"{agent}:{command.step}")
+        round_ = command.round if isinstance(command, CheckpointCommand) else None
+        if isinstance(command, CheckpointCommand):
+            self.strategies[str(command.step)] = str(command.strategy)
+        error = self.fail.get(f"{agent}:{command.step}") or self.fail.get(f"{agent}:{command.step}:{round_}")
         details: dict[str, float | int | str | bool] = (
             {"bytes": 123, "pages_written": 7} if command.step in ("dump", "pre-dump") else {}
         )
+        if command.step == "pre-dump" and round_ is not None:
+            self.rounds.append(round_)
+            if self.round_pages:
+                pages = self.round_pages[min(round_, len(self.round_pages)) - 1]
+                details = {
+                    "pages_written": pages,
+                    "bytes": pages * 4096,
+                    "transfer_seconds": pages * 4096 / 100 / 2**20,
+                }
         return step_result_for(
             command,
             agent=agent,
             ok=error is None,
-            duration_seconds=0.1,
+            duration_seconds=float(details.get("transfer_seconds", 0.05)) + 0.05,
             error=error,
             details=details,
         )
@@ -140,6 +157,8 @@ def make(
     fail: dict[str, str] | None = None,
     owner: str = "ReplicaSet",
     kubelet_restores: bool = False,
+    round_pages: list[int] | None = None,
+    config: RunnerConfig | None = None,
 ) -> tuple[MigrationRunner, FakeKube, FakeAgents, list[Message]]:
     pod = {
         "metadata": {
@@ -159,7 +178,7 @@ def make(
         "spec": {"nodeName": SOURCE, "containers": [{"name": "app", "image": "x"}]},
         "status": {"podIP": "10.0.0.9"},
     }
-    kube, agents, published = FakeKube(pod, refuse_pods=refuse_pods), FakeAgents(fail), []
+    kube, agents, published = FakeKube(pod, refuse_pods=refuse_pods), FakeAgents(fail, round_pages), []
     kube.kubelet = kubelet_restores
     kube.timeline = agents.sent
 
@@ -179,7 +198,7 @@ def make(
         send=agents.send,
         capabilities=capabilities,
         publish=publish,
-        config=RunnerConfig(step_timeout=5),
+        config=config or RunnerConfig(step_timeout=5),
     )
     return runner, kube, agents, published
 
@@ -227,6 +246,59 @@ async def test_a_failed_pre_dump_continues_as_stop_and_copy() -> None:
     ]
     assert published[1].strategy == "stop-and-copy"  # type: ignore[attr-defined]  # a field of that event kind
     assert ("checkpoint", "dump", SOURCE) in agents.sent
+
+
+async def test_pre_copy_rounds_go_on_while_they_shrink_and_each_is_reported() -> None:
+    runner, _, agents, published = make(strategy="pre-copy", tracking=True, round_pages=[65_536, 8_192, 900])
+    assert await runner.run() == "Finished"
+    assert agents.rounds == [1, 2, 3]
+    assert kinds(published) == [
+        "PreDumpFinished",
+        "PreDumpFinished",
+        "PreDumpFinished",
+        "PodCreateFinished",
+        "MigrationFinished",
+    ]
+    assert [m.pages for m in published[:3]] == [65_536, 8_192, 900]  # type: ignore[attr-defined]
+    assert [r["pages"] for r in runner.status["preDumpRounds"]] == [65_536, 8_192, 900]
+    assert "converged" in runner.status["preCopyVerdict"]
+    assert agents.strategies["dump"] == agents.strategies["restore"] == "pre-copy"  # stacked on round 3
+
+
+async def test_a_failed_later_round_continues_as_stop_and_copy() -> None:
+    runner, _, agents, published = make(
+        strategy="pre-copy",
+        tracking=True,
+        round_pages=[65_536, 8_192, 900],
+        fail={"checkpoint:pre-dump:2": "criu pre-dump exited with 1"},
+    )
+    assert await runner.run() == "Finished"
+    assert kinds(published)[:3] == ["PreDumpFinished", "PreDumpFailed", "MigrationReconfigured"]
+    assert published[1].round == 2  # type: ignore[attr-defined]
+    assert agents.strategies["dump"] == "stop-and-copy"  # the whole memory, no rounds under it
+
+
+async def test_a_pod_that_does_not_converge_goes_post_copy_where_the_cluster_allows_it() -> None:
+    runner, _, agents, published = make(
+        strategy="pre-copy",
+        tracking=True,
+        post_copy=True,
+        round_pages=[65_536, 60_000],
+        config=RunnerConfig(step_timeout=5, post_copy_auto_min_bytes=1 << 30),
+    )
+    assert await runner.run() == "Finished"
+    assert kinds(published)[:3] == ["PreDumpFinished", "PreDumpFinished", "MigrationReconfigured"]
+    assert published[2].strategy == "post-copy"  # type: ignore[attr-defined]
+    assert "continuing as post-copy" in published[2].why  # type: ignore[attr-defined]
+    assert agents.strategies["dump"] == "post-copy" and ("checkpoint", "fill", DEST) in agents.sent
+
+
+async def test_a_pod_that_does_not_converge_freezes_now_where_post_copy_is_not_allowed() -> None:
+    runner, _, agents, published = make(strategy="pre-copy", tracking=True, round_pages=[65_536, 60_000])
+    assert await runner.run() == "Finished"
+    assert kinds(published)[:3] == ["PreDumpFinished", "PreDumpFinished", "PodCreateFinished"]
+    assert "not shrinking" in runner.status["preCopyVerdict"]
+    assert agents.strategies["dump"] == "pre-copy"
 
 
 async def test_a_refused_clone_pod_fails_before_any_freeze_and_evicts() -> None:

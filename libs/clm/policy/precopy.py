@@ -11,7 +11,8 @@ Whatever is chosen, a migration that will not pre-dump says so with PreDumpSkipp
 every migration's events begin either with pre-dump rounds or with that one event.
 
 Convergence: pre-copy rounds continue until a round writes few pages (converged), stops
-shrinking (the workload dirties memory as fast as it is copied), or the cap is reached.
+shrinking or shows the pod dirtying memory at least as fast as the channel carries it (then
+post-copy where the cluster allows it, else the freeze comes now), or the cap is reached.
 A failed round ends pre-copy: the migration continues as stop-and-copy.
 """
 
@@ -139,7 +140,10 @@ class Round:
     number: int
     pages: int
     bytes: int
+    # The round from its command to its answer: the dump while the pod runs, then the transfer.
     seconds: float
+    # The transfer alone (the channel's rate is bytes over it); 0: unknown.
+    transfer_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -155,9 +159,26 @@ class ConvergenceRule:
 class Verdict:
     another_round: bool
     why: str
+    # Pre-copy cannot converge and the cluster allows post-copy: the final dump goes
+    # post-copy (MigrationReconfigured says so).
+    post_copy: bool = False
 
 
-def next_round(rounds: list[Round], rule: ConvergenceRule | None = None) -> Verdict:
+def _mib_per_s(size: int, seconds: float) -> float:
+    return size / seconds / 2**20 if seconds > 0 else float("inf")
+
+
+def next_round(
+    rounds: list[Round], rule: ConvergenceRule | None = None, *, post_copy_allowed: bool = False
+) -> Verdict:
+    """Whether pre-copy goes on after `rounds`, and why.
+
+    Round n carries what the pod wrote while round n-1 ran: its bytes over round n-1's time
+    are the pod's dirty rate. A round that writes few pages has converged: the final dump
+    will be small. The rounds have failed to converge when one stops shrinking, or when the
+    pod dirties memory at least as fast as the channel carries it (the next round could not
+    be smaller); then the move goes post-copy where allowed, else it stops pre-copying and
+    freezes now, before more rounds add time and nothing else."""
     rule = rule or ConvergenceRule()
     if not rounds:
         return Verdict(another_round=True, why="first round")
@@ -165,14 +186,27 @@ def next_round(rounds: list[Round], rule: ConvergenceRule | None = None) -> Verd
     if last.pages <= rule.few_pages:
         return Verdict(
             another_round=False,
-            why=f"converged: round {last.number} wrote {last.pages} pages " f"(at most {rule.few_pages})",
+            why=f"converged: round {last.number} wrote {last.pages} pages (at most {rule.few_pages})",
         )
-    if len(rounds) >= 2 and last.pages > rounds[-2].pages * rule.shrink_ratio:
-        return Verdict(
-            another_round=False,
-            why=f"not shrinking: round {last.number} wrote {last.pages} pages after "
-            f"{rounds[-2].pages}; the workload dirties memory as fast as it moves",
-        )
+    stuck = None
+    if len(rounds) >= 2:
+        before = rounds[-2]
+        dirty = _mib_per_s(last.bytes, before.seconds)
+        channel = _mib_per_s(last.bytes, last.transfer_seconds) if last.transfer_seconds else None
+        if channel is not None and dirty >= channel:
+            stuck = (
+                f"not converging: the pod dirties {dirty:.0f} MiB/s and the channel carries "
+                f"{channel:.0f} MiB/s (round {last.number}: {last.pages} pages)"
+            )
+        elif last.pages > before.pages * rule.shrink_ratio:
+            stuck = (
+                f"not shrinking: round {last.number} wrote {last.pages} pages after {before.pages}; "
+                "the workload dirties memory as fast as it moves"
+            )
+    if stuck is not None:
+        if post_copy_allowed:
+            return Verdict(another_round=False, why=f"{stuck}: continuing as post-copy", post_copy=True)
+        return Verdict(another_round=False, why=stuck)
     if len(rounds) >= rule.max_rounds:
         return Verdict(another_round=False, why=f"reached the cap of {rule.max_rounds} rounds")
     return Verdict(another_round=True, why=f"round {last.number} wrote {last.pages} pages; still shrinking")

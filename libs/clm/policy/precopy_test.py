@@ -89,3 +89,36 @@ def test_auto_picks_post_copy_only_where_the_cluster_allows_it_for_a_large_pod()
     assert choose_strategy(S.AUTO, caps("src"), caps("dst"), small).strategy == S.STOP_AND_COPY
     assert choose_strategy(S.AUTO, caps("src"), caps("dst")).strategy == S.STOP_AND_COPY  # not allowed
     assert choose_strategy(S.AUTO, caps("src"), caps("dst", uffd=False), big).strategy == S.STOP_AND_COPY
+
+
+def timed(*rounds_: tuple[int, float, float]) -> list[Round]:
+    """(pages, round seconds, transfer seconds) per round."""
+    return [Round(i + 1, p, p * 4096, s, t) for i, (p, s, t) in enumerate(rounds_)]
+
+
+def test_a_pod_dirtying_faster_than_the_channel_carries_does_not_converge() -> None:
+    # Round 2: 64 MiB written during round 1's 0.5 s (128 MiB/s); sent at 64 MiB/s.
+    history = timed((65_536, 0.5, 0.4), (16_384, 1.2, 1.0))
+    verdict = next_round(history)
+    assert verdict.another_round is False and verdict.post_copy is False
+    assert "not converging" in verdict.why and "128 MiB/s" in verdict.why and "64 MiB/s" in verdict.why
+
+
+def test_a_non_converging_pod_goes_post_copy_where_allowed() -> None:
+    history = timed((65_536, 0.5, 0.4), (16_384, 1.2, 1.0))
+    verdict = next_round(history, post_copy_allowed=True)
+    assert verdict.another_round is False and verdict.post_copy is True
+    assert "continuing as post-copy" in verdict.why
+    stuck = timed((100_000, 1.0, 0.5), (90_000, 1.0, 0.1))
+    assert next_round(stuck, post_copy_allowed=True).post_copy is True
+
+
+def test_a_converged_pod_never_goes_post_copy() -> None:
+    verdict = next_round(timed((65_536, 0.5, 0.4), (900, 0.1, 0.01)), post_copy_allowed=True)
+    assert verdict.another_round is False and verdict.post_copy is False and "converged" in verdict.why
+
+
+def test_a_channel_faster_than_the_dirty_rate_goes_on_shrinking() -> None:
+    # 16 MiB written during a 1 s round (16 MiB/s), sent at 160 MiB/s.
+    verdict = next_round(timed((65_536, 1.0, 0.8), (4096, 0.2, 0.1)))
+    assert verdict.another_round is True
