@@ -4,6 +4,7 @@ container on node A and a client on the segment: what the live-migration tests s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import uuid
@@ -32,7 +33,7 @@ STATE_MIB = 256
 
 
 class Lab:
-    def __init__(self, segment: Segment, nats: NatsServer, tmp: Path) -> None:
+    def __init__(self, segment: Segment, nats: NatsServer, tmp: Path, state_mib: int = STATE_MIB) -> None:
         self.segment, self.nats, self.tmp = segment, nats, tmp
         tls = agent_tls_dir(tmp / "agent-tls")
         images = Path("/dev/shm") / f"clm-test-{segment.suffix}"
@@ -52,7 +53,7 @@ class Lab:
             for key in ("a", "b")
         }
         self.pod = LabPod(
-            namespace="games", name="mc-0", uid=str(uuid.uuid4()), ip=POD_IP, state_mib=STATE_MIB
+            namespace="games", name="mc-0", uid=str(uuid.uuid4()), ip=POD_IP, state_mib=state_mib
         )
 
     @property
@@ -83,9 +84,10 @@ class Lab:
         assert leftovers == [], leftovers
 
 
-@pytest.fixture
-def lab(segment: Segment, nats_server: NatsServer, tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(segment, nats_server, tmp_path)
+@contextlib.contextmanager
+def running_lab(segment: Segment, nats: NatsServer, tmp: Path, state_mib: int = STATE_MIB) -> Iterator[Lab]:
+    """Both nodes' agents up and the pod running on A; everything removed after."""
+    lab = Lab(segment, nats, tmp, state_mib)
     try:
         for node in lab.nodes.values():
             node.start()
@@ -96,7 +98,7 @@ def lab(segment: Segment, nats_server: NatsServer, tmp_path: Path) -> Iterator[L
             node=lab.a.node,
             node_netns=lab.a.node_netns,
             runc_root=lab.a.runc_root,
-            workdir=tmp_path / "pod",
+            workdir=tmp / "pod",
         )
         yield lab
     finally:
@@ -106,11 +108,17 @@ def lab(segment: Segment, nats_server: NatsServer, tmp_path: Path) -> Iterator[L
         shutil.rmtree(lab.images, ignore_errors=True)
 
 
+@pytest.fixture
+def lab(segment: Segment, nats_server: NatsServer, tmp_path: Path) -> Iterator[Lab]:
+    with running_lab(segment, nats_server, tmp_path) as running:
+        yield running
+
+
 def check_client(lab: Lab, result: dict) -> None:
     assert result["error"] is None, f"the client's connection broke: {result['error']}"
     assert result["in_order"], "a request was lost or answered twice"
     assert result["answers"] > 50
-    assert result["hash"] == expected_hash(STATE_MIB, result["answers"]), "the state did not continue"
+    assert result["hash"] == expected_hash(lab.pod.state_mib, result["answers"]), "the state did not continue"
 
 
 async def take_pod_port_on_b(lab: Lab, driver: Driver, move: Move) -> asyncio.subprocess.Process:

@@ -52,6 +52,8 @@ class AgentProcess:
             "CLM_HTTP_HOST": "127.0.0.1",
             "CLM_HTTP_PORT": str(self.port),
             "CLM_NODE_NAME": self.node,
+            # In the pre-copy VM, the standard library comes from the guest's Python image.
+            **({"PYTHONHOME": os.environ["PYTHONHOME"]} if "PYTHONHOME" in os.environ else {}),
             **self.env,
         }
         if self.pex is not None:

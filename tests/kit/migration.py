@@ -25,6 +25,7 @@ from clm.contracts import (
     protocol,
 )
 from clm.contracts.protocol import StepFailed
+from clm.policy.precopy import ConvergenceRule, Round, next_round
 from clm.runtime.agent_client import AgentClient
 
 
@@ -35,6 +36,11 @@ class MigrationReport:
     results: list[StepResult] = field(default_factory=list)
     error: str | None = None
     total_seconds: float = 0.0
+    # Pre-copy: each round's result, why the rounds stopped, and the strategy the move ended
+    # with (stop-and-copy after a failed round, post-copy where the rounds cannot converge).
+    rounds: list[StepResult] = field(default_factory=list)
+    verdict: str | None = None
+    strategy: MigrationStrategy | None = None
 
     def result(self, agent: str, step: str) -> StepResult | None:
         return next((r for r in self.results if r.agent == agent and r.step == step), None)
@@ -53,6 +59,7 @@ class Move:
     )
     strategy: MigrationStrategy = MigrationStrategy.STOP_AND_COPY
     step_timeout: float = 300.0
+    convergence: ConvergenceRule = field(default_factory=ConvergenceRule)
 
     def protocol_move(self) -> protocol.Move:
         return protocol.Move(
@@ -87,13 +94,37 @@ class Driver:
     async def send(self, command: CheckpointCommand | NetworkCommand, timeout: float) -> StepResult:
         return await AgentClient(self.nc).send(command, timeout)
 
-    async def _send(self, move: Move, step: protocol.Step, report: MigrationReport) -> StepResult:
+    async def _send(
+        self, move: Move, step: protocol.Step, report: MigrationReport, *, round_: int | None = None
+    ) -> StepResult:
         command = move.protocol_move().command(
-            step, strategy=move.strategy, timeout_seconds=move.step_timeout
+            step, strategy=report.strategy or move.strategy, timeout_seconds=move.step_timeout, round_=round_
         )
         result = await self.send(command, move.step_timeout + 30)
         report.results.append(result)
         return result
+
+    async def _pre_copy(self, move: Move, report: MigrationReport) -> None:
+        """Rounds until the convergence rule stops them, as the coordinator runs them."""
+        rounds: list[Round] = []
+        while (verdict := next_round(rounds, move.convergence)).another_round:
+            result = await self._send(move, protocol.PRE_DUMP, report, round_=len(rounds) + 1)
+            if not result.ok:
+                report.verdict = f"round {len(rounds) + 1} failed: {result.error}"
+                report.strategy = MigrationStrategy.STOP_AND_COPY
+                return
+            report.rounds.append(result)
+            d = result.details
+            rounds.append(
+                Round(
+                    len(rounds) + 1,
+                    int(d.get("pages_written", 0)),
+                    int(d.get("bytes", 0)),
+                    result.duration_seconds,
+                    float(d.get("transfer_seconds", 0.0)),
+                )
+            )
+        report.verdict = verdict.why
 
     async def _step(self, move: Move, step: protocol.Step, report: MigrationReport) -> StepResult:
         result = await self._send(move, step, report)
@@ -106,22 +137,25 @@ class Driver:
         return result
 
     async def migrate(self, move: Move) -> MigrationReport:
-        report = MigrationReport(ok=False, committed=False)
+        report = MigrationReport(ok=False, committed=False, strategy=move.strategy)
         started = time.perf_counter()
         try:
             for step in protocol.before_commit(move.strategy):
+                if step is protocol.PRE_DUMP:
+                    await self._pre_copy(move, report)
+                    continue
                 await self._step(move, step, report)
         except (StepFailed, TimeoutError) as exc:
             report.error = exc.reason if isinstance(exc, StepFailed) else str(exc)
             await self.abort(move, report)
             report.total_seconds = time.perf_counter() - started
             return report
-        report.committed = protocol.committed_at_resume(move.strategy)
+        report.committed = protocol.committed_at_resume(report.strategy or move.strategy)
         for step in protocol.COMMIT:
             await self._step(move, step, report)
         report.committed = True
         failure = None
-        for step in protocol.after_commit(move.strategy):
+        for step in protocol.after_commit(report.strategy or move.strategy):
             try:
                 await self._step(move, step, report)
             except StepFailed as exc:
