@@ -6,12 +6,13 @@ Round n of a migration arrives as its own transfer, named "<uid>/round-<n>", int
 pod wrote since the round before, and the final dump only those written since the last
 round: CRIU reads the rest through each image directory's `parent` link. The source's links
 point into its own directories and do not travel (transfer.py sends regular files only), so
-the destination makes its own, from the final dump down to round 1.
+the destination makes its own (relative, as CRIU's are), from the final dump down to round 1.
 """
 
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 from services.checkpoint_agent.layout import Layout
@@ -62,5 +63,7 @@ def stack_rounds(rounds: Path, final: Path) -> list[int]:
             link = upper / "parent"
             if link.is_symlink() or link.exists():
                 link.unlink()
-            link.symlink_to(lower.resolve())
+            # Relative, as CRIU makes them: the restored task reads its pages after it has
+            # entered the container's root, where an absolute path leads nowhere.
+            link.symlink_to(os.path.relpath(lower.resolve(), upper.resolve()))
     return numbers

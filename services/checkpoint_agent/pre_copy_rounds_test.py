@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,7 @@ def test_the_final_dump_stacks_on_the_last_round_and_each_round_on_the_one_befor
     assert (round_(3) / "parent").resolve() == round_(2)
     assert (round_(2) / "parent").resolve() == round_(1)
     assert not (round_(1) / "parent").exists()
+    assert not Path(os.readlink(top / "parent")).is_absolute()
     # Again (a repeated restore): the same links.
     assert stack_rounds(rounds, final) == [1, 2, 3]
 

@@ -167,7 +167,8 @@ def log_excerpts(log_dir: Path, lines: int = 25) -> str:
 @contextlib.contextmanager
 def one_sandbox_at_a_time() -> Iterator[None]:
     """Pants runs test files in parallel; the sandbox is one per machine (fixed names), so
-    sandbox tests take turns instead of failing on each other's machine lock."""
+    sandbox tests take turns instead of failing on each other's machine lock. The pre-copy VM
+    takes its turn too: it keeps both cores busy."""
     with SANDBOX_TESTS_LOCK.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.precopy_guest import RESULT
+from tests.integration.support import one_sandbox_at_a_time
 from tests.kit.vm.boot import missing_requirements, run_in_vm
 
 MISSING = missing_requirements()
@@ -36,12 +37,14 @@ pytestmark = [
 
 
 def test_pre_copy_rounds_shrink_and_the_pod_moves_whole(tmp_path: Path) -> None:
-    run = run_in_vm(
-        tmp_path / "vm",
-        ["-m", "tests.integration.precopy_guest", "--state-mib", str(STATE_MIB)],
-        modules=GUEST_MODULES,
-        timeout=1200,
-    )
+    # The VM keeps both of this machine's cores busy: it takes turns with the sandbox tests.
+    with one_sandbox_at_a_time():
+        run = run_in_vm(
+            tmp_path / "vm",
+            ["-m", "tests.integration.precopy_guest", "--state-mib", str(STATE_MIB)],
+            modules=GUEST_MODULES,
+            timeout=1200,
+        )
     lines = [line for line in run.console.splitlines() if line.startswith(RESULT)]
     assert lines, f"the guest printed no result (exit {run.exit_code}):\n{run.console[-6000:]}"
     result = json.loads(lines[-1].removeprefix(RESULT))
