@@ -93,6 +93,22 @@ async def test_round_trip(tmp_path: Path, ca: Pem, sender: AgentTls) -> None:
     assert leftovers(tmp_path) == []
 
 
+async def test_a_pre_copy_parent_link_is_not_followed(tmp_path: Path, ca: Pem, sender: AgentTls) -> None:
+    # A stacked dump's `parent` points at the round below, which travelled on its own.
+    earlier = tmp_path / "rounds" / "1" / "c" / "criu"
+    earlier.mkdir(parents=True)
+    (earlier / "pages-1.img").write_bytes(b"round one")
+    final = tmp_path / "src" / "c" / "criu"
+    final.mkdir(parents=True)
+    (final / "pages-1.img").write_bytes(b"final")
+    (final / "parent").symlink_to(earlier)
+    receiver = Receiver({"mig-1": tmp_path / "dst"}, identity(tmp_path / "recv-tls", ca))
+    stats = await send_directory("127.0.0.1", receiver.port, tmp_path / "src", migration="mig-1", tls=sender)
+    await receiver.result()
+    assert stats.files == 1 and stats.bytes == len(b"final")
+    assert not (tmp_path / "dst" / "c" / "criu" / "parent").exists()
+
+
 async def test_holes_are_not_sent_and_the_file_keeps_its_size_and_other_bytes(
     tmp_path: Path, ca: Pem, sender: AgentTls
 ) -> None:
