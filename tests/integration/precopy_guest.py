@@ -55,10 +55,11 @@ async def move_with_pre_copy(state_mib: int) -> dict[str, Any]:
             client.kill()
         out["strategy"] = str(report.strategy)
         out["verdict"] = report.verdict
+        keys = ("pages_written", "bytes", "dump_seconds", "transfer_seconds", "frozen_seconds")
         out["rounds"] = [
             {
                 "round": r.details.get("round"),
-                **{k: r.details.get(k) for k in ("pages_written", "bytes")},
+                **{k: r.details.get(k) for k in keys},
                 "seconds": r.duration_seconds,
             }
             for r in report.rounds

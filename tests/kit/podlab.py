@@ -34,6 +34,8 @@ class LabPod:
     uid: str
     ip: str
     state_mib: int
+    # The server's writer: this share of its pages rewritten every second (0: none).
+    dirty_percent: float = 0.0
 
     @property
     def ref(self) -> PodRef:
@@ -54,7 +56,8 @@ def start_pod(pod: LabPod, *, node: str, node_netns: str, runc_root: Path, workd
     shutil.copy(stateful_server.__file__, app / "stateful_server.py")
     bundle = write_bundle(
         workdir / "bundles" / pod.uid / "server",
-        args=["/usr/bin/python3", "-u", "/srv/stateful_server.py", str(pod.state_mib)],
+        args=["/usr/bin/python3", "-u", "/srv/stateful_server.py", str(pod.state_mib)]
+        + ([str(pod.dirty_percent)] if pod.dirty_percent else []),
         netns=pod_netns_path(node, pod.uid),
         app_dir=app,
         annotations={

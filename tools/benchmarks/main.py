@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from tools.benchmarks import events, kube_emulator, labeler, migrate, plan, planner_cycle, soak
+from tools.benchmarks import events, kube_emulator, labeler, migrate, plan, planner_cycle, precopy, soak
 from tools.console.report import emit
 
 Table = tuple[str, list[dict[str, Any]]]
@@ -36,6 +36,11 @@ BENCHMARKS: dict[str, tuple[str, Callable[..., list[Table]]]] = {
         "live migration of a stateful pod (64 MiB-4 GiB): client-visible interruption and "
         "total time, CLM stop-and-copy vs dump/copy/restore; writes dist/bench/migrate.png (root)",
         migrate.run,
+    ),
+    "precopy": (
+        "pre-copy vs stop-and-copy in a VM whose kernel tracks dirty memory (256 MiB and 1 GiB, a "
+        "writer dirtying 1/10/50% of the memory per second); writes dist/bench/precopy.png (root)",
+        precopy.run,
     ),
     "soak": (
         "chaos soak: moves between three sandbox nodes under load with a fault in each "

@@ -112,10 +112,15 @@ class Bench:
     def everywhere(self) -> dict[str, tuple[str, Path]]:
         return {n.node: (n.node_netns, n.runc_root) for n in self.nodes.values()}
 
-    def measure(self, size_mib: int, path: str) -> dict[str, Any]:
+    def measure(self, size_mib: int, path: str, dirty_percent: float = 0.0) -> dict[str, Any]:
         a = self.nodes["a"]
         pod = LabPod(
-            namespace="bench", name=f"s{size_mib}", uid=str(uuid.uuid4()), ip=POD_IP, state_mib=size_mib
+            namespace="bench",
+            name=f"s{size_mib}",
+            uid=str(uuid.uuid4()),
+            ip=POD_IP,
+            state_mib=size_mib,
+            dirty_percent=dirty_percent,
         )
         start_pod(pod, node=a.node, node_netns=a.node_netns, runc_root=a.runc_root, workdir=self.tmp / "pod")
         client = CountingClient(self.segment.nodes["client"].name, pod.ip, self.tmp / "client")
@@ -131,7 +136,7 @@ class Bench:
             remove_pod(pod, nodes=self.everywhere())
         return _row(size_mib, path, result, total, details)
 
-    async def _agents(self, pod: LabPod, strategy: str) -> dict[str, float]:
+    async def _agents(self, pod: LabPod, strategy: str) -> dict[str, Any]:
         a, b = self.nodes["a"], self.nodes["b"]
         driver = await Driver.connect(self.nats_url)
         try:
@@ -289,21 +294,30 @@ async def _containerd_move(lab: ContainerdLab, source: dict[str, Any], clone: st
     return report, clone_pod, running
 
 
-def _details(report: MigrationReport) -> dict[str, float]:
+def _details(report: MigrationReport) -> dict[str, Any]:
     dump, restore = report.result("checkpoint", "dump"), report.result("checkpoint", "restore")
     assert dump is not None and restore is not None
     fill = report.result("checkpoint", "fill")
-    return {
+    details: dict[str, Any] = {
         "dump_seconds": float(dump.details["dump_seconds"]),
         "transfer_seconds": float(dump.details["transfer_seconds"]),
         "restore_seconds": float(restore.details["restore_seconds"]),
         "risk_window_seconds": float(fill.details["risk_window_seconds"]) if fill else 0.0,
     }
+    if report.rounds:  # pre-copy: the rounds before the freeze, and the final dump's share
+        details["rounds"] = len(report.rounds)
+        details["round_pages"] = "/".join(str(r.details.get("pages_written", 0)) for r in report.rounds)
+        details["final_pages"] = int(dump.details.get("pages_written", 0))
+        details["strategy"] = str(report.strategy)
+        details["verdict"] = report.verdict or ""
+    return details
 
 
 def _row(
-    size_mib: int, path: str, result: dict[str, Any], total: float, details: dict[str, float]
+    size_mib: int, path: str, result: dict[str, Any], total: float, details: dict[str, Any]
 ) -> dict[str, Any]:
+    pre_copy = ("rounds", "round_pages", "final_pages", "strategy", "verdict")
+    extra: dict[str, Any] = {k: details[k] for k in pre_copy if k in details}
     return {
         "state_mib": size_mib,
         "path": path,
@@ -315,6 +329,7 @@ def _row(
         "restore_s": details.get("restore_seconds", 0.0),
         "risk_window_s": details.get("risk_window_seconds", 0.0),
         "connection_kept": result["error"] is None and result["in_order"],
+        **extra,
     }
 
 

@@ -1,6 +1,11 @@
 """A stateful TCP server for migration tests (runs inside a container, stdlib only).
 
-State: MIB mebibytes, filled deterministically. Protocol, one line per request:
+    stateful_server.py MIB [DIRTY_PERCENT_PER_SECOND]
+
+State: MIB mebibytes, filled deterministically. With DIRTY_PERCENT_PER_SECOND, a writer
+rewrites that share of the state's pages every second, each with the byte it already holds
+(the page is dirty for the kernel, the state unchanged): the dirty rate pre-copy must beat.
+Protocol, one line per request:
   "inc"  -> n (the request counter), after state[(n * 4099) % size] = n % 256
   "hash" -> sha256 of the whole state
 A client that replays the same mutations knows the expected hash at any n.
@@ -9,6 +14,8 @@ A client that replays the same mutations knows the expected hash at any n.
 import hashlib
 import socket
 import sys
+import threading
+import time
 
 
 def initial_state(size: int) -> bytearray:
@@ -19,9 +26,32 @@ def mutate(state: bytearray, n: int) -> None:
     state[(n * 4099) % len(state)] = n % 256
 
 
+PAGE = 4096
+TICK = 0.1
+
+
+def dirty_pages(state: bytearray, percent_per_second: float) -> None:
+    """Rewrite percent_per_second of the state's pages each second, a slice every TICK, in a
+    sweep over the whole state. One strided slice assignment per tick: it holds the GIL
+    throughout, so no request's write lands between its read and its write."""
+    view = memoryview(state)
+    pages = len(state) // PAGE
+    per_tick = max(1, int(pages * percent_per_second / 100 * TICK))
+    first, due = 0, time.monotonic()
+    while True:
+        count = min(per_tick, pages - first)
+        span = slice(first * PAGE, (first + count) * PAGE, PAGE)
+        view[span] = view[span]
+        first = (first + count) % pages
+        due += TICK
+        time.sleep(max(0.0, due - time.monotonic()))
+
+
 def main() -> None:
     mib = int(sys.argv[1]) if len(sys.argv) > 1 else 256
     state = initial_state(mib * 2**20)
+    if len(sys.argv) > 2 and float(sys.argv[2]) > 0:
+        threading.Thread(target=dirty_pages, args=(state, float(sys.argv[2])), daemon=True).start()
     server = socket.socket()
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     server.bind(("0.0.0.0", 7000))
