@@ -19,7 +19,9 @@ def row(size: int, rate: float, path: str, interruption: float, total: float, **
 
 def test_rows_come_from_the_guest_console_among_its_other_lines() -> None:
     rows = [row(1024, 1, "pre-copy", 0.5, 9.0, rounds=3)]
-    console = "[    1.0] kernel line\nCLM-GUEST-READY 8.1\n" + "".join(ROW + json.dumps(r) + "\n" for r in rows)
+    console = "[    1.0] kernel line\nCLM-GUEST-READY 8.1\n" + "".join(
+        ROW + json.dumps(r) + "\n" for r in rows
+    )
     assert rows_from(console) == rows
 
 
