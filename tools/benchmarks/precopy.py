@@ -26,6 +26,7 @@ from tools.benchmarks.precopy_guest import ROW
 Table = tuple[str, list[dict[str, Any]]]
 PLOT_PATH = Path("dist/bench/precopy.png")
 GUEST = "tools.benchmarks.precopy_guest"
+PRE_COPY_COLUMNS = ("rounds", "round_pages", "final_pages", "verdict")
 
 
 def rows_from(console: str) -> list[dict[str, Any]]:
@@ -48,7 +49,7 @@ def side_by_side(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "dirty_percent_per_s": rate,
                 "freeze_pre_over_stop": round(pre["interruption_s"] / stop["interruption_s"], 3),
                 "total_pre_over_stop": round(pre["total_s"] / stop["total_s"], 3),
-                "rounds": pre.get("rounds", 0),
+                "rounds": pre.get("rounds") or 0,
                 "goal": goal,
             }
         )
@@ -108,7 +109,8 @@ def run(*, quick: bool, plot_path: Path = PLOT_PATH) -> list[Table]:
             memory_mib=3072 if quick else 7168,
             timeout=1800 if quick else 7200,
         )
-    rows = rows_from(guest.console)
+    # The table's columns are the first row's: stop-and-copy rows get the pre-copy ones, empty.
+    rows = [{**dict.fromkeys(PRE_COPY_COLUMNS, ""), **r} for r in rows_from(guest.console)]
     if not rows:
         raise SystemExit(f"the VM measured nothing (exit {guest.exit_code}):\n{guest.console[-4000:]}")
     written = plot([r for r in rows if "error" not in r], plot_path)
