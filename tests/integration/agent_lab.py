@@ -85,14 +85,17 @@ class Lab:
 
 
 @contextlib.contextmanager
-def running_lab(segment: Segment, nats: NatsServer, tmp: Path, state_mib: int = STATE_MIB) -> Iterator[Lab]:
-    """Both nodes' agents up and the pod running on A; everything removed after."""
+def running_lab(
+    segment: Segment, nats: NatsServer, tmp: Path, state_mib: int = STATE_MIB, ready_timeout: float = 90
+) -> Iterator[Lab]:
+    """Both nodes' agents up (each within `ready_timeout`) and the pod running on A;
+    everything removed after."""
     lab = Lab(segment, nats, tmp, state_mib)
     try:
         for node in lab.nodes.values():
             node.start()
         for node in lab.nodes.values():
-            node.wait_ready()
+            node.wait_ready(ready_timeout)
         start_pod(
             lab.pod,
             node=lab.a.node,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 import tempfile
@@ -29,6 +30,7 @@ from tests.kit.podlab import CountingClient, running_on
 from tests.kit.segment import make_segment
 
 RESULT = "CLM-RESULT "
+STEP_TIMEOUT = 600.0
 
 
 async def move_with_pre_copy(state_mib: int) -> dict[str, Any]:
@@ -37,14 +39,18 @@ async def move_with_pre_copy(state_mib: int) -> dict[str, Any]:
         tempfile.TemporaryDirectory(prefix="clm-precopy-") as tmp,
         make_segment() as segment,
         NatsServer() as nats,
-        running_lab(segment, nats, Path(tmp), state_mib) as lab,
+        # Four agents start at once on one emulated CPU: each takes a minute or more.
+        running_lab(segment, nats, Path(tmp), state_mib, ready_timeout=600) as lab,
     ):
         client = CountingClient(segment.nodes["client"].name, lab.pod.ip, lab.tmp / "client")
         try:
             await asyncio.to_thread(client.wait_answers, 50, 300)
             driver = await Driver.connect(nats.url)
             try:
-                report = await driver.migrate(lab.move(MigrationStrategy.PRE_COPY))
+                # Steps take minutes, not seconds, on the VM's one emulated CPU (round 1 sends
+                # 128 MiB through TLS at ~4 MB/s), more when the host is busy.
+                move = dataclasses.replace(lab.move(MigrationStrategy.PRE_COPY), step_timeout=STEP_TIMEOUT)
+                report = await driver.migrate(move)
             finally:
                 await driver.close()
             out["error"] = report.error

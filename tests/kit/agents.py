@@ -155,10 +155,10 @@ class NodeAgents:
         ).start()
         return self
 
-    def wait_ready(self) -> NodeAgents:
+    def wait_ready(self, timeout: float = 90) -> NodeAgents:
         assert self.checkpoint and self.network
-        self.checkpoint.wait_ready()
-        self.network.wait_ready()
+        self.checkpoint.wait_ready(timeout)
+        self.network.wait_ready(timeout)
         return self
 
     def stop(self) -> None:

@@ -98,11 +98,11 @@ class Bench:
         }
         self.nats_url = nats.url
 
-    def start(self) -> None:
+    def start(self, ready_timeout: float = 90) -> None:
         for node in self.nodes.values():
             node.start()
         for node in self.nodes.values():
-            node.wait_ready()
+            node.wait_ready(ready_timeout)
 
     def stop(self) -> None:
         for node in self.nodes.values():

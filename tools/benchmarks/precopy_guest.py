@@ -36,7 +36,7 @@ def main() -> int:
     ):
         bench = Bench(segment, nats, Path(tmp))
         try:
-            bench.start()
+            bench.start(ready_timeout=600)  # four agents starting on one emulated CPU
             for size in _numbers(args.sizes):
                 for rate in _numbers(args.rates):
                     for path in PATHS:
