@@ -16,6 +16,7 @@ from clm.contracts.protocol import StepFailed
 from services.checkpoint_agent.bundle import config_problems
 from services.checkpoint_agent.config import AgentConfig, CapabilityLookup
 from services.checkpoint_agent.criu_stats import images_complete, read_stats
+from services.checkpoint_agent.dirty_pages import dirty_pages
 from services.checkpoint_agent.holdback import PacketHold
 from services.checkpoint_agent.layout import tree_size
 from services.checkpoint_agent.lazy_dumps import LazyDumps
@@ -26,6 +27,15 @@ from services.checkpoint_agent.tls import AgentTls
 from services.checkpoint_agent.transfer import Channel, Holes, TransferError, open_channel
 
 log = logging.getLogger(__name__)
+
+
+def _dirtied_since(containers: list[Container]) -> int | None:
+    """The pages the pod has written since the pre-dump (None: unreadable here)."""
+    try:
+        return dirty_pages(c.pid for c in containers if c.pid)
+    except OSError as exc:
+        log.warning("could not read the pod's soft-dirty pages: %s", exc)
+        return None
 
 
 def container_record(container: Container) -> dict[str, str]:
@@ -91,6 +101,9 @@ class SourceSide:
             dump_seconds = time.perf_counter() - started
             stall = min(self.config.transfer_stall_seconds, command.timeout_seconds)
             sent = await channel.send(target, stall_seconds=stall)
+            dirtied = await asyncio.to_thread(_dirtied_since, containers)
+            # CRIU clears the bits in the freeze at the dump's start: the writes span the round.
+            dirtied_seconds = time.perf_counter() - started
         except (TransferError, OSError, TimeoutError, RuntimeCommandError) as exc:
             shutil.rmtree(target, ignore_errors=True)
             raise StepFailed(
@@ -112,6 +125,10 @@ class SourceSide:
         frozen = [float(st["frozen_seconds"]) for st in stats if "frozen_seconds" in st]
         if frozen:
             details["frozen_seconds"] = max(frozen)
+        if dirtied is not None:
+            # What the next round would copy: the pod's writes since this round's copy.
+            details["pages_dirtied_since"] = dirtied
+            details["dirtied_seconds"] = round(dirtied_seconds, 6)
         self.layout.workdir(uid).mkdir(parents=True, exist_ok=True)
         self.layout.rounds_record(uid).write_text(json.dumps([*done, {"round": number}]))
         return details

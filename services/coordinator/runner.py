@@ -266,6 +266,8 @@ class MigrationRunner:
                 int(r["bytes"]),
                 float(r["durationSeconds"]),
                 float(r.get("transferSeconds", 0.0)),
+                None if r.get("pagesDirtiedSince") is None else int(r["pagesDirtiedSince"]),
+                float(r.get("dirtiedSeconds", 0.0)),
             )
             for r in self.status.get("preDumpRounds") or []
         ]
@@ -293,19 +295,13 @@ class MigrationRunner:
                 )
                 await self.record.patch(strategy=str(stop_and_copy))
                 return str(stop_and_copy)
-            d = result.details
-            done = Round(
-                number,
-                int(d.get("pages_written", 0)),
-                int(d.get("bytes", 0)),
-                result.duration_seconds,
-                float(d.get("transfer_seconds", 0.0)),
-            )
+            done = Round.from_details(number, result.details, result.duration_seconds)
             rounds.append(done)
             await self.record.emit(
                 f"pre-dump-finished-{number}",
                 PreDumpFinished,
-                f"round {number}: {done.pages} pages",
+                f"round {number}: {done.pages} pages"
+                + ("" if done.dirtied is None else f", {done.dirtied} written by the pod meanwhile"),
                 round=number,
                 pages=done.pages,
                 bytes=done.bytes,
@@ -319,6 +315,11 @@ class MigrationRunner:
                         "bytes": r.bytes,
                         "durationSeconds": r.seconds,
                         "transferSeconds": r.transfer_seconds,
+                        **(
+                            {"pagesDirtiedSince": r.dirtied, "dirtiedSeconds": r.dirtied_seconds}
+                            if r.dirtied is not None
+                            else {}
+                        ),
                     }
                     for r in rounds
                 ]
@@ -329,6 +330,11 @@ class MigrationRunner:
             await self._reconfigured(MigrationStrategy.PRE_COPY, post_copy, verdict.why)
             await self.record.patch(strategy=str(post_copy))
             return str(post_copy)
+        if verdict.stop_and_copy:
+            stop_and_copy = MigrationStrategy.STOP_AND_COPY
+            await self._reconfigured(MigrationStrategy.PRE_COPY, stop_and_copy, verdict.why)
+            await self.record.patch(strategy=str(stop_and_copy))
+            return str(stop_and_copy)
         return strategy
 
     async def _post_copy_allowed(self) -> bool:

@@ -93,11 +93,18 @@ class FakeKube:
 
 
 class FakeAgents:
-    def __init__(self, fail: dict[str, str] | None = None, round_pages: list[int] | None = None) -> None:
+    def __init__(
+        self,
+        fail: dict[str, str] | None = None,
+        round_pages: list[int] | None = None,
+        round_dirtied: list[int] | None = None,
+    ) -> None:
         # "agent:step" fails every such step; "checkpoint:pre-dump:N" only round N.
         self.fail = fail or {}
-        # Pre-copy: the pages each round writes (sent at 100 MiB/s).
+        # Pre-copy: the pages each round writes (sent at 100 MiB/s), and the pages the pod
+        # wrote meanwhile as the agent counts them (none given: not counted).
         self.round_pages = round_pages or []
+        self.round_dirtied = round_dirtied or []
         self.sent: list[tuple[str, str, str]] = []
         self.strategies: dict[str, str] = {}
         self.rounds: list[int] = []
@@ -121,6 +128,9 @@ class FakeAgents:
                     "bytes": pages * 4096,
                     "transfer_seconds": pages * 4096 / 100 / 2**20,
                 }
+            if self.round_dirtied:
+                details["pages_dirtied_since"] = self.round_dirtied[min(round_, len(self.round_dirtied)) - 1]
+                details["dirtied_seconds"] = 1.0
         return step_result_for(
             command,
             agent=agent,
@@ -158,6 +168,7 @@ def make(
     owner: str = "ReplicaSet",
     kubelet_restores: bool = False,
     round_pages: list[int] | None = None,
+    round_dirtied: list[int] | None = None,
     config: RunnerConfig | None = None,
 ) -> tuple[MigrationRunner, FakeKube, FakeAgents, list[Message]]:
     pod = {
@@ -178,7 +189,11 @@ def make(
         "spec": {"nodeName": SOURCE, "containers": [{"name": "app", "image": "x"}]},
         "status": {"podIP": "10.0.0.9"},
     }
-    kube, agents, published = FakeKube(pod, refuse_pods=refuse_pods), FakeAgents(fail, round_pages), []
+    kube, agents, published = (
+        FakeKube(pod, refuse_pods=refuse_pods),
+        FakeAgents(fail, round_pages, round_dirtied),
+        [],
+    )
     kube.kubelet = kubelet_restores
     kube.timeline = agents.sent
 
@@ -294,10 +309,43 @@ async def test_a_pod_that_does_not_converge_goes_post_copy_where_the_cluster_all
 
 
 async def test_a_pod_that_does_not_converge_freezes_now_where_post_copy_is_not_allowed() -> None:
+    # The rounds shrank to 30,000 pages, then stopped: the final dump stacks on round 3.
+    runner, _, agents, published = make(
+        strategy="pre-copy", tracking=True, round_pages=[65_536, 30_000, 29_000]
+    )
+    assert await runner.run() == "Finished"
+    assert kinds(published)[:4] == ["PreDumpFinished"] * 3 + ["PodCreateFinished"]
+    assert "not shrinking" in runner.status["preCopyVerdict"]
+    assert agents.strategies["dump"] == agents.strategies["restore"] == "pre-copy"
+
+
+async def test_rounds_that_saved_nothing_freeze_as_stop_and_copy() -> None:
+    # Round 2 rewrote 60,000 of 65,536 pages: a final dump of nearly everything.
     runner, _, agents, published = make(strategy="pre-copy", tracking=True, round_pages=[65_536, 60_000])
     assert await runner.run() == "Finished"
-    assert kinds(published)[:3] == ["PreDumpFinished", "PreDumpFinished", "PodCreateFinished"]
-    assert "not shrinking" in runner.status["preCopyVerdict"]
+    assert kinds(published)[:3] == ["PreDumpFinished", "PreDumpFinished", "MigrationReconfigured"]
+    assert published[2].strategy == "stop-and-copy"  # type: ignore[attr-defined]
+    assert agents.strategies["dump"] == agents.strategies["restore"] == "stop-and-copy"
+    assert runner.status["strategy"] == "stop-and-copy"
+
+
+async def test_pages_counted_during_round_one_stop_the_rounds_before_round_two() -> None:
+    runner, _, agents, published = make(
+        strategy="pre-copy", tracking=True, round_pages=[65_536], round_dirtied=[64_000]
+    )
+    assert await runner.run() == "Finished"
+    assert agents.rounds == [1]
+    assert kinds(published)[:2] == ["PreDumpFinished", "MigrationReconfigured"]
+    assert "64000 written by the pod meanwhile" in published[0].message  # type: ignore[attr-defined]
+    assert runner.status["preDumpRounds"][0]["pagesDirtiedSince"] == 64_000
+    assert agents.strategies["dump"] == "stop-and-copy"
+
+
+async def test_few_pages_counted_during_round_one_converge_and_stack_on_it() -> None:
+    runner, _, agents, _ = make(strategy="pre-copy", tracking=True, round_pages=[65_536], round_dirtied=[300])
+    assert await runner.run() == "Finished"
+    assert agents.rounds == [1]
+    assert "converged" in runner.status["preCopyVerdict"]
     assert agents.strategies["dump"] == "pre-copy"
 
 

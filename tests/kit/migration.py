@@ -114,17 +114,10 @@ class Driver:
                 report.strategy = MigrationStrategy.STOP_AND_COPY
                 return
             report.rounds.append(result)
-            d = result.details
-            rounds.append(
-                Round(
-                    len(rounds) + 1,
-                    int(d.get("pages_written", 0)),
-                    int(d.get("bytes", 0)),
-                    result.duration_seconds,
-                    float(d.get("transfer_seconds", 0.0)),
-                )
-            )
+            rounds.append(Round.from_details(len(rounds) + 1, result.details, result.duration_seconds))
         report.verdict = verdict.why
+        if verdict.stop_and_copy:
+            report.strategy = MigrationStrategy.STOP_AND_COPY
 
     async def _step(self, move: Move, step: protocol.Step, report: MigrationReport) -> StepResult:
         result = await self._send(move, step, report)

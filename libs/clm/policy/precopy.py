@@ -12,12 +12,16 @@ every migration's events begin either with pre-dump rounds or with that one even
 
 Convergence: pre-copy rounds continue until a round writes few pages (converged), stops
 shrinking or shows the pod dirtying memory at least as fast as the channel carries it (then
-post-copy where the cluster allows it, else the freeze comes now), or the cap is reached.
+post-copy where the cluster allows it, else the freeze comes now: as stop-and-copy where
+the final dump would hold nearly all the memory), or the cap is reached. The agent counts
+the pages the pod wrote during a round's transfer, so a round that would not converge is
+known before it runs.
 A failed round ends pre-copy: the migration continues as stop-and-copy.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from clm.contracts import MigrationReason, MigrationStrategy, NodeCapabilities
@@ -135,6 +139,9 @@ def choose_strategy(
     )
 
 
+PAGE = 4096
+
+
 @dataclass(frozen=True)
 class Round:
     number: int
@@ -144,6 +151,25 @@ class Round:
     seconds: float
     # The transfer alone (the channel's rate is bytes over it); 0: unknown.
     transfer_seconds: float = 0.0
+    # The pages the pod wrote from this round's copy to the end of its transfer (the kernel's
+    # soft-dirty bits, counted by the agent), over `dirtied_seconds`: what the next round
+    # would copy. None: not counted.
+    dirtied: int | None = None
+    dirtied_seconds: float = 0.0
+
+    @classmethod
+    def from_details(cls, number: int, details: Mapping[str, object], seconds: float) -> Round:
+        """A round from the pre-dump step's answer (the checkpoint agent's details)."""
+        dirtied = details.get("pages_dirtied_since")
+        return cls(
+            number,
+            int(str(details.get("pages_written", 0))),
+            int(str(details.get("bytes", 0))),
+            seconds,
+            float(str(details.get("transfer_seconds", 0.0))),
+            None if dirtied is None else int(str(dirtied)),
+            float(str(details.get("dirtied_seconds", 0.0))),
+        )
 
 
 @dataclass(frozen=True)
@@ -162,10 +188,51 @@ class Verdict:
     # Pre-copy cannot converge and the cluster allows post-copy: the final dump goes
     # post-copy (MigrationReconfigured says so).
     post_copy: bool = False
+    # Pre-copy cannot converge and the final dump would hold nearly all the pod's memory:
+    # the rounds saved nothing, so the move freezes as stop-and-copy does (a plain dump and
+    # restore, no stacked rounds; MigrationReconfigured says so).
+    stop_and_copy: bool = False
 
 
 def _mib_per_s(size: int, seconds: float) -> float:
     return size / seconds / 2**20 if seconds > 0 else float("inf")
+
+
+def _not_converging(rounds: list[Round], rule: ConvergenceRule) -> str | None:
+    """Why the rounds cannot converge, or None. With the pages the pod wrote during the last
+    round counted, that is known now; without, only once the next round has run."""
+    last = rounds[-1]
+    if last.dirtied is not None:
+        ahead = last.dirtied
+        if ahead > last.pages * rule.shrink_ratio:
+            return (
+                f"not shrinking: the pod wrote {ahead} pages while round {last.number} "
+                f"({last.pages} pages) was copied; the workload dirties memory as fast as it moves"
+            )
+        dirty = _mib_per_s(ahead * PAGE, last.dirtied_seconds)
+        channel = _mib_per_s(last.bytes, last.transfer_seconds) if last.transfer_seconds else None
+        if channel is not None and dirty >= channel:
+            return (
+                f"not converging: the pod dirties {dirty:.0f} MiB/s and the channel carries "
+                f"{channel:.0f} MiB/s ({ahead} pages written since round {last.number})"
+            )
+        return None
+    if len(rounds) < 2:
+        return None
+    before = rounds[-2]
+    dirty = _mib_per_s(last.bytes, before.seconds)
+    channel = _mib_per_s(last.bytes, last.transfer_seconds) if last.transfer_seconds else None
+    if channel is not None and dirty >= channel:
+        return (
+            f"not converging: the pod dirties {dirty:.0f} MiB/s and the channel carries "
+            f"{channel:.0f} MiB/s (round {last.number}: {last.pages} pages)"
+        )
+    if last.pages > before.pages * rule.shrink_ratio:
+        return (
+            f"not shrinking: round {last.number} wrote {last.pages} pages after {before.pages}; "
+            "the workload dirties memory as fast as it moves"
+        )
+    return None
 
 
 def next_round(
@@ -173,12 +240,14 @@ def next_round(
 ) -> Verdict:
     """Whether pre-copy goes on after `rounds`, and why.
 
-    Round n carries what the pod wrote while round n-1 ran: its bytes over round n-1's time
-    are the pod's dirty rate. A round that writes few pages has converged: the final dump
-    will be small. The rounds have failed to converge when one stops shrinking, or when the
-    pod dirties memory at least as fast as the channel carries it (the next round could not
-    be smaller); then the move goes post-copy where allowed, else it stops pre-copying and
-    freezes now, before more rounds add time and nothing else."""
+    The next round copies what the pod wrote while the last one ran: counted by the agent
+    after the last transfer where it can (`Round.dirtied`), else seen only in the next
+    round's pages (then round n's bytes over round n-1's time are the pod's dirty rate).
+    Few pages ahead: converged, the final dump will be small. The rounds cannot converge
+    when they stop shrinking, or when the pod dirties memory at least as fast as the channel
+    carries it (the next round could not be smaller); then the move goes post-copy where
+    allowed, else it stops pre-copying and freezes now, before more rounds add time and
+    nothing else, as stop-and-copy where the final dump would hold nearly all the memory."""
     rule = rule or ConvergenceRule()
     if not rounds:
         return Verdict(another_round=True, why="first round")
@@ -188,24 +257,29 @@ def next_round(
             another_round=False,
             why=f"converged: round {last.number} wrote {last.pages} pages (at most {rule.few_pages})",
         )
-    stuck = None
-    if len(rounds) >= 2:
-        before = rounds[-2]
-        dirty = _mib_per_s(last.bytes, before.seconds)
-        channel = _mib_per_s(last.bytes, last.transfer_seconds) if last.transfer_seconds else None
-        if channel is not None and dirty >= channel:
-            stuck = (
-                f"not converging: the pod dirties {dirty:.0f} MiB/s and the channel carries "
-                f"{channel:.0f} MiB/s (round {last.number}: {last.pages} pages)"
-            )
-        elif last.pages > before.pages * rule.shrink_ratio:
-            stuck = (
-                f"not shrinking: round {last.number} wrote {last.pages} pages after {before.pages}; "
-                "the workload dirties memory as fast as it moves"
-            )
+    if last.dirtied is not None and last.dirtied <= rule.few_pages:
+        return Verdict(
+            another_round=False,
+            why=(
+                f"converged: the pod wrote {last.dirtied} pages while round {last.number} was "
+                f"copied (at most {rule.few_pages})"
+            ),
+        )
+    stuck = _not_converging(rounds, rule)
     if stuck is not None:
         if post_copy_allowed:
             return Verdict(another_round=False, why=f"{stuck}: continuing as post-copy", post_copy=True)
+        final = last.dirtied if last.dirtied is not None else last.pages
+        whole = rounds[0].pages
+        if final > whole * rule.shrink_ratio:
+            return Verdict(
+                another_round=False,
+                why=(
+                    f"{stuck}: the final dump would hold {final} of the pod's {whole} pages, "
+                    "so it freezes as stop-and-copy"
+                ),
+                stop_and_copy=True,
+            )
         return Verdict(another_round=False, why=stuck)
     if len(rounds) >= rule.max_rounds:
         return Verdict(another_round=False, why=f"reached the cap of {rule.max_rounds} rounds")

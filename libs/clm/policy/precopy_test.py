@@ -122,3 +122,50 @@ def test_a_channel_faster_than_the_dirty_rate_goes_on_shrinking() -> None:
     # 16 MiB written during a 1 s round (16 MiB/s), sent at 160 MiB/s.
     verdict = next_round(timed((65_536, 1.0, 0.8), (4096, 0.2, 0.1)))
     assert verdict.another_round is True
+
+
+def counted(pages: int, dirtied: int, *, seconds: float = 1.0, transfer: float = 0.5) -> Round:
+    """Round 1 of `pages`, with the pages the pod wrote during it counted after its transfer."""
+    return Round(1, pages, pages * 4096, seconds, transfer, dirtied, seconds)
+
+
+def test_few_pages_written_during_round_one_converge_without_another_round() -> None:
+    verdict = next_round([counted(262_144, 600)])
+    assert verdict.another_round is False and "converged" in verdict.why and "600 pages" in verdict.why
+
+
+def test_a_pod_rewriting_its_memory_during_round_one_stops_before_round_two() -> None:
+    # 250,000 of 262,144 pages written while round 1 was copied: round 2 would not shrink,
+    # and a final dump of nearly everything is stop-and-copy's.
+    verdict = next_round([counted(262_144, 250_000)])
+    assert verdict.another_round is False
+    assert verdict.stop_and_copy is True and verdict.post_copy is False
+    assert "not shrinking" in verdict.why and "freezes as stop-and-copy" in verdict.why
+
+
+def test_the_same_pod_goes_post_copy_where_allowed() -> None:
+    verdict = next_round([counted(262_144, 250_000)], post_copy_allowed=True)
+    assert verdict.post_copy is True and verdict.stop_and_copy is False
+
+
+def test_a_counted_round_that_shrinks_goes_on() -> None:
+    # 20,000 pages (78 MiB) in 10 s: 8 MiB/s written, 2 GiB/s carried.
+    assert next_round([counted(262_144, 20_000, seconds=10.0, transfer=0.5)]).another_round is True
+
+
+def test_a_counted_dirty_rate_above_the_channel_stops_with_a_stacked_final() -> None:
+    # Round 2 shrank to 20,000 pages, but the pod wrote 15,000 in 0.4 s (146 MiB/s) while
+    # the channel carried round 2's 78 MiB in 1 s: round 3 could not be smaller. The final
+    # dump (~15,000 pages) is still far smaller than the pod: it stacks on the rounds.
+    first = counted(262_144, 20_000, seconds=10.0, transfer=0.5)
+    second = Round(2, 20_000, 20_000 * 4096, 1.0, 1.0, 15_000, 0.4)
+    verdict = next_round([first, second])
+    assert verdict.another_round is False and verdict.stop_and_copy is False
+    assert "not converging" in verdict.why
+
+
+def test_round_from_the_agents_details() -> None:
+    details = {"pages_written": 9, "bytes": 36_864, "transfer_seconds": 0.25}
+    assert Round.from_details(2, details, 1.5) == Round(2, 9, 36_864, 1.5, 0.25)
+    counted_ = Round.from_details(1, {**details, "pages_dirtied_since": 4, "dirtied_seconds": 2.0}, 1.5)
+    assert counted_.dirtied == 4 and counted_.dirtied_seconds == 2.0
