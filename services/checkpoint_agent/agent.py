@@ -30,6 +30,7 @@ from clm.contracts.protocol import StepFailed
 from services.checkpoint_agent.config import AgentConfig, CapabilityLookup
 from services.checkpoint_agent.destination import DestinationSide
 from services.checkpoint_agent.outcomes import Details, Outcome, OutcomeStore
+from services.checkpoint_agent.progress import ProgressReporter
 from services.checkpoint_agent.restore_handler.server import RestoreHandlerServer
 from services.checkpoint_agent.runtime import ContainerRuntime
 from services.checkpoint_agent.source import SourceSide
@@ -44,11 +45,12 @@ class CheckpointAgent:
         runtime: ContainerRuntime,
         capabilities: CapabilityLookup,
         handler: RestoreHandlerServer | None = None,
+        progress: ProgressReporter | None = None,
     ) -> None:
         self.config = config
         self.node = config.node
         self.outcomes = OutcomeStore(config.layout)
-        self.source = SourceSide(config, runtime, capabilities, self.outcomes)
+        self.source = SourceSide(config, runtime, capabilities, self.outcomes, progress)
         self.destination = DestinationSide(config, runtime, capabilities, self.outcomes, handler)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._handlers: dict[protocol.Step, Handler] = {

@@ -9,6 +9,7 @@ from clm.contracts import (
     AgentKind,
     CheckpointCommand,
     NodeCapabilities,
+    StepProgress,
     StepResult,
     step_result_for,
     streams,
@@ -22,6 +23,7 @@ from services.checkpoint_agent.config import AgentConfig
 from services.checkpoint_agent.containerd import Containerd
 from services.checkpoint_agent.metrics import AgentMetrics
 from services.checkpoint_agent.page_relay import PageRelay
+from services.checkpoint_agent.progress import ProgressReporter
 from services.checkpoint_agent.receiver import ImageReceiver
 from services.checkpoint_agent.restore_handler.server import RestoreHandlerServer
 from services.checkpoint_agent.runc import Runc
@@ -96,7 +98,13 @@ def build(settings: CheckpointAgentSettings) -> ServiceApp:
     )
     config = agent_config(settings)
     runtime, handler = runtime_for(settings)
-    agent = CheckpointAgent(config, runtime, app.node_capabilities, handler)
+    app.publishes(
+        StepProgress,
+        subjects.migration_progress("{namespace}", "{migration}"),
+        "How far a running transfer has got, a few times a second at most (plain NATS, not stored).",
+    )
+    progress = ProgressReporter(app.announce, node=node)
+    agent = CheckpointAgent(config, runtime, app.node_capabilities, handler, progress)
     receiver = ImageReceiver(
         expected=agent.expected_transfers, tls=config.tls, received=metrics.bytes_received
     )

@@ -22,9 +22,10 @@ from services.checkpoint_agent.layout import tree_size
 from services.checkpoint_agent.lazy_dumps import LazyDumps
 from services.checkpoint_agent.outcomes import Details, OutcomeStore
 from services.checkpoint_agent.pagemap import lazy_holes, pages_by_kind
+from services.checkpoint_agent.progress import ProgressReporter
 from services.checkpoint_agent.runtime import Container, ContainerRuntime, RuntimeCommandError
 from services.checkpoint_agent.tls import AgentTls
-from services.checkpoint_agent.transfer import Channel, Holes, TransferError, open_channel
+from services.checkpoint_agent.transfer import Channel, Holes, TransferError, open_channel, sending_size
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,10 @@ class SourceSide:
         runtime: ContainerRuntime,
         capabilities: CapabilityLookup,
         outcomes: OutcomeStore,
+        progress: ProgressReporter | None = None,
     ) -> None:
         self.config, self.layout = config, config.layout
+        self.progress = progress or ProgressReporter(None, node=config.node)
         self.node = config.node
         self.runtime, self.capabilities, self.outcomes = runtime, capabilities, outcomes
         # Packets the frozen pod misses, per migration, and since when.
@@ -100,7 +103,8 @@ class SourceSide:
                 raise RuntimeCommandError(str(failures[0]))
             dump_seconds = time.perf_counter() - started
             stall = min(self.config.transfer_stall_seconds, command.timeout_seconds)
-            sent = await channel.send(target, stall_seconds=stall)
+            report = self.progress.for_step(command, total=sending_size(target, {}))
+            sent = await channel.send(target, stall_seconds=stall, progress=report)
             dirtied = await asyncio.to_thread(_dirtied_since, containers)
             # CRIU clears the bits in the freeze at the dump's start: the writes span the round.
             dirtied_seconds = time.perf_counter() - started
@@ -186,7 +190,8 @@ class SourceSide:
                 serving = asyncio.ensure_future(self._serve_pages(command))
             stall = min(self.config.transfer_stall_seconds, command.timeout_seconds)
             try:
-                sent = await channel.send(outgoing, stall_seconds=stall, holes=holes)
+                report = self.progress.for_step(command, total=sending_size(outgoing, holes))
+                sent = await channel.send(outgoing, stall_seconds=stall, holes=holes, progress=report)
             finally:
                 if serving is not None:
                     await serving

@@ -32,7 +32,7 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -42,6 +42,8 @@ import orjson
 from services.checkpoint_agent.tls import AGENT_NAME, AgentTls
 
 CHUNK = 4 << 20
+# Hears the bytes a transfer has sent so far.
+Progress = Callable[[int], None]
 # 4: holes (SKIP); 3: inside mutual TLS (2: HMAC-SHA256 frames, 1: keyed BLAKE2b). Both
 # agents must speak it.
 PROTOCOL = 4
@@ -130,14 +132,21 @@ class Channel:
         self.sock = sock
 
     async def send(
-        self, source: Path, *, stall_seconds: float = 600, holes: Holes | None = None
+        self,
+        source: Path,
+        *,
+        stall_seconds: float = 600,
+        holes: Holes | None = None,
+        progress: Progress | None = None,
     ) -> TransferStats:
         """Stream every regular file under `source` (subdirectories included), leaving out
         `holes`. A peer that takes nothing for `stall_seconds` fails the transfer (a dead
-        link is not waited on)."""
+        link is not waited on). `progress` hears the bytes sent so far, from the worker."""
         self.sock.settimeout(stall_seconds)
         try:
-            return await asyncio.to_thread(_send, self.sock, source, time.perf_counter(), holes or {})
+            return await asyncio.to_thread(
+                _send, self.sock, source, time.perf_counter(), holes or {}, progress or _no_progress
+            )
         finally:
             # Also what stops the worker when the step is cancelled: its socket calls fail.
             self.close()
@@ -195,10 +204,22 @@ def _handshake(raw: socket.socket, tls: AgentTls, migration: str) -> ssl.SSLSock
     return sock
 
 
-def _send(sock: ssl.SSLSocket, source: Path, started: float, holes: Holes) -> TransferStats:
+def _no_progress(_sent: int) -> None:
+    return None
+
+
+def sending_size(source: Path, holes: Holes) -> int:
+    """The bytes a transfer of `source` without `holes` carries (its files' data)."""
+    size = sum(p.stat().st_size for p in _regular_files(source))
+    return size - sum(length for spans in holes.values() for _start, length in spans)
+
+
+def _send(
+    sock: ssl.SSLSocket, source: Path, started: float, holes: Holes, progress: Progress
+) -> TransferStats:
     with sock:
         try:
-            manifest, total, skipped = _stream_files(sock, source, holes)
+            manifest, total, skipped = _stream_files(sock, source, holes, progress)
         except (ConnectionError, OSError) as exc:
             # The receiver may have said why before hanging up.
             try:
@@ -217,23 +238,31 @@ def _send(sock: ssl.SSLSocket, source: Path, started: float, holes: Holes) -> Tr
     return TransferStats(len(manifest), total, time.perf_counter() - started, skipped)
 
 
-def _stream_files(sock: socket.socket, source: Path, holes: Holes) -> tuple[dict[str, int], int, int]:
+def _stream_files(
+    sock: socket.socket, source: Path, holes: Holes, progress: Progress
+) -> tuple[dict[str, int], int, int]:
     manifest: dict[str, int] = {}
     buffer = bytearray(CHUNK)
     view = memoryview(buffer)
     skipped = 0
+    sent = [0]
+
+    def count(n: int) -> None:
+        sent[0] += n
+        progress(sent[0])
+
     for path in _regular_files(source):
         name = path.relative_to(source).as_posix()
         _send_frame(sock, FILE, orjson.dumps({"name": name}))
         size = 0
         with path.open("rb", buffering=0) as handle:
             for start, length in sorted(holes.get(name, [])):
-                size += _send_range(sock, handle, view, start - size)
+                size += _send_range(sock, handle, view, start - size, count)
                 _send_frame(sock, SKIP, _SKIP.pack(length))
                 handle.seek(length, os.SEEK_CUR)
                 size += length
                 skipped += length
-            size += _send_range(sock, handle, view, None)
+            size += _send_range(sock, handle, view, None, count)
         _send_frame(sock, DONE, b"")
         manifest[name] = size
     _send_frame(sock, END, orjson.dumps(manifest))
@@ -249,7 +278,9 @@ def _regular_files(source: Path) -> list[Path]:
     return sorted(found)
 
 
-def _send_range(sock: socket.socket, handle: BinaryIO, view: memoryview, length: int | None) -> int:
+def _send_range(
+    sock: socket.socket, handle: BinaryIO, view: memoryview, length: int | None, count: Progress
+) -> int:
     """Send `length` bytes from the file's position (None: to its end); the count sent."""
     sent = 0
     while length is None or sent < length:
@@ -259,6 +290,7 @@ def _send_range(sock: socket.socket, handle: BinaryIO, view: memoryview, length:
             break
         sent += n
         _send_frame(sock, DATA, view[:n])
+        count(n)
     return sent
 
 

@@ -20,6 +20,7 @@ from services.checkpoint_agent.transfer import (
     open_channel,
     receive_connection,
     send_directory,
+    sending_size,
 )
 
 
@@ -125,6 +126,22 @@ async def test_holes_are_not_sent_and_the_file_keeps_its_size_and_other_bytes(
     assert len(got) == len(data) and stats.bytes == len(data) and stats.skipped == 12 << 10
     assert got[:4096] == data[:4096] and got[12288 : 60 << 10] == data[12288 : 60 << 10]
     assert got[4096:12288] == bytes(8192) and got[60 << 10 :] == bytes(4 << 10)
+
+
+async def test_progress_rises_to_the_bytes_sent_without_the_holes(
+    tmp_path: Path, ca: Pem, sender: AgentTls
+) -> None:
+    files = make_images(tmp_path / "src")
+    holes = {"pages-1.img": [(4096, 1 << 20)]}
+    total = sending_size(tmp_path / "src", holes)
+    assert total == sum(len(d) for d in files.values()) - (1 << 20)
+    heard: list[int] = []
+    receiver = Receiver({"mig-1": tmp_path / "dst"}, identity(tmp_path / "recv-tls", ca))
+    channel = await open_channel("127.0.0.1", receiver.port, migration="mig-1", tls=sender)
+    stats = await channel.send(tmp_path / "src", holes=holes, progress=heard.append)
+    await receiver.result()
+    assert len(heard) >= 3 and heard == sorted(heard) and heard[-1] == total
+    assert stats.bytes - stats.skipped == total
 
 
 async def test_a_sender_of_another_cluster_is_refused_and_leaves_nothing(tmp_path: Path, ca: Pem) -> None:

@@ -26,8 +26,11 @@ from pydantic import Field
 from clm.contracts import (
     MIGRATION_EVENT_MODELS,
     CheckpointCommand,
+    ContractError,
     NetworkCommand,
     RequestMigration,
+    StepProgress,
+    decode,
     protocol,
     streams,
     subjects,
@@ -108,6 +111,8 @@ class Coordinator:
             registry=r,
         )
         self.running: dict[str, asyncio.Task[None]] = {}
+        # The runs this replica drives, by migration uid: where the agents' progress goes.
+        self.runners: dict[str, MigrationRunner] = {}
         self.wake = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.watch: Informer | None = None
@@ -139,6 +144,7 @@ class Coordinator:
             config=self.runner_config,
             handle=handle,
         )
+        self.runners[uid] = runner
         run = asyncio.create_task(runner.run())
         keeper = asyncio.create_task(keep_lease(handle, run, seconds=self.settings.lease_seconds))
         self.in_flight.inc()
@@ -168,6 +174,20 @@ class Coordinator:
             self.in_flight.dec()
             keeper.cancel()
             self.running.pop(uid, None)
+            self.runners.pop(uid, None)
+
+    async def on_progress(self, data: bytes) -> None:
+        """An agent's StepProgress: to the run it belongs to, if this replica drives it."""
+        try:
+            heard = decode(data, StepProgress)
+        except ContractError as exc:
+            log.debug("progress message ignored: %s", exc)
+            return
+        runner = self.runners.get(heard.migration_uid)
+        if runner is not None:
+            # A lost lease: the run itself finds out and stops.
+            with contextlib.suppress(LostMigration):
+                await runner.on_progress(heard)
 
     async def resync(self) -> None:
         items = await asyncio.to_thread(self.kube.list_migrations)
@@ -263,6 +283,13 @@ def build(settings: CoordinatorSettings) -> ServiceApp:
         coordinator.kube = KubeGateway(api, on_eviction_refused=coordinator.evictions_refused.inc)
         coordinator.start_watch(api)
         app.background(coordinator.resync_forever())
+
+        async def on_progress(msg: Any) -> None:
+            await coordinator.on_progress(msg.data)
+
+        # Plain NATS: progress is not stored, and each replica hears all of it (it keeps
+        # what is about the runs it drives).
+        await app.nc.subscribe(subjects.ALL_MIGRATION_PROGRESS, cb=on_progress)
 
     @app.on_stop
     async def stop_watching() -> None:

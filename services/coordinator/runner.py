@@ -39,12 +39,14 @@ from clm.contracts import (
     PreDumpFailed,
     PreDumpFinished,
     PreDumpSkipped,
+    StepProgress,
     StepResult,
     protocol,
 )
 from clm.contracts.protocol import Phase, StepFailed, is_terminal
 from clm.policy.compatibility import Profile, Requirements
-from clm.policy.precopy import AutoPostCopy, ConvergenceRule, Round, next_round, strategy_for
+from clm.policy.precopy import PAGE, AutoPostCopy, ConvergenceRule, Round, next_round, strategy_for
+from clm.policy.progress import ProgressView
 from clm.policy.waterfall import waterfall
 from services.coordinator.clones import Clones
 from services.coordinator.kube import KubeGateway, now_iso
@@ -75,6 +77,8 @@ class RunnerConfig:
     post_copy_auto_min_bytes: int | None = None
     # When pre-copy rounds stop.
     convergence: ConvergenceRule = field(default_factory=ConvergenceRule)
+    # status.progress is written at most this often while a transfer runs.
+    progress_every_seconds: float = 2.0
 
 
 class MigrationRunner:
@@ -96,6 +100,8 @@ class MigrationRunner:
         self.kube, self.send_command, self.capabilities = kube, send, capabilities
         self.namespace, self.name, self.uid = self.record.namespace, self.record.name, self.record.uid
         self.ref = MigrationRef(namespace=self.namespace, name=self.name, uid=self.uid)
+        self.progress = ProgressView(every_seconds=self.config.progress_every_seconds)
+        self._clock = time.monotonic
         self._handlers: dict[protocol.Step, StepHandler] = {
             protocol.PRE_DUMP: self._pre_dump,
             protocol.DUMP: self._dump,
@@ -127,6 +133,9 @@ class MigrationRunner:
         command = self._move().command(
             step, strategy=strategy, timeout_seconds=self.config.step_timeout, round_=round_
         )
+        # The next status write carries it (a step change is not worth a write of its own).
+        self.progress.begin(step.stage, self._clock(), round_=round_)
+        self.status["progress"] = self.progress.status(self._clock())
         try:
             result = await self.send_command(command, self.config.step_timeout + self.config.answer_grace)
         except TimeoutError as exc:
@@ -135,7 +144,25 @@ class MigrationRunner:
             raise StepFailed(
                 f"{result.agent} agent on {result.node}: {result.error}", stage=step.stage, result=result
             )
+        self.progress.ended(step.stage, self._clock())
+        self.status["progress"] = self.progress.status(self._clock())
         return result
+
+    async def on_progress(self, heard: StepProgress) -> None:
+        """An agent's progress on a step of this migration: into the status, at a bounded rate."""
+        if heard.migration_uid != self.uid:
+            return
+        due = self.progress.heard(
+            step=heard.step,
+            round_=heard.round,
+            done=heard.bytes_done,
+            total=heard.bytes_total,
+            elapsed=heard.elapsed_seconds,
+            now=self._clock(),
+        )
+        if due:
+            self.progress.written(self._clock())
+            await self.record.patch(progress=self.progress.status(self._clock()))
 
     async def _step_forward(self, step: protocol.Step, strategy: str) -> StepResult:
         """After the commit point a step is retried until it is done: never undone."""
@@ -296,6 +323,8 @@ class MigrationRunner:
                 await self.record.patch(strategy=str(stop_and_copy))
                 return str(stop_and_copy)
             done = Round.from_details(number, result.details, result.duration_seconds)
+            if done.dirtied is not None and done.dirtied_seconds > 0:
+                self.progress.dirty_rate = done.dirtied * PAGE / done.dirtied_seconds
             rounds.append(done)
             await self.record.emit(
                 f"pre-dump-finished-{number}",
@@ -418,6 +447,8 @@ class MigrationRunner:
                 **{f"freeze_{p['phase']}": float(p["seconds"]) for p in self.status.get("waterfall") or []},
             },
         )
+        self.progress.finished()
+        self.status["progress"] = self.progress.status(self._clock())
         await self.record.phase(Phase.FINISHED, f"running on {dst} as {clone}", completionTime=now_iso())
         return Phase.FINISHED
 

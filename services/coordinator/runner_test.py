@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from clm.contracts import (
     CheckpointCommand,
     NetworkCommand,
     NodeCapabilities,
+    StepProgress,
     StepResult,
     step_result_for,
 )
@@ -108,6 +110,8 @@ class FakeAgents:
         self.sent: list[tuple[str, str, str]] = []
         self.strategies: dict[str, str] = {}
         self.rounds: list[int] = []
+        # step -> what runs while the agent is at it (e.g. its progress reaching the runner).
+        self.during: dict[str, Callable[[CheckpointCommand], Awaitable[None]]] = {}
 
     async def send(self, command: CheckpointCommand | NetworkCommand, timeout: float) -> StepResult:
         agent = AgentKind.CHECKPOINT if isinstance(command, CheckpointCommand) else AgentKind.NETWORK
@@ -115,6 +119,8 @@ class FakeAgents:
         round_ = command.round if isinstance(command, CheckpointCommand) else None
         if isinstance(command, CheckpointCommand):
             self.strategies[str(command.step)] = str(command.strategy)
+            if str(command.step) in self.during:
+                await self.during[str(command.step)](command)
         error = self.fail.get(f"{agent}:{command.step}") or self.fail.get(f"{agent}:{command.step}:{round_}")
         details: dict[str, float | int | str | bool] = (
             {"bytes": 123, "pages_written": 7} if command.step in ("dump", "pre-dump") else {}
@@ -556,3 +562,52 @@ async def test_the_finished_move_carries_its_freeze_phase_by_phase() -> None:
     assert commit["seconds"] == 0.2  # withdraw and announce, 0.1 s each
     finished = published[-1]
     assert "freeze_coordination" in finished.phases  # type: ignore[attr-defined]  # a field of that event kind
+
+
+async def test_the_status_shows_the_transfer_rising_at_a_bounded_rate() -> None:
+    runner, _, agents, _ = make(config=RunnerConfig(step_timeout=5, progress_every_seconds=10))
+    clock = [100.0]
+    runner._clock = lambda: clock[0]
+    writes: list[dict[str, Any]] = []
+    patch = runner.record.patch
+
+    async def spy(**fields: Any) -> None:
+        if "progress" in fields:
+            writes.append(dict(fields["progress"]))
+        await patch(**fields)
+
+    runner.record.patch = spy  # type: ignore[method-assign]  # a spy on the status writes
+    seen: list[float] = []
+
+    async def transfer(command: CheckpointCommand) -> None:
+        for done in range(0, 1001, 100):
+            clock[0] += 1.0
+            await runner.on_progress(progress_of(command, done=done, total=1000, elapsed=1 + done / 100))
+            seen.append(runner.progress.percent)
+        # Another migration's progress is not this one's.
+        await runner.on_progress(progress_of(command, done=5, total=1000, elapsed=1.0, uid="another"))
+
+    agents.during["dump"] = transfer
+    assert await runner.run() == "Finished"
+    assert seen == sorted(seen) and seen[0] < seen[-1] <= 90.0
+    # 11 reports over 11 s, written at most every 10 s: the first and the one 10 s later.
+    assert [w["bytesDone"] for w in writes] == [0, 1000]
+    assert writes[0]["step"] == "dump" and "frozenSeconds" in writes[0]
+    final = runner.status["progress"]
+    assert final["percent"] == 100.0 and final["bytesMoved"] == 1000
+
+
+def progress_of(
+    command: CheckpointCommand, *, done: int, total: int, elapsed: float, uid: str | None = None
+) -> StepProgress:
+    return StepProgress(
+        namespace=command.migration.namespace,
+        migration=command.migration.name,
+        migration_uid=uid or command.migration.uid,
+        agent=AgentKind.CHECKPOINT,
+        node=command.node,
+        step=str(command.step),
+        bytes_done=done,
+        bytes_total=total,
+        elapsed_seconds=elapsed,
+    )

@@ -192,6 +192,9 @@ async def test_a_migration_object_moves_the_pod_with_the_documented_events(clust
         assert cluster.k8s_event_reasons("move-1") == expected
         assert status["clonePod"] == "mc-0-clone-1" and status["committed"] is True
         assert status["freezeSeconds"] > 0 and status["bytesTransferred"] > STATE_MIB * 2**20
+        # The source agent's progress reached the status over NATS while the images moved.
+        progress = status["progress"]
+        assert progress["percent"] == 100.0 and progress["bytesMoved"] > 0, progress
         clone = cluster.core.read_namespaced_pod("mc-0-clone-1", NS)
         assert clone.spec.node_name == cluster.nodes["b"].node
         assert clone.metadata.annotations["cast.ai/restore"] == f"{NS}/mc-0"

@@ -307,6 +307,10 @@ def _details(report: MigrationReport) -> dict[str, Any]:
     if report.rounds:  # pre-copy: the rounds before the freeze, and the final dump's share
         details["rounds"] = len(report.rounds)
         details["round_pages"] = "/".join(str(r.details.get("pages_written", 0)) for r in report.rounds)
+        # What the agent counted the pod writing while each round was copied.
+        details["round_dirtied"] = "/".join(
+            str(r.details.get("pages_dirtied_since", "?")) for r in report.rounds
+        )
         details["final_pages"] = int(dump.details.get("pages_written", 0))
         details["strategy"] = str(report.strategy)
         details["verdict"] = report.verdict or ""
@@ -316,7 +320,7 @@ def _details(report: MigrationReport) -> dict[str, Any]:
 def _row(
     size_mib: int, path: str, result: dict[str, Any], total: float, details: dict[str, Any]
 ) -> dict[str, Any]:
-    pre_copy = ("rounds", "round_pages", "final_pages", "strategy", "verdict")
+    pre_copy = ("rounds", "round_pages", "round_dirtied", "final_pages", "strategy", "verdict")
     extra: dict[str, Any] = {k: details[k] for k in pre_copy if k in details}
     return {
         "state_mib": size_mib,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tests.kit.nats_server import NatsServer
 from tests.kit.segment import make_segment
+from tools.benchmarks import predump_mode
 from tools.benchmarks.migrate import Bench
 
 ROW = "CLM-ROW "
@@ -27,8 +28,20 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="256,1024", help="state sizes in MiB")
     parser.add_argument("--rates", default="1,10,50", help="dirtied per second, % of the state")
+    parser.add_argument("--mode-sizes", default="", help="sizes (MiB) to compare CRIU's pre-dump modes at")
     args = parser.parse_args()
     failed = False
+    if args.mode_sizes:
+        try:
+            for row in predump_mode.compare([int(s) for s in _numbers(args.mode_sizes)]):
+                print(ROW + json.dumps({"kind": "pre-dump-mode", **row}), flush=True)
+        except Exception as exc:  # - the row says what failed; the moves go on
+            failed = True
+            print(
+                ROW + json.dumps({"kind": "pre-dump-mode", "error": f"{type(exc).__name__}: {exc}"}),
+                flush=True,
+            )
+            print(traceback.format_exc(), file=sys.stderr, flush=True)
     with (
         make_segment() as segment,
         NatsServer() as nats,

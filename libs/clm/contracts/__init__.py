@@ -36,6 +36,7 @@ from clm.contracts.events import (
     PreDumpFailed,
     PreDumpFinished,
     PreDumpSkipped,
+    StepProgress,
     StepResult,
     step_result_for,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "PreDumpFinished",
     "PreDumpSkipped",
     "RequestMigration",
+    "StepProgress",
     "StepResult",
     "StreamSpec",
     "decode",

@@ -177,6 +177,29 @@ class StepResult(Message):
         return subjects.migration_step(self.namespace, self.migration, self.agent, self.step)
 
 
+class StepProgress(Message):
+    """How far a running step has got: sent by an agent a few times a second at most while it
+    moves a pod's memory (a pre-copy round, the dump's transfer, a post-copy fill). Plain
+    NATS, not stored: it is only worth anything while the step runs."""
+
+    kind: Literal["StepProgress"] = "StepProgress"
+    namespace: K8sName
+    migration: K8sName
+    migration_uid: str = Field(min_length=1)
+    agent: AgentKind
+    node: NodeName
+    step: str = Field(min_length=1, pattern=r"^[a-z][a-z0-9-]*$")
+    round: int | None = Field(default=None, ge=1)
+    bytes_done: int = Field(ge=0)
+    # 0: not known yet.
+    bytes_total: int = Field(default=0, ge=0)
+    # Seconds since the step began.
+    elapsed_seconds: float = Field(ge=0)
+
+    def subject(self) -> str:
+        return subjects.migration_progress(self.namespace, self.migration)
+
+
 class NodeCapabilities(Message):
     """What a node's checkpoint agent found it can do: published at start and repeated every
     CLM_CAPABILITIES_INTERVAL_SECONDS, so silence means the agent is gone."""

@@ -84,6 +84,17 @@ def examples() -> list[Message]:
             duration_seconds=0.4,
             details={"pages": 1024, "bytes": 4194304},
         ),
+        e.StepProgress(
+            namespace="games",
+            migration="minecraft-0-x7k2p",
+            migration_uid=_MIG["migration_uid"],
+            agent=e.AgentKind.CHECKPOINT,
+            node=_MIG["source_node"],
+            step="dump",
+            bytes_done=268435456,
+            bytes_total=1073741824,
+            elapsed_seconds=0.9,
+        ),
         e.NodeCapabilities(
             node="ip-10-0-1-17.ec2.internal",
             agent_version="0.1.0",

@@ -14,6 +14,8 @@ ROOT = "clm"
 EVENTS_PREFIX = f"{ROOT}.events"
 COMMANDS_PREFIX = f"{ROOT}.cmd"
 DEAD_LETTER_PREFIX = f"{ROOT}.dlq"
+# Progress while a step runs: plain NATS, in no stream (it is stale within seconds).
+PROGRESS_PREFIX = f"{ROOT}.progress"
 
 _FORBIDDEN = re.compile(r"[\s*>~]")
 
@@ -61,6 +63,11 @@ def migration_step(namespace: str, migration: str, agent: str, step: str) -> str
     return join(EVENTS_PREFIX, "step", token(namespace), token(migration), agent, step)
 
 
+def migration_progress(namespace: str, migration: str) -> str:
+    """Not stored: a subscriber sees the progress of the steps running while it listens."""
+    return join(PROGRESS_PREFIX, "migration", token(namespace), token(migration))
+
+
 def node_capabilities(node: str) -> str:
     return join(EVENTS_PREFIX, "node", token(node), "capabilities")
 
@@ -102,6 +109,7 @@ ALL_NODE_DRAINED = join(EVENTS_PREFIX, "node", "*", "drained")
 ALL_POD_ELIGIBILITY = join(EVENTS_PREFIX, "pod", "*", "*", "eligibility")
 ALL_MIGRATION_REQUESTS = join(COMMANDS_PREFIX, "migration", "*", "request")
 ALL_DEAD_LETTERS = join(DEAD_LETTER_PREFIX, ">")
+ALL_MIGRATION_PROGRESS = join(PROGRESS_PREFIX, "migration", ">")
 
 
 def node_checkpoint_commands(node: str) -> str:

@@ -201,6 +201,12 @@ class ServiceApp:
     def policies(self) -> dict[str, ConsumerPolicy]:
         return self.deliveries.policies
 
+    async def announce(self, message: Message) -> None:
+        """Publish on plain NATS, stored nowhere and never retried: for what is stale in
+        seconds (a step's progress). Nobody listening is fine; a lost one is replaced soon."""
+        await self.nc.publish(message.subject(), encode(message), headers={"Clm-Kind": message.kind})
+        self.metrics.published.labels(message.kind).inc()
+
     async def publish(self, message: Message) -> PubAck:
         """Publish to JetStream with Nats-Msg-Id = message_id (a retry is stored once)."""
         subject = message.subject()

@@ -1,0 +1,53 @@
+from clm.policy.progress import ProgressView
+
+
+def test_a_stop_and_copy_move_rises_to_100_and_never_goes_back() -> None:
+    view, seen = ProgressView(every_seconds=0), []
+    view.begin("network-prepare", 0.0)
+    view.ended("network-prepare", 0.1)
+    seen.append(view.percent)
+    view.begin("dump", 1.0)
+    for done in range(0, 101, 20):
+        view.heard(step="dump", round_=None, done=done, total=100, elapsed=1 + done / 10, now=1 + done / 10)
+        seen.append(view.percent)
+    view.ended("dump", 12.0)
+    view.begin("restore", 12.0)
+    view.ended("restore", 13.5)
+    view.finished()
+    seen.append(view.percent)
+    assert seen == sorted(seen) and seen[-1] == 100.0
+    assert 45.0 < seen[3] < 90.0  # bytes move the dump's share
+    status = view.status(14.0)
+    assert status["frozenSeconds"] == 12.5 and status["bytesMoved"] == 100
+
+
+def test_pre_copy_rounds_share_their_span_without_a_known_count() -> None:
+    view = ProgressView(every_seconds=0)
+    ends = []
+    for n in range(1, 9):
+        view.begin("pre-dump", float(n), round_=n)
+        view.heard(step="pre-dump", round_=n, done=10, total=10, elapsed=1.0, now=n + 0.5)
+        view.ended("pre-dump", n + 0.9)
+        ends.append(view.percent)
+    assert ends == sorted(ends) and ends[-1] < 45.0 and len(set(ends)) == len(ends)
+    assert view.status(9.0)["step"] == "pre-dump round 8" and view.status(9.0)["bytesMoved"] == 80
+
+
+def test_progress_of_another_step_or_out_of_order_is_ignored() -> None:
+    view = ProgressView(every_seconds=0)
+    view.begin("dump", 0.0)
+    assert view.heard(step="dump", round_=None, done=50, total=100, elapsed=1.0, now=1.0)
+    assert not view.heard(step="dump", round_=None, done=40, total=100, elapsed=0.9, now=1.1)
+    assert not view.heard(step="pre-dump", round_=3, done=90, total=100, elapsed=1.0, now=1.2)
+    assert view.bytes_done == 50
+
+
+def test_writes_are_bounded_and_say_the_rate_and_time_left() -> None:
+    view = ProgressView(every_seconds=2.0)
+    view.begin("dump", 0.0)
+    assert view.heard(step="dump", round_=None, done=25, total=100, elapsed=1.0, now=1.0)
+    status = view.status(1.0)
+    view.written(1.0)
+    assert status["bytesPerSecond"] == 25 and status["etaSeconds"] == 3.0 and status["frozenSeconds"] == 1.0
+    assert not view.heard(step="dump", round_=None, done=50, total=100, elapsed=2.0, now=2.0)
+    assert view.heard(step="dump", round_=None, done=75, total=100, elapsed=3.0, now=3.0)
