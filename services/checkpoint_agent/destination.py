@@ -350,7 +350,9 @@ class DestinationSide:
             await asyncio.to_thread(self._kill_restored, uid)
         else:
             await asyncio.to_thread(self._remove_restored, command.pod.uid)
-        self.expected_transfers.pop(uid, None)
+        # A transfer still arriving (the coordinator stopped waiting for it: a cancel) is
+        # dropped when it ends; one that settled before is removed here.
+        self.expected_transfers.withdraw(uid)
         shutil.rmtree(self.layout.incoming(uid), ignore_errors=True)
         shutil.rmtree(self.layout.rounds_in(uid), ignore_errors=True)
         self.layout.expected(uid).unlink(missing_ok=True)

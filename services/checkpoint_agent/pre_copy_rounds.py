@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import threading
 from pathlib import Path
 
 from services.checkpoint_agent.layout import Layout
@@ -27,6 +29,26 @@ class ExpectedTransfers(dict[str, Path]):
     def __init__(self, layout: Layout) -> None:
         super().__init__()
         self.layout = layout
+        # Between a transfer's last byte and its images taking their place, and a migration
+        # being given up: the receiver's worker thread and the abort step.
+        self._settling = threading.Lock()
+
+    def settle(self, key: str, staging: Path, target: Path) -> bool:
+        """Put a received transfer in its place, unless its migration was given up while it
+        arrived (then the caller drops it). Atomic against `withdraw`."""
+        with self._settling:
+            if self.get(key) != target:
+                return False
+            if target.exists():
+                shutil.rmtree(target)
+            staging.rename(target)
+            return True
+
+    def withdraw(self, uid: str) -> None:
+        """Expect nothing more for `uid`: a transfer still arriving is dropped when it ends,
+        and one that settled before this returned is there for the caller to remove."""
+        with self._settling:
+            self.pop(uid, None)
 
     def get(self, key: str, default: Path | None = None) -> Path | None:  # type: ignore[override]
         uid, marker, number = key.partition(ROUND_PREFIX)

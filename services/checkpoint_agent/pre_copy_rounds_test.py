@@ -69,3 +69,23 @@ def test_a_round_without_a_container_is_refused(tmp_path: Path) -> None:
     images(final, "sidecar")
     with pytest.raises(OSError, match="sidecar"):
         stack_rounds(rounds, final)
+
+
+def test_a_transfer_settles_only_while_its_migration_is_expected(tmp_path: Path) -> None:
+    layout = Layout(state_dir=tmp_path / "state", image_dir=tmp_path / "images")
+    expected = ExpectedTransfers(layout)
+    target = layout.incoming("uid-1")
+    target.parent.mkdir(parents=True)  # the receiver stages beside the target
+    expected["uid-1"] = target
+
+    def staged(name: str) -> Path:
+        staging = tmp_path / name
+        (staging / "criu").mkdir(parents=True)
+        return staging
+
+    assert expected.settle("uid-1", staged("first"), target) and (target / "criu").is_dir()
+    assert expected.settle("uid-1", staged("again"), target), "a repeated dump replaces the images"
+    expected.withdraw("uid-1")  # an abort: the images that arrive after it are dropped
+    late = staged("late")
+    assert not expected.settle("uid-1", late, target)
+    assert late.exists(), "the caller drops what did not settle"

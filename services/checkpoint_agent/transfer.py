@@ -323,21 +323,35 @@ def receive_connection(
             raise TransferError(f"unexpected transfer for migration {migration!r}")
         sock.settimeout(timeout)
         sock.sendall(b'{"ready": true}\n')
-        total, files = _receive(sock, migration, target)
+        total, files = _receive(sock, migration, target, destination_for)
     return migration, TransferStats(files, total, time.perf_counter() - started)
 
 
-def _receive(sock: socket.socket, migration: str, target: Path) -> tuple[int, int]:
+def _settle(destination_for: Mapping[str, Path], migration: str, staging: Path, target: Path) -> None:
+    """The received images into their place. A destination that can give a migration up
+    while its images arrive (the agent's ExpectedTransfers: an abort) says whether it still
+    wants them; a fixed mapping always does."""
+    settle = getattr(destination_for, "settle", None)
+    if settle is not None:
+        if not settle(migration, staging, target):
+            raise TransferError(f"migration {migration} was given up on this node while its images arrived")
+        return
+    if target.exists():
+        # A repeated dump re-sends the whole image; the receiver only offers targets that
+        # nothing has been restored from yet.
+        shutil.rmtree(target)
+    staging.rename(target)
+
+
+def _receive(
+    sock: socket.socket, migration: str, target: Path, destination_for: Mapping[str, Path]
+) -> tuple[int, int]:
     staging = target.with_name(target.name + f".partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
         received, total = _receive_files(sock, staging)
-        if target.exists():
-            # A repeated dump re-sends the whole image; the receiver only offers targets
-            # that nothing has been restored from yet.
-            shutil.rmtree(target)
-        staging.rename(target)
+        _settle(destination_for, migration, staging, target)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
         reason = str(exc) if isinstance(exc, TransferError) else f"{type(exc).__name__}: {exc}"

@@ -43,7 +43,7 @@ from clm.runtime.informer import Informer, Key, Obj, Source
 from clm.runtime.kubeapi import api_client
 from clm.runtime.version import __version__
 from services.coordinator.admission import Limits, admit
-from services.coordinator.kube import Conflict, KubeGateway, lease_holder
+from services.coordinator.kube import FINALIZER, Conflict, KubeGateway, lease_holder
 from services.coordinator.lease import LostMigration, MigrationHandle, keep_lease
 from services.coordinator.runner import MigrationRunner, RunnerConfig
 
@@ -202,6 +202,7 @@ class Coordinator:
                 except Exception as exc:  # - the next resync tries again
                     log.warning("could not mark a migration pending", extra={"error": str(exc)})
         now = time.time()
+        await self._release_ended(items, now)
         for migration in admitted:
             uid = migration["metadata"]["uid"]
             if uid in self.running or is_terminal((migration.get("status") or {}).get("phase")):
@@ -212,6 +213,22 @@ class Coordinator:
                 break  # another replica takes it, or this one once a slot frees (the watch wakes it)
             self.running[uid] = asyncio.create_task(self.drive(uid, migration))
 
+    async def _release_ended(self, items: list[Obj], now: float) -> None:
+        """An ended Migration whose driver died before letting it go still holds the
+        finalizer: a deletion would wait for ever. Let it go."""
+        for migration in items:
+            uid = migration["metadata"]["uid"]
+            if (
+                is_terminal((migration.get("status") or {}).get("phase"))
+                and FINALIZER in (migration["metadata"].get("finalizers") or [])
+                and uid not in self.running
+                and lease_holder(migration, at=now) in (None, self.settings.replica_id)
+            ):
+                try:
+                    await asyncio.to_thread(self.kube.release_lease, migration)
+                except Exception as exc:  # - a conflict or the API away: the next pass tries again
+                    log.warning("could not release an ended migration", extra={"error": str(exc)})
+
     def start_watch(self, api: client.ApiClient) -> None:
         """Watch Migrations (list + watch, resumed after disconnects): any change — a new
         Migration, a runner's status patch, a lease released — wakes the next pass."""
@@ -220,9 +237,18 @@ class Coordinator:
         source = Source(protocol.KIND, custom.list_cluster_custom_object, protocol.CRD)
         self.watch = Informer(source, self._changed).start()
 
-    def _changed(self, _kind: str, _key: Key, _obj: Obj | None) -> None:
+    def _changed(self, _kind: str, _key: Key, obj: Obj | None) -> None:
         assert self.loop is not None
+        if obj is not None and obj["metadata"].get("deletionTimestamp"):
+            self.loop.call_soon_threadsafe(self._deleting, obj["metadata"].get("uid", ""))
         self.loop.call_soon_threadsafe(self.wake.set)
+
+    def _deleting(self, uid: str) -> None:
+        """A Migration this replica drives is being deleted: its runner cancels at the next
+        step before the commit point (after it, the deletion waits for the finish)."""
+        runner = self.runners.get(uid)
+        if runner is not None:
+            runner.cancel()
 
     async def resync_forever(self) -> None:
         while True:

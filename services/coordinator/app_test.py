@@ -11,7 +11,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from services.coordinator.app import Coordinator, CoordinatorSettings, post_copy_threshold
-from services.coordinator.kube import LEASE_HOLDER, LEASE_UNTIL
+from services.coordinator.kube import FINALIZER, LEASE_HOLDER, LEASE_UNTIL, finalizers_with
 
 
 class FakeKube:
@@ -23,6 +23,12 @@ class FakeKube:
 
     def patch_status(self, migration: dict[str, Any], status: dict[str, Any]) -> None:
         migration["status"] = {**(migration.get("status") or {}), **status}
+
+    def release_lease(self, migration: dict[str, Any]) -> dict[str, Any]:
+        finalizers = finalizers_with(migration, ours=False)
+        if finalizers is not None:
+            migration["metadata"]["finalizers"] = finalizers
+        return migration
 
 
 def migration(i: int, phase: str | None = None) -> dict[str, Any]:
@@ -93,6 +99,46 @@ async def test_migrations_another_replica_holds_do_not_use_up_this_ones_slots() 
     await c.resync()
     await asyncio.sleep(0)
     assert started == ["uid-3", "uid-4"]  # the expired lease is free to take
+
+
+async def test_an_ended_migration_whose_driver_died_lets_its_deletion_go() -> None:
+    c = coordinator(replica_id="me")
+    ended, held = migration(1, "Finished"), migration(2, "Failed")
+    for m in (ended, held):
+        m["metadata"]["finalizers"] = [FINALIZER]
+    held["metadata"]["annotations"] = {LEASE_HOLDER: "other", LEASE_UNTIL: f"{time.time() + 60:.3f}"}
+    c.kube = FakeKube([ended, held])  # type: ignore[assignment]  # a fake of the API gateway
+    await c.resync()
+    assert ended["metadata"]["finalizers"] == []
+    assert held["metadata"]["finalizers"] == [FINALIZER], "its driver may still be letting it go"
+
+
+async def test_progress_goes_to_the_run_it_is_about() -> None:
+    from clm.contracts import StepProgress, encode
+
+    c = coordinator()
+    heard: list[StepProgress] = []
+    c.runners["uid-1"] = SimpleNamespace(on_progress=_append_to(heard))  # type: ignore[assignment]  # a stand-in runner
+    about = {
+        "namespace": "ns",
+        "migration": "m1",
+        "agent": "checkpoint",
+        "node": "a1",
+        "step": "dump",
+        "bytes_done": 1,
+        "elapsed_seconds": 0.1,
+    }
+    await c.on_progress(encode(StepProgress(migration_uid="uid-1", **about)))
+    await c.on_progress(encode(StepProgress(migration_uid="uid-2", **about)))  # not driven here
+    await c.on_progress(b"not json")
+    assert [h.migration_uid for h in heard] == ["uid-1"]
+
+
+def _append_to(heard: list[Any]) -> Any:
+    async def on_progress(message: Any) -> None:
+        heard.append(message)
+
+    return on_progress
 
 
 def test_auto_picks_post_copy_only_where_the_cluster_opts_in() -> None:

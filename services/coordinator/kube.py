@@ -19,6 +19,22 @@ from clm.contracts.protocol import API_VERSION, CRD, GROUP, KIND, PLURAL, VERSIO
 
 LEASE_HOLDER = "live.cast.ai/coordinator"
 LEASE_UNTIL = "live.cast.ai/coordinator-lease-until"
+# Held while a replica drives the move: a deletion then waits for the run to end it (a
+# cancel before the commit point, the finish after it) instead of orphaning the pod's state.
+FINALIZER = "live.cast.ai/migration"
+
+
+def finalizers_with(migration: dict[str, Any], *, ours: bool) -> list[str] | None:
+    """The Migration's finalizers with or without ours; None: no change. A list is replaced
+    whole by a merge patch: the others are kept, and the resourceVersion guards the rest. None
+    is added to an object being deleted (the API refuses new finalizers then)."""
+    meta = migration["metadata"]
+    current = list(meta.get("finalizers") or [])
+    if ours and FINALIZER not in current and not meta.get("deletionTimestamp"):
+        return [*current, FINALIZER]
+    if not ours and FINALIZER in current:
+        return [f for f in current if f != FINALIZER]
+    return None
 
 
 def now_iso() -> str:
@@ -83,12 +99,14 @@ class KubeGateway:
         current = lease_holder(migration, at=time.time())
         if current not in (None, holder):
             raise Conflict(f"held by {current}")
-        body = {
+        body: dict[str, Any] = {
             "metadata": {
                 "resourceVersion": meta["resourceVersion"],
                 "annotations": {LEASE_HOLDER: holder, LEASE_UNTIL: f"{time.time() + seconds:.3f}"},
             }
         }
+        if (finalizers := finalizers_with(migration, ours=True)) is not None:
+            body["metadata"]["finalizers"] = finalizers
         try:
             return self.custom.patch_namespaced_custom_object(
                 GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body
@@ -99,14 +117,17 @@ class KubeGateway:
             raise
 
     def release_lease(self, migration: dict[str, Any]) -> dict[str, Any]:
-        """Drop the lease of a migration that has ended (nobody drives it any more)."""
+        """Drop the lease of a migration that has ended (nobody drives it any more), and the
+        finalizer: a deletion waiting for the end goes through."""
         meta = migration["metadata"]
-        body = {
+        body: dict[str, Any] = {
             "metadata": {
                 "resourceVersion": meta["resourceVersion"],
                 "annotations": {LEASE_HOLDER: None, LEASE_UNTIL: None},
             }
         }
+        if (finalizers := finalizers_with(migration, ours=False)) is not None:
+            body["metadata"]["finalizers"] = finalizers
         try:
             return self.custom.patch_namespaced_custom_object(
                 GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body

@@ -49,13 +49,19 @@ from clm.policy.precopy import PAGE, AutoPostCopy, ConvergenceRule, Round, next_
 from clm.policy.progress import ProgressView
 from clm.policy.waterfall import waterfall
 from services.coordinator.clones import Clones
-from services.coordinator.kube import KubeGateway, now_iso
+from services.coordinator.kube import FINALIZER, KubeGateway, now_iso
 from services.coordinator.lease import MigrationHandle
 from services.coordinator.recorder import Publish, StatusRecorder, in_thread
 from services.coordinator.resolve import resolve
 
 log = logging.getLogger(__name__)
 
+# status.failedStage of a Migration deleted before its commit point.
+CANCEL_STAGE = "cancel"
+# Steps a cancel does not wait for: every one is undone by the rollback's steps.
+CANCELLABLE = frozenset(
+    {protocol.PREPARE_NETWORK, protocol.CHECK_CPU, protocol.PRE_DUMP, protocol.DUMP, protocol.RESTORE}
+)
 # status.commitPoint when the source pod object's deletion was the commit point.
 SOURCE_DELETED = "source-deleted"
 
@@ -101,6 +107,8 @@ class MigrationRunner:
         self.namespace, self.name, self.uid = self.record.namespace, self.record.name, self.record.uid
         self.ref = MigrationRef(namespace=self.namespace, name=self.name, uid=self.uid)
         self.progress = ProgressView(every_seconds=self.config.progress_every_seconds)
+        # Set when the coordinator saw the Migration being deleted (its watch).
+        self._cancelled = asyncio.Event()
         self._clock = time.monotonic
         self._handlers: dict[protocol.Step, StepHandler] = {
             protocol.PRE_DUMP: self._pre_dump,
@@ -136,8 +144,12 @@ class MigrationRunner:
         # The next status write carries it (a step change is not worth a write of its own).
         self.progress.begin(step.stage, self._clock(), round_=round_)
         self.status["progress"] = self.progress.status(self._clock())
+        timeout = self.config.step_timeout + self.config.answer_grace
         try:
-            result = await self.send_command(command, self.config.step_timeout + self.config.answer_grace)
+            if step in CANCELLABLE and not self.status.get("committed"):
+                result = await self._unless_cancelled_meanwhile(self.send_command(command, timeout))
+            else:
+                result = await self.send_command(command, timeout)
         except TimeoutError as exc:
             raise StepFailed(str(exc), stage=step.stage) from None
         if not result.ok:
@@ -147,6 +159,22 @@ class MigrationRunner:
         self.progress.ended(step.stage, self._clock())
         self.status["progress"] = self.progress.status(self._clock())
         return result
+
+    async def _unless_cancelled_meanwhile(self, answer: Awaitable[StepResult]) -> StepResult:
+        """The step's answer, unless the Migration is deleted first: then the rollback starts
+        at once. The agent may still finish the step; the rollback's steps reach it after
+        (an agent runs one migration's steps in order) and undo it."""
+        answering = asyncio.ensure_future(answer)
+        cancelled = asyncio.ensure_future(self._cancelled.wait())
+        try:
+            await asyncio.wait({answering, cancelled}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            cancelled.cancel()
+        if answering.done():
+            return answering.result()
+        answering.cancel()
+        self._unless_cancelled()
+        raise AssertionError("unreachable: the cancel is set")  # pragma: no cover
 
     async def on_progress(self, heard: StepProgress) -> None:
         """An agent's progress on a step of this migration: into the status, at a bounded rate."""
@@ -205,6 +233,7 @@ class MigrationRunner:
         await resolve(self.record, self.config.requirements)
         strategy = await self._strategy()
         for step in protocol.before_commit(strategy):
+            self._unless_cancelled()
             if step is protocol.RESTORE and await self._namesake_before_restore():
                 # Recorded before the deletion: a coordinator restarted after it goes on forward.
                 await self.record.patch(
@@ -224,8 +253,23 @@ class MigrationRunner:
             # which cannot take it back now; the network commit follows, only forward.
             await self.record.patch(committed=True, message="resumed on the destination: committed")
             return
+        self._unless_cancelled()
         commit = [await self._step(step, strategy) for step in protocol.COMMIT]
         await self._record_freeze(commit, committed=True)
+
+    def cancel(self) -> None:
+        """The Migration is being deleted: before the commit point the move stops now (a
+        step in flight is not waited for) and rolls back; after it, the move finishes."""
+        self._cancelled.set()
+
+    def _deleting(self) -> bool:
+        return self._cancelled.is_set() or bool(self.record.m["metadata"].get("deletionTimestamp"))
+
+    def _unless_cancelled(self) -> None:
+        """Before the commit point a deleted Migration is a cancel: the move stops at the next
+        step and rolls back (the pod keeps running on its source), then lets the deletion go."""
+        if self._deleting():
+            raise StepFailed("the Migration was deleted before the commit point", stage=CANCEL_STAGE)
 
     async def _kubelet_restores_clones(self) -> bool:
         capabilities = await self.capabilities(self.status["destinationNode"])
@@ -303,6 +347,7 @@ class MigrationRunner:
             verdict := next_round(rounds, self.config.convergence, post_copy_allowed=post_copy_allowed)
         ).another_round:
             number = len(rounds) + 1
+            self._unless_cancelled()
             await self.record.phase(step.phase, f"pre-copy round {number} while the pod runs")
             try:
                 result = await self._step(step, strategy, round_=number)
@@ -411,7 +456,13 @@ class MigrationRunner:
         if (protocol.committed_at_resume(strategy) or deleted_first) and "freezeSeconds" not in self.status:
             commit = [await self._step_forward(step, strategy) for step in protocol.COMMIT]
             await self._record_freeze(commit)
-        await self.record.phase(Phase.FINALIZING, f"the pod runs on {dst}: cleaning up {src}")
+        waiting = (
+            f" (the Migration was deleted past the commit point: the deletion waits for the move to "
+            f"finish, finalizer {FINALIZER})"
+            if self._deleting()
+            else ""
+        )
+        await self.record.phase(Phase.FINALIZING, f"the pod runs on {dst}: cleaning up {src}{waiting}")
         fill_failure: StepFailed | None = None
         for step in protocol.after_commit(strategy):
             if step is protocol.FILL:
@@ -499,9 +550,8 @@ class MigrationRunner:
         )
 
     async def _rollback(self, reason: str, stage: str) -> None:
-        await self.record.phase(
-            Phase.ROLLING_BACK, f"{stage} failed: {reason}", failureReason=reason, failedStage=stage
-        )
+        why = f"cancelling: {reason}" if stage == CANCEL_STAGE else f"{stage} failed: {reason}"
+        await self.record.phase(Phase.ROLLING_BACK, why, failureReason=reason, failedStage=stage)
         problems = []
         if self.status.get("sourcePodUID") and self.status.get("destinationNode"):
             strategy = self.status.get("strategy") or str(MigrationStrategy.STOP_AND_COPY)
@@ -511,9 +561,14 @@ class MigrationRunner:
                 except StepFailed as failure:
                     problems.append(failure.reason)
         await self.clones.remove()
-        fallback = Fallback(self.spec.get("fallback") or self.status.get("fallback") or "none")
-        outcome = await self._fallback(fallback)
-        message = f"{stage} failed: {reason}; fallback {fallback}: {outcome}"
+        if stage == CANCEL_STAGE:
+            # The user's cancel: the pod stays where it runs, no fallback.
+            fallback = Fallback.NONE
+            message = f"cancelled: {reason}; the pod runs on {self.status.get('sourceNode')} as before"
+        else:
+            fallback = Fallback(self.spec.get("fallback") or self.status.get("fallback") or "none")
+            outcome = await self._fallback(fallback)
+            message = f"{stage} failed: {reason}; fallback {fallback}: {outcome}"
         if problems:
             message += "; rollback problems: " + "; ".join(problems)
         await self.record.emit(

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -50,12 +51,16 @@ class FakeKube:
         # Shared with FakeAgents.sent: API writes and agent steps in one order.
         self.timeline: list[tuple[str, str, str]] = []
         self.nodes: list[dict[str, Any]] = []
+        # Every status.message written, in order.
+        self.messages: list[str] = []
 
     def patch_status(self, m: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
         # An API server prunes what the CRD's schema does not declare: such a field would be
         # gone after a restart, so writing one is a bug.
         unknown = set(status) - STATUS_FIELDS
         assert not unknown, f"status fields missing from the Migration CRD's schema: {sorted(unknown)}"
+        if status.get("message") and (not self.messages or self.messages[-1] != status["message"]):
+            self.messages.append(status["message"])
         return {**m, "status": copy.deepcopy(status)}
 
     def record_event(self, m: dict[str, Any], sequence: int, reason: str, kind: str, message: str) -> None:
@@ -111,7 +116,7 @@ class FakeAgents:
         self.strategies: dict[str, str] = {}
         self.rounds: list[int] = []
         # step -> what runs while the agent is at it (e.g. its progress reaching the runner).
-        self.during: dict[str, Callable[[CheckpointCommand], Awaitable[None]]] = {}
+        self.during: dict[str, Callable[[Any], Awaitable[None]]] = {}
 
     async def send(self, command: CheckpointCommand | NetworkCommand, timeout: float) -> StepResult:
         agent = AgentKind.CHECKPOINT if isinstance(command, CheckpointCommand) else AgentKind.NETWORK
@@ -119,8 +124,8 @@ class FakeAgents:
         round_ = command.round if isinstance(command, CheckpointCommand) else None
         if isinstance(command, CheckpointCommand):
             self.strategies[str(command.step)] = str(command.strategy)
-            if str(command.step) in self.during:
-                await self.during[str(command.step)](command)
+        if str(command.step) in self.during:
+            await self.during[str(command.step)](command)
         error = self.fail.get(f"{agent}:{command.step}") or self.fail.get(f"{agent}:{command.step}:{round_}")
         details: dict[str, float | int | str | bool] = (
             {"bytes": 123, "pages_written": 7} if command.step in ("dump", "pre-dump") else {}
@@ -611,3 +616,60 @@ def progress_of(
         bytes_total=total,
         elapsed_seconds=elapsed,
     )
+
+
+async def test_a_migration_deleted_before_the_commit_point_is_cancelled_and_the_pod_stays() -> None:
+    runner, kube, agents, published = make(fallback="evict", strategy="pre-copy", tracking=True)
+
+    async def deleted(_command: Any) -> None:
+        runner.cancel()  # what the coordinator's watch does
+
+    agents.during["pre-dump"] = deleted
+    assert await runner.run() == "Failed"
+    assert agents.rounds == [1], "no round after the cancel"
+    assert ("checkpoint", "dump", SOURCE) not in agents.sent
+    assert ("checkpoint", "abort", SOURCE) in agents.sent and ("checkpoint", "abort", DEST) in agents.sent
+    failed = published[-1]
+    assert kinds(published)[-1] == "MigrationFailed"
+    assert failed.stage == "cancel" and failed.fallback == "none"  # type: ignore[attr-defined]  # a field of that event kind
+    assert kube.evicted == [], "a cancel is no failure: no fallback"
+    assert runner.status["failedStage"] == "cancel" and "runs on" in runner.status["message"]
+    assert any(m.startswith("cancelling:") for m in kube.messages)
+
+
+async def test_a_deletion_past_the_commit_point_waits_for_the_finish() -> None:
+    runner, kube, agents, _ = make(fallback="evict")
+
+    async def deleted(_command: Any) -> None:
+        runner.cancel()
+
+    agents.during["commit"] = deleted  # the network commit: the commit point
+    assert await runner.run() == "Finished"
+    assert ("checkpoint", "finalize", SOURCE) in agents.sent
+    assert any("the deletion waits for the move to finish" in m for m in kube.messages)
+
+
+def test_the_finalizer_is_added_with_the_lease_and_dropped_with_it() -> None:
+    from services.coordinator.kube import FINALIZER, finalizers_with
+
+    fresh = {"metadata": {"finalizers": ["someone-else"]}}
+    assert finalizers_with(fresh, ours=True) == ["someone-else", FINALIZER]
+    held = {"metadata": {"finalizers": ["someone-else", FINALIZER]}}
+    assert finalizers_with(held, ours=True) is None
+    assert finalizers_with(held, ours=False) == ["someone-else"]
+    # The API refuses new finalizers on an object being deleted.
+    assert finalizers_with({"metadata": {"deletionTimestamp": "2026-12-02T18:00:00Z"}}, ours=True) is None
+
+
+async def test_a_cancel_does_not_wait_for_the_step_in_flight() -> None:
+    runner, kube, agents, published = make(fallback="evict")
+
+    async def deleted_during_a_dump_that_never_answers(_command: Any) -> None:
+        runner.cancel()
+        await asyncio.Event().wait()
+
+    agents.during["dump"] = deleted_during_a_dump_that_never_answers
+    assert await asyncio.wait_for(runner.run(), timeout=5) == "Failed"
+    assert runner.status["failedStage"] == "cancel" and kube.evicted == []
+    assert ("checkpoint", "abort", SOURCE) in agents.sent
+    assert published[-1].fallback == "none"  # type: ignore[attr-defined]  # a field of that event kind

@@ -14,6 +14,7 @@ runc container between two nodes of a test segment.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import shutil
 import time
@@ -35,6 +36,7 @@ from tests.kit.agents import AgentProcess, NodeAgents, agent_tls_dir
 from tests.kit.nats_server import NatsServer
 from tests.kit.podlab import CountingClient, LabPod, expected_hash, remove_pod, running_on, start_pod
 from tests.kit.segment import POD_IP, Segment
+from tools.clm import migrate
 from tools.kube_emulator.main import kubeconfig_text
 from tools.kube_emulator.testing import EmulatorThread, api_client, running_emulator
 
@@ -139,13 +141,15 @@ class Cluster:
             protocol.GROUP, protocol.VERSION, NS, protocol.PLURAL, name
         )
 
-    async def wait_phase(self, name: str, phases: tuple[str, ...], timeout: float = 120) -> dict[str, Any]:
+    async def wait_phase(
+        self, name: str, phases: tuple[str, ...], timeout: float = 120, poll: float = 0.2
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             status = self.migration(name).get("status") or {}
             if status.get("phase") in phases:
                 return status
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(poll)
         log = (self.tmp / "coordinator.log").read_text(errors="replace")[-4000:]
         raise AssertionError(f"migration {name} never reached {phases}: {status}\n{log}")
 
@@ -304,6 +308,46 @@ def test_an_invalid_migration_is_refused_with_the_field_named(cluster: Cluster) 
         )
     assert refused.value.status == 422
     assert "spec.strategy" in refused.value.body
+
+
+async def test_a_migration_deleted_before_the_commit_point_is_cancelled_and_the_pod_stays(
+    cluster: Cluster,
+) -> None:
+    pod = cluster.run_pod()
+    client_ = CountingClient(cluster.segment.nodes["client"].name, pod.ip, cluster.tmp / "client")
+    try:
+        await asyncio.to_thread(client_.wait_answers)
+        cluster.migrate("move-c", pod.name, fallback="evict")
+        await cluster.wait_phase("move-c", ("Dumping",), poll=0.01)
+        out = io.StringIO()
+        # What `clm migrate --cancel NS/mc-0` does: delete the Migration, follow it to its end.
+        code = await asyncio.to_thread(
+            migrate.cancel, cluster.api, NS, pod.name, wait=True, timeout=120, out=out
+        )
+        assert code == 0 and "cancelled: mc-0 runs on" in out.getvalue(), out.getvalue()
+        # The finalizer held the object until the rollback was done, then let it go.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                cluster.migration("move-c")
+            except ApiException as exc:
+                assert exc.status == 404
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"the deleted Migration stayed: {cluster.migration('move-c')}")
+        await asyncio.to_thread(client_.wait_answers)
+        result = client_.finish()
+    finally:
+        client_.kill()
+    assert result["error"] is None and result["in_order"], result
+    assert running_on(pod, cluster.nodes["a"].runc_root)
+    assert not running_on(pod, cluster.nodes["b"].runc_root)
+    # No fallback: the source pod object stays, no clone is left.
+    assert {p.metadata.name for p in cluster.core.list_namespaced_pod(NS).items} == {"mc-0"}
+    assert cluster.k8s_event_reasons("move-c")[-1] == "MigrationFailed"
+    leftovers = [p for p in cluster.images.rglob("*") if p.is_file()] if cluster.images.exists() else []
+    assert not leftovers, leftovers
 
 
 @pytest.mark.parametrize("phase", ["Preparing", "Dumping", "Restoring", "Finalizing"])

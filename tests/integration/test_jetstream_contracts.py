@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import nats
+import pytest
 from nats.js.api import RetentionPolicy
 
-from clm.contracts import REGISTRY, Message, streams, subjects
+from clm.contracts import REGISTRY, Message, decode, streams, subjects
 from clm.contracts.examples import examples
 from clm.runtime.jetstream import declare_streams
 from tests.integration.support import eventually, make_app
@@ -36,13 +37,25 @@ async def test_every_message_round_trips_through_jetstream(nats_server: NatsServ
     async def on_command(message: Message) -> None:
         received[message.message_id] = message
 
+    async def on_plain(msg: nats.aio.msg.Msg) -> None:
+        message = decode(msg.data)
+        received[message.message_id] = message
+
     await app.start()
     try:
+        # Progress is not stored: it goes on plain NATS, to whoever listens then.
+        await app.nc.subscribe(f"{subjects.PROGRESS_PREFIX}.>", cb=on_plain)
         sent = examples()
         for message in sent:
+            if not message.STORED:
+                with pytest.raises(ValueError, match="belongs to no CLM stream"):
+                    await app.publish(message)
+                await app.announce(message)
+                continue
             ack = await app.publish(message)
             assert not ack.duplicate
             assert ack.stream == streams.stream_for(message.subject()).name
+        assert any(not m.STORED for m in sent), "the examples hold a plain NATS kind"
         await eventually(lambda: len(received) == len(sent), what="all examples to arrive")
         for message in sent:
             assert received[message.message_id] == message, message.kind

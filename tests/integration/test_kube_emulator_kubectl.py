@@ -116,21 +116,24 @@ def test_migrations_crd_printer_columns_validation_and_events(kubectl: Kubectl) 
         "--subresource=status",
         "--type=merge",
         "-p",
-        '{"status":{"phase":"Finished","freezeDuration":"412ms"}}',
+        '{"status":{"phase":"Finished","freezeDuration":"412ms",'
+        '"progress":{"percent":100,"step":"dump","etaSeconds":0}}}',
     )
     lines = kubectl("get", "migrations", "-A").stdout.splitlines()
-    assert lines[0].split() == ["NAMESPACE", "NAME", "POD", "SOURCE", "DESTINATION", "PHASE", "FREEZE", "AGE"]
-    assert lines[1].split()[:7] == [
+    header = ["NAMESPACE", "NAME", "POD", "SOURCE", "DESTINATION", "PHASE", "PROGRESS", "FREEZE", "AGE"]
+    assert lines[0].split() == header
+    assert lines[1].split()[:8] == [
         "games",
         "mc-move",
         "minecraft-0",
         "node-a",
         "node-b",
         "Finished",
+        "100",
         "412ms",
     ]
     wide = kubectl("get", "mig", "-n", "games", "-o", "wide").stdout.splitlines()[0].split()
-    assert "STRATEGY" in wide and "CLONE" in wide
+    assert "STRATEGY" in wide and "CLONE" in wide and "STEP" in wide and "ETA" in wide
 
     bad = kubectl(
         "apply", "-f", "-", stdin=MIGRATION.format(name="bad", extra=", strategy: teleport"), check=False

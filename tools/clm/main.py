@@ -3,6 +3,7 @@
     clm sandbox up|down|status          a whole CLM cluster on this machine
     clm events [--follow] [--json]      migration events on NATS
     clm migrate NAMESPACE/POD [--to NODE] [--strategy S]   create a Migration and follow it
+    clm migrate --cancel NAMESPACE/POD                     cancel the pod's running migration
     clm explain NAMESPACE/POD           why a pod is (not) eligible, and what the Evictor would do
     clm plan                            the evictor-planner's current plan
     clm agent-certs DIR [--renew|--new-ca]  the agents' CA and certificate (their mutual TLS)
@@ -140,6 +141,11 @@ def _migrate(args: argparse.Namespace) -> int:
     api = _load_kube("migrate", args.kubeconfig)
     if api is None:
         return 2
+    if args.cancel:
+        if args.to or args.strategy:
+            print("clm migrate: --cancel takes no --to or --strategy", file=sys.stderr)
+            return 2
+        return migrate.cancel(api, namespace, name, wait=not args.no_wait, timeout=args.timeout)
     return migrate.migrate(
         api,
         namespace,
@@ -214,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
         choices=[str(s) for s in MigrationStrategy],
         default=None,
         help="how memory moves (default: the Migration's default, auto)",
+    )
+    move.add_argument(
+        "--cancel",
+        action="store_true",
+        help="cancel the pod's running migration (before its commit point the pod stays where it runs)",
     )
     move.add_argument("--no-wait", action="store_true", help="return once the Migration is created")
     move.add_argument("--timeout", type=float, default=300.0)

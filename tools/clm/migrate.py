@@ -1,5 +1,7 @@
 """`clm migrate NAMESPACE/POD [--to NODE] [--strategy S]`: create a Migration object for the pod and follow
-its phases to the end (a watch), as the coordinator records them."""
+its phases to the end (a watch), as the coordinator records them. `clm migrate --cancel
+NAMESPACE/POD`: delete the pod's running Migrations; before the commit point the move rolls back
+(the pod stays on its source), after it the deletion waits for the finish."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from typing import Any, TextIO
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from clm.contracts.protocol import Phase
+from clm.contracts import protocol
+from clm.contracts.protocol import Phase, is_terminal
 from tools.console.migrations import create_migration, follow, migration_body
 
 
@@ -72,7 +75,7 @@ def migrate(
     def show(status: dict[str, Any]) -> None:
         phase = status.get("phase") or Phase.PENDING
         seen.append(phase)
-        print(f"  {phase}: {status.get('message', '')}", file=out, flush=True)
+        print(f"  {phase}{_percent(status)}: {status.get('message', '')}", file=out, flush=True)
 
     status = follow(custom, namespace, name, timeout=timeout, on_change=show)
     if status is None:
@@ -90,3 +93,76 @@ def migrate(
         file=out,
     )
     return 0
+
+
+def _percent(status: dict[str, Any]) -> str:
+    progress = status.get("progress") or {}
+    return f" {float(progress['percent']):.0f}%" if "percent" in progress else ""
+
+
+def cancel(
+    api: client.ApiClient,
+    namespace: str,
+    pod: str,
+    *,
+    wait: bool,
+    timeout: float,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """Delete the pod's Migrations that have not ended; with `wait`, say how each ended."""
+    out, err = out or sys.stdout, err or sys.stderr
+    custom = client.CustomObjectsApi(api)
+    try:
+        items = custom.list_namespaced_custom_object(
+            protocol.GROUP, protocol.VERSION, namespace, protocol.PLURAL
+        )["items"]
+    except ApiException as exc:
+        print(f"clm migrate --cancel: the API answered {exc.status} {exc.reason}", file=err)
+        return 1
+    running = [
+        m
+        for m in items
+        if m["spec"].get("podName") == pod and not is_terminal((m.get("status") or {}).get("phase"))
+    ]
+    if not running:
+        print(f"clm migrate --cancel: no migration of {namespace}/{pod} is running", file=err)
+        return 1
+    for m in running:
+        name = m["metadata"]["name"]
+        phase = (m.get("status") or {}).get("phase") or Phase.PENDING
+        try:
+            custom.delete_namespaced_custom_object(
+                protocol.GROUP, protocol.VERSION, namespace, protocol.PLURAL, name
+            )
+        except ApiException as exc:
+            if exc.status != 404:  # gone meanwhile: it ended
+                print(f"clm migrate --cancel: could not delete {name}: {exc.status} {exc.reason}", file=err)
+                return 1
+        print(f"cancelling migration {namespace}/{name} ({phase})", file=out, flush=True)
+    if not wait:
+        return 0
+    code = 0
+    for m in running:
+        name = m["metadata"]["name"]
+        status = follow(custom, namespace, name, timeout=timeout)
+        if status is None:
+            print(
+                f"clm migrate --cancel: {name} did not end within {timeout:.0f}s"
+                "; is the coordinator running?",
+                file=err,
+            )
+            code = 1
+        elif status.get("failedStage") == "cancel":
+            print(f"cancelled: {pod} runs on {status.get('sourceNode')} as before", file=out)
+        elif status.get("phase") == Phase.FINISHED:
+            print(
+                f"{name} was past its commit point: it finished, {pod} runs on "
+                f"{status.get('destinationNode')} as {status.get('clonePod')}",
+                file=out,
+            )
+            code = 1
+        else:
+            print(f"{name} ended before the cancel: {status.get('message', '')}", file=out)
+            code = 1
+    return code

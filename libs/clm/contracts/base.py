@@ -32,6 +32,8 @@ class Message(BaseModel):
 
     # The newest schema_version of this kind that this code understands.
     SCHEMA_VERSION: ClassVar[int] = 1
+    # False: sent on plain NATS, in no stream (`ServiceApp.announce`): stale in seconds.
+    STORED: ClassVar[bool] = True
 
     kind: str
     schema_version: int = Field(default=1, ge=1)

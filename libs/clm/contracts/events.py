@@ -8,7 +8,7 @@ on the Migration object.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -181,6 +181,8 @@ class StepProgress(Message):
     """How far a running step has got: sent by an agent a few times a second at most while it
     moves a pod's memory (a pre-copy round, the dump's transfer, a post-copy fill). Plain
     NATS, not stored: it is only worth anything while the step runs."""
+
+    STORED: ClassVar[bool] = False
 
     kind: Literal["StepProgress"] = "StepProgress"
     namespace: K8sName
