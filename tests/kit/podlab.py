@@ -36,6 +36,8 @@ class LabPod:
     state_mib: int
     # The server's writer: this share of its pages rewritten every second (0: none).
     dirty_percent: float = 0.0
+    # How the writer moves: "sweep" through the whole state, or "hot" (the same pages).
+    dirty_pattern: str = "sweep"
 
     @property
     def ref(self) -> PodRef:
@@ -57,7 +59,7 @@ def start_pod(pod: LabPod, *, node: str, node_netns: str, runc_root: Path, workd
     bundle = write_bundle(
         workdir / "bundles" / pod.uid / "server",
         args=["/usr/bin/python3", "-u", "/srv/stateful_server.py", str(pod.state_mib)]
-        + ([str(pod.dirty_percent)] if pod.dirty_percent else []),
+        + ([str(pod.dirty_percent), pod.dirty_pattern] if pod.dirty_percent else []),
         netns=pod_netns_path(node, pod.uid),
         app_dir=app,
         annotations={

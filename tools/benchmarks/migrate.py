@@ -112,7 +112,9 @@ class Bench:
     def everywhere(self) -> dict[str, tuple[str, Path]]:
         return {n.node: (n.node_netns, n.runc_root) for n in self.nodes.values()}
 
-    def measure(self, size_mib: int, path: str, dirty_percent: float = 0.0) -> dict[str, Any]:
+    def measure(
+        self, size_mib: int, path: str, dirty_percent: float = 0.0, pattern: str = "sweep"
+    ) -> dict[str, Any]:
         a = self.nodes["a"]
         pod = LabPod(
             namespace="bench",
@@ -121,6 +123,7 @@ class Bench:
             ip=POD_IP,
             state_mib=size_mib,
             dirty_percent=dirty_percent,
+            dirty_pattern=pattern,
         )
         start_pod(pod, node=a.node, node_netns=a.node_netns, runc_root=a.runc_root, workdir=self.tmp / "pod")
         client = CountingClient(self.segment.nodes["client"].name, pod.ip, self.tmp / "client")

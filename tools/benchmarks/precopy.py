@@ -34,11 +34,14 @@ def rows_from(console: str) -> list[dict[str, Any]]:
 
 
 def side_by_side(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Pre-copy over stop-and-copy for each size and dirty rate, from the same run."""
+    """Pre-copy over stop-and-copy for each size, dirty rate and writer, from the same run."""
     out = []
-    keys = sorted({(r["state_mib"], r["dirty_percent_per_s"]) for r in rows})
-    for size, rate in keys:
-        pair = {r["path"]: r for r in rows if (r["state_mib"], r["dirty_percent_per_s"]) == (size, rate)}
+
+    def case(r: dict[str, Any]) -> tuple[int, float, str]:
+        return (r["state_mib"], r["dirty_percent_per_s"], r.get("pattern", "sweep"))
+
+    for size, rate, pattern in sorted({case(r) for r in rows}):
+        pair = {r["path"]: r for r in rows if case(r) == (size, rate, pattern)}
         stop, pre = pair.get("stop-and-copy"), pair.get("pre-copy")
         if not stop or not pre or "error" in stop or "error" in pre:
             continue
@@ -47,6 +50,7 @@ def side_by_side(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             {
                 "state_mib": size,
                 "dirty_percent_per_s": rate,
+                "pattern": pattern,
                 "freeze_pre_over_stop": round(pre["interruption_s"] / stop["interruption_s"], 3),
                 "total_pre_over_stop": round(pre["total_s"] / stop["total_s"], 3),
                 "rounds": pre.get("rounds") or 0,
@@ -72,7 +76,10 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
                 points = sorted(
                     (r["dirty_percent_per_s"], r[metric])
                     for r in rows
-                    if r["state_mib"] == size and r["path"] == name and metric in r
+                    if r["state_mib"] == size
+                    and r["path"] == name
+                    and metric in r
+                    and r.get("pattern", "sweep") == "sweep"
                 )
                 if points:
                     ax.plot(
@@ -100,7 +107,7 @@ def run(*, quick: bool, plot_path: Path = PLOT_PATH) -> list[Table]:
             f"tools/bench precopy needs {', '.join(missing)}: run tools/setup/install-system-deps"
         )
     # The goals first (1 GiB at 1 and 50 %/s): a run cut short still has them.
-    sizes, rates = ("64", "1,50") if quick else ("1024,256", "1,50,10")
+    sizes, rates = ("64", "1,50,1h") if quick else ("1024,256", "1,50,1h,10")
     mode_sizes = "64" if quick else "256,1024"
     with tempfile.TemporaryDirectory(prefix="clm-bench-precopy-", dir="/var/tmp") as tmp:
         guest = run_in_vm(

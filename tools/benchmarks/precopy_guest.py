@@ -27,7 +27,11 @@ def _numbers(text: str) -> list[float]:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="256,1024", help="state sizes in MiB")
-    parser.add_argument("--rates", default="1,10,50", help="dirtied per second, % of the state")
+    parser.add_argument(
+        "--rates",
+        default="1,10,50",
+        help="dirtied per second, % of the state; with an h (1h): a hot set rewritten, not a sweep",
+    )
     parser.add_argument("--mode-sizes", default="", help="sizes (MiB) to compare CRIU's pre-dump modes at")
     args = parser.parse_args()
     failed = False
@@ -51,10 +55,11 @@ def main() -> int:
         try:
             bench.start(ready_timeout=600)  # four agents starting on one emulated CPU
             for size in _numbers(args.sizes):
-                for rate in _numbers(args.rates):
+                for case in args.rates.split(","):
+                    rate, pattern = float(case.rstrip("h")), "hot" if case.endswith("h") else "sweep"
                     for path in PATHS:
                         try:
-                            row = bench.measure(int(size), path, rate)
+                            row = bench.measure(int(size), path, rate, pattern)
                         except Exception as exc:  # - the row says what failed; the others go on
                             failed = True
                             row = {
@@ -63,7 +68,10 @@ def main() -> int:
                                 "error": f"{type(exc).__name__}: {exc}",
                             }
                             print(traceback.format_exc(), file=sys.stderr, flush=True)
-                        print(ROW + json.dumps({**row, "dirty_percent_per_s": rate}), flush=True)
+                        print(
+                            ROW + json.dumps({**row, "dirty_percent_per_s": rate, "pattern": pattern}),
+                            flush=True,
+                        )
         finally:
             bench.stop()
     return 1 if failed else 0

@@ -39,6 +39,7 @@ def test_pre_copy_is_set_against_stop_and_copy_of_the_same_size_and_rate() -> No
         {
             "state_mib": 1024,
             "dirty_percent_per_s": 1,
+            "pattern": "sweep",
             "freeze_pre_over_stop": 0.125,
             "total_pre_over_stop": 1.8,
             "rounds": 3,
@@ -47,9 +48,21 @@ def test_pre_copy_is_set_against_stop_and_copy_of_the_same_size_and_rate() -> No
         {
             "state_mib": 1024,
             "dirty_percent_per_s": 50,
+            "pattern": "sweep",
             "freeze_pre_over_stop": 1.1,
             "total_pre_over_stop": 2.4,
             "rounds": 2,
             "goal": "<= 1",
         },
     ]  # the failed 256 MiB pair is left out, not shown as a ratio
+
+
+def test_a_hot_set_writer_is_its_own_pair() -> None:
+    rows = [
+        row(1024, 1, "stop-and-copy", 4.0, 5.0),
+        row(1024, 1, "pre-copy", 4.0, 9.0, rounds=1),
+        row(1024, 1, "stop-and-copy", 4.0, 5.0, pattern="hot"),
+        row(1024, 1, "pre-copy", 0.4, 9.0, rounds=2, pattern="hot"),
+    ]
+    ratios = {r["pattern"]: r["freeze_pre_over_stop"] for r in side_by_side(rows)}
+    assert ratios == {"sweep": 1.0, "hot": 0.1}
