@@ -6,6 +6,7 @@ import asyncio
 
 import nats
 import pytest
+from nats.aio.msg import Msg
 from nats.js.api import RetentionPolicy
 
 from clm.contracts import REGISTRY, Message, decode, streams, subjects
@@ -37,7 +38,7 @@ async def test_every_message_round_trips_through_jetstream(nats_server: NatsServ
     async def on_command(message: Message) -> None:
         received[message.message_id] = message
 
-    async def on_plain(msg: nats.aio.msg.Msg) -> None:
+    async def on_plain(msg: Msg) -> None:
         message = decode(msg.data)
         received[message.message_id] = message
 
