@@ -45,6 +45,7 @@ from clm.runtime.version import __version__
 from services.coordinator.admission import Limits, admit
 from services.coordinator.kube import FINALIZER, Conflict, KubeGateway, lease_holder
 from services.coordinator.lease import LostMigration, MigrationHandle, keep_lease
+from services.coordinator.move_metrics import MoveMetrics
 from services.coordinator.runner import MigrationRunner, RunnerConfig
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,9 @@ class Coordinator:
         self.running: dict[str, asyncio.Task[None]] = {}
         # The runs this replica drives, by migration uid: where the agents' progress goes.
         self.runners: dict[str, MigrationRunner] = {}
+        self.moves = MoveMetrics(
+            r, running=lambda: {f"{m.namespace}/{m.name}": m.status for m in list(self.runners.values())}
+        )
         self.wake = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.watch: Informer | None = None
@@ -148,9 +152,11 @@ class Coordinator:
         run = asyncio.create_task(runner.run())
         keeper = asyncio.create_task(keep_lease(handle, run, seconds=self.settings.lease_seconds))
         self.in_flight.inc()
+        started = time.monotonic()
         try:
             outcome = await run
             self.outcomes.labels(outcome=outcome.lower()).inc()
+            self.moves.ended(outcome, runner.status, time.monotonic() - started)
             keeper.cancel()
             # It has ended: no lease is left behind on it.
             await handle.release()

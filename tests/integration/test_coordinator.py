@@ -31,7 +31,7 @@ from kubernetes.client.exceptions import ApiException
 from clm.contracts import RequestMigration, encode, protocol, streams, subjects
 from clm.contracts.events import MIGRATION_EVENT_ADAPTER
 from clm.runtime.podnet import pod_netns_name
-from tests.integration.support import create_migration, fetch_from_stream, pex_dir
+from tests.integration.support import create_migration, fetch_from_stream, http_get, pex_dir
 from tests.kit.agents import AgentProcess, NodeAgents, agent_tls_dir
 from tests.kit.nats_server import NatsServer
 from tests.kit.podlab import CountingClient, LabPod, expected_hash, remove_pod, running_on, start_pod
@@ -199,6 +199,10 @@ async def test_a_migration_object_moves_the_pod_with_the_documented_events(clust
         # The source agent's progress reached the status over NATS while the images moved.
         progress = status["progress"]
         assert progress["percent"] == 100.0 and progress["bytesMoved"] > 0, progress
+        assert cluster.coordinator is not None
+        _, metrics = http_get(cluster.coordinator.port, "/metrics")
+        assert 'clm_migration_freeze_seconds_count{strategy="stop-and-copy"} 1.0' in metrics
+        assert 'clm_migration_duration_seconds_count{outcome="finished"} 1.0' in metrics
         clone = cluster.core.read_namespaced_pod("mc-0-clone-1", NS)
         assert clone.spec.node_name == cluster.nodes["b"].node
         assert clone.metadata.annotations["cast.ai/restore"] == f"{NS}/mc-0"

@@ -33,6 +33,10 @@ def _ready(port: int) -> bool:
         return False
 
 
+# Settings a test's environment gives every agent it starts.
+PASSED_ON = ("CLM_NATS_REQUEST_TIMEOUT_SECONDS",)
+
+
 @dataclass
 class AgentProcess:
     """One agent process. `pex` runs the packaged service; without it, its module."""
@@ -54,6 +58,8 @@ class AgentProcess:
             "CLM_NODE_NAME": self.node,
             # In the pre-copy VM, the standard library comes from the guest's Python image.
             **({"PYTHONHOME": os.environ["PYTHONHOME"]} if "PYTHONHOME" in os.environ else {}),
+            # Where this whole process tree runs slowly (the VM's emulated CPU), its agents too.
+            **{k: os.environ[k] for k in PASSED_ON if k in os.environ},
             **self.env,
         }
         if self.pex is not None:

@@ -83,6 +83,7 @@ class ServiceApp:
             graceful_timeout=settings.shutdown_grace_seconds,
             security=security(settings),
             connect_timeout=max(1, round(settings.nats_connect_timeout_seconds)),
+            js_options={"timeout": settings.nats_request_timeout_seconds},
             max_reconnect_attempts=-1,
             logger=logging.getLogger(f"clm.{name}.broker"),
             # FastStream logs every message at INFO; keep that for debugging only.
@@ -194,7 +195,7 @@ class ServiceApp:
     @property
     def js(self) -> JetStreamContext:
         if self._js is None:
-            self._js = self.broker.connection.jetstream()
+            self._js = self.broker.connection.jetstream(timeout=self.settings.nats_request_timeout_seconds)
         return self._js
 
     @property

@@ -45,6 +45,9 @@ class ServiceSettings(BaseSettings):
     nats_tls_cert_file: Path | None = None
     nats_tls_key_file: Path | None = None
     nats_connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    # How long a JetStream API request (declaring a consumer, reading its info) may take: a
+    # NATS server on a loaded or emulated machine may answer later than nats-py's 5 s.
+    nats_request_timeout_seconds: float = Field(default=5.0, gt=0)
 
     # The one HTTP port: /metrics, /healthz, /readyz.
     http_host: str = "0.0.0.0"

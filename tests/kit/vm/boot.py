@@ -20,6 +20,9 @@ from tests.kit.vm.guest_image import build_initramfs, build_python_image, stage2
 from tests.kit.vm.kernel import ensure_kernel
 
 EXTRA_APPEND = os.environ.get("CLM_VM_APPEND", "")
+# Everything in the guest runs on one emulated CPU: its NATS server may answer a JetStream
+# request later than nats-py's 5 s while four agents start (tests/kit/agents.py passes it on).
+GUEST_ENV = {"CLM_NATS_REQUEST_TIMEOUT_SECONDS": "60"}
 EXIT = re.compile(r"^CLM-GUEST-EXIT (\d+)", re.M)
 
 
@@ -59,7 +62,7 @@ def run_in_vm(
     work.mkdir(parents=True, exist_ok=True)
     kernel = ensure_kernel()
     python = build_python_image(work, modules)
-    initrd = build_initramfs(work, kernel, stage2_script(kernel, python, argv, env or {}))
+    initrd = build_initramfs(work, kernel, stage2_script(kernel, python, argv, {**GUEST_ENV, **(env or {})}))
     console = work / "console.log"
     console.write_text("")
     qemu = [
