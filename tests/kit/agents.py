@@ -3,10 +3,13 @@ benchmarks and the sandbox; plus pod containers made the way the node runtime ma
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -14,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.checkpoint_agent.certs import make_agent_cert, make_ca, write_agent_tls
-from tests.kit.nats_server import free_port
 
 
 def built_pex(service: str) -> Path | None:
@@ -46,15 +48,22 @@ class AgentProcess:
     env: dict[str, str]
     pex: Path | None = None
     log_path: Path | None = None
-    port: int = field(default_factory=free_port)
+    # The HTTP port it bound (it picks a free one: a port chosen here and handed over could
+    # be taken by a parallel test in between); known once it has said so in its log.
+    port: int = 0
     proc: subprocess.Popen | None = None
+    _log_from: int = field(default=0, repr=False)
 
     def start(self) -> AgentProcess:
+        if self.log_path is None:
+            self.log_path = Path(tempfile.mkstemp(prefix=f"clm-{self.service}-", suffix=".log")[1])
+        self._log_from = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self.port = 0
         env = {
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
             "HOME": os.environ.get("HOME", "/root"),
             "CLM_HTTP_HOST": "127.0.0.1",
-            "CLM_HTTP_PORT": str(self.port),
+            "CLM_HTTP_PORT": "0",
             "CLM_NODE_NAME": self.node,
             # In the pre-copy VM, the standard library comes from the guest's Python image.
             **({"PYTHONHOME": os.environ["PYTHONHOME"]} if "PYTHONHOME" in os.environ else {}),
@@ -68,9 +77,20 @@ class AgentProcess:
         else:
             env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
             argv = [sys.executable, "-m", f"services.{self.service.replace('-', '_')}.main"]
-        out = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+        with self.log_path.open("ab") as out:
+            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
         return self
+
+    def _bound_port(self) -> int:
+        """The port from this run's "http listening" log line (0: not yet)."""
+        assert self.log_path is not None
+        with self.log_path.open("rb") as log:
+            log.seek(self._log_from)
+            for line in log:
+                if b'"http listening"' in line:
+                    with contextlib.suppress(ValueError):
+                        return int(json.loads(line).get("http_port", 0))
+        return 0
 
     def wait_ready(self, timeout: float = 90) -> AgentProcess:
         assert self.proc is not None
@@ -79,7 +99,9 @@ class AgentProcess:
             if self.proc.poll() is not None:
                 tail = self.log_path.read_text(errors="replace")[-3000:] if self.log_path else ""
                 raise RuntimeError(f"{self.service} for {self.node} exited {self.proc.returncode}:\n{tail}")
-            if _ready(self.port):
+            if not self.port:
+                self.port = self._bound_port()
+            if self.port and _ready(self.port):
                 return self
             time.sleep(0.1)
         raise RuntimeError(f"{self.service} for {self.node} not ready within {timeout}s")
