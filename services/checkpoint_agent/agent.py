@@ -51,7 +51,7 @@ class CheckpointAgent:
         self.node = config.node
         self.outcomes = OutcomeStore(config.layout)
         self.source = SourceSide(config, runtime, capabilities, self.outcomes, progress)
-        self.destination = DestinationSide(config, runtime, capabilities, self.outcomes, handler)
+        self.destination = DestinationSide(config, runtime, capabilities, self.outcomes, handler, progress)
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._handlers: dict[protocol.Step, Handler] = {
             protocol.CHECK_CPU: self.destination.check_cpu,

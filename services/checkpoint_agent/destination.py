@@ -23,6 +23,7 @@ from services.checkpoint_agent.criu_stats import read_stats
 from services.checkpoint_agent.outcomes import Details, OutcomeStore
 from services.checkpoint_agent.page_fills import PageFills
 from services.checkpoint_agent.pre_copy_rounds import ExpectedTransfers, stack_rounds
+from services.checkpoint_agent.progress import ProgressReporter
 from services.checkpoint_agent.restore_handler.server import RestoreHandlerServer
 from services.checkpoint_agent.runtime import ContainerRuntime, RuntimeCommandError
 
@@ -37,8 +38,11 @@ class DestinationSide:
         capabilities: CapabilityLookup,
         outcomes: OutcomeStore,
         handler: RestoreHandlerServer | None = None,
+        progress: ProgressReporter | None = None,
     ) -> None:
         self.config, self.layout = config, config.layout
+        # Post-copy: the fill's progress, as the pages arrive.
+        self.progress = progress or ProgressReporter(None, node=config.node)
         # Containerd nodes: the RuntimeClass handler's socket, where kubelet's creation of the
         # clone's containers meets the images (restore_handler/).
         self.handler = handler
@@ -106,6 +110,9 @@ class DestinationSide:
             raise StepFailed(f"no complete image of the pod has arrived from {command.source_node}")
         if command.strategy == MigrationStrategy.PRE_COPY:
             stack_rounds(self.layout.rounds_in(uid), incoming)
+        else:
+            # Rounds sent before the move was reconfigured: the restore does not use them.
+            shutil.rmtree(self.layout.rounds_in(uid), ignore_errors=True)
         if self.runtime.restores_through_handler:
             return await self._restore_through_handler(command, incoming)
         netns = pod_netns_path(self.node, pod_uid, self.config.netns_dir)
@@ -324,7 +331,7 @@ class DestinationSide:
 
     async def fill(self, command: CheckpointCommand) -> Details:
         uid = command.migration.uid
-        details, problems = await self.fills.wait(uid)
+        details, problems = await self.fills.wait(uid, self.progress.for_step(command, total=0))
         shutil.rmtree(self.layout.incoming(uid), ignore_errors=True)
         if problems:
             raise StepFailed(

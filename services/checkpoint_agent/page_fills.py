@@ -21,6 +21,7 @@ from pathlib import Path
 from services.checkpoint_agent.layout import Layout
 from services.checkpoint_agent.outcomes import Details
 from services.checkpoint_agent.page_relay import PageTunnel
+from services.checkpoint_agent.progress import Report
 from services.checkpoint_agent.runc import LAZY_LOG
 from services.checkpoint_agent.runtime import ContainerRuntime, PageFill, RuntimeCommandError
 from services.checkpoint_agent.tls import AgentTls
@@ -45,6 +46,15 @@ class Fill:
 class MigrationFills:
     fills: list[Fill] = field(default_factory=list)
     resumed_at: float = 0.0
+    # The fill step's progress report, once the step was asked: the bytes that arrived.
+    report: Report | None = None
+
+    def received(self) -> int:
+        return sum(f.tunnel.traffic.to_destination for f in self.fills)
+
+    def arrived(self) -> None:
+        if self.report is not None:
+            self.report(self.received())
 
 
 class PageFills:
@@ -96,7 +106,12 @@ class PageFills:
                     await asyncio.to_thread(self.runtime.pause, container_id)
 
         tunnel = PageTunnel(
-            address=pages_address, migration=uid, container=name, tls=tls, source_ended=source_ended
+            address=pages_address,
+            migration=uid,
+            container=name,
+            tls=tls,
+            source_ended=source_ended,
+            received=mine.arrived,
         )
         fill = Fill(name=name, container_id=container_id, tunnel=tunnel)
         await tunnel.open()
@@ -158,12 +173,17 @@ class PageFills:
             )
         return code
 
-    async def wait(self, uid: str) -> tuple[Details, list[str]]:
-        """Wait for every fill of the migration: the measurements, and what went wrong."""
+    async def wait(self, uid: str, report: Report | None = None) -> tuple[Details, list[str]]:
+        """Wait for every fill of the migration: the measurements, and what went wrong.
+        `report` hears the bytes that arrived, as they arrive."""
         mine = self.by_uid.get(uid)
         if mine is None:
             return {}, ["this agent has no record of the migration's page fill (did it restart?)"]
+        mine.report = report
+        mine.arrived()
         codes = await asyncio.gather(*(f.watcher for f in mine.fills if f.watcher is not None))
+        if report is not None:
+            report(mine.received(), last=True)
         problems = []
         for fill, code in zip(mine.fills, codes, strict=True):
             if code != 0:
@@ -172,7 +192,7 @@ class PageFills:
         last = max((f.ended_at for f in mine.fills), default=mine.resumed_at)
         details: Details = {
             "containers": len(mine.fills),
-            "pages_bytes": sum(f.tunnel.traffic.to_destination for f in mine.fills),
+            "pages_bytes": mine.received(),
             "risk_window_seconds": round(max(0.0, last - mine.resumed_at), 6),
         }
         self.by_uid.pop(uid, None)

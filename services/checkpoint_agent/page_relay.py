@@ -143,8 +143,11 @@ class PageTunnel:
         container: str,
         tls: AgentTls,
         source_ended: Callable[[], Awaitable[None]] | None = None,
+        received: Callable[[], None] | None = None,
     ) -> None:
         self.address, self.migration, self.container, self.tls = address, migration, container, tls
+        # Called after each chunk of pages that reached the destination (the fill's progress).
+        self.received = received
         # Run before the daemon hears that the source went away: the pod is paused then, so
         # it never runs on pages the daemon will not fill (closing userfaultfd zero-fills).
         self.source_ended = source_ended
@@ -187,6 +190,8 @@ class PageTunnel:
 
         def to_destination(n: int) -> None:
             self.traffic.to_destination += n
+            if self.received is not None:
+                self.received()
 
         def to_source(n: int) -> None:
             self.traffic.to_source += n

@@ -7,17 +7,22 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from clm.contracts import AgentKind, CheckpointCommand, StepProgress
 
 log = logging.getLogger(__name__)
 
 Announce = Callable[[StepProgress], Awaitable[None]]
-# Called with the bytes done so far, from any thread.
-Report = Callable[[int], None]
 
 
-def _ignore(_done: int) -> None:
+class Report(Protocol):
+    """Called with the bytes done so far, from any thread; `last` is sent whatever the rate."""
+
+    def __call__(self, done: int, /, *, last: bool = False) -> None: ...
+
+
+def _ignore(_done: int, /, *, last: bool = False) -> None:
     return None
 
 
@@ -35,9 +40,9 @@ class ProgressReporter:
         started = time.monotonic()
         sent_at = [float("-inf")]
 
-        def report(done: int) -> None:
+        def report(done: int, /, *, last: bool = False) -> None:
             now = time.monotonic()
-            if now - sent_at[0] < self.every and done != total:
+            if now - sent_at[0] < self.every and done != total and not last:
                 return
             sent_at[0] = now
             message = StepProgress(

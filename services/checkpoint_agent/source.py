@@ -166,6 +166,10 @@ class SourceSide:
         if not self.layout.dumped(uid).exists() and self.layout.pod_record(uid).exists():
             # An earlier agent died during this dump: see how far runc and CRIU got.
             await self._finish_interrupted_dump(command, outgoing)
+        if command.strategy != MigrationStrategy.PRE_COPY:
+            # Reconfigured after pre-copy rounds: the final dump stands alone, and their
+            # images (as large as the pod's memory) would only crowd the node's memory.
+            self._forget_rounds(uid)
         containers = None
         if not self.layout.dumped(uid).exists():
             containers = await self._movable_containers(command)

@@ -142,7 +142,9 @@ class MigrationRunner:
             step, strategy=strategy, timeout_seconds=self.config.step_timeout, round_=round_
         )
         # The next status write carries it (a step change is not worth a write of its own).
-        self.progress.begin(step.stage, self._clock(), round_=round_)
+        self.progress.begin(
+            step.stage, self._clock(), round_=round_, post_copy=strategy == MigrationStrategy.POST_COPY
+        )
         self.status["progress"] = self.progress.status(self._clock())
         timeout = self.config.step_timeout + self.config.answer_grace
         try:
@@ -431,6 +433,7 @@ class MigrationRunner:
             dumpSeconds=dump.duration_seconds,
             dumpDetails=_timings(dump.details),
         )
+        self.progress.on_demand = int(dump.details.get("bytes_on_demand", 0))
         return strategy
 
     async def _restore(self, step: protocol.Step, strategy: str) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ from tests.kit.nats_server import NatsServer
 from tests.kit.podlab import CountingClient, LabPod, expected_hash, remove_pod, running_on, start_pod
 from tests.kit.segment import POD_IP, Segment
 from tools.clm import migrate
+from tools.clm.watch import watch_migrations
 from tools.kube_emulator.main import kubeconfig_text
 from tools.kube_emulator.testing import EmulatorThread, api_client, running_emulator
 
@@ -188,7 +190,13 @@ async def test_a_migration_object_moves_the_pod_with_the_documented_events(clust
     try:
         await asyncio.to_thread(client_.wait_answers)
         cluster.migrate("move-1", pod.name, fallback="evict")
+        # `clm watch -n NS --until-done` beside it, as a person would follow the move.
+        watched = io.StringIO()
+        watching = asyncio.ensure_future(
+            asyncio.to_thread(watch_migrations, cluster.api, NS, until_done=True, timeout=120, out=watched)
+        )
         status = await cluster.wait_phase("move-1", ("Finished", "Failed"))
+        assert await watching == 0, watched.getvalue()
         await asyncio.to_thread(client_.wait_answers)
         assert status["phase"] == "Finished", status
         expected = ["PreDumpSkipped", "PodCreateFinished", "MigrationFinished"]
@@ -199,6 +207,10 @@ async def test_a_migration_object_moves_the_pod_with_the_documented_events(clust
         # The source agent's progress reached the status over NATS while the images moved.
         progress = status["progress"]
         assert progress["percent"] == 100.0 and progress["bytesMoved"] > 0, progress
+        lines = [line for line in watched.getvalue().splitlines() if " move-1 mc-0 " in line]
+        percents = [float(m.group(1)) for line in lines if (m := re.search(r" (\d+)% ", line))]
+        assert percents == sorted(percents) and percents[-1] == 100, lines
+        assert " Finished " in lines[-1] and "Dumping" in watched.getvalue(), lines
         assert cluster.coordinator is not None
         _, metrics = http_get(cluster.coordinator.port, "/metrics")
         assert 'clm_migration_freeze_seconds_count{strategy="stop-and-copy"} 1.0' in metrics

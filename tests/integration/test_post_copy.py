@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from clm.contracts import MigrationStrategy
+from nats.aio.msg import Msg
+
+from clm.contracts import MigrationStrategy, StepProgress, subjects
 from clm.runtime.podnet import pod_netns_path
 from tests.integration.agent_lab import NEEDS_NODES, STATE_MIB, Lab, check_client, lab, take_pod_port_on_b
 from tests.kit.migration import Driver
@@ -63,8 +65,15 @@ async def test_post_copy_moves_the_pod_with_its_connection_and_memory(lab: Lab) 
     try:
         await asyncio.to_thread(client.wait_answers)
         driver = await Driver.connect(lab.nats.url)
+        heard: list[StepProgress] = []
+
+        async def on_progress(msg: Msg) -> None:
+            heard.append(StepProgress.model_validate_json(msg.data))
+
         try:
+            listening = await driver.nc.subscribe(subjects.ALL_MIGRATION_PROGRESS, cb=on_progress)
             report = await driver.migrate(lab.move(POST_COPY))
+            await listening.drain()
         finally:
             await driver.close()
         await asyncio.to_thread(client.wait_answers)  # and goes on, on its memory from A
@@ -83,6 +92,10 @@ async def test_post_copy_moves_the_pod_with_its_connection_and_memory(lab: Lab) 
     fill = report.result("checkpoint", "fill")
     assert fill is not None and int(fill.details["pages_bytes"]) > STATE_MIB * 2**20, fill.details
     assert float(fill.details["risk_window_seconds"]) > 0
+    # The destination told the pages' arrival as it went, to the last byte.
+    filling = [p.bytes_done for p in heard if p.step == "fill"]
+    assert filling and filling == sorted(filling), filling
+    assert filling[-1] == int(fill.details["pages_bytes"]), (filling, fill.details)
     assert helpers_of(lab.pod, lab.images) == []
     print(
         f"{result['answers']} answers, largest gap {result['largest_gap']:.3f}s, "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -108,7 +109,8 @@ def expected_hash(state_mib: int, requests: int) -> str:
 class CountingClient:
     """counting_client.py in the client host's namespace: one connection, requests back to back."""
 
-    def __init__(self, client_netns: str, pod_ip: str, workdir: Path) -> None:
+    def __init__(self, client_netns: str, pod_ip: str, workdir: Path, *, patience: float = 60) -> None:
+        """`patience`: how long the client waits for one answer before it reports an error."""
         workdir.mkdir(parents=True, exist_ok=True)
         self.stop_file, self.result_file = workdir / "client.stop", workdir / "client.json"
         for path in (self.stop_file, self.result_file, Path(f"{self.result_file}.ready")):
@@ -127,6 +129,7 @@ class CountingClient:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            env={**os.environ, "CLM_CLIENT_PATIENCE_SECONDS": str(patience)},
         )
         deadline = time.monotonic() + 30
         while not Path(f"{self.result_file}.ready").exists():

@@ -4,6 +4,7 @@
     clm events [--follow] [--json]      migration events on NATS
     clm migrate NAMESPACE/POD [--to NODE] [--strategy S]   create a Migration and follow it
     clm migrate --cancel NAMESPACE/POD                     cancel the pod's running migration
+    clm watch [-n NAMESPACE] [--once|--until-done]  every migration in a live table
     clm explain NAMESPACE/POD           why a pod is (not) eligible, and what the Evictor would do
     clm plan                            the evictor-planner's current plan
     clm agent-certs DIR [--renew|--new-ca]  the agents' CA and certificate (their mutual TLS)
@@ -30,6 +31,7 @@ from kubernetes.client.exceptions import ApiException
 from clm.contracts import MigrationStrategy
 from tools.clm import agent_certs, explain, migrate, plan
 from tools.clm.kube_objects import object_reader
+from tools.clm.watch import watch_migrations
 from tools.console import events
 from tools.sandbox import cli as sandbox_cli
 from tools.sandbox import sandbox
@@ -157,6 +159,15 @@ def _migrate(args: argparse.Namespace) -> int:
     )
 
 
+def _watch(args: argparse.Namespace) -> int:
+    api = _load_kube("watch", args.kubeconfig)
+    if api is None:
+        return 2
+    return watch_migrations(
+        api, args.namespace, once=args.once, until_done=args.until_done, timeout=args.timeout
+    )
+
+
 def _agent_certs(args: argparse.Namespace) -> int:
     if args.renew and args.new_ca:
         print("clm agent-certs: --renew or --new-ca, not both", file=sys.stderr)
@@ -230,6 +241,15 @@ def main(argv: list[str] | None = None) -> int:
     move.add_argument("--timeout", type=float, default=300.0)
     move.add_argument("--kubeconfig", default=None)
     move.set_defaults(run=_migrate)
+    watching = sub.add_parser("watch", help="every migration in a live table (Ctrl-C ends it)")
+    watching.add_argument("--namespace", "-n", default=None, help="one namespace (default: all)")
+    watching.add_argument("--once", action="store_true", help="print the table once and return")
+    watching.add_argument(
+        "--until-done", action="store_true", help="return once every migration seen has ended"
+    )
+    watching.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
+    watching.add_argument("--kubeconfig", default=None)
+    watching.set_defaults(run=_watch)
     certs = sub.add_parser("agent-certs", help="the agents' CA and certificate (Secret clm-agent-tls)")
     certs.add_argument("directory", type=Path, metavar="DIR")
     certs.add_argument("--renew", action="store_true", help="a new certificate from the CA in DIR")

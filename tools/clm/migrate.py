@@ -13,8 +13,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from clm.contracts import protocol
-from clm.contracts.protocol import Phase, is_terminal
-from tools.console.migrations import create_migration, follow, migration_body
+from clm.contracts.protocol import Phase
+from tools.console.migrations import create_migration, follow, migration_body, running_migrations
+from tools.console.move_view import move_view
 
 
 def migration_name(pod: str) -> str:
@@ -71,13 +72,16 @@ def migrate(
     if not wait:
         return 0
     seen: list[str] = []
+    view = move_view(out)
 
     def show(status: dict[str, Any]) -> None:
-        phase = status.get("phase") or Phase.PENDING
-        seen.append(phase)
-        print(f"  {phase}{_percent(status)}: {status.get('message', '')}", file=out, flush=True)
+        seen.append(status.get("phase") or Phase.PENDING)
+        view.show(status)
 
-    status = follow(custom, namespace, name, timeout=timeout, on_change=show)
+    try:
+        status = follow(custom, namespace, name, timeout=timeout, on_change=show)
+    finally:
+        view.close()
     if status is None:
         print(
             f"clm migrate: {name} did not finish within {timeout:.0f}s "
@@ -86,6 +90,7 @@ def migrate(
         )
         return 1
     if status.get("phase") != Phase.FINISHED:
+        print(f"clm migrate: {name} {status.get('phase')}: {status.get('message', '')}", file=err)
         return 1
     print(
         f"done: {pod} runs on {status.get('destinationNode')} as {status.get('clonePod')}, "
@@ -93,11 +98,6 @@ def migrate(
         file=out,
     )
     return 0
-
-
-def _percent(status: dict[str, Any]) -> str:
-    progress = status.get("progress") or {}
-    return f" {float(progress['percent']):.0f}%" if "percent" in progress else ""
 
 
 def cancel(
@@ -114,17 +114,10 @@ def cancel(
     out, err = out or sys.stdout, err or sys.stderr
     custom = client.CustomObjectsApi(api)
     try:
-        items = custom.list_namespaced_custom_object(
-            protocol.GROUP, protocol.VERSION, namespace, protocol.PLURAL
-        )["items"]
+        running = running_migrations(custom, namespace, pod)
     except ApiException as exc:
         print(f"clm migrate --cancel: the API answered {exc.status} {exc.reason}", file=err)
         return 1
-    running = [
-        m
-        for m in items
-        if m["spec"].get("podName") == pod and not is_terminal((m.get("status") or {}).get("phase"))
-    ]
     if not running:
         print(f"clm migrate --cancel: no migration of {namespace}/{pod} is running", file=err)
         return 1

@@ -40,6 +40,29 @@ def create_migration(custom: client.CustomObjectsApi, namespace: str, body: dict
     )
 
 
+def migration_list(custom: client.CustomObjectsApi, namespace: str | None, **params: Any) -> dict[str, Any]:
+    """The list (or, with `watch=True`, the watch) of one namespace's Migrations, or all
+    namespaces' when `namespace` is None."""
+    if namespace is None:
+        return custom.list_cluster_custom_object(protocol.GROUP, protocol.VERSION, protocol.PLURAL, **params)
+    return custom.list_namespaced_custom_object(
+        protocol.GROUP, protocol.VERSION, namespace, protocol.PLURAL, **params
+    )
+
+
+def list_migrations(custom: client.CustomObjectsApi, namespace: str | None) -> list[dict[str, Any]]:
+    return list(migration_list(custom, namespace)["items"])
+
+
+def running_migrations(custom: client.CustomObjectsApi, namespace: str, pod: str) -> list[dict[str, Any]]:
+    """The pod's Migrations that have not ended."""
+    return [
+        m
+        for m in list_migrations(custom, namespace)
+        if m["spec"].get("podName") == pod and not is_terminal((m.get("status") or {}).get("phase"))
+    ]
+
+
 def follow(
     custom: client.CustomObjectsApi,
     namespace: str,
@@ -49,9 +72,9 @@ def follow(
     on_change: Callable[[Status], None] | None = None,
 ) -> Status | None:
     """Watch one Migration until its phase is terminal; its last status, or None when the
-    timeout passed first. `on_change` sees every new (phase, message)."""
+    timeout passed first. `on_change` sees every new (phase, message, progress)."""
     deadline = time.monotonic() + timeout
-    last: tuple[str, str] | None = None
+    last: tuple[str, str, str] | None = None
     resource_version: str | None = None
     while (left := deadline - time.monotonic()) > 0:
         stream = watch.Watch().stream(
@@ -68,7 +91,11 @@ def follow(
             obj = event["object"]
             resource_version = obj["metadata"].get("resourceVersion", resource_version)
             status: Status = obj.get("status") or {}
-            seen = (status.get("phase") or Phase.PENDING, status.get("message", ""))
+            seen = (
+                status.get("phase") or Phase.PENDING,
+                status.get("message", ""),
+                repr(sorted((status.get("progress") or {}).items())),
+            )
             if seen != last:
                 last = seen
                 if on_change is not None:

@@ -7,6 +7,9 @@
 - bytes: the current transfer's done and total, and all the bytes moved so far.
 - the rate is the current transfer's, and `etaSeconds` what that transfer has left at it.
 - `frozenSeconds`: from the final dump's start (the freeze) to the destination's resume.
+- Post-copy moves most of the memory after the resume (the fill): the fill holds most of the
+  span, and its bytes are the pages already on the destination (`pagesOnDestination`) out of
+  those the dump left on the source (`expect_on_demand`).
 - It is written at most every `every_seconds`, so the API is not flooded.
 """
 
@@ -29,6 +32,16 @@ SPANS: dict[str, tuple[float, float]] = {
     "finalize": (98.0, 99.0),
     "network-release": (99.0, 99.5),
 }
+# Post-copy: the dump carries the state without the memory, the fill brings the memory.
+POST_COPY_SPANS: dict[str, tuple[float, float]] = {
+    **SPANS,
+    "dump": (45.0, 55.0),
+    "restore": (55.0, 60.0),
+    "network-commit": (60.0, 62.0),
+    "fill": (62.0, 99.0),
+}
+PAGE = 4096
+FILL = "fill"
 # Steps after which the pod runs on the destination (the end of the freeze).
 RESUMED_AFTER = "restore"
 FREEZE_BEGINS = "dump"
@@ -48,13 +61,18 @@ class ProgressView:
     dirty_rate: float | None = None
     frozen_since: float | None = None
     frozen_seconds: float | None = None
+    post_copy: bool = False
+    # Post-copy: the memory the dump left on the source, which the fill brings over.
+    on_demand: int = 0
     _written_at: float = field(default=-math.inf, repr=False)
 
-    def begin(self, step: str, now: float, *, round_: int | None = None) -> None:
-        """The coordinator sent `step` (round `round_` of pre-copy)."""
+    def begin(self, step: str, now: float, *, round_: int | None = None, post_copy: bool = False) -> None:
+        """The coordinator sent `step` (round `round_` of pre-copy) of a move whose strategy
+        is now post-copy or not."""
         self.bytes_before += self.bytes_done
-        self.step, self.round = step, round_
-        self.bytes_done = self.bytes_total = 0
+        self.step, self.round, self.post_copy = step, round_, post_copy
+        self.bytes_done = 0
+        self.bytes_total = self.on_demand if step == FILL else 0
         self.rate = 0.0
         if step == FREEZE_BEGINS and self.frozen_since is None:
             self.frozen_since = now
@@ -72,7 +90,7 @@ class ProgressView:
         """An agent's progress. True when the status is due a write."""
         if step != self.step or round_ != self.round or done < self.bytes_done:
             return False  # an earlier step's, or out of order
-        self.bytes_done, self.bytes_total = done, max(total, done)
+        self.bytes_done, self.bytes_total = done, max(total, done, self.bytes_total)
         self.rate = done / elapsed if elapsed > 0 else 0.0
         if self.bytes_total:
             start = self._span_start()
@@ -102,6 +120,9 @@ class ProgressView:
                 shown["etaSeconds"] = round((self.bytes_total - self.bytes_done) / self.rate, 1)
         if self.round is not None:
             shown["round"] = self.round
+        if self.step == FILL:
+            shown["pagesOnDestination"] = self.bytes_done // PAGE
+            shown["pagesTotal"] = self.bytes_total // PAGE
         if self.dirty_rate is not None:
             shown["dirtyBytesPerSecond"] = int(self.dirty_rate)
         frozen = self.frozen_seconds
@@ -112,7 +133,8 @@ class ProgressView:
         return shown
 
     def _span(self) -> tuple[float, float]:
-        return SPANS.get(self.step, (self.percent, self.percent))
+        spans = POST_COPY_SPANS if self.post_copy else SPANS
+        return spans.get(self.step, (self.percent, self.percent))
 
     def _span_start(self) -> float:
         start, end = self._span()

@@ -51,3 +51,25 @@ def test_writes_are_bounded_and_say_the_rate_and_time_left() -> None:
     assert status["bytesPerSecond"] == 25 and status["etaSeconds"] == 3.0 and status["frozenSeconds"] == 1.0
     assert not view.heard(step="dump", round_=None, done=50, total=100, elapsed=2.0, now=2.0)
     assert view.heard(step="dump", round_=None, done=75, total=100, elapsed=3.0, now=3.0)
+
+
+def test_post_copy_counts_the_pages_arriving_after_the_resume() -> None:
+    view, seen = ProgressView(every_seconds=0), []
+    view.begin("dump", 0.0, post_copy=True)
+    view.heard(step="dump", round_=None, done=2_000, total=2_000, elapsed=0.1, now=0.1)
+    view.ended("dump", 0.2)
+    view.on_demand = 40 * 4096
+    view.begin("restore", 0.2, post_copy=True)
+    view.ended("restore", 0.5)
+    seen.append(view.percent)
+    assert seen[0] <= 60.0, "the dump of a post-copy move is a small share: the fill is the rest"
+    view.begin("fill", 0.6, post_copy=True)
+    assert view.status(0.6)["pagesTotal"] == 40 and view.status(0.6)["pagesOnDestination"] == 0
+    # The destination does not know the total: 0, and the dump's count stands.
+    for done in (10, 20, 40):
+        view.heard(step="fill", round_=None, done=done * 4096, total=0, elapsed=done / 10, now=1 + done)
+        seen.append(view.percent)
+    assert seen == sorted(seen) and 90.0 < seen[-1] <= 99.0
+    status = view.status(50.0)
+    assert status["pagesOnDestination"] == 40 and status["frozenSeconds"] == 0.5
+    assert status["bytesMoved"] == 2_000 + 40 * 4096

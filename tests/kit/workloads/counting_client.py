@@ -3,6 +3,9 @@
 
     python counting_client.py HOST PORT STOP_FILE RESULT_FILE [resume]
 
+How long the client waits for one answer before it gives up: CLM_CLIENT_PATIENCE_SECONDS
+(default 60; a benchmark in an emulated VM freezes a 1 GiB pod for longer).
+
 resume: the server has served earlier clients; ask it how many requests it has counted and
 go on from there (RESULT_FILE's "resumed_from" says where).
 
@@ -31,7 +34,7 @@ def connect(host: str, port: int) -> socket.socket:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
-    sock.settimeout(60)
+    sock.settimeout(float(os.environ.get("CLM_CLIENT_PATIENCE_SECONDS", "60")))
     return sock
 
 
