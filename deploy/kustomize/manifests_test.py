@@ -143,6 +143,29 @@ def environment(env: dict[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
+# The fields of prometheus-operator's PrometheusRule (monitoring.coreos.com/v1), which the
+# Kubernetes schemas do not hold; promtool checks the rules themselves
+# (tests/integration/test_monitoring.py).
+RULE_GROUP_FIELDS = {"name", "interval", "rules", "limit", "partial_response_strategy"}
+RULE_FIELDS = {"alert", "record", "expr", "for", "keep_firing_for", "labels", "annotations"}
+
+
+def check_prometheus_rule(doc: Obj) -> None:
+    assert set(doc) <= {"apiVersion", "kind", "metadata", "spec"}, sorted(doc)
+    assert set(doc["spec"]) == {"groups"}, sorted(doc["spec"])
+    for group in doc["spec"]["groups"]:
+        assert set(group) <= RULE_GROUP_FIELDS and group["name"] and group["rules"], group
+        for rule in group["rules"]:
+            assert set(rule) <= RULE_FIELDS and rule["expr"], rule
+            assert ("alert" in rule) != ("record" in rule), rule
+            assert all(
+                isinstance(v, str) for v in {**rule.get("labels", {}), **rule.get("annotations", {})}.values()
+            )
+
+
+FOREIGN_KINDS = {("monitoring.coreos.com/v1", "PrometheusRule"): check_prometheus_rule}
+
+
 @pytest.mark.parametrize("name", RENDERINGS)
 def test_renders_and_validates_against_the_kubernetes_schemas(
     rendered: dict[str, list[Obj]], name: str
@@ -150,6 +173,9 @@ def test_renders_and_validates_against_the_kubernetes_schemas(
     docs = rendered[name]
     assert docs, f"{name} renders nothing"
     for doc in docs:
+        if (check := FOREIGN_KINDS.get((doc["apiVersion"], doc["kind"]))) is not None:
+            check(doc)
+            continue
         try:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
@@ -384,6 +410,20 @@ def test_component_settings_take_effect(rendered: dict[str, list[Obj]]) -> None:
             "prometheus.io/port": str(port),
             "prometheus.io/path": "/metrics",
         }
+
+
+def test_monitoring_ships_the_alerts_and_a_dashboard_grafana_loads(rendered: dict[str, list[Obj]]) -> None:
+    docs = rendered["components/monitoring"]
+    rule = one(docs, "PrometheusRule", "clm-alerts")
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert {"CLMMigrationsFailing", "CLMMigrationStuck", "CLMFreezeOverBudget"} <= alerts
+    dashboard = one(docs, "ConfigMap", "clm-grafana-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["namespace"] == rule["metadata"]["namespace"] == "castai-agent"
+    board = yaml.safe_load(dashboard["data"]["clm-migrations.json"])
+    exprs = [t["expr"] for p in board["panels"] for t in p["targets"]]
+    assert exprs and all(e.count("(") == e.count(")") for e in exprs)
+    assert len({p["id"] for p in board["panels"]}) == len(board["panels"])
 
 
 def test_the_crd_is_rendered_as_written(rendered: dict[str, list[Obj]]) -> None:

@@ -45,7 +45,7 @@ from clm.runtime.version import __version__
 from services.coordinator.admission import Limits, admit
 from services.coordinator.kube import FINALIZER, Conflict, KubeGateway, lease_holder
 from services.coordinator.lease import LostMigration, MigrationHandle, keep_lease
-from services.coordinator.move_metrics import MoveMetrics
+from services.coordinator.move_metrics import OUTCOMES, MoveMetrics
 from services.coordinator.runner import MigrationRunner, RunnerConfig
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,8 @@ class Coordinator:
         self.outcomes = Counter(
             "clm_coordinator_migrations_total", "Migrations ended, by outcome.", ["outcome"], registry=r
         )
+        for outcome in OUTCOMES:
+            self.outcomes.labels(outcome=outcome)  # from 0: `increase()` then counts the first
         self.in_flight = Gauge(
             "clm_coordinator_migrations_running", "Migrations this replica is driving.", registry=r
         )

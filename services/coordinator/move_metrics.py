@@ -7,6 +7,7 @@ a move's series end with it. Ended moves are labelled by strategy and outcome on
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -14,20 +15,36 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from clm.contracts import MigrationStrategy
+
 # The freeze users feel: from tens of milliseconds (post-copy) to minutes (a large pod frozen
 # whole on a slow link).
 FREEZE_BUCKETS = (0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 DURATION_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 
+STRATEGIES = [str(s) for s in MigrationStrategy if s != MigrationStrategy.AUTO]
+OUTCOMES = ("finished", "failed")
 # What the collector reads of each running move: its status.
 Statuses = Callable[[], Mapping[str, Mapping[str, Any]]]
 
 
 class RunningMoves(Collector):
-    """Gauges over the moves in flight, read from their status at each scrape."""
+    """Gauges over the moves in flight, read from their status at each scrape; and how long
+    each has gone without moving forward (for the "stuck" alert), tracked here."""
 
-    def __init__(self, statuses: Statuses) -> None:
-        self.statuses = statuses
+    def __init__(self, statuses: Statuses, clock: Callable[[], float] = time.monotonic) -> None:
+        self.statuses, self.clock = statuses, clock
+        # Per move: what its progress last was, and since when.
+        self._last: dict[str, tuple[tuple[object, ...], float]] = {}
+
+    def _stalled(self, key: str, progress: Mapping[str, Any]) -> float:
+        now = self.clock()
+        seen = (progress.get("step"), progress.get("percent"), progress.get("bytesMoved"))
+        before = self._last.get(key)
+        if before is None or before[0] != seen:
+            self._last[key] = (seen, now)
+            return 0.0
+        return now - before[1]
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         labels = ["namespace", "migration", "step"]
@@ -59,8 +76,16 @@ class RunningMoves(Collector):
             "frozen": GaugeMetricFamily(
                 "clm_migration_frozen_seconds", "The freeze so far (from the final dump).", labels=labels
             ),
+            "stalled": GaugeMetricFamily(
+                "clm_migration_stalled_seconds",
+                "How long the move has gone without progress (step, percent and bytes unchanged).",
+                labels=labels,
+            ),
         }
-        for key, status in self.statuses().items():
+        statuses = self.statuses()
+        for gone in set(self._last) - set(statuses):
+            del self._last[gone]
+        for key, status in statuses.items():
             progress = status.get("progress") or {}
             if not progress:
                 continue
@@ -76,11 +101,14 @@ class RunningMoves(Collector):
             families["percent"].add_metric(at, float(progress.get("percent", 0)) / 100)
             if "frozenSeconds" in progress:
                 families["frozen"].add_metric(at, float(progress["frozenSeconds"]))
+            families["stalled"].add_metric(at, self._stalled(key, progress))
         yield from families.values()
 
 
 class MoveMetrics:
-    def __init__(self, registry: CollectorRegistry, running: Statuses) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, running: Statuses, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.freeze = Histogram(
             "clm_migration_freeze_seconds",
             "How long each finished move kept its pod frozen.",
@@ -107,7 +135,14 @@ class MoveMetrics:
             ["stage"],
             registry=registry,
         )
-        registry.register(RunningMoves(running))
+        registry.register(RunningMoves(running, clock))
+        # Every series from the start at 0, so `increase()` counts a first move too (a series
+        # born at 1 has no increase).
+        for strategy in STRATEGIES:
+            self.freeze.labels(strategy=strategy)
+            self.transferred.labels(strategy=strategy)
+        for outcome in OUTCOMES:
+            self.duration.labels(outcome=outcome)
 
     def ended(self, outcome: str, status: Mapping[str, Any], seconds: float) -> None:
         """A run ended with `outcome` (Finished / Failed) and this status."""

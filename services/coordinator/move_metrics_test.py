@@ -33,6 +33,19 @@ def test_running_moves_are_exported_from_their_progress_and_end_with_them() -> N
     assert "mc-move" not in generate_latest(registry).decode()
 
 
+def test_a_move_without_progress_counts_its_stalled_seconds_from_the_last_change() -> None:
+    registry, now = CollectorRegistry(), [100.0]
+    progress: dict[str, Any] = {"step": "restore", "percent": 90.0, "bytesMoved": 800}
+    MoveMetrics(registry, running=lambda: {"games/m": {"progress": progress}}, clock=lambda: now[0])
+    at = 'migration="m",namespace="games",step="restore"'
+    assert f"clm_migration_stalled_seconds{{{at}}} 0.0" in generate_latest(registry).decode()
+    now[0] = 400.0
+    assert f"clm_migration_stalled_seconds{{{at}}} 300.0" in generate_latest(registry).decode()
+    progress["percent"] = 96.0
+    now[0] = 401.0
+    assert f"clm_migration_stalled_seconds{{{at}}} 0.0" in generate_latest(registry).decode()
+
+
 def test_ended_moves_count_by_strategy_outcome_and_failed_stage() -> None:
     registry = CollectorRegistry()
     metrics = MoveMetrics(registry, running=lambda: {})

@@ -155,16 +155,22 @@ class AgentKind(StrEnum):
     NETWORK = "network"
 
 
-class StepResult(Message):
-    """A node agent's answer to one command: done, or failed with a reason."""
+class AgentStep(Message):
+    """What names one step of one migration on one node's agent: the fields its answer and its
+    progress share."""
 
-    kind: Literal["StepResult"] = "StepResult"
     namespace: K8sName
     migration: K8sName
     migration_uid: str = Field(min_length=1)
     agent: AgentKind
     node: NodeName
     step: str = Field(min_length=1, pattern=r"^[a-z][a-z0-9-]*$")
+
+
+class StepResult(AgentStep):
+    """A node agent's answer to one command: done, or failed with a reason."""
+
+    kind: Literal["StepResult"] = "StepResult"
     # The message_id of the command this answers.
     command_id: str = Field(min_length=1)
     ok: bool
@@ -177,7 +183,7 @@ class StepResult(Message):
         return subjects.migration_step(self.namespace, self.migration, self.agent, self.step)
 
 
-class StepProgress(Message):
+class StepProgress(AgentStep):
     """How far a running step has got: sent by an agent a few times a second at most while it
     moves a pod's memory (a pre-copy round, the dump's transfer, a post-copy fill). Plain
     NATS, not stored: it is only worth anything while the step runs."""
@@ -185,12 +191,6 @@ class StepProgress(Message):
     STORED: ClassVar[bool] = False
 
     kind: Literal["StepProgress"] = "StepProgress"
-    namespace: K8sName
-    migration: K8sName
-    migration_uid: str = Field(min_length=1)
-    agent: AgentKind
-    node: NodeName
-    step: str = Field(min_length=1, pattern=r"^[a-z][a-z0-9-]*$")
     round: int | None = Field(default=None, ge=1)
     bytes_done: int = Field(ge=0)
     # 0: not known yet.

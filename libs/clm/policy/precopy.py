@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from clm.contracts import MigrationReason, MigrationStrategy, NodeCapabilities
+from clm.policy.details import count
+from clm.policy.details import number as measured
 
 
 @dataclass(frozen=True)
@@ -160,15 +162,14 @@ class Round:
     @classmethod
     def from_details(cls, number: int, details: Mapping[str, object], seconds: float) -> Round:
         """A round from the pre-dump step's answer (the checkpoint agent's details)."""
-        dirtied = details.get("pages_dirtied_since")
         return cls(
             number,
-            int(str(details.get("pages_written", 0))),
-            int(str(details.get("bytes", 0))),
+            count(details, "pages_written"),
+            count(details, "bytes"),
             seconds,
-            float(str(details.get("transfer_seconds", 0.0))),
-            None if dirtied is None else int(str(dirtied)),
-            float(str(details.get("dirtied_seconds", 0.0))),
+            measured(details, "transfer_seconds"),
+            count(details, "pages_dirtied_since") if "pages_dirtied_since" in details else None,
+            measured(details, "dirtied_seconds"),
         )
 
 

@@ -9,28 +9,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-
-def _f(details: Mapping[str, object], key: str) -> float:
-    value = details.get(key, 0.0)
-    return float(value) if isinstance(value, int | float) else 0.0
+from clm.policy.details import number
 
 
 def waterfall(
     dump: Mapping[str, object], restore: Mapping[str, object], commit_seconds: float, frozen_seconds: float
 ) -> list[dict[str, float | str]]:
     """[{"phase", "seconds"}] in the order they happen; they add up to `frozen_seconds`."""
-    freezing = _f(dump, "freezing_seconds")
-    memory = _f(dump, "memdump_seconds") + _f(dump, "memwrite_seconds")
-    frozen_in_criu = _f(dump, "frozen_seconds")
+    freezing = number(dump, "freezing_seconds")
+    memory = number(dump, "memdump_seconds") + number(dump, "memwrite_seconds")
+    frozen_in_criu = number(dump, "frozen_seconds")
     phases = [
         ("freeze", freezing),
         ("dump_state", max(0.0, frozen_in_criu - memory)),
         ("memory", memory),
-        ("runtime", max(0.0, _f(dump, "dump_seconds") - freezing - frozen_in_criu)),
-        ("package", _f(dump, "package_seconds")),
-        ("transfer", _f(dump, "transfer_seconds")),
-        ("unpack", _f(restore, "unpack_seconds")),
-        ("restore", _f(restore, "runtime_restore_seconds") or _f(restore, "restore_seconds")),
+        ("runtime", max(0.0, number(dump, "dump_seconds") - freezing - frozen_in_criu)),
+        ("package", number(dump, "package_seconds")),
+        ("transfer", number(dump, "transfer_seconds")),
+        ("unpack", number(restore, "unpack_seconds")),
+        ("restore", number(restore, "runtime_restore_seconds") or number(restore, "restore_seconds")),
         ("network_commit", commit_seconds),
     ]
     accounted = sum(seconds for _, seconds in phases)
