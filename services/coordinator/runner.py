@@ -45,6 +45,7 @@ from clm.contracts import (
 )
 from clm.contracts.protocol import Phase, StepFailed, is_terminal
 from clm.policy.compatibility import Profile, Requirements
+from clm.policy.details import count
 from clm.policy.precopy import PAGE, AutoPostCopy, ConvergenceRule, Round, next_round, strategy_for
 from clm.policy.progress import ProgressView
 from clm.policy.waterfall import waterfall
@@ -158,7 +159,8 @@ class MigrationRunner:
             raise StepFailed(
                 f"{result.agent} agent on {result.node}: {result.error}", stage=step.stage, result=result
             )
-        self.progress.ended(step.stage, self._clock())
+        moved = count(result.details, "bytes") or count(result.details, "pages_bytes")
+        self.progress.ended(step.stage, self._clock(), moved=moved)
         self.status["progress"] = self.progress.status(self._clock())
         return result
 

@@ -193,8 +193,14 @@ class Moves:
         def ready() -> bool:
             pod = self.core.read_namespaced_pod("big", "default")
             labeled = (pod.metadata.labels or {}).get("live.cast.ai/migration-enabled") == "true"
-            logged = self.core.read_namespaced_pod_log("big", "default", _preload_content=False).data.strip()
-            return labeled and bool(pod.status.pod_ip) and bool(logged)  # its memory is written
+            if not (labeled and pod.status.pod_ip and pod.status.phase == "Running"):
+                return False
+            try:  # its first line: its memory is written
+                return bool(
+                    self.core.read_namespaced_pod_log("big", "default", _preload_content=False).data.strip()
+                )
+            except ApiException:
+                return False  # its log is not there yet
 
         wait_for(ready, "the 1 GiB pod running, labeled and counting", timeout=120, every=0.5)
 
@@ -237,8 +243,11 @@ class Moves:
         )
         clone = self.core.read_namespaced_pod("big-clone-1", "default")
         assert clone.spec.node_name == "sbx-3" and clone.status.phase == "Running"
-        pods = {p.metadata.name for p in self.core.list_namespaced_pod("default").items}
-        assert pods == {"big-clone-1"}, pods
+        wait_for(
+            lambda: {p.metadata.name for p in self.core.list_namespaced_pod("default").items}
+            == {"big-clone-1"},
+            "the clone alone in the namespace (the first move's source gone, no new clone)",
+        )
         assert images_left(self.state_dir) == []
 
     def delete_past_the_commit_point(self) -> None:

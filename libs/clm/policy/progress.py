@@ -78,8 +78,11 @@ class ProgressView:
             self.frozen_since = now
         self._rise(self._span_start())
 
-    def ended(self, step: str, now: float) -> None:
-        """`step` answered ok."""
+    def ended(self, step: str, now: float, *, moved: int = 0) -> None:
+        """`step` answered ok, having moved `moved` bytes (its answer's count: the last
+        progress message may come after the answer, and is then not heard)."""
+        if step == self.step and moved > self.bytes_done:
+            self.bytes_done, self.bytes_total = moved, max(self.bytes_total, moved)
         if step == RESUMED_AFTER and self.frozen_since is not None and self.frozen_seconds is None:
             self.frozen_seconds = now - self.frozen_since
         self._rise(self._span()[1] if step != "pre-dump" else self._round_end())

@@ -73,3 +73,13 @@ def test_post_copy_counts_the_pages_arriving_after_the_resume() -> None:
     status = view.status(50.0)
     assert status["pagesOnDestination"] == 40 and status["frozenSeconds"] == 0.5
     assert status["bytesMoved"] == 2_000 + 40 * 4096
+
+
+def test_the_answer_counts_the_bytes_when_the_last_progress_came_too_late() -> None:
+    view = ProgressView(every_seconds=0)
+    view.begin("dump", 0.0)
+    view.heard(step="dump", round_=None, done=60, total=100, elapsed=1.0, now=1.0)
+    view.ended("dump", 2.0, moved=100)
+    view.begin("restore", 2.0)
+    assert not view.heard(step="dump", round_=None, done=100, total=100, elapsed=2.0, now=2.1)
+    assert view.status(3.0)["bytesMoved"] == 100
