@@ -19,7 +19,12 @@ async def test_reports_from_a_worker_thread_at_a_bounded_rate_and_always_the_las
     report = ProgressReporter(announce, node="node-a", every_seconds=3600).for_step(
         a_dump_command(), total=300
     )
-    worker = threading.Thread(target=lambda: [report(n) for n in range(0, 301, 10)])
+
+    def copy() -> None:
+        for n in range(0, 301, 10):
+            report(n)
+
+    worker = threading.Thread(target=copy)
     worker.start()
     await asyncio.to_thread(worker.join)
     for _ in range(10):
