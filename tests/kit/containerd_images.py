@@ -58,7 +58,13 @@ def _pause(client: docker.DockerClient) -> None:
 
 def node_images() -> list[Path]:
     """The tars to import into every containerd node (built or saved when missing)."""
-    client = docker.from_env()
+    try:
+        client = docker.from_env()
+    except docker.errors.DockerException as exc:
+        raise RuntimeError(
+            f"the nodes' images are built with docker, and dockerd does not answer ({exc}): "
+            "run tools/setup/ensure-docker"
+        ) from exc
     try:
         try:
             client.images.get(SANDBOX_IMAGE)

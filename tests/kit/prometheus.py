@@ -54,8 +54,9 @@ class Prometheus:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         rules = write_rule_file(workdir / "clm-alerts.rules.yaml")
+        every = f"{round(scrape_seconds * 1000)}ms"  # Prometheus durations take no fractions ("1.0s" fails)
         config = {
-            "global": {"scrape_interval": f"{scrape_seconds}s", "evaluation_interval": f"{scrape_seconds}s"},
+            "global": {"scrape_interval": every, "evaluation_interval": every},
             "rule_files": [str(rules)],
             "scrape_configs": [
                 {"job_name": job, "static_configs": [{"targets": hosts}]} for job, hosts in targets.items()

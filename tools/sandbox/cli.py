@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -139,6 +140,8 @@ def _background(args: argparse.Namespace) -> int:
         code = 1
         try:
             code = _foreground(args, quiet_wait=True)
+        except BaseException:  # os._exit below would swallow it: the log is all `up` can show
+            traceback.print_exc()
         finally:
             sys.stdout.flush()
             os._exit(code)
