@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import fcntl
 import os
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -100,22 +99,6 @@ def http_get(port: int, path: str) -> tuple[int, str]:
             return resp.status, resp.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
-
-
-def wait_ready(proc: subprocess.Popen[str], port: int, name: str, timeout: float = 90.0) -> None:
-    """Wait until a service process answers /readyz with 200; fail with its output if it exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            output = proc.stdout.read() if proc.stdout else ""
-            raise AssertionError(f"{name} exited {proc.returncode}:\n{output}")
-        try:
-            if http_get(port, "/readyz")[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{name} not ready within {timeout}s")
 
 
 def pex_dir() -> Path | None:

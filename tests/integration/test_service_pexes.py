@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -27,8 +28,9 @@ from clm.contracts import (
 )
 from clm.contracts.examples import examples
 from clm.runtime.delivery import H_CAUSE, H_REASON
-from tests.integration.support import fetch_from_stream, http_get, pex_path, wait_ready
-from tests.kit.nats_server import NatsServer, free_port
+from tests.integration.support import fetch_from_stream, http_get, pex_path
+from tests.kit.agents import http_port_from_log
+from tests.kit.nats_server import NatsServer
 from tools.kube_emulator.main import kubeconfig_text
 from tools.kube_emulator.testing import EmulatorThread
 
@@ -41,13 +43,15 @@ STATE = Path(tempfile.gettempdir()) / f"clm-service-pexes-{os.getpid()}"
 class ServiceProcess:
     def __init__(self, service: str, nats_url: str, extra_env: dict[str, str] | None = None) -> None:
         self.service = service
-        self.port = free_port()
+        self.port = 0  # bound by the service itself (CLM_HTTP_PORT=0), read from its log
+        STATE.mkdir(parents=True, exist_ok=True)
+        self.log = STATE / f"{service}.log"
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": os.environ.get("HOME", "/root"),
             "CLM_NATS_URL": nats_url,
             "CLM_HTTP_HOST": "127.0.0.1",
-            "CLM_HTTP_PORT": str(self.port),
+            "CLM_HTTP_PORT": "0",
             "CLM_NODE_NAME": NODE,
             "CLM_SHUTDOWN_GRACE_SECONDS": "5",
             "CLM_TRANSFER_PORT": "0",
@@ -57,21 +61,32 @@ class ServiceProcess:
             **(extra_env or {}),
         }
         python = shutil.which("python3.11") or "python3"
-        self.proc = subprocess.Popen(
-            [python, str(pex_path(service))],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        # A file, not a pipe: nobody reads a pipe while the test runs, and a full one blocks the service.
+        with self.log.open("wb") as out:
+            argv = [python, str(pex_path(service))]
+            self.proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
 
-    def wait_ready(self) -> None:
-        wait_ready(self.proc, self.port, self.service)
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = self.output()[-3000:]
+                raise AssertionError(f"{self.service} exited {self.proc.returncode}:\n{tail}")
+            self.port = self.port or http_port_from_log(self.log)
+            if self.port:
+                with contextlib.suppress(OSError):
+                    if http_get(self.port, "/readyz")[0] == 200:
+                        return
+            time.sleep(0.2)
+        raise AssertionError(f"{self.service} not ready within {timeout}s:\n{self.output()[-3000:]}")
 
     def terminate(self) -> tuple[int, str]:
         self.proc.send_signal(signal.SIGTERM)
-        out, _ = self.proc.communicate(timeout=30)
-        return self.proc.returncode, out
+        self.proc.wait(timeout=30)
+        return self.proc.returncode, self.output()
 
 
 @pytest.fixture

@@ -27,6 +27,18 @@ def built_pex(service: str) -> Path | None:
     return path.resolve() if path is not None and path.is_file() else None
 
 
+def http_port_from_log(log_path: Path, offset: int = 0) -> int:
+    """The port a service bound for CLM_HTTP_PORT=0, from its "http listening" log line after
+    `offset` (0: not yet). Ports chosen beforehand and handed over race parallel tests."""
+    with log_path.open("rb") as log:
+        log.seek(offset)
+        for line in log:
+            if b'"http listening"' in line:
+                with contextlib.suppress(ValueError):
+                    return int(json.loads(line).get("http_port", 0))
+    return 0
+
+
 def _ready(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
@@ -82,15 +94,8 @@ class AgentProcess:
         return self
 
     def _bound_port(self) -> int:
-        """The port from this run's "http listening" log line (0: not yet)."""
         assert self.log_path is not None
-        with self.log_path.open("rb") as log:
-            log.seek(self._log_from)
-            for line in log:
-                if b'"http listening"' in line:
-                    with contextlib.suppress(ValueError):
-                        return int(json.loads(line).get("http_port", 0))
-        return 0
+        return http_port_from_log(self.log_path, self._log_from)
 
     def wait_ready(self, timeout: float = 90) -> AgentProcess:
         assert self.proc is not None
