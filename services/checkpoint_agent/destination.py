@@ -25,7 +25,7 @@ from services.checkpoint_agent.page_fills import PageFills
 from services.checkpoint_agent.pre_copy_rounds import ExpectedTransfers, stack_rounds
 from services.checkpoint_agent.progress import ProgressReporter
 from services.checkpoint_agent.restore_handler.server import RestoreHandlerServer
-from services.checkpoint_agent.runtime import ContainerRuntime, RuntimeCommandError
+from services.checkpoint_agent.runtime import ContainerRuntime, LazyPagesUnavailable, RuntimeCommandError
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ class DestinationSide:
         self.runtime, self.capabilities, self.outcomes = runtime, capabilities, outcomes
         # Post-copy: restored containers whose memory is still arriving.
         self.fills = PageFills(runtime, config.layout)
+        # Until a local lazy-pages daemon fails to start here (no userfaultfd).
+        self._lazy_pages_here = True
         for container_id in self.fills.stop_orphans():
             log.warning(
                 "stopped a container whose memory was still arriving when this agent last stopped",
@@ -140,14 +142,17 @@ class DestinationSide:
         seconds = time.perf_counter() - started
         stats = read_stats(next(iter(sorted(incoming.glob("*/criu/stats-restore"))), incoming / "-"))
         shutil.rmtree(self.layout.rounds_in(uid), ignore_errors=True)
-        if pages_address is None:
-            shutil.rmtree(incoming, ignore_errors=True)
-        else:
-            # The commit point: the pod runs here, its memory arriving (the fill step).
+        filling = self.fills.filling(uid)
+        if filling:
+            # The pod runs here; its memory is put in place after the network commit (the fill
+            # step), from the source (post-copy: the commit point) or from these images.
             self.fills.resumed(uid)
+        else:
+            shutil.rmtree(incoming, ignore_errors=True)
         self.layout.expected(uid).unlink(missing_ok=True)
         details: Details = {"containers": len(restored), "restore_seconds": round(seconds, 6)}
         details["lazy_pages"] = pages_address is not None
+        details["filled_after_commit"] = filling
         details.update({k: round(v, 6) for k, v in phases.items()})
         details.update({k: v for k, v in stats.items() if k in ("forking_seconds", "pages_restored")})
         return details
@@ -304,14 +309,13 @@ class DestinationSide:
                 tls=self.config.require_tls(),
                 output=self.config.output_for(container_id),
             )
-        else:
+        elif not await self._restore_filling_later(command, name, container_id, bundle, package):
             await asyncio.to_thread(
                 self.runtime.restore,
                 container_id,
                 bundle,
                 package / "criu",
                 tcp_established=True,
-                lazy=self.config.lazy_restore,
                 output=self.config.output_for(container_id),
             )
         phases["runtime_restore_seconds"] = (
@@ -322,20 +326,53 @@ class DestinationSide:
             raise RuntimeCommandError(f"container {name} is {state or 'gone'} right after its restore")
         return container_id
 
+    async def _restore_filling_later(
+        self, command: CheckpointCommand, name: str, container_id: str, bundle: Path, package: Path
+    ) -> bool:
+        """The lazy restore from the images that arrived: the pod resumes at once and a local
+        lazy-pages daemon fills its memory while the network commit goes on. False where no
+        daemon can run here (the restore is then the eager one)."""
+        if not self.config.lazy_restore or not self._lazy_pages_here:
+            return False
+        try:
+            await self.fills.restore_local(
+                command.migration.uid,
+                name=name,
+                container_id=container_id,
+                bundle=bundle,
+                images=package / "criu",
+                output=self.config.output_for(container_id),
+            )
+        except LazyPagesUnavailable as exc:
+            log.warning("lazy restore unavailable here, restoring eagerly", extra={"why": str(exc)})
+            self._lazy_pages_here = False
+            return False
+        return True
+
     def _remove_restored(self, pod_uid: str) -> None:
         for container in self.runtime.pod_containers(pod_uid):
             self.runtime.delete(container.id)
         shutil.rmtree(self.layout.pod_bundles(pod_uid), ignore_errors=True)
 
-    # ----- fill (post-copy, after the commit point) -----
+    # ----- fill (after the network commit) -----
 
     async def fill(self, command: CheckpointCommand) -> Details:
+        """After the network commit: wait until the restored pod's memory is all in place."""
         uid = command.migration.uid
+        post_copy = self._post_copy(command)
+        if not post_copy and not self.fills.filling(uid) and uid not in self.fills.orphaned:
+            # An eager restore (or one through containerd) put the memory in place already.
+            return {"containers": 0, "risk_window_seconds": 0.0}
         details, problems = await self.fills.wait(uid, self.progress.for_step(command, total=0))
         shutil.rmtree(self.layout.incoming(uid), ignore_errors=True)
         if problems:
+            where = (
+                f"stopped arriving from {command.source_node}"
+                if post_copy
+                else f"could not be filled from its images on {self.node}"
+            )
             raise StepFailed(
-                f"the pod's memory stopped arriving from {command.source_node} after it resumed here: "
+                f"the pod's memory {where} after it resumed here: "
                 + "; ".join(problems)
                 + f". The pod was stopped on {self.node}: it never ran with missing memory"
             )

@@ -1,12 +1,17 @@
-"""The destination's post-copy fills: restored containers whose memory is still arriving.
+"""The destination's fills: restored containers whose memory is still being put in place.
 
-Each container's `criu lazy-pages` daemon reaches the source's page server through a
-PageTunnel. A daemon that ends without every page would leave the process running on
-zero-filled memory (closing userfaultfd lets the kernel fill the rest with zeros), so:
-- when the source's side of the tunnel ends, the container is paused before the daemon
-  hears of it; a daemon that then exits 0 had every page (the container resumes), any other
-  exit stops the container for good;
-- a watcher acts on the daemon's exit at once, whether or not the fill step was asked yet.
+A lazy restore resumes the pod before its memory is there; a `criu lazy-pages` daemon per
+container fills it, on demand first. Post-copy's daemons reach the source's page server
+through a PageTunnel; stop-and-copy's and pre-copy's read the images that already arrived,
+so the network commit need not wait for them (the fill step waits, after it). A daemon that
+ends without every page would leave the process running on zero-filled memory (closing
+userfaultfd lets the kernel fill the rest with zeros), so:
+- when the source's side of a tunnel ends, the container is paused before the daemon hears
+  of it; a daemon that then exits 0 had every page (the container resumes), any other exit
+  stops the container for good;
+- a watcher acts on the daemon's exit at once, whether or not the fill step was asked yet;
+- an agent that restarts stops the containers that were still filling (`stop_orphans`):
+  it cannot learn how their daemons ended.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ FILLING = "filling"
 class Fill:
     name: str
     container_id: str
-    tunnel: PageTunnel
+    # Post-copy: where the pages come from; None when they come from the local images.
+    tunnel: PageTunnel | None
     page_fill: PageFill | None = None
     paused: bool = False
     watcher: asyncio.Task[int] | None = None
@@ -50,7 +56,7 @@ class MigrationFills:
     report: Report | None = None
 
     def received(self) -> int:
-        return sum(f.tunnel.traffic.to_destination for f in self.fills)
+        return sum(f.tunnel.traffic.to_destination for f in self.fills if f.tunnel is not None)
 
     def arrived(self) -> None:
         if self.report is not None:
@@ -61,23 +67,33 @@ class PageFills:
     def __init__(self, runtime: ContainerRuntime, layout: Layout) -> None:
         self.runtime, self.layout = runtime, layout
         self.by_uid: dict[str, MigrationFills] = {}
+        # Migrations whose containers an earlier agent was still filling (stopped at start).
+        self.orphaned: set[str] = set()
 
     def stop_orphans(self) -> list[str]:
-        """At start: containers an earlier agent was filling. Their page streams died with
-        it, so their memory is incomplete: they are stopped (the fill step then fails)."""
+        """At start: containers an earlier agent was still filling. Their page streams died
+        with it, or their daemons' outcome is unknown to this agent, so their memory may be
+        incomplete: they are stopped (the fill step then fails)."""
         stopped = []
         for marker in (self.layout.state_dir / "migrations").glob(f"*/{FILLING}"):
             for container_id in marker.read_text().split():
                 self.runtime.delete(container_id)
                 stopped.append(container_id)
+            self.orphaned.add(marker.parent.name)
             marker.unlink()
         return stopped
 
+    def filling(self, uid: str) -> bool:
+        """Whether the migration's restore left memory to fill (its fill step waits for it)."""
+        return bool(self.by_uid.get(uid, MigrationFills()).fills)
+
     def _mark(self, uid: str) -> None:
+        """The containers still filling, on disk for an agent that restarts."""
         mine = self.by_uid.get(uid)
         marker = self.layout.workdir(uid) / FILLING
-        if mine and mine.fills:
-            marker.write_text("\n".join(f.container_id for f in mine.fills))
+        running = [f.container_id for f in mine.fills if not f.ended_at] if mine else []
+        if running:
+            marker.write_text("\n".join(running))
         else:
             marker.unlink(missing_ok=True)
 
@@ -116,28 +132,50 @@ class PageFills:
         fill = Fill(name=name, container_id=container_id, tunnel=tunnel)
         await tunnel.open()
         try:
-            fill.page_fill = await asyncio.to_thread(
-                self.runtime.restore_lazy,
-                container_id,
-                bundle,
-                images,
-                page_server=("127.0.0.1", fill.tunnel.port),
-                output=output,
+            await self._start(
+                uid, fill, bundle, images, page_server=("127.0.0.1", tunnel.port), output=output
             )
         except BaseException:
             await tunnel.close()
             raise
+
+    async def restore_local(
+        self, uid: str, *, name: str, container_id: str, bundle: Path, images: Path, output: Path | None
+    ) -> None:
+        """Restore one container whose images are all here; it runs when this returns, and
+        its memory is filled from the images (LazyPagesUnavailable: restore it eagerly)."""
+        self.by_uid.setdefault(uid, MigrationFills())
+        fill = Fill(name=name, container_id=container_id, tunnel=None)
+        await self._start(uid, fill, bundle, images, page_server=None, output=output)
+
+    async def _start(
+        self,
+        uid: str,
+        fill: Fill,
+        bundle: Path,
+        images: Path,
+        *,
+        page_server: tuple[str, int] | None,
+        output: Path | None,
+    ) -> None:
+        fill.page_fill = await asyncio.to_thread(
+            self.runtime.restore_lazy,
+            fill.container_id,
+            bundle,
+            images,
+            page_server=page_server,
+            output=output,
+        )
         code = fill.page_fill.daemon.poll()
         if code is not None and code != 0:
             # It ended during the restore: the memory will not come.
-            await asyncio.to_thread(self.runtime.delete, container_id)
-            await tunnel.close()
+            await asyncio.to_thread(self.runtime.delete, fill.container_id)
+            why = (fill.tunnel.error if fill.tunnel else "") or _lazy_log_error(fill)
             raise RuntimeCommandError(
-                f"the lazy-pages daemon of {name} exited {code} during the restore "
-                f"({tunnel.error or _lazy_log_error(fill)})"
+                f"the lazy-pages daemon of {fill.name} exited {code} during the restore ({why})"
             )
-        fill.watcher = asyncio.create_task(self._watch(fill))
-        mine.fills.append(fill)
+        fill.watcher = asyncio.create_task(self._watch(uid, fill))
+        self.by_uid[uid].fills.append(fill)
         self._mark(uid)
 
     def broken(self, uid: str) -> list[str]:
@@ -148,28 +186,35 @@ class PageFills:
             if f.watcher is None or not f.watcher.done() or f.watcher.cancelled():
                 continue
             if (code := f.watcher.result()) != 0:
-                why = f.tunnel.error or _lazy_log_error(f)
+                why = (f.tunnel.error if f.tunnel else "") or _lazy_log_error(f)
                 problems.append(f"container {f.name}: the lazy-pages daemon exited {code} ({why})")
         return problems
 
     def resumed(self, uid: str) -> None:
         self.by_uid.setdefault(uid, MigrationFills()).resumed_at = time.monotonic()
 
-    async def _watch(self, fill: Fill) -> int:
+    async def _watch(self, uid: str, fill: Fill) -> int:
         assert fill.page_fill is not None
         code = await asyncio.to_thread(fill.page_fill.daemon.wait)
         fill.ended_at = time.monotonic()
-        fill.tunnel.daemon_exited(code)
-        await fill.tunnel.close()
+        if fill.tunnel is not None:
+            fill.tunnel.daemon_exited(code)
+            await fill.tunnel.close()
         if code == 0:
             if fill.paused:
                 await asyncio.to_thread(self.runtime.resume, fill.container_id)
+            # Whole: an agent that restarts from here leaves it running.
+            self._mark(uid)
         else:
             # Never a process running on memory that did not arrive.
             await asyncio.to_thread(self.runtime.delete, fill.container_id)
             log.warning(
                 "page fill failed: container stopped",
-                extra={"container": fill.container_id, "exit": code, "tunnel": fill.tunnel.error},
+                extra={
+                    "container": fill.container_id,
+                    "exit": code,
+                    "tunnel": fill.tunnel.error if fill.tunnel else None,
+                },
             )
         return code
 
@@ -187,13 +232,14 @@ class PageFills:
         problems = []
         for fill, code in zip(mine.fills, codes, strict=True):
             if code != 0:
-                why = fill.tunnel.error or _lazy_log_error(fill)
+                why = (fill.tunnel.error if fill.tunnel else "") or _lazy_log_error(fill)
                 problems.append(f"container {fill.name}: the lazy-pages daemon exited {code} ({why})")
         last = max((f.ended_at for f in mine.fills), default=mine.resumed_at)
         details: Details = {
             "containers": len(mine.fills),
             "pages_bytes": mine.received(),
             "risk_window_seconds": round(max(0.0, last - mine.resumed_at), 6),
+            "pages_from": "source" if any(f.tunnel for f in mine.fills) else "local images",
         }
         self.by_uid.pop(uid, None)
         self._mark(uid)
@@ -205,8 +251,11 @@ class PageFills:
         self._mark(uid)
         for fill in mine.fills if mine else []:
             if fill.page_fill is not None and fill.page_fill.daemon.poll() is None:
+                # The container first: it must not run on once its daemon is gone.
+                await asyncio.to_thread(self.runtime.delete, fill.container_id)
                 fill.page_fill.daemon.kill()
-            await fill.tunnel.close()
+            if fill.tunnel is not None:
+                await fill.tunnel.close()
             if fill.watcher is not None:
                 await asyncio.gather(fill.watcher, return_exceptions=True)
 

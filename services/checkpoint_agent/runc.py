@@ -17,6 +17,7 @@ from services.checkpoint_agent.runtime import (
     POD_UID,
     CheckpointResult,
     Container,
+    LazyPagesUnavailable,
     PageFill,
     RuntimeCommandError,
 )
@@ -273,24 +274,33 @@ class Runc:
         bundle: Path,
         image_dir: Path,
         *,
-        page_server: tuple[str, int],
+        page_server: tuple[str, int] | None = None,
         output: Path | None = None,
     ) -> PageFill:
-        """Restore a container whose memory is still on the source: a `criu lazy-pages`
-        daemon connects to `page_server` and fills the memory through userfaultfd, on demand
-        and in the background. Returns as soon as the container runs; the daemon exits 0 once
-        every page is in place."""
+        """Restore a container without waiting for its anonymous memory: a `criu lazy-pages`
+        daemon fills it through userfaultfd, faults first and the rest in the background,
+        from `page_server` (post-copy: the source's pages) or, with none, from the local
+        images (faster than the eager restore's reads of tmpfs's small pages). Returns as
+        soon as the container runs; the daemon exits 0 once every page is in place. Raises
+        LazyPagesUnavailable if the local daemon cannot start (no userfaultfd)."""
         image_dir = image_dir.resolve()
-        host, port = page_server
-        daemon = self._start_lazy_pages(
-            image_dir, "--page-server", "--address", host, "--port", str(port), wait=30
-        )
-        if daemon.returncode is not None:
-            raise RuntimeCommandError(
-                f"restore of {container_id} failed: the lazy-pages daemon did not start "
-                f"(exit {daemon.returncode}): {_criu_log_tail(image_dir, LAZY_LOG)}"
+        if page_server is None:
+            daemon = self._start_lazy_pages(image_dir, wait=5)
+        else:
+            host, port = page_server
+            daemon = self._start_lazy_pages(
+                image_dir, "--page-server", "--address", host, "--port", str(port), wait=30
             )
+        if daemon.returncode is not None:
+            why = f"the lazy-pages daemon did not start (exit {daemon.returncode}): " + _criu_log_tail(
+                image_dir, LAZY_LOG
+            )
+            if page_server is None:
+                raise LazyPagesUnavailable(why)
+            raise RuntimeCommandError(f"restore of {container_id} failed: {why}")
+        started = time.perf_counter()
         args = ["restore", "-d", f"--image-path={image_dir}", "-b", str(bundle.resolve())]
+        # CRIU finds the daemon's socket in its work directory.
         args += ["--tcp-established", "--lazy-pages", f"--work-path={image_dir}"]
         code, errors = self._detached(
             *args, container_id, log=bundle / f"runc-restore-{container_id}.log", output=output
@@ -301,6 +311,14 @@ class Runc:
             raise RuntimeCommandError(
                 f"restore of {container_id} failed: {errors}\n{_criu_log_tail(image_dir, 'restore.log')}"
             )
+        log.info(
+            "restored lazily",
+            extra={
+                "container": container_id,
+                "resumed_seconds": round(time.perf_counter() - started, 4),
+                "pages_from": "the source" if page_server else "local images",
+            },
+        )
         return PageFill(container_id=container_id, image_dir=image_dir, daemon=daemon)
 
     def restore(
@@ -310,60 +328,28 @@ class Runc:
         image_dir: Path,
         *,
         tcp_established: bool = True,
-        lazy: bool = False,
         output: Path | None = None,
     ) -> float:
-        """Restore a container from its images. With `lazy`, CRIU restores everything but the
-        anonymous memory, which a `criu lazy-pages` daemon then fills from the same local
-        images through userfaultfd (faster than the eager restore's reads); this returns only
-        once every page is in place, so a restored container never depends on a helper. If
-        the daemon cannot start (no userfaultfd), the restore is the eager one. Output
-        the container wrote to pipes continues into the CRI log file `output` (else nowhere)."""
+        """Restore a container from its images, its memory read in before it runs (the eager
+        restore; `restore_lazy` resumes it first). Output the container wrote to pipes
+        continues into the CRI log file `output` (else nowhere)."""
         started = time.perf_counter()
         image_dir = image_dir.resolve()
-        daemon = self.lazy_pages_daemon(image_dir) if lazy else None
         # The image path must be absolute: runc changes into the bundle first.
         args = ["restore", "-d", f"--image-path={image_dir}", "-b", str(bundle.resolve())]
         if tcp_established:
             args.append("--tcp-established")
-        if daemon is not None:
-            # CRIU finds the daemon's socket in its work directory.
-            args += ["--lazy-pages", f"--work-path={image_dir}"]
         code, errors = self._detached(
             *args, container_id, log=bundle / f"runc-restore-{container_id}.log", output=output
         )
         if code != 0:
-            if daemon is not None:
-                daemon.kill()
-                daemon.wait()
             raise RuntimeCommandError(
                 f"restore of {container_id} failed: {errors}\n" f"{_criu_log_tail(image_dir, 'restore.log')}"
-            )
-        if daemon is not None:
-            resumed = time.perf_counter()
-            try:
-                daemon.wait(timeout=LAZY_FILL_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
-            if daemon.returncode != 0:
-                self.delete(container_id)
-                raise RuntimeCommandError(
-                    f"restore of {container_id} failed: the lazy-pages daemon exited {daemon.returncode} "
-                    f"before every page was in place\n{_criu_log_tail(image_dir, LAZY_LOG)}"
-                )
-            # How much of the restore is the local fill after the resume (the freeze's next target).
-            log.info(
-                "restored lazily",
-                extra={
-                    "container": container_id,
-                    "resumed_seconds": round(resumed - started, 4),
-                    "local_fill_seconds": round(time.perf_counter() - resumed, 4),
-                },
             )
         return time.perf_counter() - started
 
     def lazy_pages_daemon(self, image_dir: Path) -> subprocess.Popen[bytes] | None:
+        """A local `criu lazy-pages` daemon for `image_dir`, or None where none can run."""
         daemon = self._start_lazy_pages(image_dir, wait=5)
         if daemon.returncode is None:
             return daemon

@@ -18,6 +18,10 @@ class RuntimeCommandError(RuntimeError):
     """A runtime command failed; the message carries runc's and CRIU's own words."""
 
 
+class LazyPagesUnavailable(RuntimeCommandError):
+    """No `criu lazy-pages` daemon can run on this node (no userfaultfd): restore eagerly."""
+
+
 # The annotations containerd's CRI plugin puts on every container, and that the local node
 # runtime puts on its runc containers too: how the agent finds a pod's containers.
 POD_UID = "io.kubernetes.pod.uid"
@@ -48,8 +52,9 @@ class CheckpointResult:
 
 @dataclass
 class PageFill:
-    """A post-copy restore: the container runs, and a `criu lazy-pages` daemon brings its
-    memory from the source's page server; it exits 0 once every page is in place."""
+    """A lazy restore: the container runs, and a `criu lazy-pages` daemon brings its memory
+    (post-copy: from the source's page server; else from the local images); it exits 0 once
+    every page is in place."""
 
     container_id: str
     image_dir: Path
@@ -78,7 +83,6 @@ class ContainerRuntime(Protocol):
         image_dir: Path,
         *,
         tcp_established: bool,
-        lazy: bool = False,
         output: Path | None = None,
     ) -> float: ...
     def serve_lazy_pages(self, image_dir: Path) -> tuple[subprocess.Popen[bytes], socket.socket]: ...
@@ -90,7 +94,7 @@ class ContainerRuntime(Protocol):
         bundle: Path,
         image_dir: Path,
         *,
-        page_server: tuple[str, int],
+        page_server: tuple[str, int] | None = None,
         output: Path | None = None,
     ) -> PageFill: ...
     def pause(self, container_id: str) -> None: ...

@@ -471,7 +471,8 @@ class MigrationRunner:
         fill_failure: StepFailed | None = None
         for step in protocol.after_commit(strategy):
             if step is protocol.FILL:
-                await self.record.patch(message=f"the pod runs on {dst}: its memory arrives from {src}")
+                where = f"arrives from {src}" if protocol.committed_at_resume(strategy) else "is put in place"
+                await self.record.patch(message=f"the pod runs on {dst}: its memory {where}")
                 try:
                     fill = await self._step(step, strategy)
                     self.record.note(riskWindowSeconds=fill.details.get("risk_window_seconds", 0))
@@ -528,9 +529,9 @@ class MigrationRunner:
         )
 
     async def _failed_after_commit(self, failure: StepFailed, *, outcome: str | None = None) -> None:
-        """Post-copy's page stream broke after the resume: the destination stopped the pod
-        (it never runs with missing memory) and the source's copy is gone; the fallback the
-        label matrix gave follows."""
+        """The fill broke after the commit (post-copy's page stream, or a local fill): the
+        destination stopped the pod (it never runs with missing memory) and the source's copy
+        is gone; the fallback the label matrix gave follows."""
         await self.clones.remove()
         fallback = Fallback(self.spec.get("fallback") or self.status.get("fallback") or "none")
         if outcome is None:

@@ -244,6 +244,8 @@ async def test_success_sends_the_steps_in_order_and_moves_the_pod() -> None:
         ("checkpoint", "restore", DEST),
         ("network", "commit", SOURCE),
         ("network", "commit", DEST),
+        # The pod runs on B: its memory is all in place before the source goes.
+        ("checkpoint", "fill", DEST),
         ("checkpoint", "finalize", SOURCE),
         ("network", "release", SOURCE),
         ("kube", "delete-pod", "web-0"),  # the source object, once the clone is the pod
@@ -439,6 +441,21 @@ async def test_a_broken_page_stream_after_the_resume_fails_without_rolling_back(
     assert kube.evicted == ["web-0"]  # the fallback the spec gave
 
 
+async def test_a_local_fill_that_breaks_after_the_network_commit_fails_stop_and_copy_forward() -> None:
+    # Stop-and-copy's lazy restore resumed the pod and the network moved; its memory comes
+    # from the destination's own images. A daemon that dies there stops the pod: past the
+    # commit, the source is cleaned (its state is older than what clients saw) and the
+    # fallback follows.
+    runner, kube, agents, published = make(fail={"checkpoint:fill": "the lazy-pages daemon exited 1"})
+    assert await runner.run() == "Failed"
+    assert not [s for s in agents.sent if s[1] == "abort"]
+    assert agents.sent.index(("network", "commit", DEST)) < agents.sent.index(("checkpoint", "fill", DEST))
+    assert ("checkpoint", "finalize", SOURCE) in agents.sent
+    failed = published[-1]
+    assert failed.kind == "MigrationFailed" and failed.stage == "fill"  # type: ignore[attr-defined]  # a field of that event kind
+    assert runner.status["freezeSeconds"] >= 0 and runner.status["committed"] is True
+
+
 async def test_a_missing_pod_fails_with_the_reason() -> None:
     runner, kube, agents, published = make()
     kube.pods.clear()
@@ -474,6 +491,8 @@ async def test_on_kubelet_nodes_a_statefulset_namesake_exists_before_its_restore
         ("checkpoint", "restore", DEST),
         ("network", "commit", SOURCE),
         ("network", "commit", DEST),
+        # The pod runs on B: its memory is all in place before the source goes.
+        ("checkpoint", "fill", DEST),
         ("checkpoint", "finalize", SOURCE),
         ("network", "release", SOURCE),
     ]

@@ -149,8 +149,11 @@ def committed_at_resume(strategy: MigrationStrategy | str) -> bool:
 
 
 def after_commit(strategy: MigrationStrategy | str) -> tuple[Step, ...]:
-    """The steps after the commit point and the network commit, in order."""
-    return (FILL, *AFTER_COMMIT) if committed_at_resume(strategy) else AFTER_COMMIT
+    """The steps after the commit point and the network commit, in order. Every strategy
+    fills: a lazy restore resumes the pod before its memory is all in place (post-copy's
+    comes from the source, the others' from the images already on the destination), and
+    the source goes only once it is."""
+    return (FILL, *AFTER_COMMIT)
 
 
 def every_step() -> tuple[Step, ...]:
