@@ -100,3 +100,19 @@ def dirty_pages(roots: Iterable[int], proc: Path = Path("/proc")) -> int:
             except (FileNotFoundError, ProcessLookupError):
                 continue
     return total
+
+
+def resident_anonymous_bytes(roots: Iterable[int], proc: Path = Path("/proc")) -> int:
+    """The anonymous memory resident in the process trees under `roots` (RssAnon): about
+    what a dump of them writes as pages."""
+    total = 0
+    for root in roots:
+        for pid in process_tree(root, proc):
+            try:
+                status = (proc / str(pid) / "status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("RssAnon:"):
+                    total += int(line.split()[1]) * 1024
+    return total

@@ -3,7 +3,13 @@ import struct
 import subprocess
 import sys
 
-from services.checkpoint_agent.dirty_pages import count_dirty, dirty_pages, process_dirty_pages, process_tree
+from services.checkpoint_agent.dirty_pages import (
+    count_dirty,
+    dirty_pages,
+    process_dirty_pages,
+    process_tree,
+    resident_anonymous_bytes,
+)
 
 SOFT_DIRTY, SWAPPED, PRESENT = 1 << 55, 1 << 62, 1 << 63
 
@@ -55,3 +61,21 @@ def test_reads_a_live_process_pagemap() -> None:
     gone = subprocess.Popen(["true"])
     gone.wait()
     assert dirty_pages([gone.pid]) == 0
+
+
+def test_resident_anonymous_memory_counts_what_a_process_wrote() -> None:
+    # A child that writes 64 MiB of its own memory holds at least that much as RssAnon.
+    script = (
+        "import sys; b = bytearray(64 << 20); b[::4096] = b'x' * (len(b) // 4096); "
+        "print(1, flush=True); sys.stdin.read()"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "1\n"
+        assert resident_anonymous_bytes([child.pid]) >= 64 << 20
+    finally:
+        child.kill()
+        child.wait()
+    assert resident_anonymous_bytes([child.pid]) == 0  # gone: nothing

@@ -16,7 +16,7 @@ from clm.contracts.protocol import StepFailed
 from services.checkpoint_agent.bundle import config_problems
 from services.checkpoint_agent.config import AgentConfig, CapabilityLookup
 from services.checkpoint_agent.criu_stats import images_complete, read_stats
-from services.checkpoint_agent.dirty_pages import dirty_pages
+from services.checkpoint_agent.dirty_pages import dirty_pages, resident_anonymous_bytes
 from services.checkpoint_agent.holdback import PacketHold
 from services.checkpoint_agent.layout import tree_size
 from services.checkpoint_agent.lazy_dumps import LazyDumps
@@ -25,9 +25,20 @@ from services.checkpoint_agent.pagemap import lazy_holes, pages_by_kind
 from services.checkpoint_agent.progress import ProgressReporter
 from services.checkpoint_agent.runtime import Container, ContainerRuntime, RuntimeCommandError
 from services.checkpoint_agent.tls import AgentTls
-from services.checkpoint_agent.transfer import Channel, Holes, TransferError, open_channel, sending_size
+from services.checkpoint_agent.transfer import (
+    Channel,
+    Growing,
+    Holes,
+    TransferError,
+    TransferStats,
+    open_channel,
+    sending_size,
+)
 
 log = logging.getLogger(__name__)
+# What travels while the dump still runs: the first container's memory pages, as CRIU writes
+# them (`<container>/criu/pages-<id>.img`).
+STREAMED_DURING_DUMP = "*/criu/pages-*.img"
 
 
 def _dirtied_since(containers: list[Container]) -> int | None:
@@ -176,29 +187,22 @@ class SourceSide:
         # Reached before anything is frozen: a destination that cannot receive fails the
         # step while the pod still runs.
         channel = await self._open_channel(command, tls)
+        stall = min(self.config.transfer_stall_seconds, command.timeout_seconds)
+        growing: Growing | None = None
+        holes: Holes = {}
+        lazy_problem: str | None = None
         try:
-            if containers is not None:
-                dump_details = await self._first_dump(command, outgoing, containers)
+            if containers is not None and command.strategy != MigrationStrategy.POST_COPY:
+                # The memory travels while CRIU writes it (post-copy's holes are known only
+                # once the dump is whole).
+                growing = Growing(STREAMED_DURING_DUMP)
+                dump_details, sent = await self._dump_streaming(
+                    command, outgoing, containers, channel, growing
+                )
             else:
-                # A repeated dump after the images were made (e.g. the agent restarted during
-                # the transfer): send the same images again.
-                dump_details = json.loads(self.layout.dumped(uid).read_text())
-            holes: Holes = {}
-            serving = None
-            lazy_problem = None
-            if command.strategy == MigrationStrategy.POST_COPY:
-                holes = self._lazy_holes(command.migration.uid)
-                if not holes:
-                    lazy_problem = self._no_lazy_memory(command.migration.uid)
-                # The page servers load the memory while the rest of the images travel.
-                serving = asyncio.ensure_future(self._serve_pages(command))
-            stall = min(self.config.transfer_stall_seconds, command.timeout_seconds)
-            try:
-                report = self.progress.for_step(command, total=sending_size(outgoing, holes))
-                sent = await channel.send(outgoing, stall_seconds=stall, holes=holes, progress=report)
-            finally:
-                if serving is not None:
-                    await serving
+                sent, dump_details, lazy_problem, holes = await self._dump_then_send(
+                    command, outgoing, containers, channel, stall
+                )
         except (TransferError, OSError, TimeoutError, RuntimeCommandError) as exc:
             reason = f"sending the images to {command.destination_node} failed: {exc}"
             raise StepFailed(reason + await self._rollback_note(command)) from None
@@ -206,16 +210,84 @@ class SourceSide:
             channel.close()
         details: Details = {
             **dump_details,
-            "lazy_pages": bool(holes),
             "bytes": sent.bytes - sent.skipped,
             "bytes_on_demand": sent.skipped,
             "files": sent.files,
-            "transfer_seconds": round(sent.seconds, 6),
             "transfer_mib_per_s": round(sent.mib_per_s, 1),
         }
-        if lazy_problem:
-            details["lazy_problem"] = lazy_problem
+        if growing is None:
+            details.update(lazy_pages=bool(holes), transfer_seconds=round(sent.seconds, 6))
+            if lazy_problem:
+                details["lazy_problem"] = lazy_problem
+        else:
+            # In the freeze, the transfer is what was left to send once the dump had ended.
+            details.update(
+                lazy_pages=False,
+                transfer_seconds=round(max(0.0, sent.ended_at - growing.finished_at), 6),
+                transfer_total_seconds=round(sent.seconds, 6),
+                bytes_sent_during_dump=growing.early_bytes,
+            )
         return details
+
+    async def _dump_then_send(
+        self,
+        command: CheckpointCommand,
+        outgoing: Path,
+        containers: list[Container] | None,
+        channel: Channel,
+        stall: float,
+    ) -> tuple[TransferStats, Details, str | None, Holes]:
+        """Dump (unless the images are there already), then send the images."""
+        uid = command.migration.uid
+        if containers is not None:
+            dump_details = await self._first_dump(command, outgoing, containers)
+        else:
+            # A repeated dump after the images were made (e.g. the agent restarted during
+            # the transfer): send the same images again.
+            dump_details = json.loads(self.layout.dumped(uid).read_text())
+        holes: Holes = {}
+        serving = None
+        lazy_problem = None
+        if command.strategy == MigrationStrategy.POST_COPY:
+            holes = self._lazy_holes(uid)
+            if not holes:
+                lazy_problem = self._no_lazy_memory(uid)
+            # The page servers load the memory while the rest of the images travel.
+            serving = asyncio.ensure_future(self._serve_pages(command))
+        try:
+            report = self.progress.for_step(command, total=sending_size(outgoing, holes))
+            sent = await channel.send(outgoing, stall_seconds=stall, holes=holes, progress=report)
+        finally:
+            if serving is not None:
+                await serving
+        return sent, dump_details, lazy_problem, holes
+
+    async def _dump_streaming(
+        self,
+        command: CheckpointCommand,
+        outgoing: Path,
+        containers: list[Container],
+        channel: Channel,
+        growing: Growing,
+    ) -> tuple[Details, TransferStats]:
+        """Dump and send at once: the pages image travels as CRIU writes it."""
+        stall = min(self.config.transfer_stall_seconds, command.timeout_seconds)
+        # What the progress counts towards until the dump says: the pod's memory now.
+        estimate = resident_anonymous_bytes(c.pid for c in containers if c.pid)
+        report = self.progress.for_step(command, total=estimate)
+        # Nothing of an earlier try may be taken for this dump's pages.
+        shutil.rmtree(outgoing, ignore_errors=True)
+        sending = asyncio.ensure_future(
+            channel.send(outgoing, stall_seconds=stall, progress=report, growing=growing)
+        )
+        try:
+            dump_details = await self._first_dump(command, outgoing, containers)
+        except BaseException:
+            growing.fail()
+            await asyncio.gather(sending, return_exceptions=True)
+            raise
+        growing.finish()
+        return dump_details, await sending
 
     def _no_lazy_memory(self, uid: str) -> str:
         """Why a post-copy dump sends all its memory up front: what its pagemaps hold."""

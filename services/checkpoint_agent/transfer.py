@@ -15,6 +15,10 @@ whole and in order):
 A SKIP leaves a hole of that many bytes: post-copy sends the pages image without the pages
 that come later on demand (pagemap.py), at the size the restore expects.
 
+A dump's memory can travel while CRIU still writes it (`Growing`): the first pages image is
+sent as it grows, and the rest once the dump has ended. The freeze then holds the larger of
+the dump and the transfer, not their sum.
+
 The receiver writes into a staging directory, checks the sizes against the manifest, and
 only then renames the staging directory into place. Any failure — an unknown certificate, a
 flipped bit, a dropped connection, a timeout — leaves nothing behind and raises
@@ -31,6 +35,7 @@ import shutil
 import socket
 import ssl
 import struct
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -59,6 +64,44 @@ class TransferError(Exception):
     pass
 
 
+class Growing:
+    """Files still being written while a transfer sends them: the dump's memory pages.
+
+    The sender follows the first file matching `pattern` as CRIU writes it (sequentially,
+    never going back) and sends it whole once the writer has `finish`ed; the other files
+    go after that. A writer that `fail`s ends the transfer: the receiver keeps nothing."""
+
+    # How often the sender looks for more bytes when it has caught up with the writer.
+    POLL_SECONDS = 0.002
+
+    def __init__(self, pattern: str) -> None:
+        self.pattern = pattern
+        self._ended = threading.Event()
+        self.failed = False
+        # Bytes of the followed file sent before the writer finished.
+        self.early_bytes = 0
+        self.finished_at = 0.0
+
+    def finish(self) -> None:
+        self.finished_at = time.perf_counter()
+        self._ended.set()
+
+    def fail(self) -> None:
+        self.failed = True
+        self._ended.set()
+
+    def ended(self) -> bool:
+        """Whether the writer is done; raises if it failed."""
+        done = self._ended.is_set()
+        if done and self.failed:
+            raise TransferError("the dump failed: its images are incomplete")
+        return done
+
+    def wait(self, seconds: float) -> bool:
+        self._ended.wait(seconds)
+        return self.ended()
+
+
 @dataclass(frozen=True)
 class TransferStats:
     files: int
@@ -66,6 +109,8 @@ class TransferStats:
     seconds: float
     # Of `bytes`, how many were holes (not sent).
     skipped: int = 0
+    # When the receiver had it all (time.perf_counter()).
+    ended_at: float = 0.0
 
     @property
     def mib_per_s(self) -> float:
@@ -138,14 +183,22 @@ class Channel:
         stall_seconds: float = 600,
         holes: Holes | None = None,
         progress: Progress | None = None,
+        growing: Growing | None = None,
     ) -> TransferStats:
         """Stream every regular file under `source` (subdirectories included), leaving out
-        `holes`. A peer that takes nothing for `stall_seconds` fails the transfer (a dead
-        link is not waited on). `progress` hears the bytes sent so far, from the worker."""
+        `holes`; with `growing`, starting while they are still written. A peer that takes
+        nothing for `stall_seconds` fails the transfer (a dead link is not waited on).
+        `progress` hears the bytes sent so far, from the worker."""
         self.sock.settimeout(stall_seconds)
         try:
             return await asyncio.to_thread(
-                _send, self.sock, source, time.perf_counter(), holes or {}, progress or _no_progress
+                _send,
+                self.sock,
+                source,
+                time.perf_counter(),
+                holes or {},
+                progress or _no_progress,
+                growing,
             )
         finally:
             # Also what stops the worker when the step is cancelled: its socket calls fail.
@@ -215,11 +268,16 @@ def sending_size(source: Path, holes: Holes) -> int:
 
 
 def _send(
-    sock: ssl.SSLSocket, source: Path, started: float, holes: Holes, progress: Progress
+    sock: ssl.SSLSocket,
+    source: Path,
+    started: float,
+    holes: Holes,
+    progress: Progress,
+    growing: Growing | None = None,
 ) -> TransferStats:
     with sock:
         try:
-            manifest, total, skipped = _stream_files(sock, source, holes, progress)
+            manifest, total, skipped = _stream_files(sock, source, holes, progress, growing)
         except (ConnectionError, OSError) as exc:
             # The receiver may have said why before hanging up.
             try:
@@ -235,11 +293,12 @@ def _send(
             raise TransferError(f"the receiver rejected the transfer: connection lost ({exc})") from None
     if not verdict.get("ok"):
         raise TransferError(f"the receiver rejected the transfer: {verdict.get('error')}")
-    return TransferStats(len(manifest), total, time.perf_counter() - started, skipped)
+    ended = time.perf_counter()
+    return TransferStats(len(manifest), total, ended - started, skipped, ended)
 
 
 def _stream_files(
-    sock: socket.socket, source: Path, holes: Holes, progress: Progress
+    sock: socket.socket, source: Path, holes: Holes, progress: Progress, growing: Growing | None = None
 ) -> tuple[dict[str, int], int, int]:
     manifest: dict[str, int] = {}
     buffer = bytearray(CHUNK)
@@ -251,8 +310,19 @@ def _stream_files(
         sent[0] += n
         progress(sent[0])
 
+    if growing is not None:
+        followed = _first_growing(source, growing)
+        if followed is not None:
+            name = followed.relative_to(source).as_posix()
+            _send_frame(sock, FILE, orjson.dumps({"name": name}))
+            manifest[name] = _send_growing(sock, followed, view, growing, count)
+            _send_frame(sock, DONE, b"")
+        while not growing.wait(1.0):
+            pass
     for path in _regular_files(source):
         name = path.relative_to(source).as_posix()
+        if name in manifest:
+            continue
         _send_frame(sock, FILE, orjson.dumps({"name": name}))
         size = 0
         with path.open("rb", buffering=0) as handle:
@@ -267,6 +337,40 @@ def _stream_files(
         manifest[name] = size
     _send_frame(sock, END, orjson.dumps(manifest))
     return manifest, sum(manifest.values()), skipped
+
+
+def _first_growing(source: Path, growing: Growing) -> Path | None:
+    """The first file the writer makes that matches the pattern (None: it ended first)."""
+    while True:
+        ended = growing.ended()
+        found = sorted(source.glob(growing.pattern))
+        if found:
+            return found[0]
+        if ended:
+            return None
+        growing.wait(Growing.POLL_SECONDS)
+
+
+def _send_growing(
+    sock: socket.socket, path: Path, view: memoryview, growing: Growing, count: Progress
+) -> int:
+    """Send `path` as the writer appends to it, and its last bytes once the writer ended."""
+    size = 0
+    with path.open("rb", buffering=0) as handle:
+        while True:
+            # Looked at before reading: what was written before the end is all read below.
+            ended = growing.ended()
+            n = handle.readinto(view)
+            if n:
+                _send_frame(sock, DATA, view[:n])
+                size += n
+                count(n)
+                if not ended:
+                    growing.early_bytes = size
+                continue
+            if ended:
+                return size
+            growing.wait(Growing.POLL_SECONDS)
 
 
 def _regular_files(source: Path) -> list[Path]:

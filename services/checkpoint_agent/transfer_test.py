@@ -16,6 +16,7 @@ import pytest
 from services.checkpoint_agent.certs import Pem, make_agent_cert, make_ca, write_agent_tls
 from services.checkpoint_agent.tls import AgentTls
 from services.checkpoint_agent.transfer import (
+    Growing,
     TransferError,
     open_channel,
     receive_connection,
@@ -327,3 +328,88 @@ async def test_a_sender_of_another_protocol_version_is_told_why(
     with pytest.raises(TransferError, match="run the same CLM version on every node"):
         await receiver.result()
     assert not (tmp_path / "dst").exists()
+
+
+class Dump:
+    """A stand-in for CRIU writing a pages image: the next chunk goes in only once the
+    sender has sent what is there (so the test sees bytes travel before the end)."""
+
+    def __init__(self, criu: Path) -> None:
+        criu.mkdir(parents=True)
+        self.pages = criu / "pages-1.img"
+        self.written = 0
+        self.sent = 0
+        self.caught_up = threading.Condition()
+
+    def progress(self, sent: int) -> None:
+        with self.caught_up:
+            self.sent = sent
+            self.caught_up.notify_all()
+
+    def append(self, data: bytes) -> None:
+        with self.pages.open("ab") as handle:
+            handle.write(data)
+        self.written += len(data)
+        with self.caught_up:
+            assert self.caught_up.wait_for(lambda: self.sent >= self.written, timeout=10)
+
+
+async def test_a_pages_image_travels_while_the_dump_writes_it(
+    tmp_path: Path, ca: Pem, sender: AgentTls
+) -> None:
+    dump = Dump(tmp_path / "src" / "c" / "criu")
+    chunks = [os.urandom(1 << 20) for _ in range(3)]
+    receiver = Receiver({"mig-1": tmp_path / "dst"}, identity(tmp_path / "recv-tls", ca))
+    channel = await open_channel("127.0.0.1", receiver.port, migration="mig-1", tls=sender)
+    growing = Growing("*/criu/pages-*.img")
+    sending = asyncio.ensure_future(channel.send(tmp_path / "src", progress=dump.progress, growing=growing))
+
+    def write_the_dump() -> None:
+        for chunk in chunks:
+            dump.append(chunk)
+        (dump.pages.parent / "core-1.img").write_bytes(b"core")  # written last, sent after the end
+        (tmp_path / "src" / "c" / "rootfs.tar").write_bytes(b"tar")
+        growing.finish()
+
+    await asyncio.to_thread(write_the_dump)
+    stats = await sending
+    await receiver.result()
+    assert growing.early_bytes == 3 << 20  # all of it went before the dump ended
+    assert (tmp_path / "dst" / "c" / "criu" / "pages-1.img").read_bytes() == b"".join(chunks)
+    assert (tmp_path / "dst" / "c" / "criu" / "core-1.img").read_bytes() == b"core"
+    assert stats.files == 3 and stats.bytes == (3 << 20) + 7
+    assert leftovers(tmp_path) == []
+
+
+async def test_a_dump_that_fails_while_its_pages_travel_leaves_nothing_on_the_receiver(
+    tmp_path: Path, ca: Pem, sender: AgentTls
+) -> None:
+    dump = Dump(tmp_path / "src" / "c" / "criu")
+    receiver = Receiver({"mig-1": tmp_path / "dst"}, identity(tmp_path / "recv-tls", ca))
+    channel = await open_channel("127.0.0.1", receiver.port, migration="mig-1", tls=sender)
+    growing = Growing("*/criu/pages-*.img")
+    sending = asyncio.ensure_future(channel.send(tmp_path / "src", progress=dump.progress, growing=growing))
+    await asyncio.to_thread(dump.append, os.urandom(1 << 20))
+    growing.fail()
+    with pytest.raises(TransferError, match="the dump failed"):
+        await sending
+    with pytest.raises(Exception):  # noqa: B017 - the connection ended mid-file: any error
+        await receiver.result()
+    assert not (tmp_path / "dst").exists() and leftovers(tmp_path) == []
+
+
+async def test_a_dump_without_a_pages_image_is_sent_once_it_ends(
+    tmp_path: Path, ca: Pem, sender: AgentTls
+) -> None:
+    criu = tmp_path / "src" / "c" / "criu"
+    criu.mkdir(parents=True)
+    receiver = Receiver({"mig-1": tmp_path / "dst"}, identity(tmp_path / "recv-tls", ca))
+    channel = await open_channel("127.0.0.1", receiver.port, migration="mig-1", tls=sender)
+    growing = Growing("*/criu/pages-*.img")
+    sending = asyncio.ensure_future(channel.send(tmp_path / "src", growing=growing))
+    (criu / "core-1.img").write_bytes(b"core")
+    growing.finish()
+    stats = await sending
+    await receiver.result()
+    assert stats.files == 1 and growing.early_bytes == 0
+    assert (tmp_path / "dst" / "c" / "criu" / "core-1.img").read_bytes() == b"core"

@@ -55,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "name",
         choices=sorted(BENCHMARKS),
+        # argparse expands % in help texts.
         help="which benchmark to run: "
-        + "; ".join(f"{name}: {what}" for name, (what, _) in sorted(BENCHMARKS.items())),
+        + "; ".join(f"{name}: {what}" for name, (what, _) in sorted(BENCHMARKS.items())).replace("%", "%%"),
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per result row")
     parser.add_argument(
