@@ -20,6 +20,6 @@ def test_ratios_side_by_side() -> None:
             "interruption_clm_over_naive": 0.5,
             "stalled_clm_over_naive": 1.0,
             "total_clm_over_naive": 1.0,
-            "goal_at_1GiB": "<= 0.5",
+            "goal": "<= 0.5 stalled",
         }
     ]
