@@ -44,6 +44,7 @@ from services.checkpoint_agent.runc import Runc
 from services.ip_handover_agent import main as ip_handover_agent_main
 from services.ip_handover_agent.routed import PodNet, RoutedBackend
 from tests.kit.agents import NodeAgents, agent_tls_dir, built_pex
+from tests.kit.containerd_images import node_images
 from tests.kit.migration import Driver, MigrationReport, Move
 from tests.kit.nats_server import NatsServer
 from tests.kit.podlab import CountingClient, LabPod, remove_pod, start_pod
@@ -75,6 +76,12 @@ def _require_machine() -> None:
         )
     if (why := containerd_missing()) is not None:
         raise SystemExit(f"tools/bench migrate's containerd rows: {why}")
+    # The containerd rows come last: their images are made (or found) before the first
+    # measurement, so a missing docker fails the run at once, not after the runc rows.
+    try:
+        node_images()
+    except RuntimeError as exc:
+        raise SystemExit(f"tools/bench migrate's containerd rows: {exc}") from None
 
 
 def _pex_dir() -> Path | None:
