@@ -54,6 +54,7 @@ def agent_config(settings: CheckpointAgentSettings) -> AgentConfig:
         criu=settings.criu_binary,
         tls=AgentTls(settings.agent_tls_dir) if settings.agent_tls_dir else None,
         lazy_restore=settings.lazy_restore,
+        stream_dump=settings.stream_dump,
         container_log_dir=settings.container_log_dir,
         holdback=settings.holdback,
         transfer_connect_seconds=settings.transfer_connect_seconds,

@@ -31,6 +31,8 @@ class AgentConfig:
     holdback: bool = True
     # Restore memory through userfaultfd from the received images (runc.Runc.restore).
     lazy_restore: bool = True
+    # Send the pages image while CRIU writes it (transfer.Growing).
+    stream_dump: bool = True
     # Restored containers' output: CRI log files named by container id (None: discarded).
     container_log_dir: Path | None = None
     # The destination's agent may be restarting: how long to keep trying before the pod is

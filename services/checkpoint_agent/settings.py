@@ -37,6 +37,10 @@ class CheckpointAgentSettings(NodeAgentSettings):
     # Restore memory lazily (CRIU lazy-pages from the received images, over userfaultfd): the
     # pages are filled faster than CRIU's eager restore reads them. Falls back to eager.
     lazy_restore: bool = True
+    # Send the dump's memory pages while CRIU still writes them (stop-and-copy, pre-copy's
+    # final dump): the freeze holds the larger of dump and transfer, not their sum. Off: the
+    # images go once the dump has ended (a node whose CPUs the two would fight over).
+    stream_dump: bool = True
     # The local runc runtime only (the sandbox): where restored containers' output goes, one
     # CRI log file per container id, as the node's runtime keeps it. Unset: discarded.
     # (On Kubernetes nodes the container runtime keeps pod logs itself.)

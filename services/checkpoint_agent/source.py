@@ -192,7 +192,8 @@ class SourceSide:
         holes: Holes = {}
         lazy_problem: str | None = None
         try:
-            if containers is not None and command.strategy != MigrationStrategy.POST_COPY:
+            streams = self.config.stream_dump and command.strategy != MigrationStrategy.POST_COPY
+            if containers is not None and streams:
                 # The memory travels while CRIU writes it (post-copy's holes are known only
                 # once the dump is whole).
                 growing = Growing(STREAMED_DURING_DUMP)

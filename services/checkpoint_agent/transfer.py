@@ -73,6 +73,8 @@ class Growing:
 
     # How often the sender looks for more bytes when it has caught up with the writer.
     POLL_SECONDS = 0.002
+    # While the writer runs, what the sender waits to have before it reads.
+    BATCH = 1 << 20
 
     def __init__(self, pattern: str) -> None:
         self.pattern = pattern
@@ -360,6 +362,11 @@ def _send_growing(
         while True:
             # Looked at before reading: what was written before the end is all read below.
             ended = growing.ended()
+            if not ended and os.fstat(handle.fileno()).st_size - size < Growing.BATCH:
+                # Close behind the writer: wait for a whole frame's worth, not a trickle of
+                # small frames (each a syscall and a TLS record the dump's CPUs pay for).
+                growing.wait(Growing.POLL_SECONDS)
+                continue
             n = handle.readinto(view)
             if n:
                 _send_frame(sock, DATA, view[:n])
