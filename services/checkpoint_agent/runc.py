@@ -198,7 +198,7 @@ class Runc:
             args.append("--tcp-established")
         if parent:
             args.append(f"--parent-path={parent}")
-        proc = self._run(*args, container_id)
+        proc = self._frozen_first(container_id, args)
         seconds = time.perf_counter() - started
         if proc.returncode != 0:
             raise RuntimeCommandError(
@@ -208,6 +208,20 @@ class Runc:
         size = sum(p.stat().st_size for p in image_dir.iterdir() if p.is_file())
         return CheckpointResult(image_dir, seconds, size)
 
+    def _frozen_first(
+        self, container_id: str, args: list[str], timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a CRIU checkpoint command on a container runc has frozen already. CRIU freezes
+        a running container's cgroup itself and then sleeps 100 ms before it looks again
+        (criu/seize.c freeze_processes: the freezer is still FREEZING on its first read); a
+        cgroup already frozen it takes as it is, and thaws once it holds the tasks. runc's
+        own freeze takes a few milliseconds. A command that fails leaves it running again."""
+        paused = self._run("pause", container_id).returncode == 0
+        proc = self._run(*args, container_id, timeout=timeout)
+        if proc.returncode != 0 and paused and self.state(container_id) == "paused":
+            self.resume(container_id)
+        return proc
+
     def pre_dump(self, container_id: str, image_dir: Path, *, parent: str | None) -> CheckpointResult:
         """One pre-copy round: the container's memory (with `parent`, only what it wrote since
         that round) copied while it keeps running, after a freeze of a few milliseconds."""
@@ -216,7 +230,7 @@ class Runc:
         args = ["checkpoint", "--pre-dump", f"--image-path={image_dir.resolve()}"]
         if parent:
             args.append(f"--parent-path={parent}")
-        proc = self._run(*args, container_id, timeout=PRE_DUMP_TIMEOUT)
+        proc = self._frozen_first(container_id, args, timeout=PRE_DUMP_TIMEOUT)
         seconds = time.perf_counter() - started
         if proc.returncode != 0:
             raise RuntimeCommandError(

@@ -554,7 +554,11 @@ class SourceSide:
             if await asyncio.to_thread(self.runtime.thaw, record["id"]):
                 continue  # left frozen by the dump (containerd): running again, network open
             state = await asyncio.to_thread(self.runtime.state, record["id"])
-            if state in ("running", "paused"):
+            if state == "paused":
+                # Frozen for a dump that never began (its agent died in between): thawed.
+                await asyncio.to_thread(self.runtime.resume, record["id"])
+                continue
+            if state == "running":
                 continue
             images = outgoing / record["name"] / "criu"
             if not (images / "inventory.img").exists():
