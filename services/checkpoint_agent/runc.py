@@ -209,16 +209,17 @@ class Runc:
         return CheckpointResult(image_dir, seconds, size)
 
     def _frozen_first(
-        self, container_id: str, args: list[str], timeout: float = 120
+        self, container_id: str, args: list[str], *, leaves_it_alive: bool = False, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
         """Run a CRIU checkpoint command on a container runc has frozen already. CRIU freezes
         a running container's cgroup itself and then sleeps 100 ms before it looks again
         (criu/seize.c freeze_processes: the freezer is still FREEZING on its first read); a
-        cgroup already frozen it takes as it is, and thaws once it holds the tasks. runc's
-        own freeze takes a few milliseconds. A command that fails leaves it running again."""
+        cgroup already frozen it takes as it is. runc's own freeze takes a few milliseconds.
+        CRIU puts a cgroup it found frozen back to frozen when it lets the tasks go on living
+        (pstree_switch_state: a pre-dump, a failed dump), so then it is thawed here."""
         paused = self._run("pause", container_id).returncode == 0
         proc = self._run(*args, container_id, timeout=timeout)
-        if proc.returncode != 0 and paused and self.state(container_id) == "paused":
+        if paused and (leaves_it_alive or proc.returncode != 0) and self.state(container_id) == "paused":
             self.resume(container_id)
         return proc
 
@@ -230,7 +231,7 @@ class Runc:
         args = ["checkpoint", "--pre-dump", f"--image-path={image_dir.resolve()}"]
         if parent:
             args.append(f"--parent-path={parent}")
-        proc = self._frozen_first(container_id, args, timeout=PRE_DUMP_TIMEOUT)
+        proc = self._frozen_first(container_id, args, leaves_it_alive=True, timeout=PRE_DUMP_TIMEOUT)
         seconds = time.perf_counter() - started
         if proc.returncode != 0:
             raise RuntimeCommandError(
