@@ -299,6 +299,7 @@ class Runc:
         soon as the container runs; the daemon exits 0 once every page is in place. Raises
         LazyPagesUnavailable if the local daemon cannot start (no userfaultfd)."""
         image_dir = image_dir.resolve()
+        starting = time.perf_counter()
         if page_server is None:
             daemon = self._start_lazy_pages(image_dir, wait=5)
         else:
@@ -330,6 +331,7 @@ class Runc:
             "restored lazily",
             extra={
                 "container": container_id,
+                "daemon_start_seconds": round(started - starting, 4),
                 "resumed_seconds": round(time.perf_counter() - started, 4),
                 "pages_from": "the source" if page_server else "local images",
             },
