@@ -33,7 +33,14 @@ STATE_MIB = 256
 
 
 class Lab:
-    def __init__(self, segment: Segment, nats: NatsServer, tmp: Path, state_mib: int = STATE_MIB) -> None:
+    def __init__(
+        self,
+        segment: Segment,
+        nats: NatsServer,
+        tmp: Path,
+        state_mib: int = STATE_MIB,
+        b_env: dict[str, str] | None = None,
+    ) -> None:
         self.segment, self.nats, self.tmp = segment, nats, tmp
         tls = agent_tls_dir(tmp / "agent-tls")
         images = Path("/dev/shm") / f"clm-test-{segment.suffix}"
@@ -48,7 +55,7 @@ class Lab:
                 image_dir=images,
                 pex_dir=pex_dir(),
                 # A command an agent died on goes to its successor within this wait.
-                checkpoint_env={"CLM_ACK_WAIT_SECONDS": "3"},
+                checkpoint_env={"CLM_ACK_WAIT_SECONDS": "3", **((b_env or {}) if key == "b" else {})},
             )
             for key in ("a", "b")
         }
@@ -86,11 +93,16 @@ class Lab:
 
 @contextlib.contextmanager
 def running_lab(
-    segment: Segment, nats: NatsServer, tmp: Path, state_mib: int = STATE_MIB, ready_timeout: float = 90
+    segment: Segment,
+    nats: NatsServer,
+    tmp: Path,
+    state_mib: int = STATE_MIB,
+    ready_timeout: float = 90,
+    b_env: dict[str, str] | None = None,
 ) -> Iterator[Lab]:
-    """Both nodes' agents up (each within `ready_timeout`) and the pod running on A;
-    everything removed after."""
-    lab = Lab(segment, nats, tmp, state_mib)
+    """Both nodes' agents up (each within `ready_timeout`) and the pod running on A (`b_env`:
+    more settings for B's checkpoint agent); everything removed after."""
+    lab = Lab(segment, nats, tmp, state_mib, b_env)
     try:
         for node in lab.nodes.values():
             node.start()

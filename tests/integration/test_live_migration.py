@@ -4,21 +4,33 @@ real network namespaces on a shared segment, the agents as real processes.
 A stateful server (256 MiB of state) runs in a runc container on node A; a client on
 another host of the segment holds one connection and sends requests back to back. The
 migration steps go to the agents as NATS commands (network prepare, check-cpu, dump,
-restore, commit, finalize, release). Then the failure paths: the destination agent killed
-mid-transfer, and a restore that fails — each leaves the pod serving on node A on the same
-connection with no CRIU network-lock rules left, and node B clean.
+restore, commit, fill, finalize, release). Then the failure paths: the destination agent
+killed mid-transfer, and a restore that fails — each leaves the pod serving on node A on the
+same connection with no CRIU network-lock rules left, and node B clean; and a local fill
+that fails after the commit, which stops the pod on B and fails the move.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 
 from clm.contracts import protocol
 from clm.runtime.podnet import pod_netns_path
-from tests.integration.agent_lab import NEEDS_NODES, STATE_MIB, Lab, check_client, lab, take_pod_port_on_b
+from tests.integration.agent_lab import (
+    NEEDS_NODES,
+    STATE_MIB,
+    Lab,
+    check_client,
+    lab,
+    running_lab,
+    take_pod_port_on_b,
+)
 from tests.kit.migration import Driver
+from tests.kit.nats_server import NatsServer
 from tests.kit.podlab import CountingClient, LabPod, lock_rules, running_on
+from tests.kit.segment import Segment
 
 __all__ = ["lab"]  # the fixture
 
@@ -178,3 +190,47 @@ async def test_failed_restore_leaves_pod_on_a(lab: Lab) -> None:
     assert running_on(lab.pod, lab.a.runc_root)
     assert lock_rules(lab.a.node, lab.pod) == ""
     lab.b_is_clean()
+
+
+def criu_whose_fill_fails(tmp: Path, state_dir: Path) -> Path:
+    """A CRIU for node B: every command is the real one, but a `lazy-pages` daemon, once it
+    has put every page in place, reports failure as soon as the agent counts the pod as
+    filling. That is after the restore has returned (the pod runs), so the failure falls in
+    the local fill after the commit, every time."""
+    real = shutil.which("criu")
+    assert real is not None
+    wrapper = tmp / "criu-fill-fails"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = "lazy-pages" ]; then\n'
+        f'  {real} "$@"\n'
+        f"  until ls {state_dir}/migrations/*/filling >/dev/null 2>&1; do sleep 0.01; done\n"
+        "  exit 1\n"
+        "fi\n"
+        f'exec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+async def test_a_local_fill_that_fails_after_the_commit_stops_the_pod_and_fails_the_move(
+    segment: Segment, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    # Stop-and-copy: B resumes the pod before its memory is all in place and commits the
+    # network; its own lazy-pages daemon fills the rest from the images that arrived.
+    wrapper = criu_whose_fill_fails(tmp_path, tmp_path / "b" / "state")
+    with running_lab(segment, nats_server, tmp_path, b_env={"CLM_CRIU_BINARY": str(wrapper)}) as lab:
+        driver = await Driver.connect(lab.nats.url)
+        try:
+            report = await driver.migrate(lab.move())
+        finally:
+            await driver.close()
+        assert report.committed and not report.ok
+        assert "could not be filled from its images" in (report.error or ""), report.error
+        assert "never ran with missing memory" in (report.error or "")
+        assert not running_on(lab.pod, lab.b.runc_root)  # stopped: never runs on missing memory
+        assert not running_on(lab.pod, lab.a.runc_root)  # finalized: its address had moved
+        assert lock_rules(lab.b.node, lab.pod) == ""
+        leftovers = [p for p in (lab.images / lab.b.node / "in").glob("*") if p.exists()]
+        assert leftovers == []
+        assert not list((tmp_path / "b" / "state" / "migrations").glob("*/filling"))
