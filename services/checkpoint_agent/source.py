@@ -198,7 +198,7 @@ class SourceSide:
                 # once the dump is whole).
                 growing = Growing(STREAMED_DURING_DUMP)
                 dump_details, sent = await self._dump_streaming(
-                    command, outgoing, containers, channel, growing
+                    command, outgoing, containers, channel, growing, stall
                 )
             else:
                 sent, dump_details, lazy_problem, holes = await self._dump_then_send(
@@ -270,9 +270,9 @@ class SourceSide:
         containers: list[Container],
         channel: Channel,
         growing: Growing,
+        stall: float,
     ) -> tuple[Details, TransferStats]:
         """Dump and send at once: the pages image travels as CRIU writes it."""
-        stall = min(self.config.transfer_stall_seconds, command.timeout_seconds)
         # What the progress counts towards until the dump says: the pod's memory now.
         estimate = resident_anonymous_bytes(c.pid for c in containers if c.pid)
         report = self.progress.for_step(command, total=estimate)
