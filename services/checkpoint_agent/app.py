@@ -109,7 +109,7 @@ def build(settings: CheckpointAgentSettings) -> ServiceApp:
     receiver = ImageReceiver(
         expected=agent.expected_transfers, tls=config.tls, received=metrics.bytes_received
     )
-    relay = PageRelay(tls=config.tls, lookup=agent.source.lazy.take, sent=metrics.pages_sent.inc)
+    relay = PageRelay(tls=config.tls, pages=agent.source.lazy, sent=metrics.pages_sent.inc)
 
     @app.on_start
     async def start_transfers_and_publish_capabilities() -> None:

@@ -1,54 +1,257 @@
-"""The source's post-copy page servers: for each migration and container, the agent's end
-of the socket pair CRIU's page server serves that container's lazily restorable pages on,
-from the full dump in the outgoing images. The record on disk says which containers are
-served; the sockets live in the agent, so a restarted agent serves no more pages (the
-orphaned page servers see their socket close and exit) and the destination's restore fails
-and rolls back. The pod itself is not running: rolling back is the stop-and-copy restore
-from the same images."""
+"""The source's post-copy dumps, while their memory is still only here.
+
+A lazy dump (`runc checkpoint --lazy-pages`) writes every image but the pod's anonymous
+memory and then serves that memory from the frozen tasks on one page-server connection.
+The server listens in a network namespace of its own with nothing but loopback, so only
+this agent (entering that namespace) can reach it. When the connection ends, the dump has
+succeeded and ends the tasks: this class holds the connection and decides when.
+
+- The destination's lazy-pages daemon reaches it through the page relay (`open`). When the
+  daemon leaves, the relay hands the connection back at a message boundary (`settle`).
+- Finalize (the destination has every page, past the commit): the connection is closed, the
+  tasks end, runc's checkpoint exits (`release`).
+- Rollback before the commit: the agent fetches the memory itself into the images, making
+  them a full dump, and closes; the tasks end and the pod is restored from those images like
+  a stop-and-copy rollback (`take_back`).
+
+The record on disk keeps where each dump listens and runc's pid, so a restarted agent can
+still take the memory back if nothing had connected yet. A connection dies with its agent;
+the dump then ends its tasks and the memory is only where the destination put it.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import ctypes
 import json
+import os
 import socket
 import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from services.checkpoint_agent.layout import Layout
+from services.checkpoint_agent.page_server_wire import PageServerConnection, take_back
+
+CLONE_NEWNET = 0x40000000
+CONNECT_SECONDS = 5.0
+# How long a relay may take to hand its connection back once asked to stop.
+SETTLE_SECONDS = 10.0
+
+
+class LazyDumpLost(Exception):
+    """The memory of a lazy dump is no longer here to take back."""
+
+
+def connect_in_netns_of(pid: int, port: int) -> socket.socket:
+    """A TCP connection to 127.0.0.1:`port` in the network namespace of process `pid`, made
+    from a thread of its own (setns moves only the calling thread)."""
+    result: list[socket.socket | BaseException] = []
+
+    def work() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        try:
+            target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+        except OSError as exc:
+            result.append(exc)
+            return
+        try:
+            if libc.setns(target, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns into the lazy dump's network namespace failed")
+            # This thread ends here, so it never goes back to the agent's namespace.
+            result.append(socket.create_connection(("127.0.0.1", port), timeout=CONNECT_SECONDS))
+        except BaseException as exc:  # - handed to the caller
+            result.append(exc)
+        finally:
+            os.close(target)
+
+    thread = threading.Thread(target=work, name=f"lazy-dump-connect-{pid}", daemon=True)
+    thread.start()
+    thread.join()
+    outcome = result[0] if result else OSError("the connecting thread ended without a result")
+    if isinstance(outcome, BaseException):
+        raise outcome
+    outcome.settimeout(None)
+    return outcome
+
+
+def _alive(pid: int, needle: str) -> bool:
+    try:
+        return needle in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+@dataclass
+class LazyCheckpoint:
+    """A lazy dump that has written its images and serves the memory: runc's pid and the
+    port its page server listens on, in runc's network namespace."""
+
+    pid: int
+    port: int
+    image_dir: Path
+    wait: Callable[[float], int | None] = field(default=lambda _t: None, repr=False)
+
+
+@dataclass
+class _Dump:
+    pid: int
+    port: int
+    image_dir: Path
+    wait: Callable[[float], int | None] | None = None
+    conn: PageServerConnection | None = None
+    state: str = "waiting"  # waiting -> relaying -> parked, or lost
+    cut: Callable[[], None] | None = None
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class LazyDumps:
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
         self._writing = threading.Lock()
-        self._sockets: dict[tuple[str, str], socket.socket] = {}
+        self._dumps: dict[tuple[str, str], _Dump] = {}
 
-    def add(self, uid: str, name: str, sock: socket.socket | None = None) -> None:
+    # ----- the record -----
+
+    def _record(self, uid: str) -> dict[str, dict[str, object]]:
+        try:
+            found = json.loads(self.layout.lazy_record(uid).read_text())
+        except (OSError, ValueError):
+            return {}
+        return found if isinstance(found, dict) else {}
+
+    def add(self, uid: str, name: str, dump: LazyCheckpoint) -> None:
         with self._writing:
-            names = set(self.names(uid)) | {name}
-            self.layout.lazy_record(uid).write_text(json.dumps(sorted(names)))
-            if sock is not None:
-                old = self._sockets.pop((uid, name), None)
-                if old is not None:
-                    old.close()
-                self._sockets[(uid, name)] = sock
+            record = self._record(uid)
+            record[name] = {"pid": dump.pid, "port": dump.port, "images": str(dump.image_dir)}
+            self.layout.lazy_record(uid).write_text(json.dumps(record))
+            self._dumps[(uid, name)] = _Dump(dump.pid, dump.port, dump.image_dir, dump.wait)
 
     def names(self, uid: str) -> list[str]:
-        try:
-            return [str(n) for n in json.loads(self.layout.lazy_record(uid).read_text())]
-        except (OSError, ValueError, TypeError):
-            return []
+        return sorted(self._record(uid))
 
     def is_lazy(self, uid: str) -> bool:
         return self.layout.lazy_record(uid).exists()
 
-    def take(self, uid: str, container: str) -> socket.socket | None:
-        """The page server's socket for one connection from the destination (once)."""
-        with self._writing:
-            return self._sockets.pop((uid, container), None)
+    def _dump(self, uid: str, name: str) -> _Dump | None:
+        dump = self._dumps.get((uid, name))
+        if dump is None:
+            entry = self._record(uid).get(name)
+            if not isinstance(entry, dict):
+                return None
+            # An earlier agent's dump: reachable still if nothing had connected to it.
+            dump = _Dump(int(str(entry["pid"])), int(str(entry["port"])), Path(str(entry["images"])))
+            self._dumps[(uid, name)] = dump
+        return dump
+
+    def running(self, uid: str, name: str) -> bool:
+        dump = self._dump(uid, name)
+        return dump is not None and _alive(dump.pid, "checkpoint")
+
+    # ----- the relay's side -----
+
+    async def open(self, uid: str, name: str, cut: Callable[[], None]) -> PageServerConnection | None:
+        """The page server's connection for the destination's daemon (once); `cut` ends that
+        relay when the memory is taken back."""
+        dump = self._dump(uid, name)
+        if dump is None or dump.state != "waiting":
+            return None
+        conn = await self._connect(dump)
+        dump.conn, dump.state, dump.cut = conn, "relaying", cut
+        dump.settled.clear()
+        return conn
+
+    def settle(self, uid: str, name: str, conn: PageServerConnection | None) -> None:
+        """The relay is done: `conn` back at a message boundary, or None if the page server
+        broke off (its dump failed)."""
+        dump = self._dumps.get((uid, name))
+        if dump is None:
+            if conn is not None:
+                conn.close()
+            return
+        dump.conn, dump.state, dump.cut = conn, ("parked" if conn is not None else "lost"), None
+        dump.settled.set()
+
+    async def _connect(self, dump: _Dump) -> PageServerConnection:
+        if not _alive(dump.pid, "checkpoint"):
+            dump.state = "lost"
+            raise LazyDumpLost("its lazy dump has ended")
+        try:
+            sock = await asyncio.to_thread(connect_in_netns_of, dump.pid, dump.port)
+        except OSError as exc:
+            dump.state = "lost"
+            raise LazyDumpLost(f"its page server cannot be reached: {exc}") from None
+        return PageServerConnection(sock)
+
+    async def _parked(self, dump: _Dump) -> PageServerConnection:
+        """The connection, with no relay on it (a relay still on it is cut)."""
+        if dump.state == "waiting":
+            dump.conn, dump.state = await self._connect(dump), "parked"
+        if dump.state == "relaying":
+            if dump.cut is not None:
+                dump.cut()
+            await asyncio.wait_for(dump.settled.wait(), SETTLE_SECONDS)
+        if dump.state != "parked" or dump.conn is None:
+            raise LazyDumpLost("its page server broke off")
+        return dump.conn
+
+    # ----- rollback and finalize -----
+
+    async def take_back(self, uid: str, name: str) -> int:
+        """Rollback before the commit: the memory fetched into the images (a full dump now),
+        then the dump let end. Returns the bytes fetched."""
+        dump = self._dump(uid, name)
+        if dump is None:
+            return 0
+        if dump.state == "done":
+            return 0
+        try:
+            conn = await self._parked(dump)
+        except (LazyDumpLost, TimeoutError) as exc:
+            raise LazyDumpLost(f"the pod's memory was only in its lazy dump, and {exc}") from None
+        fetched = await take_back(conn, dump.image_dir)
+        await self._end(dump, conn)
+        return fetched
+
+    async def release(self, uid: str, timeout: float) -> None:
+        """Finalize: every dump of the migration let end (its tasks run on the destination)."""
+        for name in self.names(uid):
+            dump = self._dump(uid, name)
+            if dump is None or dump.state in ("done", "lost"):
+                continue
+            if dump.state == "relaying":
+                # The destination's daemon has every page; its relay is finishing.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(dump.settled.wait(), timeout)
+            if dump.state == "relaying" and dump.cut is not None:
+                dump.cut()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(dump.settled.wait(), SETTLE_SECONDS)
+            conn = dump.conn
+            if conn is None and dump.state == "waiting":
+                with contextlib.suppress(LazyDumpLost):
+                    conn = await self._connect(dump)
+            if conn is not None:
+                await self._end(dump, conn)
+
+    async def _end(self, dump: _Dump, conn: PageServerConnection) -> None:
+        await conn.end()
+        dump.conn, dump.state = None, "done"
+        deadline = time.monotonic() + 30
+        # runc deletes the container once CRIU's dump ends: wait for it, so what follows
+        # (a restore under the same id, the source's clean-up) finds it gone.
+        if dump.wait is not None:
+            await asyncio.to_thread(dump.wait, 30)
+        while _alive(dump.pid, "checkpoint") and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     def forget(self, uid: str) -> None:
         with self._writing:
-            for key in [k for k in self._sockets if k[0] == uid]:
-                with contextlib.suppress(OSError):
-                    self._sockets.pop(key).close()
+            for key in [k for k in self._dumps if k[0] == uid]:
+                dump = self._dumps.pop(key)
+                if dump.conn is not None:
+                    dump.conn.close()
             self.layout.lazy_record(uid).unlink(missing_ok=True)

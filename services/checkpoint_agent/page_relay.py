@@ -1,18 +1,20 @@
 """Post-copy page traffic between agents, inside mutual TLS.
 
-CRIU's page server (on the source) and its lazy-pages daemon (on the destination) speak
-plain TCP, so neither is exposed to the network: the page server serves one end of a
-socket pair whose other end only the agent holds, the daemon connects to a tunnel on
-127.0.0.1, and the two agents carry the bytes between them in TLS 1.3 between certificates
-the cluster's agent CA signed, as they do the images (transfer.py). Memory never crosses
-the network in the clear.
+CRIU's lazy dump serves the pod's memory from its frozen tasks (on the source) to the
+lazy-pages daemon (on the destination) over plain TCP, so neither is exposed to the
+network: the dump listens in a network namespace of its own (LazyDumps connects into it),
+the daemon connects to a tunnel on 127.0.0.1, and the two agents carry the bytes between
+them in TLS 1.3 between certificates the cluster's agent CA signed, as they do the images
+(transfer.py). Memory never crosses the network in the clear.
 
     lazy-pages daemon -> 127.0.0.1:tunnel (destination agent)
-        == TLS ==> relay (source agent) -> socket pair -> page server (CRIU, the full dump)
+        == TLS ==> relay (source agent) -> the lazy dump's page server (CRIU, frozen tasks)
 
 After the handshake the destination says {"migration", "container", "protocol"}; the source
-answers {"ready": true} if it serves that container's pages, else {"error": why}. Then bytes
-flow both ways as they come, until either end hangs up.
+answers {"ready": true} if it serves that container's pages, else {"error": why}. Then the
+source relays CRIU's page-server protocol message by message (page_server_wire), so the
+connection to the dump stays whole whatever the destination does: the dump ends the pod
+when that connection ends, and only the source's finalize or rollback may end it.
 """
 
 from __future__ import annotations
@@ -20,12 +22,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import orjson
 
+from services.checkpoint_agent.page_server_wire import (
+    CLOSES,
+    HEADER,
+    PS_IOV_GET,
+    STATUS,
+    PageServerConnection,
+    PageServerGone,
+    answered_pages,
+    command_of,
+)
+from services.checkpoint_agent.pagemap import PAGE_SIZE
 from services.checkpoint_agent.tls import AGENT_NAME, AgentTls
 
 PROTOCOL = 1
@@ -36,8 +49,13 @@ DAEMON_EXIT_SECONDS = 5.0
 
 log = logging.getLogger(__name__)
 
-# (migration uid, container name) -> the agent's end of its page server's socket (once), or None.
-PortLookup = Callable[[str, str], socket.socket | None]
+
+class LazyPageSource(Protocol):
+    """Where the source's relay finds a container's page server (LazyDumps)."""
+
+    async def open(self, uid: str, name: str, cut: Callable[[], None]) -> PageServerConnection | None: ...
+
+    def settle(self, uid: str, name: str, conn: PageServerConnection | None) -> None: ...
 
 
 class PageRelayError(Exception):
@@ -76,8 +94,8 @@ async def _first_to_end(*coroutines: Awaitable[None]) -> int:
 class PageRelay:
     """The source's end: one TLS listener per agent; each connection is one container's pages."""
 
-    def __init__(self, *, tls: AgentTls | None, lookup: PortLookup, sent: Callable[[int], None]) -> None:
-        self.tls, self.lookup, self.sent = tls, lookup, sent
+    def __init__(self, *, tls: AgentTls | None, pages: LazyPageSource, sent: Callable[[int], None]) -> None:
+        self.tls, self.pages, self.sent = tls, pages, sent
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -97,11 +115,10 @@ class PageRelay:
             if not isinstance(hello, dict) or hello.get("protocol") != PROTOCOL:
                 raise PageRelayError(f"the peer speaks page protocol {hello!r}, this agent {PROTOCOL}")
             migration, container = str(hello.get("migration")), str(hello.get("container"))
-            page_server = self.lookup(migration, container)
-            if page_server is None:
+            conn = await self.pages.open(migration, container, cut=writer.transport.abort)
+            if conn is None:
                 raise PageRelayError(f"no pages served here for {migration}/{container}")
-            local_reader, local_writer = await asyncio.open_connection(sock=page_server)
-        except (PageRelayError, OSError, TimeoutError, orjson.JSONDecodeError) as exc:
+        except Exception as exc:  # - the peer hears why, the relay goes on
             log.warning("page relay refused a connection", extra={"error": str(exc)})
             with contextlib.suppress(OSError):
                 writer.write(orjson.dumps({"error": str(exc)}) + b"\n")
@@ -111,24 +128,83 @@ class PageRelay:
         writer.write(b'{"ready": true}\n')
         await writer.drain()
         traffic = Traffic()
-
-        def to_destination(n: int) -> None:
-            traffic.to_destination += n
-
-        def to_source(n: int) -> None:
-            traffic.to_source += n
-
-        with contextlib.suppress(OSError):
-            await _first_to_end(
-                _copy(local_reader, writer, to_destination), _copy(reader, local_writer, to_source)
-            )
-        local_writer.close()
+        healthy = await _relay(reader, writer, conn, traffic)
         writer.close()
+        self.pages.settle(migration, container, conn if healthy else None)
+        if not healthy:
+            conn.close()
         self.sent(traffic.to_destination)
         log.info(
             "pages served",
             extra={"migration": migration, "container": container, "bytes": traffic.to_destination},
         )
+
+
+async def _relay(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    conn: PageServerConnection,
+    traffic: Traffic,
+) -> bool:
+    """Carry the daemon's requests to the page server and its answers back, message by
+    message, until the daemon closes or goes. The daemon's close is answered here, not
+    passed on: the server would end its dump, and with it the pod here, and only the
+    finalize may do that. Answers still owed when the daemon went are read and dropped, so
+    the connection is left at a message boundary. False if the page server broke off."""
+    owed: asyncio.Queue[str | None] = asyncio.Queue()
+    daemon_there = True
+
+    async def requests() -> None:
+        try:
+            while True:
+                header = await reader.readexactly(HEADER.size)
+                command = command_of(header)
+                if command in CLOSES:
+                    owed.put_nowait("close")
+                    return
+                if command != PS_IOV_GET:
+                    raise PageRelayError(f"the lazy-pages daemon sent command {command:#x}")
+                await conn.send(header)
+                traffic.to_source += len(header)
+                owed.put_nowait("pages")
+        except (asyncio.IncompleteReadError, OSError, PageRelayError):
+            pass
+        finally:
+            owed.put_nowait(None)
+
+    async def to_daemon(data: bytes) -> None:
+        nonlocal daemon_there
+        if not daemon_there:
+            return
+        try:
+            writer.write(data)
+            await writer.drain()
+        except (OSError, RuntimeError):
+            daemon_there = False
+
+    async def answers() -> None:
+        while (item := await owed.get()) is not None:
+            if item == "close":
+                await to_daemon(STATUS.pack(0))
+                continue
+            header = await conn.recv_exactly(HEADER.size)
+            await to_daemon(header)
+            left = answered_pages(header) * PAGE_SIZE
+            while left:
+                data = await conn.recv(min(CHUNK, left))
+                left -= len(data)
+                traffic.to_destination += len(data)
+                await to_daemon(data)
+
+    asking = asyncio.ensure_future(requests())
+    try:
+        await answers()
+    except (PageServerGone, OSError):
+        writer.transport.abort()
+        return False
+    finally:
+        await asyncio.gather(asking, return_exceptions=True)
+    return True
 
 
 class PageTunnel:

@@ -1,19 +1,39 @@
-"""The page relay and tunnel with stand-ins for CRIU's page server and lazy-pages daemon:
-a socket pair at the page server's end, 127.0.0.1 at the daemon's, mutual TLS between the agents."""
+"""The page relay and tunnel with stand-ins for CRIU's lazy dump (its page server) and
+lazy-pages daemon, speaking CRIU's page-server protocol: the page server on a plain socket
+as LazyDumps connects to it, the daemon at 127.0.0.1, mutual TLS between the agents. Then a
+lazy dump's images made a full dump from its page server (the rollback's take-back)."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from services.checkpoint_agent.certs import Pem, make_agent_cert, make_ca, write_agent_tls
 from services.checkpoint_agent.page_relay import PageRelay, PageTunnel
+from services.checkpoint_agent.page_server_wire import (
+    HEADER,
+    PS_IOV_ADD_F,
+    PS_IOV_CLOSE,
+    PS_IOV_GET,
+    STATUS,
+    PageServerConnection,
+    take_back,
+)
+from services.checkpoint_agent.pagemap import PE_LAZY, PE_PRESENT, lazy_ranges
+from services.checkpoint_agent.pagemap_test import pagemap
 from services.checkpoint_agent.tls import AgentTls
 
-PAGE = bytes(range(256)) * 16  # 4 KiB
+PAGE_SIZE = 4096
+PID = 7
+
+
+def page(pid: int, vaddr: int) -> bytes:
+    return struct.pack("<QQ", pid, vaddr) * (PAGE_SIZE // 16)
 
 
 @pytest.fixture(scope="module")
@@ -26,16 +46,18 @@ def identity(directory: Path, ca: Pem) -> AgentTls:
     return AgentTls(directory)
 
 
-class PageServer:
-    """Stands in for CRIU's page server: answers the first 8-byte request with `pages` pages
-    (with `break_after`, hangs up mid-way), then records how the session ended."""
+class LazyDump:
+    """Stands in for CRIU's lazy dump: serves PS_IOV_GET from memory it has (answers cut at
+    `piece` pages, as CRIU's page pipes cut them), breaks off after `break_after` answers,
+    and records how its session ended: "closed" (PS_IOV_CLOSE), "hung up" or "broke"."""
 
-    def __init__(self, pages: int, *, break_after: int | None = None) -> None:
-        self.pages, self.break_after = pages, break_after
+    def __init__(self, *, piece: int = 64, break_after: int | None = None) -> None:
+        self.piece, self.break_after = piece, break_after
         self.ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.answers = 0
 
     async def start(self) -> socket.socket:
-        """The agent's end of a socket pair, as the real page server is given the other."""
+        """The agent's end of the connection (LazyDumps connects to the real one)."""
         mine, its = socket.socketpair()
         reader, writer = await asyncio.open_connection(sock=its)
         self.task = asyncio.create_task(self.serve(reader, writer))
@@ -45,90 +67,194 @@ class PageServer:
         self.task.cancel()
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readexactly(8)
-        for n in range(self.pages):
-            if self.break_after is not None and n == self.break_after:
+        while True:
+            try:
+                header = await reader.readexactly(HEADER.size)
+            except asyncio.IncompleteReadError:
+                self.ended.set_result("hung up")
+                break
+            cmd, pages, vaddr, pid = HEADER.unpack(header)
+            if cmd == PS_IOV_CLOSE:
+                writer.write(STATUS.pack(0))
+                await writer.drain()
+                self.ended.set_result("closed")
+                break
+            assert cmd == PS_IOV_GET, cmd
+            if self.break_after is not None and self.answers == self.break_after:
                 writer.transport.abort()
                 self.ended.set_result("broke")
                 return
-            writer.write(PAGE)
+            given = min(pages, self.piece)
+            writer.write(HEADER.pack(PS_IOV_ADD_F | PE_PRESENT << 16, given, vaddr, pid))
+            for n in range(given):
+                writer.write(page(pid, vaddr + n * PAGE_SIZE))
             await writer.drain()
-        try:
-            rest = await reader.read()
-            self.ended.set_result("orderly" if rest == b"" else f"data {rest!r}")
-        except ConnectionResetError:
-            self.ended.set_result("reset")
+            self.answers += 1
         writer.close()
+
+
+class Served:
+    """Stands in for LazyDumps: one connection per container, handed back when the relay ends."""
+
+    def __init__(self, sockets: dict[tuple[str, str], socket.socket]) -> None:
+        self.sockets = sockets
+        self.settled: asyncio.Future[PageServerConnection | None] = asyncio.get_running_loop().create_future()
+        self.cut: Callable[[], None] | None = None
+
+    async def open(self, uid: str, name: str, cut: Callable[[], None]) -> PageServerConnection | None:
+        sock = self.sockets.pop((uid, name), None)
+        self.cut = cut
+        return PageServerConnection(sock) if sock is not None else None
+
+    def settle(self, uid: str, name: str, conn: PageServerConnection | None) -> None:
+        self.settled.set_result(conn)
 
 
 async def relay_and_tunnel(
     tmp_path: Path, ca: Pem, page_server: socket.socket, **tunnel: object
-) -> tuple[PageRelay, PageTunnel]:
-    served = {("m1", "app"): page_server}
-    relay = PageRelay(
-        tls=identity(tmp_path / "a", ca),
-        lookup=lambda m, c: served.pop((m, c), None),  # once, as LazyDumps.take
-        sent=lambda n: None,
-    )
+) -> tuple[PageRelay, PageTunnel, Served]:
+    served = Served({("m1", "app"): page_server})
+    relay = PageRelay(tls=identity(tmp_path / "a", ca), pages=served, sent=lambda n: None)
     relay_port = await relay.start("127.0.0.1", 0)
-    return relay, await PageTunnel(
-        address=f"127.0.0.1:{relay_port}",
-        migration="m1",
-        container="app",
-        tls=identity(tmp_path / "b", ca),
-        **tunnel,  # type: ignore[arg-type]  # the source_ended hook
-    ).open()
+    return (
+        relay,
+        await PageTunnel(
+            address=f"127.0.0.1:{relay_port}",
+            migration="m1",
+            container="app",
+            tls=identity(tmp_path / "b", ca),
+            **tunnel,  # type: ignore[arg-type]  # the source_ended hook
+        ).open(),
+        served,
+    )
 
 
-async def daemon(port: int, pages: int) -> bytes:
+async def daemon(port: int, wanted: list[tuple[int, int]], *, leave_after: int | None = None) -> bytes:
+    """Stands in for the lazy-pages daemon: asks for every range at once (as its background
+    fill does) and for what an answer left out, then closes the session as CRIU's daemon
+    does. Returns the pages in address order. With `leave_after`, hangs up after that many
+    answers, with the rest still owed."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GETPAGES")
+    for vaddr, pages in wanted:
+        writer.write(HEADER.pack(PS_IOV_GET, pages, vaddr, PID))
     await writer.drain()
-    got = bytearray()
-    while len(got) < pages * len(PAGE):
-        chunk = await reader.read(1 << 16)
-        if not chunk:
-            break
-        got += chunk
-    writer.close()
-    return bytes(got)
-
-
-async def test_a_whole_fill_crosses_in_tls_and_ends_the_session_in_order(tmp_path: Path, ca: Pem) -> None:
-    server = PageServer(512)
-    relay, tunnel = await relay_and_tunnel(tmp_path, ca, await server.start())
+    got: dict[int, bytes] = {}
+    left = {vaddr: pages for vaddr, pages in wanted}
+    answers = 0
     try:
-        got = await asyncio.wait_for(daemon(tunnel.port, 512), 10)
-        assert await asyncio.wait_for(server.ended, 10) == "orderly"
+        while left:
+            if leave_after is not None and answers == leave_after:
+                break
+            _, given, vaddr, _ = HEADER.unpack(await reader.readexactly(HEADER.size))
+            answers += 1
+            got[vaddr] = await reader.readexactly(given * PAGE_SIZE)
+            rest = left.pop(vaddr) - given
+            if rest:
+                following = vaddr + given * PAGE_SIZE
+                left[following] = rest
+                writer.write(HEADER.pack(PS_IOV_GET, rest, following, PID))
+                await writer.drain()
+        else:
+            writer.write(HEADER.pack(PS_IOV_CLOSE, 0, 0, 0))
+            await writer.drain()
+            assert STATUS.unpack(await reader.readexactly(STATUS.size)) == (0,)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    writer.close()
+    return b"".join(got[vaddr] for vaddr in sorted(got))
+
+
+def memory(pid: int, vaddr: int, pages: int) -> bytes:
+    return b"".join(page(pid, vaddr + n * PAGE_SIZE) for n in range(pages))
+
+
+async def test_a_whole_fill_crosses_in_tls_and_the_dump_is_not_ended_by_the_daemon(
+    tmp_path: Path, ca: Pem
+) -> None:
+    dump = LazyDump(piece=64)
+    relay, tunnel, served = await relay_and_tunnel(tmp_path, ca, await dump.start())
+    try:
+        got = await asyncio.wait_for(daemon(tunnel.port, [(0x10000, 100), (0x900000, 3)]), 10)
+        conn = await asyncio.wait_for(served.settled, 10)
+        # The daemon's close was answered by the relay: the dump still serves, its pod alive.
+        assert not dump.ended.done()
+        assert conn is not None
+        await conn.end()  # the finalize's turn
+        assert await asyncio.wait_for(dump.ended, 10) == "closed"
     finally:
         await relay.stop()
-        server.close()
-    assert got == PAGE * 512
-    assert tunnel.traffic.to_destination == 512 * len(PAGE) and tunnel.traffic.to_source == 8
+        dump.close()
+    assert got == memory(PID, 0x10000, 100) + memory(PID, 0x900000, 3)
+    assert tunnel.traffic.to_destination == len(got) + 3 * HEADER.size + STATUS.size  # 64+36, 3
     assert tunnel.error is None
 
 
+async def test_a_daemon_that_leaves_mid_fill_hands_the_connection_back_at_a_boundary(
+    tmp_path: Path, ca: Pem
+) -> None:
+    dump = LazyDump(piece=8)
+    relay, tunnel, served = await relay_and_tunnel(tmp_path, ca, await dump.start())
+    try:
+        wanted = [(0x10000 + n * 0x100000, 8) for n in range(20)]
+        await asyncio.wait_for(daemon(tunnel.port, wanted, leave_after=2), 10)
+        conn = await asyncio.wait_for(served.settled, 10)
+        assert conn is not None and not dump.ended.done()
+        # The answers still owed were read and dropped: the next one is the rollback's own.
+        assert await conn.get(PID, 0x5000, 2) == (2, memory(PID, 0x5000, 2))
+        conn.close()
+        assert await asyncio.wait_for(dump.ended, 10) == "hung up"
+    finally:
+        await relay.stop()
+        dump.close()
+
+
 async def test_a_source_that_breaks_mid_fill_is_seen_before_the_daemon_hears(tmp_path: Path, ca: Pem) -> None:
-    server = PageServer(512, break_after=100)
+    dump = LazyDump(piece=8, break_after=3)
     order: list[str] = []
 
     async def source_ended() -> None:
         order.append("paused")
 
-    relay, tunnel = await relay_and_tunnel(tmp_path, ca, await server.start(), source_ended=source_ended)
+    relay, tunnel, served = await relay_and_tunnel(
+        tmp_path, ca, await dump.start(), source_ended=source_ended
+    )
     try:
-        got = await asyncio.wait_for(daemon(tunnel.port, 512), 10)
+        got = await asyncio.wait_for(daemon(tunnel.port, [(0x10000, 512)]), 10)
         order.append("daemon saw the end")
+        assert await asyncio.wait_for(served.settled, 10) is None  # nothing to take back
     finally:
         await relay.stop()
-        server.close()
-    assert len(got) < 512 * len(PAGE)
+        dump.close()
+    assert len(got) == 3 * 8 * PAGE_SIZE
     assert order == ["paused", "daemon saw the end"]
     assert "ended before the daemon had every page" in (tunnel.error or "")
 
 
+async def test_a_lazy_dump_is_made_a_full_one_from_its_page_server(tmp_path: Path) -> None:
+    present = memory(99, 0x400000, 2) + memory(99, 0x900000, 1)
+    (tmp_path / f"pagemap-{PID}.img").write_bytes(
+        pagemap(3, [(0x400000, 2, PE_PRESENT), (0x600000, 300, PE_LAZY), (0x900000, 1, PE_PRESENT)])
+    )
+    (tmp_path / "pages-3.img").write_bytes(present)
+    dump = LazyDump(piece=50)
+    conn = PageServerConnection(await dump.start())
+    try:
+        fetched = await take_back(conn, tmp_path)
+        await conn.end()
+        assert await asyncio.wait_for(dump.ended, 10) == "closed"
+    finally:
+        dump.close()
+    assert fetched == 300 * PAGE_SIZE
+    assert (tmp_path / "pages-3.img").read_bytes() == (
+        memory(99, 0x400000, 2) + memory(PID, 0x600000, 300) + memory(99, 0x900000, 1)
+    )
+    _, ranges = lazy_ranges((tmp_path / f"pagemap-{PID}.img").read_bytes())
+    assert all(in_file for _, _, in_file in ranges)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pagemap-7.img", "pages-3.img"]
+
+
 async def test_an_unknown_migration_or_a_stranger_is_refused(tmp_path: Path, ca: Pem) -> None:
-    relay = PageRelay(tls=identity(tmp_path / "a", ca), lookup=lambda m, c: None, sent=lambda n: None)
+    relay = PageRelay(tls=identity(tmp_path / "a", ca), pages=Served({}), sent=lambda n: None)
     relay_port = await relay.start("127.0.0.1", 0)
     tunnel = await PageTunnel(
         address=f"127.0.0.1:{relay_port}", migration="nope", container="app", tls=identity(tmp_path / "b", ca)
@@ -140,9 +266,9 @@ async def test_an_unknown_migration_or_a_stranger_is_refused(tmp_path: Path, ca:
         tls=identity(tmp_path / "c", make_ca()),
     ).open()
     try:
-        assert await asyncio.wait_for(daemon(tunnel.port, 1), 10) == b""
+        assert await asyncio.wait_for(daemon(tunnel.port, [(0x1000, 1)]), 10) == b""
         assert "no pages served here for nope/app" in (tunnel.error or "")
-        assert await asyncio.wait_for(daemon(stranger.port, 1), 10) == b""
+        assert await asyncio.wait_for(daemon(stranger.port, [(0x1000, 1)]), 10) == b""
         assert stranger.error is not None  # the TLS handshake failed: not this cluster's agent
     finally:
         await relay.stop()

@@ -3,7 +3,14 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from services.checkpoint_agent.pagemap import PE_LAZY, PE_PARENT, PE_PRESENT, lazy_holes, pages_by_kind
+from services.checkpoint_agent.pagemap import (
+    PE_LAZY,
+    PE_PARENT,
+    PE_PRESENT,
+    as_full_pagemap,
+    lazy_ranges,
+    pages_by_kind,
+)
 
 
 def varint(value: int) -> bytes:
@@ -28,27 +35,27 @@ def pagemap(pages_id: int, entries: list[tuple[int, int, int]]) -> bytes:
     )
 
 
-def test_lazy_pages_become_holes_at_their_offsets_in_the_pages_file(tmp_path: Path) -> None:
-    lazy = PE_LAZY | PE_PRESENT
-    (tmp_path / "pagemap-1.img").write_bytes(
-        pagemap(
-            7,
-            [
-                (0x400000, 2, PE_PRESENT),  # code: restored with the process
-                (0x600000, 3, lazy),  # heap: comes on demand
-                (0x700000, 1, lazy),  # adjacent: one hole
-                (0x800000, 5, PE_PARENT),  # in a parent image: not in this file
-                (0x900000, 1, PE_PRESENT),  # the stack
-                (0xA00000, 4, lazy),
-            ],
-        )
+def test_a_lazy_dumps_ranges_say_which_pages_its_file_holds() -> None:
+    raw = pagemap(
+        7,
+        [
+            (0x400000, 2, PE_PRESENT),  # code: in the pages file
+            (0x600000, 3, PE_LAZY),  # heap: served by the page server
+            (0x800000, 5, PE_PARENT),  # in a parent image: not this dump's
+            (0x900000, 1, PE_PRESENT),  # the stack
+        ],
     )
-    assert lazy_holes(tmp_path) == {"pages-7.img": [(2 * 4096, 4 * 4096), (7 * 4096, 4 * 4096)]}
+    assert lazy_ranges(raw) == (7, [(0x400000, 2, True), (0x600000, 3, False), (0x900000, 1, True)])
 
 
-def test_a_dump_without_lazy_pages_has_no_holes(tmp_path: Path) -> None:
-    (tmp_path / "pagemap-1.img").write_bytes(pagemap(1, [(0x400000, 2, PE_PRESENT)]))
-    assert lazy_holes(tmp_path) == {}
+def test_the_full_pagemap_marks_lazy_entries_present_and_keeps_the_rest() -> None:
+    raw = pagemap(7, [(0x400000, 2, PE_PRESENT), (0x600000, 300, PE_LAZY), (0x800000, 5, PE_PARENT)])
+    full = as_full_pagemap(raw)
+    assert full == pagemap(
+        7, [(0x400000, 2, PE_PRESENT), (0x600000, 300, PE_LAZY | PE_PRESENT), (0x800000, 5, PE_PARENT)]
+    )
+    assert lazy_ranges(full)[1] == [(0x400000, 2, True), (0x600000, 300, True)]
+    assert as_full_pagemap(full) == full  # a full dump's stays as it is
 
 
 def test_pages_are_counted_by_kind_across_pagemaps(tmp_path: Path) -> None:

@@ -6,13 +6,14 @@ import contextlib
 import json
 import logging
 import os
+import select
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 from services.checkpoint_agent.container_log import start_relay
+from services.checkpoint_agent.lazy_dumps import LazyCheckpoint
 from services.checkpoint_agent.runtime import (
     POD_UID,
     CheckpointResult,
@@ -23,7 +24,12 @@ from services.checkpoint_agent.runtime import (
 )
 
 LAZY_LOG = "lazy-pages.log"
-PAGE_SERVER_LOG = "page-server.log"
+RUNC_LAZY_LOG = "runc-lazy-dump.log"
+# Where a lazy dump's page server listens, in the dump's own network namespace (so any
+# port is free there).
+LAZY_DUMP_PORT = 2701
+# A lazy dump writes all but the memory: seconds even for a large pod.
+LAZY_DUMP_READY_SECONDS = 120.0
 # The lazy-pages daemon fills memory at several hundred MiB/s; this bounds a stuck one.
 LAZY_FILL_TIMEOUT = 600.0
 # A pre-dump copies the whole memory in its first round; a slow node may need a while.
@@ -241,47 +247,73 @@ class Runc:
         size = sum(p.stat().st_size for p in image_dir.iterdir() if p.is_file())
         return CheckpointResult(image_dir, seconds, size)
 
-    def serve_lazy_pages(self, image_dir: Path) -> tuple[subprocess.Popen[bytes], socket.socket]:
-        """CRIU's page server for a full dump's lazily restorable pages, in its own session
-        (it serves even if the agent dies), on one end of a socket pair: the other end, for
-        the agent's relay, is returned. No port: nothing else on the node can ask it for the
-        pod's memory. It serves one lazy-pages daemon and exits when that one hangs up."""
+    def checkpoint_lazy(self, container_id: str, image_dir: Path) -> LazyCheckpoint:
+        """Post-copy's dump: freeze the container and dump all but its anonymous memory, which
+        CRIU then serves from the frozen tasks on a page server (`runc checkpoint
+        --lazy-pages`). Returns once the images are written and the server listens. runc
+        runs in a network namespace of its own with only loopback up, so the server is
+        reachable only by entering it (LazyDumps). The dump ends the container when its one
+        page-server connection ends; runc and CRIU outlive the agent (their own session)."""
         image_dir = image_dir.resolve()
-        mine, its = socket.socketpair()
+        image_dir.mkdir(parents=True, exist_ok=True)
+        log_file = image_dir / RUNC_LAZY_LOG
+        paused = self._run("pause", container_id).returncode == 0
+        ready, ready_w = os.pipe()
+        errors = log_file.with_suffix(".err")
         try:
-            server = subprocess.Popen(
-                [
-                    self.criu,
-                    "page-server",
-                    "--lazy-pages",
-                    "-D",
-                    str(image_dir),
-                    "--ps-socket",
-                    str(its.fileno()),
-                    "-o",
-                    PAGE_SERVER_LOG,
-                ],
-                start_new_session=True,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                pass_fds=(its.fileno(),),
-            )
-        except BaseException:
-            mine.close()
-            raise
+            with errors.open("wb") as stderr:
+                proc = subprocess.Popen(
+                    [
+                        "unshare",
+                        "--net",
+                        "--",
+                        "sh",
+                        "-c",
+                        'ip link set lo up && exec "$@"',
+                        "clm-lazy-dump",
+                        *self.base,
+                        f"--log={log_file}",
+                        "checkpoint",
+                        f"--image-path={image_dir}",
+                        "--tcp-established",
+                        "--lazy-pages",
+                        f"--page-server=127.0.0.1:{LAZY_DUMP_PORT}",
+                        f"--status-fd={ready_w}",
+                        container_id,
+                    ],
+                    start_new_session=True,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=stderr,
+                    pass_fds=(ready_w,),
+                )
         finally:
-            its.close()
-        return server, mine
+            os.close(ready_w)
+        try:
+            # runc writes one byte once CRIU's page server listens; EOF if it ended first.
+            readable, _, _ = select.select([ready], [], [], LAZY_DUMP_READY_SECONDS)
+            signal_byte = os.read(ready, 1) if readable else b""
+        finally:
+            os.close(ready)
+        if signal_byte != b"\0":
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=30)
+            if paused and self.state(container_id) == "paused":
+                self.resume(container_id)  # CRIU put back the frozen state it found
+            runc_log = log_file.read_text(errors="replace")[-1000:] if log_file.exists() else ""
+            raise RuntimeCommandError(
+                f"lazy checkpoint of {container_id} failed: {errors.read_text(errors='replace').strip()}"
+                f" {runc_log}\n{_criu_log_tail(image_dir, 'dump.log')}"
+            )
 
-    def stop_serving_pages(self, image_dir: Path) -> None:
-        """End page servers of `image_dir` (also ones an earlier agent started)."""
-        for pid in _processes_with(self.criu_name, "page-server", str(image_dir.resolve())):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        def wait(seconds: float) -> int | None:
+            try:
+                return proc.wait(timeout=seconds)
+            except subprocess.TimeoutExpired:
+                return None
 
-    def serving_pages(self, image_dir: Path) -> bool:
-        return bool(_processes_with(self.criu_name, "page-server", str(image_dir.resolve())))
+        return LazyCheckpoint(pid=proc.pid, port=LAZY_DUMP_PORT, image_dir=image_dir, wait=wait)
 
     def restore_lazy(
         self,

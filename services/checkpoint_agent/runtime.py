@@ -7,11 +7,13 @@ sandbox's node runtime, tests), and a containerd adapter can stand beside it.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from services.checkpoint_agent.lazy_dumps import LazyCheckpoint
 
 
 class RuntimeCommandError(RuntimeError):
@@ -85,9 +87,7 @@ class ContainerRuntime(Protocol):
         tcp_established: bool,
         output: Path | None = None,
     ) -> float: ...
-    def serve_lazy_pages(self, image_dir: Path) -> tuple[subprocess.Popen[bytes], socket.socket]: ...
-    def stop_serving_pages(self, image_dir: Path) -> None: ...
-    def serving_pages(self, image_dir: Path) -> bool: ...
+    def checkpoint_lazy(self, container_id: str, image_dir: Path) -> LazyCheckpoint: ...
     def restore_lazy(
         self,
         container_id: str,

@@ -19,16 +19,15 @@ from services.checkpoint_agent.criu_stats import images_complete, read_stats
 from services.checkpoint_agent.dirty_pages import dirty_pages, resident_anonymous_bytes
 from services.checkpoint_agent.holdback import PacketHold
 from services.checkpoint_agent.layout import tree_size
-from services.checkpoint_agent.lazy_dumps import LazyDumps
+from services.checkpoint_agent.lazy_dumps import LazyDumpLost, LazyDumps
 from services.checkpoint_agent.outcomes import Details, OutcomeStore
-from services.checkpoint_agent.pagemap import lazy_holes, pages_by_kind
+from services.checkpoint_agent.pagemap import PAGE_SIZE, pages_by_kind
 from services.checkpoint_agent.progress import ProgressReporter
 from services.checkpoint_agent.runtime import Container, ContainerRuntime, RuntimeCommandError
 from services.checkpoint_agent.tls import AgentTls
 from services.checkpoint_agent.transfer import (
     Channel,
     Growing,
-    Holes,
     TransferError,
     TransferStats,
     open_channel,
@@ -189,19 +188,18 @@ class SourceSide:
         channel = await self._open_channel(command, tls)
         stall = min(self.config.transfer_stall_seconds, command.timeout_seconds)
         growing: Growing | None = None
-        holes: Holes = {}
         lazy_problem: str | None = None
         try:
             streams = self.config.stream_dump and command.strategy != MigrationStrategy.POST_COPY
             if containers is not None and streams:
-                # The memory travels while CRIU writes it (post-copy's holes are known only
+                # The memory travels while CRIU writes it (post-copy's stays behind).
                 # once the dump is whole).
                 growing = Growing(STREAMED_DURING_DUMP)
                 dump_details, sent = await self._dump_streaming(
                     command, outgoing, containers, channel, growing, stall
                 )
             else:
-                sent, dump_details, lazy_problem, holes = await self._dump_then_send(
+                sent, dump_details, lazy_problem = await self._dump_then_send(
                     command, outgoing, containers, channel, stall
                 )
         except (TransferError, OSError, TimeoutError, RuntimeCommandError) as exc:
@@ -217,7 +215,12 @@ class SourceSide:
             "transfer_mib_per_s": round(sent.mib_per_s, 1),
         }
         if growing is None:
-            details.update(lazy_pages=bool(holes), transfer_seconds=round(sent.seconds, 6))
+            lazy_bytes = self._lazy_pages(uid) * PAGE_SIZE if self.lazy.is_lazy(uid) else 0
+            details.update(
+                lazy_pages=bool(lazy_bytes),
+                bytes_on_demand=lazy_bytes,
+                transfer_seconds=round(sent.seconds, 6),
+            )
             if lazy_problem:
                 details["lazy_problem"] = lazy_problem
         else:
@@ -237,7 +240,7 @@ class SourceSide:
         containers: list[Container] | None,
         channel: Channel,
         stall: float,
-    ) -> tuple[TransferStats, Details, str | None, Holes]:
+    ) -> tuple[TransferStats, Details, str | None]:
         """Dump (unless the images are there already), then send the images."""
         uid = command.migration.uid
         if containers is not None:
@@ -246,22 +249,12 @@ class SourceSide:
             # A repeated dump after the images were made (e.g. the agent restarted during
             # the transfer): send the same images again.
             dump_details = json.loads(self.layout.dumped(uid).read_text())
-        holes: Holes = {}
-        serving = None
         lazy_problem = None
-        if command.strategy == MigrationStrategy.POST_COPY:
-            holes = self._lazy_holes(uid)
-            if not holes:
-                lazy_problem = self._no_lazy_memory(uid)
-            # The page servers load the memory while the rest of the images travel.
-            serving = asyncio.ensure_future(self._serve_pages(command))
-        try:
-            report = self.progress.for_step(command, total=sending_size(outgoing, holes))
-            sent = await channel.send(outgoing, stall_seconds=stall, holes=holes, progress=report)
-        finally:
-            if serving is not None:
-                await serving
-        return sent, dump_details, lazy_problem, holes
+        if command.strategy == MigrationStrategy.POST_COPY and not self._lazy_pages(uid):
+            lazy_problem = self._no_lazy_memory(uid)
+        report = self.progress.for_step(command, total=sending_size(outgoing, {}))
+        sent = await channel.send(outgoing, stall_seconds=stall, progress=report)
+        return sent, dump_details, lazy_problem
 
     async def _dump_streaming(
         self,
@@ -303,34 +296,32 @@ class SourceSide:
         log.warning("post-copy without lazy pages", extra={"migration": uid, "pages": kinds})
         return problem
 
-    def _lazy_holes(self, uid: str) -> Holes:
-        """Post-copy: the destination gets the images without the lazily restorable memory."""
-        holes: dict[str, list[tuple[int, int]]] = {}
+    def _lazy_pages(self, uid: str) -> int:
+        """How many pages the dump left for the page servers to serve."""
+        total = 0
         for record in json.loads(self.layout.pod_record(uid).read_text()):
-            images = self.layout.outgoing(uid) / record["name"] / "criu"
-            for name, ranges in lazy_holes(images).items():
-                holes[f"{record['name']}/criu/{name}"] = ranges
-        return holes
+            total += pages_by_kind(self.layout.outgoing(uid) / record["name"] / "criu")["lazy"]
+        return total
 
-    async def _serve_pages(self, command: CheckpointCommand) -> None:
-        """Post-copy: CRIU's page servers, one per container, serve that memory from the
-        dump here, from before the step answers until the destination has it all."""
-        uid = command.migration.uid
-        for record in json.loads(self.layout.pod_record(uid).read_text()):
-            images = self.layout.outgoing(uid) / record["name"] / "criu"
-            await asyncio.to_thread(self.runtime.stop_serving_pages, images)  # an earlier try's
-            self.lazy.add(uid, record["name"])  # before it starts: a rollback stops it
-            _, sock = await asyncio.to_thread(self.runtime.serve_lazy_pages, images)
-            self.lazy.add(uid, record["name"], sock)
-
-    async def _stop_serving(self, uid: str) -> None:
+    async def _take_back_memory(self, uid: str) -> None:
+        """Post-copy before the commit: the memory the lazy dumps still serve, fetched into
+        their images (full dumps now) and the dumps let end, so the pod can be restored here."""
         if not self.lazy.is_lazy(uid):
             return
+        errors = []
         for name in self.lazy.names(uid):
-            await asyncio.to_thread(
-                self.runtime.stop_serving_pages, self.layout.outgoing(uid) / name / "criu"
+            try:
+                fetched = await self.lazy.take_back(uid, name)
+            except LazyDumpLost as exc:
+                errors.append(f"container {name}: {exc}")
+                continue
+            log.info(
+                "took the memory back from a lazy dump",
+                extra={"migration": uid, "container": name, "bytes": fetched},
             )
         self.lazy.forget(uid)
+        if errors:
+            raise StepFailed("; ".join(errors))
 
     async def _movable_containers(self, command: CheckpointCommand) -> list[Container]:
         containers = await asyncio.to_thread(self.runtime.pod_containers, command.pod.uid)
@@ -394,6 +385,10 @@ class SourceSide:
         fails with the reason (the pod runs on the source, whole)."""
         uid = command.migration.uid
         records = json.loads(self.layout.pod_record(uid).read_text())
+        if self.lazy.is_lazy(uid):
+            # A post-copy dump whose agent died: its memory is fetched back and the pod runs here.
+            note = await self._rollback_containers(command, records)
+            raise StepFailed(f"the checkpoint agent restarted during a post-copy dump{note}")
         for record in records:
             await asyncio.to_thread(self.runtime.settle, record["id"])
         complete = [images_complete(outgoing / r["name"] / "criu") for r in records]
@@ -464,6 +459,11 @@ class SourceSide:
 
         def dump_one(container: Container) -> None:
             images = outgoing / container.name / "criu"
+            if command.strategy == MigrationStrategy.POST_COPY:
+                # All but the memory, which stays in the frozen tasks until it is fetched.
+                dumped = self.runtime.checkpoint_lazy(container.id, images)
+                self.lazy.add(command.migration.uid, container.name, dumped)
+                return
             parent = self._parent_of_final(command, container, images)
             self.runtime.checkpoint(container.id, images, tcp_established=True, parent=parent)
 
@@ -510,6 +510,7 @@ class SourceSide:
         if self.layout.pod_record(uid).exists():
             # Dumped, or a dump an earlier agent died during: whatever stopped runs again.
             pod = json.loads(self.layout.pod_record(uid).read_text())
+            await self._take_back_memory(uid)  # a lazy dump's runc ends only then
             for record in pod:
                 await asyncio.to_thread(self.runtime.settle, record["id"])
             await self._restore_source(command, pod)
@@ -548,8 +549,8 @@ class SourceSide:
         uid = command.migration.uid
         outgoing = self.layout.outgoing(uid)
         errors = []
-        # Post-copy before the resume: the destination fetches no more pages from here.
-        await self._stop_serving(uid)
+        # Post-copy before the commit: the memory is brought into the images first.
+        await self._take_back_memory(uid)
         for record in pod:
             if await asyncio.to_thread(self.runtime.thaw, record["id"]):
                 continue  # left frozen by the dump (containerd): running again, network open
@@ -583,27 +584,19 @@ class SourceSide:
 
     # ----- finalize -----
 
-    async def _wait_pages_served(self, command: CheckpointCommand) -> None:
-        """Post-copy: the page servers exit once the destination's daemons hung up (after the
-        fill step on the destination, that is at once); one still serving after the step's
-        time is ended."""
+    async def _release_lazy_dumps(self, command: CheckpointCommand) -> None:
+        """Post-copy past the commit: the lazy dumps let end (the destination has every page),
+        which ends the pod's tasks here."""
         uid = command.migration.uid
-        if not self.lazy.is_lazy(uid):
-            return
-        deadline = time.monotonic() + command.timeout_seconds / 2
-        for name in self.lazy.names(uid):
-            images = self.layout.outgoing(uid) / name / "criu"
-            while await asyncio.to_thread(self.runtime.serving_pages, images):
-                if time.monotonic() > deadline:
-                    break
-                await asyncio.sleep(0.05)
-        await self._stop_serving(uid)
+        if self.lazy.is_lazy(uid):
+            await self.lazy.release(uid, command.timeout_seconds / 2)
+            self.lazy.forget(uid)
 
     async def finalize(self, command: CheckpointCommand) -> Details:
         uid = command.migration.uid
         if not self.layout.dumped(uid).exists():
             raise StepFailed("nothing was dumped for this migration on this node: refusing to finalize")
-        await self._wait_pages_served(command)
+        await self._release_lazy_dumps(command)
         for record in json.loads(self.layout.pod_record(uid).read_text()):
             await asyncio.to_thread(self.runtime.finish_source, record["id"])
         replayed = await self._replay(uid)
