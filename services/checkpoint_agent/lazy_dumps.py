@@ -14,9 +14,12 @@ succeeded and ends the tasks: this class holds the connection and decides when.
   them a full dump, and closes; the tasks end and the pod is restored from those images like
   a stop-and-copy rollback (`take_back`).
 
-The record on disk keeps where each dump listens and runc's pid, so a restarted agent can
-still take the memory back if nothing had connected yet. A connection dies with its agent;
-the dump then ends its tasks and the memory is only where the destination put it.
+The connection must not die with the agent: its end would tell the dump to end the pod, even
+before the commit. So a keeper process (`sleep`, in its own session) holds a copy of it.
+The record on disk keeps runc's pid, the port, and the keeper's pid and descriptor; a
+restarted agent takes the connection back from the keeper (pidfd_getfd), reads and drops
+whatever answers were still coming to its predecessor, and goes on from that boundary:
+taking the memory back, or letting the dump end.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ import contextlib
 import ctypes
 import json
 import os
+import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -37,7 +42,10 @@ from services.checkpoint_agent.layout import Layout
 from services.checkpoint_agent.page_server_wire import PageServerConnection, take_back
 
 CLONE_NEWNET = 0x40000000
+SYS_PIDFD_GETFD = 438  # the same number on x86-64 and arm64
 CONNECT_SECONDS = 5.0
+# A connection taken over from a dead agent is at a message boundary once it is this quiet.
+QUIET_SECONDS = 0.5
 # How long a relay may take to hand its connection back once asked to stop.
 SETTLE_SECONDS = 10.0
 
@@ -78,6 +86,48 @@ def connect_in_netns_of(pid: int, port: int) -> socket.socket:
     return outcome
 
 
+def descriptor_of(pid: int, fd: int) -> socket.socket:
+    """A copy of process `pid`'s socket `fd` (pidfd_getfd: Linux 5.6, root)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        got = libc.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0)
+        if got < 0:
+            raise OSError(ctypes.get_errno(), f"pidfd_getfd of {pid}'s descriptor {fd} failed")
+    finally:
+        os.close(pidfd)
+    return socket.socket(fileno=got)
+
+
+def keep(sock: socket.socket) -> int:
+    """A process of its own session that holds a copy of `sock` until it is killed."""
+    keeper = subprocess.Popen(
+        ["sleep", "infinity"],
+        pass_fds=(sock.fileno(),),
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _KEEPERS[keeper.pid] = keeper
+    return keeper.pid
+
+
+# The keepers this agent started, to reap once stopped.
+_KEEPERS: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _stop(pid: int | None) -> None:
+    if pid is None:
+        return
+    if _alive(pid, "sleep"):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    keeper = _KEEPERS.pop(pid, None)
+    if keeper is not None:
+        keeper.wait()
+
+
 def _alive(pid: int, needle: str) -> bool:
     try:
         return needle in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
@@ -98,12 +148,16 @@ class LazyCheckpoint:
 
 @dataclass
 class _Dump:
+    uid: str
+    name: str
     pid: int
     port: int
     image_dir: Path
     wait: Callable[[float], int | None] | None = None
     conn: PageServerConnection | None = None
-    state: str = "waiting"  # waiting -> relaying -> parked, or lost
+    # waiting -> relaying -> parked -> done; orphaned: an earlier agent's connection, kept.
+    state: str = "waiting"
+    keeper: tuple[int, int] | None = None  # (pid, descriptor)
     cut: Callable[[], None] | None = None
     settled: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -128,7 +182,15 @@ class LazyDumps:
             record = self._record(uid)
             record[name] = {"pid": dump.pid, "port": dump.port, "images": str(dump.image_dir)}
             self.layout.lazy_record(uid).write_text(json.dumps(record))
-            self._dumps[(uid, name)] = _Dump(dump.pid, dump.port, dump.image_dir, dump.wait)
+            self._dumps[(uid, name)] = _Dump(uid, name, dump.pid, dump.port, dump.image_dir, dump.wait)
+
+    def _kept(self, dump: _Dump, keeper: tuple[int, int] | None) -> None:
+        with self._writing:
+            record = self._record(dump.uid)
+            if dump.name in record:
+                record[dump.name]["keeper"] = list(keeper) if keeper else None
+                self.layout.lazy_record(dump.uid).write_text(json.dumps(record))
+            dump.keeper = keeper
 
     def names(self, uid: str) -> list[str]:
         return sorted(self._record(uid))
@@ -142,8 +204,13 @@ class LazyDumps:
             entry = self._record(uid).get(name)
             if not isinstance(entry, dict):
                 return None
-            # An earlier agent's dump: reachable still if nothing had connected to it.
-            dump = _Dump(int(str(entry["pid"])), int(str(entry["port"])), Path(str(entry["images"])))
+            # An earlier agent's dump: its connection is with the keeper, if it was made.
+            dump = _Dump(
+                uid, name, int(str(entry["pid"])), int(str(entry["port"])), Path(str(entry["images"]))
+            )
+            kept = entry.get("keeper")
+            if isinstance(kept, list) and _alive(int(kept[0]), "sleep"):
+                dump.keeper, dump.state = (int(kept[0]), int(kept[1])), "orphaned"
             self._dumps[(uid, name)] = dump
         return dump
 
@@ -181,13 +248,30 @@ class LazyDumps:
             raise LazyDumpLost("its lazy dump has ended")
         try:
             sock = await asyncio.to_thread(connect_in_netns_of, dump.pid, dump.port)
+            self._kept(dump, (keep(sock), sock.fileno()))
         except OSError as exc:
             dump.state = "lost"
             raise LazyDumpLost(f"its page server cannot be reached: {exc}") from None
         return PageServerConnection(sock)
 
+    async def _adopt(self, dump: _Dump) -> PageServerConnection:
+        """An earlier agent's connection, from its keeper, at a message boundary."""
+        assert dump.keeper is not None
+        try:
+            conn = PageServerConnection(descriptor_of(*dump.keeper))
+        except OSError as exc:
+            dump.state = "lost"
+            raise LazyDumpLost(f"its connection cannot be taken from its keeper: {exc}") from None
+        # No more asks were made after that agent died: what still comes answers them.
+        with contextlib.suppress(TimeoutError):
+            while True:
+                await asyncio.wait_for(conn.recv(1 << 20), QUIET_SECONDS)
+        return conn
+
     async def _parked(self, dump: _Dump) -> PageServerConnection:
         """The connection, with no relay on it (a relay still on it is cut)."""
+        if dump.state == "orphaned":
+            dump.conn, dump.state = await self._adopt(dump), "parked"
         if dump.state == "waiting":
             dump.conn, dump.state = await self._connect(dump), "parked"
         if dump.state == "relaying":
@@ -231,6 +315,9 @@ class LazyDumps:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(dump.settled.wait(), SETTLE_SECONDS)
             conn = dump.conn
+            if dump.state == "orphaned":
+                with contextlib.suppress(LazyDumpLost):
+                    conn = await self._adopt(dump)
             if conn is None and dump.state == "waiting":
                 with contextlib.suppress(LazyDumpLost):
                     conn = await self._connect(dump)
@@ -239,6 +326,7 @@ class LazyDumps:
 
     async def _end(self, dump: _Dump, conn: PageServerConnection) -> None:
         await conn.end()
+        _stop(dump.keeper[0] if dump.keeper else None)  # its copy too: CRIU waits for the end
         dump.conn, dump.state = None, "done"
         deadline = time.monotonic() + 30
         # runc deletes the container once CRIU's dump ends: wait for it, so what follows
@@ -254,4 +342,5 @@ class LazyDumps:
                 dump = self._dumps.pop(key)
                 if dump.conn is not None:
                     dump.conn.close()
+                _stop(dump.keeper[0] if dump.keeper else None)
             self.layout.lazy_record(uid).unlink(missing_ok=True)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from services.checkpoint_agent.layout import Layout
 from services.checkpoint_agent.outcomes import Details
+from services.checkpoint_agent.page_prefetch import lazy_memory
 from services.checkpoint_agent.page_relay import PageTunnel
 from services.checkpoint_agent.progress import Report
 from services.checkpoint_agent.runc import LAZY_LOG
@@ -128,6 +129,7 @@ class PageFills:
             tls=tls,
             source_ended=source_ended,
             received=mine.arrived,
+            memory=lazy_memory(images),
         )
         fill = Fill(name=name, container_id=container_id, tunnel=tunnel)
         await tunnel.open()

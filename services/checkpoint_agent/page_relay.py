@@ -28,6 +28,7 @@ from typing import Protocol
 
 import orjson
 
+from services.checkpoint_agent.page_prefetch import Prefetch
 from services.checkpoint_agent.page_server_wire import (
     CLOSES,
     HEADER,
@@ -220,8 +221,12 @@ class PageTunnel:
         tls: AgentTls,
         source_ended: Callable[[], Awaitable[None]] | None = None,
         received: Callable[[], None] | None = None,
+        memory: list[tuple[int, int, int]] | None = None,
     ) -> None:
         self.address, self.migration, self.container, self.tls = address, migration, container, tls
+        # The lazily restorable memory [(pid, vaddr, pages)...]: with it, the tunnel fetches
+        # it all ahead of the daemon (page_prefetch); without, it passes the daemon's asks on.
+        self.memory = memory
         # Called after each chunk of pages that reached the destination (the fill's progress).
         self.received = received
         # Run before the daemon hears that the source went away: the pod is paused then, so
@@ -271,6 +276,28 @@ class PageTunnel:
 
         def to_source(n: int) -> None:
             self.traffic.to_source += n
+
+        if self.memory:
+            prefetch = Prefetch(self.memory, received=to_destination, source_ended=self.source_ended)
+            try:
+                if not await prefetch.run(remote_reader, remote, reader, writer):
+                    self.error = self.error or prefetch.error or prefetch.failed
+            finally:
+                writer.close()
+                remote.close()
+            log.info(
+                "page fill through the tunnel ended",
+                extra={
+                    "migration": self.migration,
+                    "container": self.container,
+                    "bytes": self.traffic.to_destination,
+                    "daemon_asks": prefetch.asks,
+                    "pages_asked": prefetch.pages_asked,
+                    "asks_ready_at_once": prefetch.ready_when_asked,
+                    "error": self.error,
+                },
+            )
+            return
 
         try:
             first = await _first_to_end(

@@ -272,3 +272,56 @@ async def test_an_unknown_migration_or_a_stranger_is_refused(tmp_path: Path, ca:
         assert stranger.error is not None  # the TLS handshake failed: not this cluster's agent
     finally:
         await relay.stop()
+
+
+async def test_the_tunnel_fetches_the_memory_ahead_and_answers_the_daemon_from_it(
+    tmp_path: Path, ca: Pem
+) -> None:
+    dump = LazyDump(piece=100)  # the page server cuts answers at 100 pages
+    relay, tunnel, served = await relay_and_tunnel(
+        tmp_path, ca, await dump.start(), memory=[(PID, 0x10000, 1000), (PID, 0x900000, 3)]
+    )
+    try:
+        # A fault far ahead first, then the background fill in 16-page asks.
+        wanted = [(0x10000 + 900 * PAGE_SIZE, 1)]
+        wanted += [(0x10000 + n * PAGE_SIZE, 16) for n in range(0, 896, 16)] + [(0x900000, 3)]
+        got = await asyncio.wait_for(daemon(tunnel.port, wanted), 10)
+        conn = await asyncio.wait_for(served.settled, 10)
+        assert conn is not None and not dump.ended.done()
+        conn.close()
+    finally:
+        await relay.stop()
+        dump.close()
+    expected = {0x10000 + 900 * PAGE_SIZE: memory(PID, 0x10000 + 900 * PAGE_SIZE, 1)}
+    expected |= {0x10000 + n * PAGE_SIZE: memory(PID, 0x10000 + n * PAGE_SIZE, 16) for n in range(0, 896, 16)}
+    expected[0x900000] = memory(PID, 0x900000, 3)
+    assert got == b"".join(expected[v] for v in sorted(expected))
+    assert tunnel.error is None
+    # The source was asked in requests of up to 256 pages, not the daemon's 16.
+    assert dump.answers < len(wanted), dump.answers
+    assert tunnel.traffic.to_destination == 1003 * PAGE_SIZE
+
+
+async def test_a_prefetching_tunnel_pauses_the_pod_before_the_daemon_hears_the_source_broke(
+    tmp_path: Path, ca: Pem
+) -> None:
+    dump = LazyDump(piece=8, break_after=3)
+    order: list[str] = []
+
+    async def source_ended() -> None:
+        order.append("paused")
+
+    relay, tunnel, served = await relay_and_tunnel(
+        tmp_path, ca, await dump.start(), source_ended=source_ended, memory=[(PID, 0x10000, 512)]
+    )
+    try:
+        got = await asyncio.wait_for(daemon(tunnel.port, [(0x10000, 512)]), 10)
+        order.append("daemon saw the end")
+        assert await asyncio.wait_for(served.settled, 10) is None
+    finally:
+        await relay.stop()
+        dump.close()
+    # What arrived before the break was given (which pieces, the prefetch's order decides).
+    assert 0 < len(got) <= 3 * 8 * PAGE_SIZE and got == memory(PID, 0x10000, len(got) // PAGE_SIZE)
+    assert order == ["paused", "daemon saw the end"]
+    assert "ended before the daemon had every page" in (tunnel.error or "")

@@ -11,6 +11,10 @@ destination (it never runs with missing memory) and fails the move with the reas
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 from nats.aio.msg import Msg
@@ -132,25 +136,81 @@ async def test_a_destination_failing_before_the_resume_leaves_the_source_serving
     lab.b_is_clean()
 
 
+def kept_connections(lab: Lab) -> list[int]:
+    """The keepers of A's lazy-dump connections, from its records: (pids)."""
+    keepers = []
+    for record in (lab.a.workdir / "state" / "migrations").glob("*/lazy.json"):
+        with contextlib.suppress(OSError, ValueError):
+            for entry in json.loads(record.read_text()).values():
+                if entry.get("keeper"):
+                    keepers.append(int(entry["keeper"][0]))
+    return keepers
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie is ended: who reaps it is its parent's business)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def slow_uplink(lab: Lab, rate: str) -> Iterator[None]:
+    """A's uplink at `rate`: the fill takes long enough to act in the middle of it."""
+    netns = lab.segment.nodes["a"].name
+    subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            "eth0",
+            "root",
+            "tbf",
+            "rate",
+            rate,
+            "burst",
+            "256kb",
+            "latency",
+            "100ms",
+        ],
+        check=True,
+    )
+    try:
+        yield
+    finally:
+        subprocess.run(
+            ["ip", "netns", "exec", netns, "tc", "qdisc", "del", "dev", "eth0", "root"], check=False
+        )
+
+
 async def test_the_source_agent_killed_during_the_fill_stops_the_pod_and_fails_the_move(lab: Lab) -> None:
     driver = await Driver.connect(lab.nats.url)
+    filling = asyncio.Event()
+
+    async def on_progress(msg: Msg) -> None:
+        if StepProgress.model_validate_json(msg.data).step == "fill":
+            filling.set()  # the fill step follows the commit
 
     async def kill_during_the_fill() -> None:
-        # The pod runs on B (its restore is over) while its memory still comes from A.
-        while not (
-            running_on(lab.pod, lab.b.runc_root)
-            and not restoring(lab.pod, lab.b.runc_root)
-            and lazy_pages_daemons(lab.images / lab.b.node)
-        ):
-            await asyncio.sleep(0.002)
+        await filling.wait()
         assert lab.a.checkpoint is not None
         lab.a.checkpoint.kill()
         lab.a.checkpoint.start().wait_ready()
 
     killer = asyncio.create_task(kill_during_the_fill())
+    listening = await driver.nc.subscribe(subjects.ALL_MIGRATION_PROGRESS, cb=on_progress)
     try:
-        report = await driver.migrate(lab.move(POST_COPY))
+        # 256 MiB at 200 Mbit/s: the fill takes ~10 s, so the kill lands inside it.
+        with slow_uplink(lab, "200mbit"):
+            report = await driver.migrate(lab.move(POST_COPY))
     finally:
+        await listening.unsubscribe()
         await driver.close()
     await asyncio.wait_for(killer, 30)
     assert report.committed and not report.ok
@@ -159,5 +219,49 @@ async def test_the_source_agent_killed_during_the_fill_stops_the_pod_and_fails_t
     assert not running_on(lab.pod, lab.b.runc_root)  # stopped, not running on zero pages
     assert not running_on(lab.pod, lab.a.runc_root)  # finalized: its address had moved
     assert helpers_of(lab.pod, lab.images) == []
+    assert kept_connections(lab) == []
     leftovers = [p for p in (lab.images / lab.b.node / "in").glob("*") if p.exists()]
     assert leftovers == []
+
+
+async def test_the_source_agent_killed_before_the_commit_rolls_back_from_its_kept_connection(
+    lab: Lab,
+) -> None:
+    """The dump's page-server connection outlives the agent (its keeper): the restarted agent
+    takes it over, fetches the memory back and restores the pod on A, same connection."""
+    move = lab.move(POST_COPY)
+    driver = await Driver.connect(lab.nats.url)
+    client = CountingClient(lab.segment.nodes["client"].name, lab.pod.ip, lab.tmp / "client")
+    blocker = None
+    kept: list[int] = []
+
+    async def kill_once_the_pages_flow() -> None:
+        while not (found := kept_connections(lab)):  # the relay reached the dump
+            await asyncio.sleep(0.002)
+        kept.extend(found)
+        assert lab.a.checkpoint is not None
+        lab.a.checkpoint.kill()
+        lab.a.checkpoint.start().wait_ready()
+
+    try:
+        blocker = await take_pod_port_on_b(lab, driver, move)  # B's restore fails: no commit
+        await asyncio.to_thread(client.wait_answers)
+        killer = asyncio.create_task(kill_once_the_pages_flow())
+        report = await driver.migrate(move)
+        await asyncio.wait_for(killer, 30)
+        await asyncio.to_thread(client.wait_answers)  # A serves again, on its own memory
+        result = client.finish()
+    finally:
+        client.kill()
+        if blocker is not None:
+            blocker.kill()
+        await driver.close()
+    assert not report.committed and not report.ok
+    aborted = [r for r in report.results if r.step == "abort"]
+    assert aborted and all(r.ok for r in aborted), [(r.node, r.error) for r in aborted]
+    check_client(lab, result)
+    assert running_on(lab.pod, lab.a.runc_root)
+    assert lock_rules(lab.a.node, lab.pod) == ""
+    assert helpers_of(lab.pod, lab.images) == []
+    assert kept and not any(alive(pid) for pid in kept)
+    lab.b_is_clean()

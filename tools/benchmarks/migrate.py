@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -48,6 +49,7 @@ from tests.kit.containerd_images import node_images
 from tests.kit.migration import Driver, MigrationReport, Move
 from tests.kit.nats_server import NatsServer
 from tests.kit.podlab import CountingClient, LabPod, remove_pod, start_pod
+from tests.kit.segment import ENV as SEGMENT_ENV
 from tests.kit.segment import POD_IP, Segment, make_segment
 from tools.containerd.lab import ContainerdLab, containerd_lab
 from tools.containerd.lab import missing as containerd_missing
@@ -92,7 +94,7 @@ def _pex_dir() -> Path | None:
 class Bench:
     def __init__(self, segment: Segment, nats: NatsServer, tmp: Path) -> None:
         self.segment, self.tmp = segment, tmp
-        tls = agent_tls_dir(tmp / "agent-tls")
+        tls = self.tls = agent_tls_dir(tmp / "agent-tls")
         self.images = Path("/dev/shm") / f"clm-bench-{segment.suffix}"
         self.nodes = {
             key: NodeAgents(
@@ -118,6 +120,45 @@ class Bench:
         for node in self.nodes.values():
             node.stop()
         shutil.rmtree(self.images, ignore_errors=True)
+
+    def channel(self, size_mib: int) -> dict[str, Any]:
+        """The agents' channel alone between the two nodes, moving `size_mib` MiB (a file on
+        tmpfs, as the images are): what the post-copy fill is measured against."""
+        root = Path("/dev/shm") / f"clm-bench-channel-{self.segment.suffix}"
+        shutil.rmtree(root, ignore_errors=True)
+        (root / "src").mkdir(parents=True)
+        block = os.urandom(1 << 20)
+        with (root / "src" / "blob").open("wb") as blob:
+            for _ in range(size_mib):
+                blob.write(block)
+        probe = [sys.executable, "-m", "tools.benchmarks.channel_probe"]
+        b_host = "10.214.0.12"
+        receiver = subprocess.Popen(
+            self.segment.nodes["b"].command(*probe, "receive", str(self.tls), b_host, "0", str(root / "dst")),
+            stdout=subprocess.PIPE,
+            text=True,
+            env=SEGMENT_ENV,
+        )
+        try:
+            assert receiver.stdout is not None
+            port = receiver.stdout.readline().split()[1]
+            sent = subprocess.run(
+                self.segment.nodes["a"].command(
+                    *probe, "send", str(self.tls), b_host, port, str(root / "src")
+                ),
+                capture_output=True,
+                text=True,
+                env=SEGMENT_ENV,
+                check=True,
+                timeout=600,
+            ).stdout.split()
+            receiver.wait(timeout=60)
+        finally:
+            if receiver.poll() is None:
+                receiver.kill()
+            shutil.rmtree(root, ignore_errors=True)
+        sent_bytes, seconds = int(sent[1]), float(sent[2])
+        return {"state_mib": size_mib, "channel_mib_per_s": round(sent_bytes / 2**20 / seconds, 1)}
 
     def everywhere(self) -> dict[str, tuple[str, Path]]:
         return {n.node: (n.node_netns, n.runc_root) for n in self.nodes.values()}
@@ -322,6 +363,7 @@ def _details(report: MigrationReport) -> dict[str, Any]:
         "transfer_seconds": float(dump.details["transfer_seconds"]),
         "restore_seconds": float(restore.details["restore_seconds"]),
         "risk_window_seconds": float(fill.details["risk_window_seconds"]) if fill else 0.0,
+        "pages_mib": round(int(fill.details.get("pages_bytes", 0)) / 2**20, 1) if fill else 0.0,
         "package_seconds": float(dump.details.get("package_seconds", 0.0)),
         # The pages that travelled while the dump still ran (stop-and-copy, pre-copy).
         "sent_during_dump_mib": round(int(dump.details.get("bytes_sent_during_dump", 0)) / 2**20, 1),
@@ -356,6 +398,7 @@ def _row(
         "package_s": details.get("package_seconds", 0.0),
         "sent_during_dump_mib": details.get("sent_during_dump_mib", 0.0),
         "risk_window_s": details.get("risk_window_seconds", 0.0),
+        "pages_mib": details.get("pages_mib", 0.0),
         "connection_kept": result["error"] is None and result["in_order"],
         **extra,
     }
@@ -387,6 +430,30 @@ def _ratios(rows: list[dict[str, Any]], path: str = "stop-and-copy") -> list[dic
                     "goal": "<= 0.5 stalled" if size >= 1024 and path == "stop-and-copy" else "",
                 }
             )
+    return out
+
+
+def fill_against_channel(rows: list[dict[str, Any]], channels: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Post-copy's fill (resume to last page) over the time the agents' channel, measured in
+    the same run, needs for the bytes that came after the resume."""
+    out = []
+    rates = {c["state_mib"]: c["channel_mib_per_s"] for c in channels}
+    for row in rows:
+        if row["path"] != "post-copy" or row["state_mib"] not in rates or not row.get("pages_mib"):
+            continue
+        channel_s = row["pages_mib"] / rates[row["state_mib"]]
+        out.append(
+            {
+                "state_mib": row["state_mib"],
+                "pages_mib": row["pages_mib"],
+                "fill_s": row["risk_window_s"],
+                "fill_mib_per_s": round(row["pages_mib"] / row["risk_window_s"], 1),
+                "channel_mib_per_s": rates[row["state_mib"]],
+                "channel_s": round(channel_s, 3),
+                "fill_over_channel": round(row["risk_window_s"] / channel_s, 3),
+                "goal": "<= 1.5",
+            }
+        )
     return out
 
 
@@ -424,6 +491,7 @@ def run(*, quick: bool, plot_path: Path = PLOT_PATH) -> list[Table]:
     sizes = QUICK_SIZES_MIB if quick else SIZES_MIB
     rows: list[dict[str, Any]] = []
     rollbacks: list[dict[str, Any]] = []
+    channels: list[dict[str, Any]] = []
     with (
         make_segment() as segment,
         NatsServer() as nats,
@@ -436,6 +504,7 @@ def run(*, quick: bool, plot_path: Path = PLOT_PATH) -> list[Table]:
                 for path in PATHS:
                     rows.append(bench.measure(size, path))
                 rollbacks.append(bench.measure_rollback(size))
+                channels.append(bench.channel(size))
         finally:
             bench.stop()
         # The same moves between two containerd nodes driven over CRI (restored by
@@ -454,5 +523,6 @@ def run(*, quick: bool, plot_path: Path = PLOT_PATH) -> list[Table]:
         ("Rollback after the dump: the pod answering again on its node (seconds)", rollbacks),
         ("Side by side: CLM stop-and-copy over the naive path (lower is better)", _ratios(rows)),
         ("Side by side: CLM post-copy over the naive path (lower is better)", _ratios(rows, "post-copy")),
+        ("Post-copy's fill against the agents' channel, same run", fill_against_channel(rows, channels)),
         ("Plot", [{"png": str(written)}]),
     ]
