@@ -55,6 +55,7 @@ class CheckpointAgent:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._handlers: dict[protocol.Step, Handler] = {
             protocol.CHECK_CPU: self.destination.check_cpu,
+            protocol.AWAIT_CLONE: self.destination.await_clone,
             protocol.PRE_DUMP: self.source.pre_dump,
             protocol.DUMP: self.source.dump,
             protocol.RESTORE: self.destination.restore,

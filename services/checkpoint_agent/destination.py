@@ -28,6 +28,9 @@ from services.checkpoint_agent.restore_handler.server import RestoreHandlerServe
 from services.checkpoint_agent.runtime import ContainerRuntime, LazyPagesUnavailable, RuntimeCommandError
 
 log = logging.getLogger(__name__)
+# How long the freeze is put off for kubelet to start the clone pod (sandbox, network,
+# image): past it the move goes on, and the restore waits for kubelet instead.
+CLONE_PATIENCE_SECONDS = 60.0
 
 
 class DestinationSide:
@@ -47,6 +50,8 @@ class DestinationSide:
         # clone's containers meets the images (restore_handler/).
         self.handler = handler
         self._background: set[asyncio.Task[None]] = set()
+        # The archives being written of a migration's images, which its fill step drops.
+        self._archiving: dict[str, asyncio.Task[None]] = {}
         self.node = config.node
         self.runtime, self.capabilities, self.outcomes = runtime, capabilities, outcomes
         # Post-copy: restored containers whose memory is still arriving.
@@ -102,6 +107,27 @@ class DestinationSide:
         self.layout.expected(uid).write_text(command.source_node)
         self.expected_transfers[uid] = self.layout.incoming(uid)
         return {"source_arch": source.arch}
+
+    # ----- await-clone (before the freeze) -----
+
+    async def await_clone(self, command: CheckpointCommand) -> Details:
+        """Containerd nodes: wait until kubelet has the clone pod's sandbox up and its first
+        container's creation waiting in the restore handler, so the freeze that follows does
+        not wait for kubelet's pod start-up. A clone kubelet is slow to start is no failure:
+        the move goes on, and the restore waits for kubelet as before."""
+        if self.handler is None:
+            return {"parked": False, "waited_seconds": 0.0, "why": "this node restores clones itself"}
+        source = f"{command.pod.namespace}/{command.pod.name}"
+        started = time.perf_counter()
+        patience = min(CLONE_PATIENCE_SECONDS, command.timeout_seconds * 0.8)
+        parked = await self.handler.wait_parked(source, patience)
+        waited = round(time.perf_counter() - started, 6)
+        if not parked:
+            log.warning(
+                "kubelet has not created the clone's container yet: the freeze goes on without it",
+                extra={"pod": source, "waited_seconds": waited},
+            )
+        return {"parked": parked, "waited_seconds": waited}
 
     # ----- restore -----
 
@@ -176,6 +202,12 @@ class DestinationSide:
         results = [f.result() for f in done if not f.cancelled()]
         restored = [r.container_id for r in results if r.code == 0]
         self._restored_file(uid).write_text(json.dumps(restored))
+        # Restored lazily: their memory is put in place after the network commit (the fill
+        # step), from these images; the watcher stops a container whose daemon fails.
+        for offer in offers:
+            result = offer.result.result() if offer.result.done() and not offer.result.cancelled() else None
+            if result is not None and result.page_fill is not None:
+                self.fills.adopt(uid, name=offer.container, page_fill=result.page_fill)
         failed = [
             f"{o.container}: {o.result.result().errors or 'exit ' + str(o.result.result().code)}"
             for o in offers
@@ -184,6 +216,7 @@ class DestinationSide:
         waiting = [o.container for o in offers if not o.result.done()]
         if failed or waiting:
             self.handler.withdraw(source)
+            await self.fills.cancel(uid)
             await asyncio.to_thread(self._kill_restored, uid)
             self.expected_transfers[uid] = incoming
             self._after_restore(command, incoming, packages, failed=True)
@@ -199,25 +232,36 @@ class DestinationSide:
             raise StepFailed(f"restore on {self.node} failed, nothing left running here: {why}")
         for container_id in restored:
             state = await asyncio.to_thread(self.runtime.state, container_id)
-            if state != "running":
+            if state != "running" or (broken := self.fills.broken(uid)):
+                await self.fills.cancel(uid)
                 await asyncio.to_thread(self._kill_restored, uid)
-                raise StepFailed(
-                    f"the clone's container {container_id} is {state or 'gone'} right after its restore"
-                )
+                why = "; ".join(broken) if state == "running" else f"is {state or 'gone'}"
+                raise StepFailed(f"the clone's container {container_id} {why} right after its restore")
         self.layout.expected(uid).unlink(missing_ok=True)
-        self._after_restore(command, incoming, packages, failed=False)
+        filling = self.fills.filling(uid)
+        if filling:
+            self.fills.resumed(uid)
+        self._after_restore(command, incoming, packages, failed=False, keep_images=filling)
         return {
             "containers": len(restored),
             "restore_seconds": round(time.perf_counter() - started, 6),
             "lazy_pages": False,
+            "filled_after_commit": filling,
             "through": "containerd",
         }
 
     def _after_restore(
-        self, command: CheckpointCommand, incoming: Path, packages: list[Path], *, failed: bool
+        self,
+        command: CheckpointCommand,
+        incoming: Path,
+        packages: list[Path],
+        *,
+        failed: bool,
+        keep_images: bool = False,
     ) -> None:
         """Keep the checkpoint archives if asked (in the background: the freeze does not wait
-        for them), then drop a restored pod's images."""
+        for them), then drop a restored pod's images (`keep_images`: its memory is still
+        being filled from them; the fill step drops them)."""
         keep = self.config.checkpoint_archives
         wanted = self.config.checkpoint_archive_dir is not None and (
             keep == "always" or (keep == "failed" and failed)
@@ -226,7 +270,7 @@ class DestinationSide:
         def archive_then_drop() -> None:
             if wanted:
                 self._keep_archives(command, packages, failed=failed)
-            if not failed:
+            if not failed and not keep_images:
                 shutil.rmtree(incoming, ignore_errors=True)
                 shutil.rmtree(self.layout.rounds_in(command.migration.uid), ignore_errors=True)
 
@@ -235,7 +279,15 @@ class DestinationSide:
             return
         task = asyncio.get_running_loop().create_task(asyncio.to_thread(archive_then_drop))
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        uid = command.migration.uid
+        self._archiving[uid] = task
+
+        def ended(done: asyncio.Task[None]) -> None:
+            self._background.discard(done)
+            if self._archiving.get(uid) is done:
+                del self._archiving[uid]
+
+        task.add_done_callback(ended)
 
     def _keep_archives(self, command: CheckpointCommand, packages: list[Path], *, failed: bool) -> None:
         assert self.config.checkpoint_archive_dir is not None
@@ -361,10 +413,13 @@ class DestinationSide:
         uid = command.migration.uid
         post_copy = self._post_copy(command)
         if not post_copy and not self.fills.filling(uid) and uid not in self.fills.orphaned:
-            # An eager restore (or one through containerd) put the memory in place already.
+            # An eager restore put the memory in place already.
             return {"containers": 0, "risk_window_seconds": 0.0}
         details, problems = await self.fills.wait(uid, self.progress.for_step(command, total=0))
+        if (archiving := self._archiving.pop(uid, None)) is not None:
+            await asyncio.gather(archiving, return_exceptions=True)
         shutil.rmtree(self.layout.incoming(uid), ignore_errors=True)
+        shutil.rmtree(self.layout.rounds_in(uid), ignore_errors=True)
         if problems:
             where = (
                 f"stopped arriving from {command.source_node}"

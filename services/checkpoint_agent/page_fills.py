@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from services.checkpoint_agent.outcomes import Details
 from services.checkpoint_agent.page_prefetch import lazy_memory
 from services.checkpoint_agent.page_relay import PageTunnel
 from services.checkpoint_agent.progress import Report
-from services.checkpoint_agent.runc import LAZY_LOG
+from services.checkpoint_agent.runc import LAZY_FILL_TIMEOUT, LAZY_LOG
 from services.checkpoint_agent.runtime import ContainerRuntime, PageFill, RuntimeCommandError
 from services.checkpoint_agent.tls import AgentTls
 
@@ -176,6 +177,17 @@ class PageFills:
             raise RuntimeCommandError(
                 f"the lazy-pages daemon of {fill.name} exited {code} during the restore ({why})"
             )
+        self._watched(uid, fill)
+
+    def adopt(self, uid: str, *, name: str, page_fill: PageFill) -> None:
+        """A container restored lazily by containerd's shim (through the restore handler),
+        its local daemon still filling: watched and waited for like `restore_local`'s."""
+        self.by_uid.setdefault(uid, MigrationFills())
+        self._watched(
+            uid, Fill(name=name, container_id=page_fill.container_id, tunnel=None, page_fill=page_fill)
+        )
+
+    def _watched(self, uid: str, fill: Fill) -> None:
         fill.watcher = asyncio.create_task(self._watch(uid, fill))
         self.by_uid[uid].fills.append(fill)
         self._mark(uid)
@@ -197,7 +209,16 @@ class PageFills:
 
     async def _watch(self, uid: str, fill: Fill) -> int:
         assert fill.page_fill is not None
-        code = await asyncio.to_thread(fill.page_fill.daemon.wait)
+        daemon = fill.page_fill.daemon
+        # A local fill reads images on this node: one that takes this long is stuck. A
+        # post-copy fill is bounded by its tunnel (the source's side ending).
+        timeout = LAZY_FILL_TIMEOUT if fill.tunnel is None else None
+        try:
+            code = await asyncio.to_thread(daemon.wait, timeout)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            code = await asyncio.to_thread(daemon.wait)
+            log.warning("a local page fill took too long: its daemon was killed", extra={"seconds": timeout})
         fill.ended_at = time.monotonic()
         if fill.tunnel is not None:
             fill.tunnel.daemon_exited(code)

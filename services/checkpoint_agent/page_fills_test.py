@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from pathlib import Path
 
@@ -93,3 +94,15 @@ def test_an_agent_that_restarts_remembers_which_migrations_lost_their_fill(tmp_p
     fills, _, layout = local(tmp_path, ["true"])
     (layout.workdir("m1") / FILLING).write_text("c-app")
     assert fills.stop_orphans() == ["c-app"] and fills.orphaned == {"m1"}
+
+
+async def test_a_fill_restored_by_containerd_is_watched_like_a_local_one(tmp_path: Path) -> None:
+    # containerd's shim restored the container; the agent's daemon fills it after the commit.
+    fills, runtime, layout = local(tmp_path, [])
+    daemon = await asyncio.to_thread(subprocess.Popen, ["sh", "-c", "sleep 0.2; exit 5"])
+    fills.adopt("m1", name="app", page_fill=PageFill("c-app", tmp_path, daemon))
+    fills.resumed("m1")
+    assert fills.filling("m1") and (layout.workdir("m1") / FILLING).read_text() == "c-app"
+    _, problems = await fills.wait("m1")
+    assert runtime.deleted == ["c-app"]  # never running on memory that did not arrive
+    assert len(problems) == 1 and "exited 5" in problems[0]

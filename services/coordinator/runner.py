@@ -61,7 +61,14 @@ log = logging.getLogger(__name__)
 CANCEL_STAGE = "cancel"
 # Steps a cancel does not wait for: every one is undone by the rollback's steps.
 CANCELLABLE = frozenset(
-    {protocol.PREPARE_NETWORK, protocol.CHECK_CPU, protocol.PRE_DUMP, protocol.DUMP, protocol.RESTORE}
+    {
+        protocol.PREPARE_NETWORK,
+        protocol.CHECK_CPU,
+        protocol.AWAIT_CLONE,
+        protocol.PRE_DUMP,
+        protocol.DUMP,
+        protocol.RESTORE,
+    }
 )
 # status.commitPoint when the source pod object's deletion was the commit point.
 SOURCE_DELETED = "source-deleted"
@@ -427,6 +434,9 @@ class MigrationRunner:
     async def _dump(self, step: protocol.Step, strategy: str) -> str:
         if protocol.clone_before_dump(self.status.get("ownerKind", "")):
             await self.clones.create_before_dump()
+            if await self._kubelet_restores_clones():
+                # Not frozen yet: kubelet's pod start-up stays out of the freeze.
+                await self._step(protocol.AWAIT_CLONE, strategy)
         await self.record.phase(step.phase, f"freezing and dumping the pod on {self.status['sourceNode']}")
         self.record.note(dumpStartedAt=round(time.time(), 3))
         dump = await self._step(step, strategy)

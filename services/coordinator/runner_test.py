@@ -501,6 +501,24 @@ async def test_on_kubelet_nodes_a_statefulset_namesake_exists_before_its_restore
     assert kinds(published) == ["PreDumpSkipped", "PodCreateFinished", "MigrationFinished"]
 
 
+async def test_on_kubelet_nodes_the_freeze_waits_until_kubelet_creates_the_clone() -> None:
+    # kubelet's pod start-up (sandbox, network, image) stays out of the freeze.
+    runner, kube, agents, _ = make(kubelet_restores=True)
+    assert await runner.run() == "Finished"
+    timeline = agents.sent
+    created = timeline.index(("kube", "create-pod", "web-0-clone-1"))
+    assert created < timeline.index(("checkpoint", "await-clone", DEST))
+    assert timeline.index(("checkpoint", "await-clone", DEST)) < timeline.index(
+        ("checkpoint", "dump", SOURCE)
+    )
+
+
+async def test_nodes_that_restore_clones_themselves_are_not_asked_to_await_one() -> None:
+    runner, _, agents, _ = make()
+    assert await runner.run() == "Finished"
+    assert not [s for s in agents.sent if s[1] == "await-clone"]
+
+
 async def test_on_kubelet_nodes_the_clone_status_is_kubelets_to_write() -> None:
     runner, kube, _, _ = make(kubelet_restores=True)
     kube.set_pod_running = None  # type: ignore[assignment]  # never called: kubelet owns the status

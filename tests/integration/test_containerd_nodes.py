@@ -105,6 +105,11 @@ async def test_pod_moves_between_containerd_nodes_with_its_connection(lab: Conta
     ), shown.stdout
     restore = report.result("checkpoint", "restore")
     assert restore is not None and restore.details.get("through") == "containerd"
+    # kubelet's create answered once the clone ran; its memory came after the network commit.
+    fill = report.result("checkpoint", "fill")
+    assert restore.details.get("filled_after_commit") is True, restore.details
+    assert fill is not None and fill.details.get("pages_from") == "local images", fill
+    assert fill.details.get("containers") == 1, fill.details
     print(
         f"{result['answers']} answers, largest gap {result['largest_gap']:.3f}s, "
         f"migration {report.total_seconds:.2f}s, restore {restore.details}"

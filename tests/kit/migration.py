@@ -60,6 +60,9 @@ class Move:
     strategy: MigrationStrategy = MigrationStrategy.STOP_AND_COPY
     step_timeout: float = 300.0
     convergence: ConvergenceRule = field(default_factory=ConvergenceRule)
+    # The destination's kubelet restores the clone (containerd nodes): before the freeze,
+    # wait for its container's creation, as the coordinator does.
+    await_clone: bool = False
 
     def protocol_move(self) -> protocol.Move:
         return protocol.Move(
@@ -137,6 +140,8 @@ class Driver:
                 if step is protocol.PRE_DUMP:
                     await self._pre_copy(move, report)
                     continue
+                if step is protocol.DUMP and move.await_clone:
+                    await self._step(move, protocol.AWAIT_CLONE, report)
                 await self._step(move, step, report)
         except (StepFailed, TimeoutError) as exc:
             report.error = exc.reason if isinstance(exc, StepFailed) else str(exc)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import sys
@@ -269,7 +270,7 @@ class ContainerdLab:
         handler), the steps sent to both agents."""
         clone = self.clone_object(self.core_pod(source["metadata"]["name"]), clone_name)
         clone_start = asyncio.create_task(asyncio.to_thread(self.kubelets["b"].run_pod, clone))
-        report = await driver.migrate(self.move(source))
+        report = await driver.migrate(dataclasses.replace(self.move(source), await_clone=True))
         try:
             clone_running = await asyncio.wait_for(clone_start, 120)
         except Exception:  # - a rolled back move's clone is refused: kubelet's start fails

@@ -50,6 +50,10 @@ class RequestMigration(Message):
 class CheckpointStep(StrEnum):
     # On the destination: `criu cpuinfo check` against the source's CPU, before any freeze.
     CHECK_CPU = "check-cpu"
+    # On a destination whose kubelet restores clones: wait (a while) until kubelet's creation
+    # of the clone's container waits in the restore handler, so the freeze does not wait
+    # for kubelet's pod start-up.
+    AWAIT_CLONE = "await-clone"
     # On the source: one pre-copy round, streamed to the destination while the pod runs.
     PRE_DUMP = "pre-dump"
     # On the source: lock network, freeze, final dump streamed to the destination.

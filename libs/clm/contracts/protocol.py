@@ -117,6 +117,7 @@ _CP, _NET = AgentKind.CHECKPOINT, AgentKind.NETWORK
 
 PREPARE_NETWORK = Step(_NET, NetworkStep.PREPARE, _D, "network-prepare", Phase.PREPARING, "prepare")
 CHECK_CPU = Step(_CP, CheckpointStep.CHECK_CPU, _D, "check-cpu", Phase.PREPARING, "check-cpu")
+AWAIT_CLONE = Step(_CP, CheckpointStep.AWAIT_CLONE, _D, "await-clone", Phase.PREPARING, "await-clone")
 PRE_DUMP = Step(_CP, CheckpointStep.PRE_DUMP, _S, "pre-dump", Phase.PRE_DUMPING, "pre-dump")
 DUMP = Step(_CP, CheckpointStep.DUMP, _S, "dump", Phase.DUMPING, "dump")
 RESTORE = Step(_CP, CheckpointStep.RESTORE, _D, "restore", Phase.RESTORING, "restore")
@@ -157,7 +158,14 @@ def after_commit(strategy: MigrationStrategy | str) -> tuple[Step, ...]:
 
 
 def every_step() -> tuple[Step, ...]:
-    return (*before_commit(MigrationStrategy.PRE_COPY), *COMMIT, FILL, *AFTER_COMMIT, *ROLLBACK)
+    return (
+        AWAIT_CLONE,
+        *before_commit(MigrationStrategy.PRE_COPY),
+        *COMMIT,
+        FILL,
+        *AFTER_COMMIT,
+        *ROLLBACK,
+    )
 
 
 def clone_before_dump(owner_kind: str) -> bool:

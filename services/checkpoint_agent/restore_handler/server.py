@@ -5,7 +5,9 @@ The restore step offers each container's images and waits; kubelet creates the c
 containers whenever it gets to them (a Deployment's clone exists before the dump, so its
 `create` usually comes first and waits here for the images). Whichever comes second
 completes the pair: the handler is told to run `runc restore`, reports its exit status,
-and the step learns the clone's container id. Wire format: clm-runc.c.
+and the step learns the clone's container id. A lazy restore answers kubelet's create as
+soon as the container runs: its memory is filled after the network commit, by a local
+`criu lazy-pages` daemon the step hands to the agent's fills. Wire format: clm-runc.c.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from services.checkpoint_agent.restore_handler.calls import (
     parse,
     restore_command,
 )
-from services.checkpoint_agent.runc import LAZY_FILL_TIMEOUT
+from services.checkpoint_agent.runtime import PageFill
 
 log = logging.getLogger(__name__)
 MAX_REQUEST = 1 << 20
@@ -42,6 +44,8 @@ class Restored:
     container_id: str
     code: int
     errors: str
+    # A lazy restore: the daemon still putting the container's memory in place.
+    page_fill: PageFill | None = None
 
 
 @dataclass
@@ -90,6 +94,9 @@ class RestoreHandlerServer:
         self.offers: dict[tuple[str, str], Offer] = {}
         self.restored: set[str] = set()
         self._offered = asyncio.Event()
+        # Sources (namespace/name) whose clone has a container create waiting for its images.
+        self.parked: dict[str, int] = {}
+        self._parked = asyncio.Event()
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> RestoreHandlerServer:
@@ -114,6 +121,20 @@ class RestoreHandlerServer:
         self._offered.set()
         self._offered = asyncio.Event()
         return offer
+
+    async def wait_parked(self, source: str, timeout: float) -> bool:
+        """Whether kubelet's creation of a container of `source`'s clone waits here (within
+        `timeout`): the clone's sandbox, network and image are ready, so its restore waits
+        for nothing but the images."""
+        deadline = time.monotonic() + timeout
+        while not self.parked.get(source):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            event = self._parked
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), remaining)
+        return True
 
     def withdraw(self, source: str) -> None:
         """A rolled back move: its clone's containers are refused from now on."""
@@ -162,7 +183,15 @@ class RestoreHandlerServer:
             return await self._run(as_asked(call, argv), reader, writer)
         if isinstance(target, Exit):
             return target
-        offer = await self._wait_for_offer(target)
+        self.parked[target[0]] = self.parked.get(target[0], 0) + 1
+        self._parked.set()
+        self._parked = asyncio.Event()
+        try:
+            offer = await self._wait_for_offer(target)
+        finally:
+            self.parked[target[0]] -= 1
+            if not self.parked[target[0]]:
+                del self.parked[target[0]]
         if offer is None:
             return Exit(
                 1,
@@ -187,8 +216,9 @@ class RestoreHandlerServer:
         self.restored.add(call.container_id)
         code = await self._run(run, reader, writer, exit_code=True)
         assert isinstance(code, int)
+        page_fill = None
         if daemon is not None:
-            code = await asyncio.to_thread(self._filled, daemon, call.container_id, code)
+            code, page_fill = await asyncio.to_thread(self._filling, daemon, call.container_id, code, offer)
         if code != 0:
             self.restored.discard(call.container_id)
         log.info(
@@ -198,30 +228,34 @@ class RestoreHandlerServer:
                 "of": target[0],
                 "code": code,
                 "seconds": time.perf_counter() - started,
+                "filling": page_fill is not None,
             },
         )
         if not offer.result.done():
             errors = "" if code == 0 else await asyncio.to_thread(_errors, call, work)
-            offer.result.set_result(Restored(container_id=call.container_id, code=code, errors=errors))
+            offer.result.set_result(
+                Restored(container_id=call.container_id, code=code, errors=errors, page_fill=page_fill)
+            )
         return None
 
-    def _filled(self, daemon: subprocess.Popen[bytes], container_id: str, code: int) -> int:
-        """The restore's outcome once every page is in place: a container whose memory did
-        not all arrive never runs on (it is ended, and the restore counts as failed)."""
-        if code != 0:
-            daemon.kill()
-            daemon.wait()
-            return code
-        try:
-            daemon.wait(timeout=LAZY_FILL_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
-        if daemon.returncode == 0:
-            return 0
-        if self.kill is not None:
+    def _filling(
+        self, daemon: subprocess.Popen[bytes], container_id: str, code: int, offer: Offer
+    ) -> tuple[int, PageFill | None]:
+        """The restore's outcome, and the fill the restore step takes over (None when the
+        memory is all in place already, or will never be). A container whose memory did
+        not all arrive never runs on: it is ended first, and the restore counts as failed;
+        so is one whose move was withdrawn while it was restored."""
+        if code == 0 and not offer.result.done():
+            if daemon.poll() is None:
+                return 0, PageFill(container_id=container_id, image_dir=offer.images.resolve(), daemon=daemon)
+            if daemon.returncode == 0:
+                return 0, None  # a small pod: filled before anyone asked
+        if code == 0 and self.kill is not None:
             self.kill(container_id)
-        return 1
+        if daemon.poll() is None:
+            daemon.kill()
+        daemon.wait()
+        return code or 1, None
 
     async def _wait_for_offer(self, target: tuple[str, str]) -> Offer | None:
         deadline = time.monotonic() + self.create_wait_seconds

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from services.checkpoint_agent.restore_handler.server import RestoreHandlerServer
+from services.checkpoint_agent.restore_handler.server import Restored, RestoreHandlerServer
 
 SOURCE = Path(__file__).parent / "clm-runc.c"
 pytestmark = pytest.mark.skipif(
@@ -137,3 +137,98 @@ async def test_a_clone_without_a_checkpoint_never_starts_fresh(clm_runc: Path, t
     code, out = await call(clm_runc, tmp_path / "h.sock", runc, "create", "--bundle", str(clone), "c2")
     assert code == 1 and "cannot reach the CLM checkpoint agent" in out, out
     assert not (tmp_path / "calls").exists()  # runc never ran
+
+
+async def restore_lazily(
+    clm_runc: Path, tmp_path: Path, daemon: list[str], *, withdraw: bool = False
+) -> tuple[int, str, Restored | None, list[str]]:
+    """A clone restored with a stand-in lazy-pages daemon (`daemon`); the handler's kills."""
+    runc, killed = fake_runc(tmp_path), list[str]()
+    started: list[subprocess.Popen[bytes]] = []
+
+    def lazy_pages(images: Path) -> subprocess.Popen[bytes]:
+        started.append(subprocess.Popen(daemon))
+        return started[-1]
+
+    server = await RestoreHandlerServer(
+        tmp_path / "h.sock", lazy_pages=lazy_pages, kill=killed.append
+    ).start()
+    try:
+        package = tmp_path / "package"
+        (package / "criu").mkdir(parents=True)
+        offer = server.offer(source="games/mc-0", container="server", package=package)
+        if withdraw:
+            # The move is rolled back while runc restores: the stand-in runc holds on until then.
+            (tmp_path / "runc").write_text(
+                f'#!/bin/sh\nprintf "%s\\n" "$*" >> {tmp_path}/calls\ntouch {tmp_path}/restoring\n'
+                f"while [ ! -e {tmp_path}/withdrawn ]; do sleep 0.01; done\n"
+            )
+        clone = bundle(tmp_path / "c1", CLONE)
+        creating = asyncio.create_task(
+            call(clm_runc, server.socket_path, runc, "create", "--bundle", str(clone), "c1")
+        )
+        if withdraw:
+            while not (tmp_path / "restoring").exists():
+                await asyncio.sleep(0.01)
+            server.withdraw("games/mc-0")
+            (tmp_path / "withdrawn").touch()
+        code, out = await asyncio.wait_for(creating, 10)
+        # A withdrawn offer is cancelled: no one waits for its result.
+        result = None if withdraw else await asyncio.wait_for(offer.result, 5)
+    finally:
+        await server.stop()
+    if result is not None and result.page_fill is not None:
+        assert result.page_fill.daemon is started[0] and started[0].poll() is None
+        started[0].kill()
+    for proc in started:
+        assert proc.wait(5) is not None
+    return code, out, result, killed
+
+
+async def test_a_lazy_restore_answers_the_create_while_its_memory_is_still_filling(
+    clm_runc: Path, tmp_path: Path
+) -> None:
+    code, out, result, killed = await restore_lazily(clm_runc, tmp_path, ["sleep", "30"])
+    assert code == 0, out  # kubelet's create returned with the daemon still at work
+    assert result is not None and result.code == 0 and result.page_fill is not None and killed == []
+    assert result.page_fill.container_id == "c1"
+    assert "--lazy-pages" in (tmp_path / "calls").read_text()
+
+
+async def test_a_failed_lazy_restore_leaves_no_daemon(
+    clm_runc: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_RUNC_EXIT", "1")  # CRIU could not restore the container
+    code, out, result, killed = await restore_lazily(clm_runc, tmp_path, ["sleep", "30"])
+    assert code == 1 and result is not None and result.code == 1 and result.page_fill is None
+    assert killed == []  # nothing runs to be ended, and the daemon went with the restore
+
+
+async def test_a_clone_restored_after_its_move_was_withdrawn_is_ended_with_its_daemon(
+    clm_runc: Path, tmp_path: Path
+) -> None:
+    _, _, _, killed = await restore_lazily(clm_runc, tmp_path, ["sleep", "30"], withdraw=True)
+    assert killed == ["c1"]
+
+
+async def test_a_clones_create_waiting_for_its_images_is_seen_before_the_freeze(
+    clm_runc: Path, tmp_path: Path
+) -> None:
+    runc = fake_runc(tmp_path)
+    server = await RestoreHandlerServer(tmp_path / "h.sock").start()
+    try:
+        assert not await server.wait_parked("games/mc-0", 0.05)  # kubelet has not got there
+        clone = bundle(tmp_path / "c1", CLONE)
+        creating = asyncio.create_task(
+            call(clm_runc, server.socket_path, runc, "create", "--bundle", str(clone), "c1")
+        )
+        assert await server.wait_parked("games/mc-0", 10)
+        assert not await server.wait_parked("games/other", 0.05)
+        package = tmp_path / "package"
+        (package / "criu").mkdir(parents=True)
+        server.offer(source="games/mc-0", container="server", package=package)
+        code, out = await asyncio.wait_for(creating, 10)
+        assert code == 0, out
+        assert server.parked == {}  # restored: nothing waits any more
+    finally:
+        await server.stop()
