@@ -238,6 +238,15 @@ def test_node_agents_alone_reach_into_the_host(rendered: dict[str, list[Obj]]) -
                 assert all("hostPath" not in v for v in spec.get("volumes", []))
 
 
+def test_the_checkpoint_agent_gives_criu_a_tmpfs_run(rendered: dict[str, list[Obj]]) -> None:
+    # CRIU caches its kernel facts only on a tmpfs /run (services/checkpoint_agent/criu_cache.py).
+    for name in RENDERINGS:
+        spec = workloads(rendered[name])["checkpoint-agent"]["spec"]["template"]["spec"]
+        mounts = {m["mountPath"]: m["name"] for m in spec["containers"][0]["volumeMounts"]}
+        volume = next(v for v in spec["volumes"] if v["name"] == mounts["/run"])
+        assert volume["emptyDir"]["medium"] == "Memory", name
+
+
 def rules_of(docs: list[Obj], role: str) -> set[tuple[str, str, str]]:
     return {
         (group, resource, verb)

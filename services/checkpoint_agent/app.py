@@ -21,6 +21,7 @@ from services.checkpoint_agent.agent import CheckpointAgent
 from services.checkpoint_agent.capabilities import CapabilityPublisher, advertised_host
 from services.checkpoint_agent.config import AgentConfig
 from services.checkpoint_agent.containerd import Containerd
+from services.checkpoint_agent.criu_cache import kdat_cache_problem
 from services.checkpoint_agent.metrics import AgentMetrics
 from services.checkpoint_agent.page_relay import PageRelay
 from services.checkpoint_agent.progress import ProgressReporter
@@ -113,6 +114,8 @@ def build(settings: CheckpointAgentSettings) -> ServiceApp:
 
     @app.on_start
     async def start_transfers_and_publish_capabilities() -> None:
+        if (slow_criu := kdat_cache_problem()) is not None:
+            log.warning("CRIU's kernel facts are not cached", extra={"why": slow_criu})
         if handler is not None:
             await handler.start()
         port = await receiver.start(settings.transfer_listen_host, settings.transfer_port)
