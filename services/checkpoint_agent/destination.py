@@ -413,13 +413,12 @@ class DestinationSide:
         uid = command.migration.uid
         post_copy = self._post_copy(command)
         if not post_copy and not self.fills.filling(uid) and uid not in self.fills.orphaned:
-            # An eager restore put the memory in place already.
+            # An eager restore put the memory in place already, or a lazy one's fill ended
+            # whole before this agent restarted: the images it kept for it go now.
+            await self._drop_images(uid)
             return {"containers": 0, "risk_window_seconds": 0.0}
         details, problems = await self.fills.wait(uid, self.progress.for_step(command, total=0))
-        if (archiving := self._archiving.pop(uid, None)) is not None:
-            await asyncio.gather(archiving, return_exceptions=True)
-        shutil.rmtree(self.layout.incoming(uid), ignore_errors=True)
-        shutil.rmtree(self.layout.rounds_in(uid), ignore_errors=True)
+        await self._drop_images(uid)
         if problems:
             where = (
                 f"stopped arriving from {command.source_node}"
@@ -432,6 +431,13 @@ class DestinationSide:
                 + f". The pod was stopped on {self.node}: it never ran with missing memory"
             )
         return details
+
+    async def _drop_images(self, uid: str) -> None:
+        """A restored pod's images, once nothing reads them (its fill, its archives)."""
+        if (archiving := self._archiving.pop(uid, None)) is not None:
+            await asyncio.gather(archiving, return_exceptions=True)
+        shutil.rmtree(self.layout.incoming(uid), ignore_errors=True)
+        shutil.rmtree(self.layout.rounds_in(uid), ignore_errors=True)
 
     # ----- abort -----
 
