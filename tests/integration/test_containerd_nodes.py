@@ -105,6 +105,9 @@ async def test_pod_moves_between_containerd_nodes_with_its_connection(lab: Conta
     ), shown.stdout
     restore = report.result("checkpoint", "restore")
     assert restore is not None and restore.details.get("through") == "containerd"
+    # kubelet's start of the clone pod came before the freeze: its create waited for the images.
+    awaited = report.result("checkpoint", "await-clone")
+    assert awaited is not None and awaited.details.get("parked") is True, awaited
     # kubelet's create answered once the clone ran; its memory came after the network commit.
     fill = report.result("checkpoint", "fill")
     assert restore.details.get("filled_after_commit") is True, restore.details
