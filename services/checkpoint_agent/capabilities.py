@@ -87,8 +87,6 @@ class CapabilityPublisher:
             pipe_problem=ensure_pipe_size(),
             pages_address=self.pages_address,
         )
-        if post_copy is None and self.runtime is not None and self.runtime.restores_through_handler:
-            post_copy = "post-copy is not available on containerd nodes yet"
         return {
             "arch": probe.arch,
             "criu_version": probe.criu_version,

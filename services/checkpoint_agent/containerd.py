@@ -27,7 +27,8 @@ from pathlib import Path
 from clm.policy import names
 from clm.runtime.cri.client import CriClient, CriError
 from services.checkpoint_agent.checkpoint_archive import write_config_dump
-from services.checkpoint_agent.runc import Runc
+from services.checkpoint_agent.lazy_dumps import LazyCheckpoint
+from services.checkpoint_agent.runc import Runc, criu_log_tail
 from services.checkpoint_agent.runtime import (
     CONTAINER_NAME,
     POD_NAME,
@@ -280,11 +281,22 @@ class Containerd(Runc):
         size = sum(p.stat().st_size for p in image_dir.iterdir() if p.is_file())
         return CheckpointResult(image_dir, seconds, size)
 
+    def checkpoint_lazy(
+        self, container_id: str, image_dir: Path, *, leave_running: bool = True
+    ) -> LazyCheckpoint:
+        """Post-copy's dump, leaving the tasks frozen like `checkpoint`: CRIU serves their
+        memory from the frozen container, and however its page-server session ends (closed,
+        broken, every page taken) it puts back the frozen state it found. So the source is
+        never lost before the commit: a rollback ends the session and thaws it. (Always left
+        running here: kubelet would take an exit for a crash.)"""
+        self.lock_network(container_id)
+        if self.state(container_id) != "paused":
+            self.pause(container_id)
+        return super().checkpoint_lazy(container_id, image_dir, leave_running=True)
+
     @staticmethod
     def _dump_errors(image_dir: Path) -> str:
-        from services.checkpoint_agent.runc import _criu_log_tail
-
-        return _criu_log_tail(image_dir, "dump.log")
+        return criu_log_tail(image_dir, "dump.log")
 
     def thaw(self, container_id: str) -> bool:
         """Roll a frozen source back: resumed, its network open again. False when there is

@@ -21,10 +21,10 @@ from services.checkpoint_agent.checkpoint_archive import archive_name, write_arc
 from services.checkpoint_agent.config import AgentConfig, CapabilityLookup
 from services.checkpoint_agent.criu_stats import read_stats
 from services.checkpoint_agent.outcomes import Details, OutcomeStore
-from services.checkpoint_agent.page_fills import PageFills
+from services.checkpoint_agent.page_fills import Fill, PageFills
 from services.checkpoint_agent.pre_copy_rounds import ExpectedTransfers, stack_rounds
 from services.checkpoint_agent.progress import ProgressReporter
-from services.checkpoint_agent.restore_handler.server import RestoreHandlerServer
+from services.checkpoint_agent.restore_handler.server import Offer, RestoreHandlerServer
 from services.checkpoint_agent.runtime import ContainerRuntime, LazyPagesUnavailable, RuntimeCommandError
 
 log = logging.getLogger(__name__)
@@ -190,24 +190,59 @@ class DestinationSide:
             raise StepFailed(
                 f"{self.node} restores through containerd but its restore handler is not serving"
             )
-        if self._post_copy(command):
-            raise StepFailed(f"post-copy is not available on containerd nodes yet ({self.node})")
+        post_copy = self._post_copy(command)
+        if post_copy and self.handler.lazy_pages is None:
+            raise StepFailed(
+                f"{self.node} restores eagerly (CLM_LAZY_RESTORE=false), and post-copy needs a lazy restore: "
+                "the memory is still on the source"
+            )
+        pages_address = await self._pages_address(command) if post_copy else None
         uid, source = command.migration.uid, f"{command.pod.namespace}/{command.pod.name}"
         packages = sorted(p for p in incoming.iterdir() if p.is_dir())
         self.expected_transfers.pop(uid, None)
         started = time.perf_counter()
-        offers = [self.handler.offer(source=source, container=p.name, package=p) for p in packages]
+        # Post-copy: each container's daemon reaches the source's pages through a tunnel.
+        tunnels: dict[str, Fill] = {}
+        try:
+            for package in packages if pages_address else []:
+                assert pages_address is not None
+                tunnels[package.name] = await self.fills.tunnel(
+                    uid,
+                    name=package.name,
+                    images=package / "criu",
+                    pages_address=pages_address,
+                    tls=self.config.require_tls(),
+                )
+        except (OSError, ConnectionError) as exc:
+            await self.fills.cancel(uid)
+            self.expected_transfers[uid] = incoming
+            raise StepFailed(f"the page tunnel to {command.source_node} cannot open: {exc}") from None
+        offers = [
+            self.handler.offer(
+                source=source,
+                container=p.name,
+                package=p,
+                page_server=tunnels[p.name].page_server() if p.name in tunnels else None,
+            )
+            for p in packages
+        ]
         patience = max(5.0, command.timeout_seconds * 0.8)
         done, pending = await asyncio.wait([o.result for o in offers], timeout=patience)
         results = [f.result() for f in done if not f.cancelled()]
         restored = [r.container_id for r in results if r.code == 0]
         self._restored_file(uid).write_text(json.dumps(restored))
         # Restored lazily: their memory is put in place after the network commit (the fill
-        # step), from these images; the watcher stops a container whose daemon fails.
+        # step), from these images or the source; the watcher stops a container whose
+        # daemon fails.
         for offer in offers:
             result = offer.result.result() if offer.result.done() and not offer.result.cancelled() else None
             if result is not None and result.page_fill is not None:
-                self.fills.adopt(uid, name=offer.container, page_fill=result.page_fill)
+                self.fills.adopt(
+                    uid, name=offer.container, page_fill=result.page_fill, tunnel=tunnels.get(offer.container)
+                )
+        await self.fills.close_pending(
+            uid, whole=frozenset(o.container for o in offers if o.container in tunnels and _filled(o))
+        )
         failed = [
             f"{o.container}: {o.result.result().errors or 'exit ' + str(o.result.result().code)}"
             for o in offers
@@ -245,7 +280,7 @@ class DestinationSide:
         return {
             "containers": len(restored),
             "restore_seconds": round(time.perf_counter() - started, 6),
-            "lazy_pages": False,
+            "lazy_pages": pages_address is not None,
             "filled_after_commit": filling,
             "through": "containerd",
         }
@@ -463,3 +498,11 @@ class DestinationSide:
         self.layout.expected(uid).unlink(missing_ok=True)
         self.outcomes.forget(uid, CheckpointStep.RESTORE, CheckpointStep.CHECK_CPU)
         return {"removed": True}
+
+
+def _filled(offer: Offer) -> bool:
+    """Whether a lazily restored container had all its memory by the time its restore answered."""
+    if not offer.result.done() or offer.result.cancelled():
+        return False
+    result = offer.result.result()
+    return result.code == 0 and result.page_fill is None

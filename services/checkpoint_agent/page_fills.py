@@ -49,10 +49,17 @@ class Fill:
     watcher: asyncio.Task[int] | None = None
     ended_at: float = 0.0
 
+    def page_server(self) -> tuple[str, int]:
+        """Where this fill's daemon asks for pages: its tunnel's local end."""
+        assert self.tunnel is not None, "a fill from local images has no page server"
+        return ("127.0.0.1", self.tunnel.port)
+
 
 @dataclass
 class MigrationFills:
     fills: list[Fill] = field(default_factory=list)
+    # Tunnels opened for containers not restored yet (see PageFills.tunnel).
+    pending: list[Fill] = field(default_factory=list)
     resumed_at: float = 0.0
     # The fill step's progress report, once the step was asked: the bytes that arrived.
     report: Report | None = None
@@ -99,6 +106,35 @@ class PageFills:
         else:
             marker.unlink(missing_ok=True)
 
+    async def tunnel(self, uid: str, *, name: str, images: Path, pages_address: str, tls: AgentTls) -> Fill:
+        """A page tunnel to the source for one container about to be restored with post-copy:
+        its lazy-pages daemon is pointed at `127.0.0.1:fill.tunnel.port`. The fill stays
+        pending (closed by `cancel` or `close_pending`) until the restored container is
+        watched (`restore`, `adopt`)."""
+        mine = self.by_uid.setdefault(uid, MigrationFills())
+        fill = Fill(name=name, container_id="", tunnel=None)
+
+        async def source_ended() -> None:
+            # Only once the restore is over: pausing tasks CRIU is still restoring would hang
+            # it (before then, the restore fails on the lost daemon and rolls back).
+            if mine.resumed_at and fill.container_id:
+                fill.paused = True
+                with contextlib.suppress(RuntimeCommandError):
+                    await asyncio.to_thread(self.runtime.pause, fill.container_id)
+
+        fill.tunnel = PageTunnel(
+            address=pages_address,
+            migration=uid,
+            container=name,
+            tls=tls,
+            source_ended=source_ended,
+            received=mine.arrived,
+            memory=lazy_memory(images),
+        )
+        await fill.tunnel.open()
+        mine.pending.append(fill)
+        return fill
+
     async def restore(
         self,
         uid: str,
@@ -112,34 +148,14 @@ class PageFills:
         output: Path | None,
     ) -> None:
         """Restore one container with its memory still on the source; it runs when this returns."""
-        fill: Fill
-        mine = self.by_uid.setdefault(uid, MigrationFills())
-
-        async def source_ended() -> None:
-            # Only once the restore is over: pausing tasks CRIU is still restoring would hang
-            # it (before then, the restore fails on the lost daemon and rolls back).
-            if mine.resumed_at:
-                fill.paused = True
-                with contextlib.suppress(RuntimeCommandError):
-                    await asyncio.to_thread(self.runtime.pause, container_id)
-
-        tunnel = PageTunnel(
-            address=pages_address,
-            migration=uid,
-            container=name,
-            tls=tls,
-            source_ended=source_ended,
-            received=mine.arrived,
-            memory=lazy_memory(images),
-        )
-        fill = Fill(name=name, container_id=container_id, tunnel=tunnel)
-        await tunnel.open()
+        fill = await self.tunnel(uid, name=name, images=images, pages_address=pages_address, tls=tls)
+        fill.container_id = container_id
         try:
-            await self._start(
-                uid, fill, bundle, images, page_server=("127.0.0.1", tunnel.port), output=output
-            )
+            await self._start(uid, fill, bundle, images, page_server=fill.page_server(), output=output)
         except BaseException:
-            await tunnel.close()
+            self.by_uid[uid].pending.remove(fill)
+            assert fill.tunnel is not None
+            await fill.tunnel.close()
             raise
 
     async def restore_local(
@@ -179,17 +195,41 @@ class PageFills:
             )
         self._watched(uid, fill)
 
-    def adopt(self, uid: str, *, name: str, page_fill: PageFill) -> None:
+    def adopt(self, uid: str, *, name: str, page_fill: PageFill, tunnel: Fill | None = None) -> None:
         """A container restored lazily by containerd's shim (through the restore handler),
-        its local daemon still filling: watched and waited for like `restore_local`'s."""
+        its daemon still filling, from the local images or through `tunnel` (post-copy):
+        watched and waited for like `restore_local`'s and `restore`'s."""
         self.by_uid.setdefault(uid, MigrationFills())
-        self._watched(
-            uid, Fill(name=name, container_id=page_fill.container_id, tunnel=None, page_fill=page_fill)
-        )
+        if tunnel is None:
+            fill = Fill(name=name, container_id=page_fill.container_id, tunnel=None)
+        else:
+            fill = tunnel
+            fill.container_id = page_fill.container_id
+        fill.page_fill = page_fill
+        self._watched(uid, fill)
+
+    async def close_pending(self, uid: str, *, whole: frozenset[str] = frozenset()) -> None:
+        """Tunnels whose container is not being filled through them (its restore failed, or
+        its daemon had every page before anyone watched it: the containers named in
+        `whole`): closed."""
+        mine = self.by_uid.get(uid)
+        pending = mine.pending if mine else []
+        if mine is not None:
+            mine.pending = []
+        for fill in pending:
+            assert fill.tunnel is not None
+            if fill.name in whole:
+                fill.tunnel.daemon_exited(0)
+            await fill.tunnel.close()
+        if mine is not None and not mine.fills:
+            self.by_uid.pop(uid, None)
 
     def _watched(self, uid: str, fill: Fill) -> None:
+        mine = self.by_uid[uid]
+        if fill in mine.pending:
+            mine.pending.remove(fill)
         fill.watcher = asyncio.create_task(self._watch(uid, fill))
-        self.by_uid[uid].fills.append(fill)
+        mine.fills.append(fill)
         self._mark(uid)
 
     def broken(self, uid: str) -> list[str]:
@@ -272,6 +312,9 @@ class PageFills:
         """A restore that failed or is aborted: no daemon or tunnel is left."""
         mine = self.by_uid.pop(uid, None)
         self._mark(uid)
+        for fill in mine.pending if mine else []:
+            assert fill.tunnel is not None
+            await fill.tunnel.close()
         for fill in mine.fills if mine else []:
             if fill.page_fill is not None and fill.page_fill.daemon.poll() is None:
                 # The container first: it must not run on once its daemon is gone.

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 from pathlib import Path
 
@@ -106,3 +107,39 @@ async def test_a_fill_restored_by_containerd_is_watched_like_a_local_one(tmp_pat
     _, problems = await fills.wait("m1")
     assert runtime.deleted == ["c-app"]  # never running on memory that did not arrive
     assert len(problems) == 1 and "exited 5" in problems[0]
+
+
+def tunnel_accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
+async def test_a_post_copy_fill_restored_by_containerd_gets_its_tunnel(tmp_path: Path) -> None:
+    # The tunnel opens before the offer (its daemon is pointed at it); the restore it serves
+    # adopts it, and the fill counts as coming from the source.
+    fills, runtime, _ = local(tmp_path, [])
+    fill = await fills.tunnel("m1", name="app", images=tmp_path, pages_address="a:1", tls=None)  # type: ignore[arg-type]  # never reached
+    host, port = fill.page_server()
+    assert host == "127.0.0.1" and port > 0
+    assert not fills.filling("m1")  # nothing restored through it yet
+    daemon = await asyncio.to_thread(subprocess.Popen, ["sleep", "0.1"])
+    fills.adopt("m1", name="app", page_fill=PageFill("c-app", tmp_path, daemon), tunnel=fill)
+    await fills.close_pending("m1")  # it is adopted: left open
+    fills.resumed("m1")
+    assert fills.filling("m1") and fill.container_id == "c-app"
+    details, problems = await fills.wait("m1")
+    assert problems == [] and runtime.deleted == []
+    assert details["pages_from"] == "source"
+
+
+async def test_tunnels_of_containers_that_were_not_restored_are_closed(tmp_path: Path) -> None:
+    fills, _, _ = local(tmp_path, [])
+    pending = await fills.tunnel("m1", name="app", images=tmp_path, pages_address="a:1", tls=None)  # type: ignore[arg-type]  # never reached
+    await fills.close_pending("m1")
+    assert not tunnel_accepts(pending.page_server()[1]) and "m1" not in fills.by_uid
+    cancelled = await fills.tunnel("m2", name="app", images=tmp_path, pages_address="a:1", tls=None)  # type: ignore[arg-type]  # never reached
+    await fills.cancel("m2")
+    assert not tunnel_accepts(cancelled.page_server()[1])

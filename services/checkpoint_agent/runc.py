@@ -77,7 +77,7 @@ def _runc_commands_on(container_id: str, base: list[str]) -> list[int]:
     ]
 
 
-def _criu_log_tail(image_dir: Path, name: str) -> str:
+def criu_log_tail(image_dir: Path, name: str) -> str:
     log = image_dir / name
     if not log.exists():
         return ""
@@ -209,7 +209,7 @@ class Runc:
         if proc.returncode != 0:
             raise RuntimeCommandError(
                 f"checkpoint of {container_id} failed: {proc.stderr.strip()}\n"
-                f"{_criu_log_tail(image_dir, 'dump.log')}"
+                f"{criu_log_tail(image_dir, 'dump.log')}"
             )
         size = sum(p.stat().st_size for p in image_dir.iterdir() if p.is_file())
         return CheckpointResult(image_dir, seconds, size)
@@ -242,18 +242,22 @@ class Runc:
         if proc.returncode != 0:
             raise RuntimeCommandError(
                 f"pre-dump of {container_id} failed: {proc.stderr.strip()}\n"
-                f"{_criu_log_tail(image_dir, 'dump.log')}"
+                f"{criu_log_tail(image_dir, 'dump.log')}"
             )
         size = sum(p.stat().st_size for p in image_dir.iterdir() if p.is_file())
         return CheckpointResult(image_dir, seconds, size)
 
-    def checkpoint_lazy(self, container_id: str, image_dir: Path) -> LazyCheckpoint:
+    def checkpoint_lazy(
+        self, container_id: str, image_dir: Path, *, leave_running: bool = False
+    ) -> LazyCheckpoint:
         """Post-copy's dump: freeze the container and dump all but its anonymous memory, which
         CRIU then serves from the frozen tasks on a page server (`runc checkpoint
         --lazy-pages`). Returns once the images are written and the server listens. runc
         runs in a network namespace of its own with only loopback up, so the server is
         reachable only by entering it (LazyDumps). The dump ends the container when its one
-        page-server connection ends; runc and CRIU outlive the agent (their own session)."""
+        page-server connection ends (with `leave_running`, it puts the tasks back as it found
+        them: a container paused first stays paused); runc and CRIU outlive the agent (their
+        own session)."""
         image_dir = image_dir.resolve()
         image_dir.mkdir(parents=True, exist_ok=True)
         log_file = image_dir / RUNC_LAZY_LOG
@@ -274,6 +278,7 @@ class Runc:
                         *self.base,
                         f"--log={log_file}",
                         "checkpoint",
+                        *(["--leave-running"] if leave_running else []),
                         f"--image-path={image_dir}",
                         "--tcp-established",
                         "--lazy-pages",
@@ -304,7 +309,7 @@ class Runc:
             runc_log = log_file.read_text(errors="replace")[-1000:] if log_file.exists() else ""
             raise RuntimeCommandError(
                 f"lazy checkpoint of {container_id} failed: {errors.read_text(errors='replace').strip()}"
-                f" {runc_log}\n{_criu_log_tail(image_dir, 'dump.log')}"
+                f" {runc_log}\n{criu_log_tail(image_dir, 'dump.log')}"
             )
 
         def wait(seconds: float) -> int | None:
@@ -332,15 +337,9 @@ class Runc:
         LazyPagesUnavailable if the local daemon cannot start (no userfaultfd)."""
         image_dir = image_dir.resolve()
         starting = time.perf_counter()
-        if page_server is None:
-            daemon = self._start_lazy_pages(image_dir, wait=5)
-        else:
-            host, port = page_server
-            daemon = self._start_lazy_pages(
-                image_dir, "--page-server", "--address", host, "--port", str(port), wait=30
-            )
+        daemon = self._lazy_pages_from(image_dir, page_server)
         if daemon.returncode is not None:
-            why = f"the lazy-pages daemon did not start (exit {daemon.returncode}): " + _criu_log_tail(
+            why = f"the lazy-pages daemon did not start (exit {daemon.returncode}): " + criu_log_tail(
                 image_dir, LAZY_LOG
             )
             if page_server is None:
@@ -357,7 +356,7 @@ class Runc:
             daemon.kill()
             daemon.wait()
             raise RuntimeCommandError(
-                f"restore of {container_id} failed: {errors}\n{_criu_log_tail(image_dir, 'restore.log')}"
+                f"restore of {container_id} failed: {errors}\n{criu_log_tail(image_dir, 'restore.log')}"
             )
         log.info(
             "restored lazily",
@@ -393,20 +392,33 @@ class Runc:
         )
         if code != 0:
             raise RuntimeCommandError(
-                f"restore of {container_id} failed: {errors}\n" f"{_criu_log_tail(image_dir, 'restore.log')}"
+                f"restore of {container_id} failed: {errors}\n" f"{criu_log_tail(image_dir, 'restore.log')}"
             )
         return time.perf_counter() - started
 
-    def lazy_pages_daemon(self, image_dir: Path) -> subprocess.Popen[bytes] | None:
-        """A local `criu lazy-pages` daemon for `image_dir`, or None where none can run."""
-        daemon = self._start_lazy_pages(image_dir, wait=5)
+    def lazy_pages_daemon(
+        self, image_dir: Path, page_server: tuple[str, int] | None = None
+    ) -> subprocess.Popen[bytes] | None:
+        """A `criu lazy-pages` daemon for `image_dir`, or None where none can run: its pages
+        from the local images, or from `page_server` (post-copy: the source's, tunnelled)."""
+        daemon = self._lazy_pages_from(image_dir, page_server)
         if daemon.returncode is None:
             return daemon
         log.warning(
             "lazy restore unavailable, restoring eagerly",
-            extra={"images": str(image_dir), "criu": _criu_log_tail(image_dir, LAZY_LOG)},
+            extra={"images": str(image_dir), "criu": criu_log_tail(image_dir, LAZY_LOG)},
         )
         return None
+
+    def _lazy_pages_from(
+        self, image_dir: Path, page_server: tuple[str, int] | None
+    ) -> subprocess.Popen[bytes]:
+        if page_server is None:
+            return self._start_lazy_pages(image_dir, wait=5)
+        host, port = page_server
+        return self._start_lazy_pages(
+            image_dir, "--page-server", "--address", host, "--port", str(port), wait=30
+        )
 
     def _start_lazy_pages(self, image_dir: Path, *args: str, wait: float) -> subprocess.Popen[bytes]:
         """A `criu lazy-pages` daemon for `image_dir` (`args`: where its pages come from), once

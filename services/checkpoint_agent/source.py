@@ -305,8 +305,15 @@ class SourceSide:
 
     async def _take_back_memory(self, uid: str) -> None:
         """Post-copy before the commit: the memory the lazy dumps still serve, fetched into
-        their images (full dumps now) and the dumps let end, so the pod can be restored here."""
+        their images (full dumps now) and the dumps let end, so the pod can be restored here;
+        where the dump left the tasks frozen, the dumps just end."""
         if not self.lazy.is_lazy(uid):
+            return
+        if self.runtime.leaves_source_running:
+            # The tasks stay frozen whatever ends the session (containerd): the memory is
+            # still theirs, so the session just ends and the rollback thaws them.
+            await self.lazy.release(uid, 0)
+            self.lazy.forget(uid)
             return
         errors = []
         for name in self.lazy.names(uid):

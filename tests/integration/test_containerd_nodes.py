@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from clm.contracts import protocol
+from clm.contracts import MigrationStrategy, protocol
 from clm.runtime.cri.client import state_name
 from tests.integration.support import pex_dir
 from tests.kit.containerd_images import POD_IMAGE
@@ -146,3 +146,90 @@ async def test_rollback_thaws_the_source_in_place(lab: ContainerdLab) -> None:
     assert states == ["running"], f"CRI on A saw the source as {states}"
     assert state_name(lab.cris["a"].container_status(running.containers["server"]).state) == "running"
     print(f"rollback (thaw) took {rollback_seconds:.3f}s; {outcome['answers']} answers")
+
+
+def _helpers(container_id: str, images: Path) -> list[str]:
+    """runc or CRIU still working for a container: a lazy dump's page server, a lazy-pages
+    daemon."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = " ".join(a.decode(errors="replace") for a in cmdline.read_bytes().split(b"\0") if a)
+        except OSError:
+            continue
+        if ("runc" in argv and "checkpoint" in argv and container_id in argv) or (
+            "lazy-pages" in argv and str(images) in argv
+        ):
+            found.append(argv)
+    return found
+
+
+async def test_post_copy_moves_between_containerd_nodes_with_its_connection(lab: ContainerdLab) -> None:
+    source, running = await asyncio.to_thread(lab.start_server, "mc-0")
+    watch = CriWatch(lab.cris["a"], running.containers["server"]).start()
+    client = CountingClient(lab.segment.nodes["client"].name, POD_IP, lab.tmp / "client")
+    driver = await Driver.connect(lab.nats.url)
+    try:
+        await asyncio.to_thread(client.wait_answers)
+        report, _, clone_running = await lab.migrate(
+            driver, source, "mc-0-clone-1", MigrationStrategy.POST_COPY
+        )
+        assert report.ok, report.error
+        assert clone_running is not None
+        await asyncio.to_thread(client.wait_answers)
+        result = client.finish()
+        states_before_removal = list(watch.states)
+        await asyncio.to_thread(lab.kubelets["a"].remove_pod, running)
+    finally:
+        client.kill()
+        watch.stop()
+        await driver.close()
+    _check_client(result)
+    assert state_name(lab.cris["b"].container_status(clone_running.containers["server"]).state) == "running"
+    assert states_before_removal == ["running"], f"CRI on A saw the source as {states_before_removal}"
+    dump = report.result("checkpoint", "dump")
+    assert dump is not None and dump.details.get("lazy_pages") is True, dump
+    restore = report.result("checkpoint", "restore")
+    assert restore is not None and restore.details.get("through") == "containerd", restore
+    assert restore.details.get("lazy_pages") is True and restore.details.get("filled_after_commit") is True
+    fill = report.result("checkpoint", "fill")
+    assert fill is not None and fill.details.get("pages_from") == "source", fill
+    assert int(fill.details.get("pages_bytes", 0)) >= STATE_MIB << 20, fill.details
+    for container_id in (running.containers["server"], clone_running.containers["server"]):
+        assert _helpers(container_id, lab.images) == []
+    print(f"post-copy: largest gap {result['largest_gap']:.3f}s, fill {fill.details}")
+
+
+async def test_post_copy_rollback_after_the_source_agent_restarted_thaws_the_source(
+    lab: ContainerdLab,
+) -> None:
+    """The lazy dump left the tasks frozen: a rollback ends its page-server session without
+    fetching a page, and thaws the pod in place, even from an agent that restarted since."""
+    source, running = await asyncio.to_thread(lab.start_server, "mc-0")
+    watch = CriWatch(lab.cris["a"], running.containers["server"]).start()
+    client = CountingClient(lab.segment.nodes["client"].name, POD_IP, lab.tmp / "client")
+    driver = await Driver.connect(lab.nats.url)
+    try:
+        await asyncio.to_thread(client.wait_answers)
+        move = lab.move(source, MigrationStrategy.POST_COPY)
+        for step in (protocol.PREPARE_NETWORK, protocol.CHECK_CPU, protocol.DUMP):
+            result = await driver.send(driver.command(move, step), 60)
+            assert result.ok, result.error
+        assert result.details.get("lazy_pages") is True, result.details
+        assert _helpers(running.containers["server"], lab.images) != []  # its page server serves
+        assert lab.a.checkpoint is not None
+        lab.a.checkpoint.kill()
+        await asyncio.to_thread(lab.a.checkpoint.start().wait_ready)
+        for step in protocol.ROLLBACK:
+            result = await driver.send(driver.command(move, step), 60)
+            assert result.ok, result.error
+        await asyncio.to_thread(client.wait_answers)
+        outcome = client.finish()
+    finally:
+        client.kill()
+        states = watch.stop()
+        await driver.close()
+    _check_client(outcome)
+    assert states == ["running"], f"CRI on A saw the source as {states}"
+    assert state_name(lab.cris["a"].container_status(running.containers["server"]).state) == "running"
+    assert _helpers(running.containers["server"], lab.images) == []

@@ -243,7 +243,9 @@ class ContainerdLab:
     def set_pod_ip(self, name: str, ip: str) -> None:
         self.core.patch_namespaced_pod_status(name, NAMESPACE, {"status": {"podIP": ip}})
 
-    def move(self, pod: dict[str, Any]) -> Move:
+    def move(
+        self, pod: dict[str, Any], strategy: MigrationStrategy = MigrationStrategy.STOP_AND_COPY
+    ) -> Move:
         meta = pod["metadata"]
         return Move(
             pod=PodRef(namespace=NAMESPACE, name=meta["name"], uid=meta["uid"]),
@@ -251,7 +253,7 @@ class ContainerdLab:
             source=self.a.node,
             destination=self.b.node,
             step_timeout=60,
-            strategy=MigrationStrategy.STOP_AND_COPY,
+            strategy=strategy,
         )
 
     def start_server(self, name: str, state_mib: int | None = None) -> tuple[dict[str, Any], RunningPod]:
@@ -263,14 +265,18 @@ class ContainerdLab:
         return source, running
 
     async def migrate(
-        self, driver: Driver, source: dict[str, Any], clone_name: str
+        self,
+        driver: Driver,
+        source: dict[str, Any],
+        clone_name: str,
+        strategy: MigrationStrategy = MigrationStrategy.STOP_AND_COPY,
     ) -> tuple[MigrationReport, dict[str, Any], RunningPod | None]:
         """The move as the coordinator makes it on Kubernetes: the clone pod created before
         the dump, kubelet on B starting it (its container's creation waits in the restore
         handler), the steps sent to both agents."""
         clone = self.clone_object(self.core_pod(source["metadata"]["name"]), clone_name)
         clone_start = asyncio.create_task(asyncio.to_thread(self.kubelets["b"].run_pod, clone))
-        report = await driver.migrate(dataclasses.replace(self.move(source), await_clone=True))
+        report = await driver.migrate(dataclasses.replace(self.move(source, strategy), await_clone=True))
         try:
             clone_running = await asyncio.wait_for(clone_start, 120)
         except Exception:  # - a rolled back move's clone is refused: kubelet's start fails

@@ -33,6 +33,7 @@ from services.checkpoint_agent.restore_handler.calls import (
     parse,
     restore_command,
 )
+from services.checkpoint_agent.runc import LAZY_LOG, criu_log_tail
 from services.checkpoint_agent.runtime import PageFill
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,9 @@ class Offer:
     source: str  # namespace/name of the pod the clone restores
     container: str
     package: Path  # the container's package: criu/, rootfs-diff.tar, deleted.files
+    # Post-copy: where the lazy-pages daemon gets the memory (the agent's tunnel to the
+    # source); None when it is all in the package.
+    page_server: tuple[str, int] | None = None
     result: asyncio.Future[Restored] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -77,19 +81,23 @@ def _errors(call: RuncCall, work: Path) -> str:
     return "\n".join(lines[-8:])
 
 
+def _lazy_log_tail(images: Path) -> str:
+    return criu_log_tail(images, LAZY_LOG) or "no log"
+
+
 class RestoreHandlerServer:
     def __init__(
         self,
         socket_path: Path,
         *,
         create_wait_seconds: float = 90.0,
-        lazy_pages: Callable[[Path], subprocess.Popen[bytes] | None] | None = None,
+        lazy_pages: Callable[[Path, tuple[str, int] | None], subprocess.Popen[bytes] | None] | None = None,
         kill: Callable[[str], None] | None = None,
     ) -> None:
         self.socket_path, self.create_wait_seconds = socket_path, create_wait_seconds
-        # Memory restored lazily from the received images (a `criu lazy-pages` daemon for
-        # them, or None where it cannot start), as the runc runtime's restore does; and how
-        # a container whose memory did not all arrive is ended.
+        # Memory restored lazily (a `criu lazy-pages` daemon for the received images, its
+        # pages from them or from a page server, or None where it cannot start), as the runc
+        # runtime's restore does; and how a container whose memory did not all arrive is ended.
         self.lazy_pages, self.kill = lazy_pages, kill
         self.offers: dict[tuple[str, str], Offer] = {}
         self.restored: set[str] = set()
@@ -113,10 +121,12 @@ class RestoreHandlerServer:
 
     # ----- the restore step's side -----
 
-    def offer(self, *, source: str, container: str, package: Path) -> Offer:
+    def offer(
+        self, *, source: str, container: str, package: Path, page_server: tuple[str, int] | None = None
+    ) -> Offer:
         offer = self.offers.get((source, container))
         if offer is None or offer.result.done():
-            offer = Offer(source=source, container=container, package=package)
+            offer = Offer(source=source, container=container, package=package, page_server=page_server)
             self.offers[(source, container)] = offer
         self._offered.set()
         self._offered = asyncio.Event()
@@ -206,7 +216,15 @@ class RestoreHandlerServer:
             apply_empty_dirs, offer.package, json.loads((call.bundle / "config.json").read_text())
         )
         images = offer.images.resolve()
-        daemon = await asyncio.to_thread(self.lazy_pages, images) if self.lazy_pages else None
+        daemon = (
+            await asyncio.to_thread(self.lazy_pages, images, offer.page_server) if self.lazy_pages else None
+        )
+        if daemon is None and offer.page_server is not None:
+            # The memory is on the source: an eager restore would run the pod without it.
+            why = f"no lazy-pages daemon could start for post-copy ({_lazy_log_tail(images)})"
+            if not offer.result.done():
+                offer.result.set_result(Restored(container_id=call.container_id, code=1, errors=why))
+            return Exit(1, why)
         # CRIU finds the lazy-pages daemon's socket in its work directory.
         work = images if daemon is not None else (offer.package / "restore-work").resolve()
         work.mkdir(exist_ok=True)

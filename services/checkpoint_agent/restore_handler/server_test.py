@@ -140,13 +140,25 @@ async def test_a_clone_without_a_checkpoint_never_starts_fresh(clm_runc: Path, t
 
 
 async def restore_lazily(
-    clm_runc: Path, tmp_path: Path, daemon: list[str], *, withdraw: bool = False
+    clm_runc: Path,
+    tmp_path: Path,
+    daemon: list[str] | None,
+    *,
+    withdraw: bool = False,
+    page_server: tuple[str, int] | None = None,
+    asked: list[tuple[str, int] | None] | None = None,
 ) -> tuple[int, str, Restored | None, list[str]]:
-    """A clone restored with a stand-in lazy-pages daemon (`daemon`); the handler's kills."""
+    """A clone restored with a stand-in lazy-pages daemon (`daemon`; None: none can start),
+    its pages from the offer's `page_server` (what the daemon was given goes in `asked`);
+    the handler's kills."""
     runc, killed = fake_runc(tmp_path), list[str]()
     started: list[subprocess.Popen[bytes]] = []
 
-    def lazy_pages(images: Path) -> subprocess.Popen[bytes]:
+    def lazy_pages(images: Path, pages_from: tuple[str, int] | None) -> subprocess.Popen[bytes] | None:
+        if asked is not None:
+            asked.append(pages_from)
+        if daemon is None:
+            return None
         started.append(subprocess.Popen(daemon))
         return started[-1]
 
@@ -156,7 +168,9 @@ async def restore_lazily(
     try:
         package = tmp_path / "package"
         (package / "criu").mkdir(parents=True)
-        offer = server.offer(source="games/mc-0", container="server", package=package)
+        offer = server.offer(
+            source="games/mc-0", container="server", package=package, page_server=page_server
+        )
         if withdraw:
             # The move is rolled back while runc restores: the stand-in runc holds on until then.
             (tmp_path / "runc").write_text(
@@ -193,6 +207,30 @@ async def test_a_lazy_restore_answers_the_create_while_its_memory_is_still_filli
     assert result is not None and result.code == 0 and result.page_fill is not None and killed == []
     assert result.page_fill.container_id == "c1"
     assert "--lazy-pages" in (tmp_path / "calls").read_text()
+
+
+async def test_a_post_copy_restore_gets_its_pages_from_the_offers_page_server(
+    clm_runc: Path, tmp_path: Path
+) -> None:
+    asked: list[tuple[str, int] | None] = []
+    code, out, result, _ = await restore_lazily(
+        clm_runc, tmp_path, ["sleep", "30"], page_server=("127.0.0.1", 4711), asked=asked
+    )
+    assert code == 0, out
+    assert asked == [("127.0.0.1", 4711)]
+    assert result is not None and result.page_fill is not None
+
+
+async def test_a_post_copy_restore_without_a_lazy_pages_daemon_is_refused_not_made_eager(
+    clm_runc: Path, tmp_path: Path
+) -> None:
+    code, out, result, killed = await restore_lazily(
+        clm_runc, tmp_path, None, page_server=("127.0.0.1", 4711)
+    )
+    assert code == 1 and "post-copy" in out, out
+    assert result is not None and result.code == 1 and "post-copy" in result.errors
+    assert not (tmp_path / "calls").exists()  # runc never restored it without its memory
+    assert killed == []
 
 
 async def test_a_failed_lazy_restore_leaves_no_daemon(
