@@ -46,13 +46,26 @@ def _arp_frame(op: int, src_mac: bytes, src_ip: str, dst_mac: bytes, dst_ip: str
     return ether + arp
 
 
+def gratuitous_frames(mac: bytes, ip: str) -> list[bytes]:
+    """The two forms a neighbour treats as gratuitous: an RFC 5227 announcement (a request
+    whose target is the sender's own address) and a reply whose target hardware address is
+    the sender's. Linux only lets a gratuitous ARP replace an entry it learned less than
+    `locktime` ago; a reply addressed to the broadcast MAC is an ordinary reply there, so a
+    client that spoke to the old node a moment before the handover would keep its MAC."""
+    return [
+        _arp_frame(ARP_REQUEST, mac, ip, b"\x00" * 6, ip),
+        _arp_frame(ARP_REPLY, mac, ip, mac, ip),
+    ]
+
+
 def gratuitous_arp(iface: str, ip: str, count: int = 2) -> None:
-    """Tell every neighbour that `ip` is now at this interface's MAC (unsolicited reply)."""
+    """Tell every neighbour that `ip` is now at this interface's MAC."""
     mac = mac_of(iface)
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP)) as s:
         s.bind((iface, 0))
         for _ in range(count):
-            s.send(_arp_frame(ARP_REPLY, mac, ip, BROADCAST, ip))
+            for frame in gratuitous_frames(mac, ip):
+                s.send(frame)
 
 
 def probe(iface: str, ip: str, source_ip: str, seconds: float = 0.5) -> set[str]:

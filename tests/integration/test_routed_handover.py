@@ -35,6 +35,7 @@ def test_pod_ip_moves_from_a_to_b_without_two_owners(segment: Segment) -> None:
 
         node_a.withdraw(pod)  # the commit point: A stops answering first...
         assert segment.probe() == set()
+        segment.client_just_learned("a")
         node_b.announce(pod)  # ...then B starts, and says so with a gratuitous ARP
         assert segment.client_neighbour() == "b", "the client did not learn the new location"
         assert segment.probe() == {"b"}

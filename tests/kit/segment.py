@@ -53,6 +53,14 @@ class Segment:
         mac = line.split("lladdr")[1].split()[0] if "lladdr" in line else None
         return {m: n for n, m in self.macs.items()}.get(mac or "", mac)
 
+    def client_just_learned(self, node: str) -> None:
+        """A fresh neighbour entry on the client, as if it had spoken to `node` a moment ago:
+        Linux refuses to replace an entry younger than `locktime` (1 s) with anything but a
+        real gratuitous ARP, so a handover right after traffic is the hard case."""
+        client = self.nodes["client"].name
+        ip("-n", client, "neigh", "flush", "to", POD_IP, check=False)
+        ip("-n", client, "neigh", "add", POD_IP, "lladdr", self.macs[node], "dev", "eth0", "nud", "reachable")
+
     def ask_identity(self) -> str:
         code = (
             f"import socket; s = socket.create_connection(('{POD_IP}', 7000), timeout=3); "
