@@ -122,6 +122,10 @@ async def agent(url: str, on_command: Callable[[Client, Msg], Awaitable[None]]) 
         await on_command(nc, msg)
 
     await nc.subscribe(dump_command().subject(), cb=handle)
+    # The server has the subscription before the coordinator publishes: SUB is only buffered
+    # here, and a command published on the other connection first reached no one (the step
+    # then timed out). The real agent reads a durable consumer and has no such window.
+    await nc.flush()
     return nc
 
 
