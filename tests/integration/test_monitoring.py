@@ -275,13 +275,25 @@ def check_dashboard_and_alerts(prom: prometheus.Prometheus, began: float) -> Non
     ended = time.time()
     wait_for(lambda: prom.scraped_since(ended), "a scrape of every service after the moves", timeout=30)
     assert set(prom.targets_up().values()) == {"up"}, prom.targets_up()
+    # Evaluated up to a step past the last scrape: steps fall on `began` + whole seconds, and a
+    # range ending at "now" could stop short of the scrape waited for above (it then missed
+    # the last move).
+    until = prom.last_scrape() + 1
     empty = []
     for panel, expr in prometheus.dashboard_queries(rate_interval="5s").items():
-        series = prom.query_range(expr, began, time.time())
+        series = prom.query_range(expr, began, until)
         values = [float(v) for s in series for _, v in s["values"]]
         if not any(math.isfinite(v) for v in values) and panel not in NEEDS_PRE_COPY:
             empty.append(f"{panel}: {expr}")
-    assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
+    assert not empty, "dashboard queries without data:\n" + "\n".join(empty) + _raw_series(prom, began)
+    # Every move counted once: two finished (one deleted past its commit point), one cancelled.
+    counted = {
+        s["metric"]["outcome"]: float(s["values"][-1][1])
+        for s in prom.query_range("sum by (outcome) (clm_coordinator_migrations_total)", until - 1, until)
+    }
+    assert counted == {"finished": 2.0, "failed": 1.0}, counted
+    frozen = prom.query_range("sum(clm_migration_freeze_seconds_count)", until - 1, until)
+    assert [float(v) for _, v in frozen[0]["values"]][-1:] == [2.0], frozen
     rules = prom.rules()
     assert rules and all(r["health"] == "ok" for r in rules), [(r["name"], r.get("lastError")) for r in rules]
     firing = {r["name"] for r in rules if r["state"] != "inactive"}
@@ -291,6 +303,26 @@ def check_dashboard_and_alerts(prom: prometheus.Prometheus, began: float) -> Non
     assert not firing & {"CLMMigrationsFailing", "CLMMigrationStuck", "CLMServiceCutOffFromNats"}, firing
 
 
+def _raw_series(prom: prometheus.Prometheus, began: float) -> str:
+    """What Prometheus holds of the coordinator's move counters and its scrapes: says whether a
+    query had no data because nothing was counted, or because no scrape saw the count before."""
+    lines = ["", "raw series (value@seconds since the test began):"]
+    for expr in (
+        'up{job="coordinator"} == 0',
+        "clm_coordinator_migrations_total",
+        "clm_migration_freeze_seconds_count",
+        "clm_migration_duration_seconds_count",
+        "clm_coordinator_runs_stopped_total",
+    ):
+        for series in prom.query_range(expr, began, prom.last_scrape() + 1):
+            changes: list[str] = []
+            for at, value in series["values"]:
+                if not changes or changes[-1].split("@")[0] != value:
+                    changes.append(f"{value}@{float(at) - began:.0f}")
+            lines.append(f"  {expr} {series['metric']}: {' '.join(changes)}")
+    return "\n".join(lines)
+
+
 def test_a_1gib_move_is_seen_in_its_status_kubectl_and_prometheus(
     sandbox: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -298,6 +330,9 @@ def test_a_1gib_move_is_seen_in_its_status_kubectl_and_prometheus(
     assert {"coordinator", "labeler"} <= {name.split("@")[0] for name in targets}, targets
     with prometheus.Prometheus(tmp_path / "prometheus", targets) as prom:
         began = time.time()
+        # Prometheus scrapes first ~5 s after it is ready (its discovery updates are throttled):
+        # a move that ended before would have no sample before it, and no increase.
+        wait_for(lambda: prom.scraped_since(began), "a first scrape of every service", timeout=30)
         kubectl = KubectlWatch(sandbox["kubeconfig"], tmp_path / "kubectl-cache")
         try:
             moves = Moves(sandbox, kubectl)

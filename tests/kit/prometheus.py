@@ -125,6 +125,10 @@ class Prometheus:
             t["health"] == "up" and _rfc3339(t["lastScrape"]) > since for t in targets
         )
 
+    def last_scrape(self) -> float:
+        """When the latest scrape of any target was (wall clock)."""
+        return max(_rfc3339(t["lastScrape"]) for t in self.api("targets")["activeTargets"])
+
     def rules(self) -> list[dict[str, Any]]:
         return [rule for group in self.api("rules")["groups"] for rule in group["rules"]]
 

@@ -15,7 +15,9 @@ gap between two answers (the client-visible interruption). Side by side, in one 
 
 - containerd: CLM's stop-and-copy between two containerd 2.1 nodes driven over CRI as
   kubelet drives them: the source dumped left frozen, the clone restored by containerd's
-  shim through the clm-restore RuntimeClass handler.
+  shim through the clm-restore RuntimeClass handler;
+- containerd post-copy: the same nodes, the source's memory fetched after the resume by the
+  restore handler's lazy-pages daemon through the destination agent's page tunnel.
 
 CLM's stop-and-copy restore is lazy from the received local images; the naive path's is
 eager, as podman's. A second table: a move given up after the dump, the pod answering again
@@ -309,11 +311,18 @@ def _rollback_row(size_mib: int, path: str, seconds: float, result: dict[str, An
     }
 
 
-def _containerd_rows(lab: ContainerdLab, size_mib: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The move between two containerd nodes (over CRI), and a rollback there (a thaw)."""
-    rows = []
-    for kind in ("move", "rollback"):
-        name = f"{kind[0]}{size_mib}"
+CONTAINERD_PATHS = {
+    "containerd": MigrationStrategy.STOP_AND_COPY,
+    "containerd post-copy": MigrationStrategy.POST_COPY,
+}
+
+
+def _containerd_rows(lab: ContainerdLab, size_mib: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The moves between two containerd nodes (over CRI), one per strategy, and a rollback
+    there (a thaw)."""
+    moves, rollback = [], {}
+    for kind in (*CONTAINERD_PATHS, "rollback"):
+        name = f"{'p' if 'post' in kind else kind[0]}{size_mib}"
         source, running = lab.start_server(name, state_mib=size_mib)
         client = CountingClient(
             lab.segment.nodes["client"].name, POD_IP, lab.tmp / "client", patience=CLIENT_PATIENCE
@@ -323,8 +332,10 @@ def _containerd_rows(lab: ContainerdLab, size_mib: int) -> tuple[dict[str, Any],
         try:
             time.sleep(1.0)
             started = time.perf_counter()
-            if kind == "move":
-                report, clone, clone_running = asyncio.run(_containerd_move(lab, source, f"{name}-clone-1"))
+            if kind in CONTAINERD_PATHS:
+                report, clone, clone_running = asyncio.run(
+                    _containerd_move(lab, source, f"{name}-clone-1", CONTAINERD_PATHS[kind])
+                )
                 details = _details(report)
             else:
                 seconds = asyncio.run(_dump_then_roll_back(lab.nats.url, lab.move(source)))
@@ -336,17 +347,19 @@ def _containerd_rows(lab: ContainerdLab, size_mib: int) -> tuple[dict[str, Any],
             lab.remove("a", source, running)
             if clone is not None:
                 lab.remove("b", clone, clone_running)
-        if kind == "move":
-            rows.append(_row(size_mib, "containerd", result, total, details))
+        if kind in CONTAINERD_PATHS:
+            moves.append(_row(size_mib, kind, result, total, details))
         else:
-            rows.append(_rollback_row(size_mib, "containerd: thaw in place", seconds, result))
-    return rows[0], rows[1]
+            rollback = _rollback_row(size_mib, "containerd: thaw in place", seconds, result)
+    return moves, rollback
 
 
-async def _containerd_move(lab: ContainerdLab, source: dict[str, Any], clone: str) -> tuple[Any, Any, Any]:
+async def _containerd_move(
+    lab: ContainerdLab, source: dict[str, Any], clone: str, strategy: MigrationStrategy
+) -> tuple[Any, Any, Any]:
     driver = await Driver.connect(lab.nats.url)
     try:
-        report, clone_pod, running = await lab.migrate(driver, source, clone)
+        report, clone_pod, running = await lab.migrate(driver, source, clone, strategy)
     finally:
         await driver.close()
     if not report.ok:
@@ -439,12 +452,13 @@ def fill_against_channel(rows: list[dict[str, Any]], channels: list[dict[str, An
     out = []
     rates = {c["state_mib"]: c["channel_mib_per_s"] for c in channels}
     for row in rows:
-        if row["path"] != "post-copy" or row["state_mib"] not in rates or not row.get("pages_mib"):
+        if "post-copy" not in row["path"] or row["state_mib"] not in rates or not row.get("pages_mib"):
             continue
         channel_s = row["pages_mib"] / rates[row["state_mib"]]
         out.append(
             {
                 "state_mib": row["state_mib"],
+                "path": row["path"],
                 "pages_mib": row["pages_mib"],
                 "fill_s": row["risk_window_s"],
                 "fill_mib_per_s": round(row["pages_mib"] / row["risk_window_s"], 1),
@@ -469,7 +483,13 @@ def plot(rows: list[dict[str, Any]], path: Path) -> Path:
         ("stalled_s", axes[1], "client stalled, all gaps > 50 ms (s)"),
         ("total_s", axes[2], "total migration time (s)"),
     ):
-        for name, marker in (("stop-and-copy", "o"), ("post-copy", "^"), ("naive", "s"), ("containerd", "D")):
+        for name, marker in (
+            ("stop-and-copy", "o"),
+            ("post-copy", "^"),
+            ("naive", "s"),
+            ("containerd", "D"),
+            ("containerd post-copy", "v"),
+        ):
             points = sorted((r["state_mib"], r[metric]) for r in rows if r["path"] == name)
             if points:
                 ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, label=name)
@@ -514,8 +534,8 @@ def run(*, quick: bool, plot_path: Path = PLOT_PATH) -> list[Table]:
             segment, nats, Path(tmp) / "containerd", pex_dir=_pex_dir(), checkpoint_archives="never"
         ) as lab:
             for size in sizes:
-                move, rollback = _containerd_rows(lab, size)
-                rows.append(move)
+                moves, rollback = _containerd_rows(lab, size)
+                rows.extend(moves)
                 rollbacks.append(rollback)
     written = plot(rows, plot_path)
     return [
@@ -523,6 +543,10 @@ def run(*, quick: bool, plot_path: Path = PLOT_PATH) -> list[Table]:
         ("Rollback after the dump: the pod answering again on its node (seconds)", rollbacks),
         ("Side by side: CLM stop-and-copy over the naive path (lower is better)", _ratios(rows)),
         ("Side by side: CLM post-copy over the naive path (lower is better)", _ratios(rows, "post-copy")),
+        (
+            "Side by side: CLM post-copy on containerd nodes over the naive path (lower is better)",
+            _ratios(rows, "containerd post-copy"),
+        ),
         ("Post-copy's fill against the agents' channel, same run", fill_against_channel(rows, channels)),
         ("Plot", [{"png": str(written)}]),
     ]
