@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 from clm.contracts import PodCreateFailed, PodCreateFinished
 from clm.contracts.protocol import StepFailed
 from clm.policy import objects as o
+from clm.policy.names import RESTORE
 from clm.policy.naming import clone_name, clone_spec
 from services.coordinator.recorder import StatusRecorder, in_thread
 
@@ -121,6 +123,30 @@ class Clones:
         the pod afresh once it is gone."""
         if self.record.status.get("clonePod") == self._pod_name:
             await in_thread(self.kube.delete_pod, self.record.namespace, self._pod_name)
+
+    async def end_every_copy(self) -> None:
+        """A move that failed past its commit point: no copy can run again. The clone was
+        stopped without its memory; the source is frozen with a state its clients have moved
+        past (on a containerd node it would stay frozen, reported Running, for ever). Both
+        objects go, so that the pod's controller starts it afresh."""
+        record = self.record
+        clone = record.status.get("clonePod")
+        if clone and clone != self._pod_name:
+            await in_thread(self.kube.delete_pod, record.namespace, clone)
+        current = await in_thread(self.kube.get_pod, record.namespace, self._pod_name)
+        if current is not None and self._is_ours(current):
+            await in_thread(self.kube.delete_pod, record.namespace, self._pod_name)
+
+    def _is_ours(self, pod: dict[str, Any]) -> bool:
+        """The pod's name holds the source or this move's namesake, not a pod its StatefulSet
+        made afresh since (a repeated run must not delete that). A Deployment's pod name is
+        its own: no controller makes it again."""
+        source = self.record.status.get("sourcePodSpec")
+        if source is None or o.uid(pod) == o.uid(source):
+            return True
+        return bool(o.annotations(pod).get(RESTORE)) and o.spec(pod).get(
+            "nodeName"
+        ) == self.record.status.get("destinationNode")
 
     async def remove(self) -> None:
         """Rollback: a clone that never ran goes (a StatefulSet's namesake does not exist yet)."""

@@ -540,12 +540,18 @@ class MigrationRunner:
 
     async def _failed_after_commit(self, failure: StepFailed, *, outcome: str | None = None) -> None:
         """The fill broke after the commit (post-copy's page stream, or a local fill): the
-        destination stopped the pod (it never runs with missing memory) and the source's copy
-        is gone; the fallback the label matrix gave follows."""
-        await self.clones.remove()
+        destination stopped the pod (it never runs with missing memory), and the source cannot
+        take it back. Whatever the fallback, the pod's objects go and its controller starts it
+        afresh: an eviction could be refused by a disruption budget, and a restore on the
+        source would run a state older than what its clients saw."""
+        await self.clones.end_every_copy()
         fallback = Fallback(self.spec.get("fallback") or self.status.get("fallback") or "none")
         if outcome is None:
-            outcome = await self._fallback(fallback)
+            moot = "" if fallback is Fallback.NONE else f"; {fallback} does not apply"
+            outcome = (
+                "the pod could run nowhere past the commit point: deleted, its controller starts it "
+                f"afresh (its memory state is lost){moot}"
+            )
         message = (
             f"{failure.stage} failed after the commit point: {failure.reason}; fallback {fallback}: {outcome}"
         )

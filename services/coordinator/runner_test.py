@@ -438,7 +438,11 @@ async def test_a_broken_page_stream_after_the_resume_fails_without_rolling_back(
     failed = published[-1]
     assert failed.kind == "MigrationFailed" and failed.stage == "fill"  # type: ignore[attr-defined]  # a field of that event kind
     assert "page stream broke" in runner.status["failureReason"]
-    assert kube.evicted == ["web-0"]  # the fallback the spec gave
+    # No copy can run again: the clone and the frozen source both go (not an eviction a
+    # disruption budget could refuse), and the controller starts the pod afresh.
+    assert kube.evicted == [] and set(kube.pods) == set(), kube.pods
+    assert ("kube", "delete-pod", "web-0") in kube.timeline
+    assert "its controller starts it afresh" in runner.status["message"]
 
 
 async def test_a_local_fill_that_breaks_after_the_network_commit_fails_stop_and_copy_forward() -> None:
@@ -710,3 +714,19 @@ async def test_a_cancel_does_not_wait_for_the_step_in_flight() -> None:
     assert runner.status["failedStage"] == "cancel" and kube.evicted == []
     assert ("checkpoint", "abort", SOURCE) in agents.sent
     assert published[-1].fallback == "none"  # type: ignore[attr-defined]  # a field of that event kind
+
+
+async def test_a_statefulset_namesake_whose_pages_broke_goes_for_its_controller_to_start_afresh() -> None:
+    runner, kube, agents, published = make(
+        owner="StatefulSet",
+        kubelet_restores=True,
+        strategy="post-copy",
+        post_copy=True,
+        fail={"checkpoint:fill": "the page stream broke"},
+    )
+    assert await runner.run() == "Failed"
+    # The source went at the commit point; the namesake, stopped without its memory, goes too.
+    deletions = [t for t in kube.timeline if t[:2] == ("kube", "delete-pod")]
+    assert deletions == [("kube", "delete-pod", "web-0")] * 2, kube.timeline
+    assert set(kube.pods) == set() and kube.evicted == []
+    assert published[-1].kind == "MigrationFailed"
