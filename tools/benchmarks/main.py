@@ -70,9 +70,18 @@ def main(argv: list[str] | None = None) -> int:
         "--fault", action="append", help="soak: only this fault kind (repeatable; default every kind)"
     )
     parser.add_argument("--seed", type=int, default=1, help="soak: the random seed of faults and phases")
+    parser.add_argument(
+        "--strategy",
+        default="stop-and-copy",
+        help="soak: stop-and-copy (default), post-copy, or mixed (a coin per move)",
+    )
     args = parser.parse_args(argv)
     _, run = BENCHMARKS[args.name]
-    extra = {"faults": args.faults, "seed": args.seed, "kinds": args.fault} if args.name == "soak" else {}
+    extra = (
+        {"faults": args.faults, "seed": args.seed, "kinds": args.fault, "strategy": args.strategy}
+        if args.name == "soak"
+        else {}
+    )
     for title, rows in run(quick=args.quick, **extra):
         emit(title, rows, as_json=args.json)
     return 0

@@ -21,6 +21,14 @@ gets answers in order (after a failed move a dropped connection is allowed, and 
 reconnects); nothing is left behind — no pod namespace, route, CRIU lock rule, image, CRIU
 process or lease that no running pod explains. At the end each player checks the server's
 state hash against every answer it ever had: data lost is any wrong or missing state.
+
+`--strategy post-copy` (or `mixed`, a coin per move) moves with post-copy. Past its commit
+point (the destination's resume) a post-copy move cannot go back: a fault that breaks its
+page stream there loses the pod's memory by design (the risk window). Such a move must fail
+with its reason and leave no copy and no pod object behind (the coordinator deletes them for
+the controller to start the pod afresh); it is counted as lost in the risk window, not as
+data lost, and the soak plays the StatefulSet controller: the pod made afresh on the
+destination, a new player on it.
 """
 
 from __future__ import annotations
@@ -102,6 +110,9 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+STRATEGIES = ("stop-and-copy", "post-copy", "mixed")
+
+
 @dataclass
 class Workload:
     pod: str
@@ -109,6 +120,7 @@ class Workload:
     player: demo.Player
     reconnects: int = 0
     state_rewound: int = 0  # answered requests the server no longer counts (lost state)
+    restarts: int = 0  # made afresh after a post-copy move lost it in its risk window
 
 
 @dataclass
@@ -128,9 +140,19 @@ class Row:
     connection_kept: bool = False
     leftovers: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    strategy: str = "stop-and-copy"
+    committed: bool = False
+
+    @property
+    def lost_in_risk_window(self) -> bool:
+        """A post-copy move that failed past its commit point: the memory is lost by design,
+        and nothing of the pod may be left running (no copy with missing memory)."""
+        return self.strategy == "post-copy" and self.outcome == "Failed" and self.committed
 
     @property
     def data_lost(self) -> bool:
+        if self.lost_in_risk_window:
+            return self.copies != 0 or not self.where_expected
         # A pod gone or running twice; or a connection broken by a move that claims success.
         return (
             self.copies != 1
@@ -141,9 +163,18 @@ class Row:
 
 class Soak:
     def __init__(
-        self, *, faults: int, seed: int, state_dir: Path, pex_dir: Path, kinds: list[str] | None = None
+        self,
+        *,
+        faults: int,
+        seed: int,
+        state_dir: Path,
+        pex_dir: Path,
+        kinds: list[str] | None = None,
+        strategy: str = "stop-and-copy",
     ) -> None:
         self.count, self.rng, self.kinds = faults, random.Random(seed), kinds or FAULTS
+        # Its own coin: the fault plan of a seed stays the same whatever the strategy.
+        self.strategy, self.coin = strategy, random.Random(seed + 1)
         self.sandbox = Sandbox(
             state_dir=state_dir, pex_dir=pex_dir, nats_port=None, planner_dry_run=True, extra_env=SOAK_ENV
         )
@@ -227,7 +258,8 @@ class Soak:
         destination = self.rng.choice(others)
         phase = self.rng.choice(PHASES_OF.get(fault, PHASES))
         name = f"soak-{number:04d}-{workload.pod}"
-        row = Row(number, name, workload.pod, source, destination, fault, str(phase))
+        strategy = self.coin.choice(STRATEGIES[:2]) if self.strategy == "mixed" else self.strategy
+        row = Row(number, name, workload.pod, source, destination, fault, str(phase), strategy=strategy)
         started = time.monotonic()
         custom = client.CustomObjectsApi(self.sandbox.api())
         injected = threading.Event()
@@ -244,7 +276,9 @@ class Soak:
                 worker.start()
                 recovering.append(worker)
 
-        body = migration_body(name, workload.pod, destination=destination, fallback="restore-on-source")
+        body = migration_body(
+            name, workload.pod, destination=destination, fallback="restore-on-source", strategy=strategy
+        )
         if phase == Phase.PENDING:
             self.inject_noting(fault, source, destination, row)
             injected.set()
@@ -255,6 +289,7 @@ class Soak:
         self.heal()
         row.injected = injected.is_set()
         row.outcome = (status or {}).get("phase", "stuck")
+        row.committed = bool((status or {}).get("committed"))
         row.reason = (status or {}).get("failureReason") or (status or {}).get("message", "")
         self.wait_settled()
         self.check(row, workload, status)
@@ -397,6 +432,9 @@ class Soak:
         return found
 
     def check(self, row: Row, workload: Workload, status: dict[str, Any] | None) -> None:
+        if row.lost_in_risk_window:
+            self.check_lost(row, workload, status)
+            return
         pod = self.pod_object(workload.pod)
         running = self.containers(workload.pod)
         row.copies = sum(running.values())
@@ -407,6 +445,28 @@ class Soak:
         row.connection_kept = self.player_goes_on(workload)
         if not row.connection_kept and row.outcome == "Failed" and row.copies == 1:
             self.reconnect(workload)  # allowed after a failed move: the pod stayed, its client comes back
+        row.leftovers += self.leftovers(status)
+
+    def check_lost(self, row: Row, workload: Workload, status: dict[str, Any] | None) -> None:
+        """Lost in the risk window: no copy running anywhere and no pod object (else a
+        controller would never make it again); then the pod made afresh, as its StatefulSet
+        would, and a new player on it."""
+        core = client.CoreV1Api(self.sandbox.api())
+        names = {p.metadata.name for p in core.list_namespaced_pod(demo.NAMESPACE).items}
+        row.copies = sum(self.containers(workload.pod).values())
+        row.where_expected = workload.pod not in names
+        if not row.reason:
+            row.leftovers.append("migration failed without a reason")
+        if workload.pod in names:
+            return  # nothing to make afresh: the row says the object was left
+        workload.player.finish(timeout=10)
+        demo.create_pod(
+            self.sandbox.api(), row.destination, STATE_MIB, statefulset=workload.statefulset, pod=workload.pod
+        )
+        running = demo.wait_running(self.sandbox.api(), name=workload.pod)
+        workload.restarts += 1
+        workdir = self.sandbox.state_dir / f"player-{workload.pod}-afresh-{workload.restarts}"
+        workload.player = demo.Player(self.client_netns(), running["status"]["podIP"], workdir).start()
         row.leftovers += self.leftovers(status)
 
     def player_goes_on(self, workload: Workload, more: int = 20, timeout: float = 30) -> bool:
@@ -503,6 +563,7 @@ class Soak:
                     "pod": w.pod,
                     "answers": answers,
                     "reconnects": w.reconnects,
+                    "made_afresh": w.restarts,
                     "answers_lost": w.state_rewound,
                     "largest_gap_s": round(float(result.get("largest_gap", 0.0)), 2),
                     "state_intact": intact and w.state_rewound == 0,
@@ -570,6 +631,8 @@ def table(rows: list[Row]) -> list[dict[str, Any]]:
                 "rolled_back": sum(r.outcome == "Failed" for r in mine),
                 "survived": sum((not r.data_lost) and not r.leftovers for r in mine),
                 "data_lost": sum(r.data_lost for r in mine),
+                "post_copy": sum(r.strategy == "post-copy" for r in mine),
+                "lost_in_risk_window": sum(r.lost_in_risk_window for r in mine),
                 "connections_kept": sum(r.connection_kept for r in mine),
                 "leftovers": sum(len(r.leftovers) for r in mine),
                 "seconds_median": sorted(r.seconds for r in mine)[len(mine) // 2],
@@ -583,13 +646,26 @@ def stop_on_sigterm(signum: int, frame: object) -> None:
 
 
 def soak(
-    *, faults: int, seed: int, pex_dir: Path, kinds: list[str] | None = None, keep_logs: Path | None = None
+    *,
+    faults: int,
+    seed: int,
+    pex_dir: Path,
+    kinds: list[str] | None = None,
+    keep_logs: Path | None = None,
+    strategy: str = "stop-and-copy",
 ) -> tuple[list[Row], list[dict[str, Any]]]:
     if threading.current_thread() is threading.main_thread():
         # A stopped soak must still heal its faults and take the sandbox down (finally below).
         signal.signal(signal.SIGTERM, stop_on_sigterm)
     with tempfile.TemporaryDirectory(prefix="clm-soak-") as tmp:
-        run = Soak(faults=faults, seed=seed, state_dir=Path(tmp) / "sandbox", pex_dir=pex_dir, kinds=kinds)
+        run = Soak(
+            faults=faults,
+            seed=seed,
+            state_dir=Path(tmp) / "sandbox",
+            pex_dir=pex_dir,
+            kinds=kinds,
+            strategy=strategy,
+        )
         try:
             run.up()
             run.check_the_checks()
@@ -604,17 +680,33 @@ def soak(
 
 
 def run(
-    *, quick: bool = False, faults: int | None = None, seed: int = 1, kinds: list[str] | None = None
+    *,
+    quick: bool = False,
+    faults: int | None = None,
+    seed: int = 1,
+    kinds: list[str] | None = None,
+    strategy: str = "stop-and-copy",
 ) -> list[tuple[str, list[dict[str, Any]]]]:
     unknown = sorted(set(kinds or []) - set(FAULTS))
     if unknown:
         raise SystemExit(f"unknown fault {', '.join(unknown)}: choose from {', '.join(FAULTS)}")
+    if strategy not in STRATEGIES:
+        raise SystemExit(f"unknown strategy {strategy}: choose from {', '.join(STRATEGIES)}")
     count = faults or (30 if quick else 100)
     pex_dir = Path(os.environ.get("CLM_PEX_DIR", "dist"))
     logs = Path("dist/bench/soak-logs")
-    rows, final = soak(faults=count, seed=seed, pex_dir=pex_dir, kinds=kinds, keep_logs=logs)
+    rows, final = soak(
+        faults=count, seed=seed, pex_dir=pex_dir, kinds=kinds, keep_logs=logs, strategy=strategy
+    )
     rolled_back = [
-        {"move": r.move, "fault": r.fault, "phase": r.phase, "reason": r.reason[:160]}
+        {
+            "move": r.move,
+            "strategy": r.strategy,
+            "fault": r.fault,
+            "phase": r.phase,
+            "committed": r.committed,
+            "reason": r.reason[:160],
+        }
         for r in rows
         if r.outcome != "Finished"
     ]
@@ -643,7 +735,10 @@ def run(
         for r in sorted(rows, key=lambda r: -r.seconds)[:5]
     ]
     return [
-        (f"Chaos soak: {count} faulted moves between three nodes, by fault kind (seed {seed})", table(rows)),
+        (
+            f"Chaos soak: {count} faulted moves between three nodes, by fault kind (seed {seed}, {strategy})",
+            table(rows),
+        ),
         ("Moves with data lost or leftovers", problems or [{"move": "(none)"}]),
         ("Moves that failed and rolled back, with the reason they give", rolled_back or [{"move": "(none)"}]),
         (f"The slowest moves (the services' logs are in {logs})", slowest),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tools.benchmarks.soak import NFT_PREFIX, criu_processes, forget_dead_runs_rules
+from tools.benchmarks.soak import NFT_PREFIX, Row, criu_processes, forget_dead_runs_rules
 
 
 def tables() -> set[str]:
@@ -63,3 +63,17 @@ def wait_for_children(procs: list[subprocess.Popen[bytes]]) -> None:
         while not subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, check=False).stdout:
             if proc.poll() is not None:
                 raise RuntimeError("the shell exited before starting its child")
+
+
+def test_a_post_copy_move_lost_past_its_commit_is_no_data_loss_only_if_nothing_is_left() -> None:
+    lost = Row(1, "m", "game-0", "sbx-1", "sbx-2", "kill:checkpoint-agent@source", "Finalizing")
+    lost.strategy, lost.outcome, lost.committed = "post-copy", "Failed", True
+    lost.copies, lost.where_expected = 0, True
+    assert lost.lost_in_risk_window and not lost.data_lost
+    lost.copies = 1  # a copy running with missing memory, or the frozen source still there
+    assert lost.data_lost
+    # Before the commit, or with stop-and-copy, a failed move must leave the pod on its source.
+    rolled_back = Row(2, "m", "game-0", "sbx-1", "sbx-2", "partition", "Pending")
+    rolled_back.strategy, rolled_back.outcome, rolled_back.committed = "post-copy", "Failed", False
+    rolled_back.copies, rolled_back.where_expected = 0, True
+    assert not rolled_back.lost_in_risk_window and rolled_back.data_lost

@@ -44,15 +44,7 @@ def deploy(
     except ApiException as exc:
         if exc.status != 409:
             raise
-    server = Path(stateful_server.__file__).read_text()
-    container = {
-        "name": "server",
-        "image": POD_IMAGE,
-        "command": ["python3.11", "-u", "-c", server, str(state_mib)],
-        "ports": [{"containerPort": PORT}],
-        "resources": {"requests": {"cpu": "100m", "memory": f"{state_mib + 64}Mi"}},
-    }
-    template = {"metadata": {"labels": {"app": statefulset}}, "spec": {"containers": [container]}}
+    template = {"metadata": {"labels": {"app": statefulset}}, "spec": {"containers": [_server(state_mib)]}}
     client.AppsV1Api(api).create_namespaced_stateful_set(
         NAMESPACE,
         {
@@ -65,7 +57,15 @@ def deploy(
             },
         },
     )
-    core.create_namespaced_pod(
+    create_pod(api, node, state_mib, statefulset=statefulset, pod=pod)
+
+
+def create_pod(
+    api: client.ApiClient, node: str, state_mib: int, *, statefulset: str = STATEFULSET, pod: str = POD
+) -> None:
+    """The StatefulSet's pod, fresh, bound to `node`: what its controller makes (the sandbox
+    plays the controller)."""
+    client.CoreV1Api(api).create_namespaced_pod(
         NAMESPACE,
         {
             "metadata": {
@@ -73,9 +73,20 @@ def deploy(
                 "labels": {"app": statefulset},
                 "ownerReferences": [b.owner("StatefulSet", statefulset)],
             },
-            "spec": {"nodeName": node, "containers": [container]},
+            "spec": {"nodeName": node, "containers": [_server(state_mib)]},
         },
     )
+
+
+def _server(state_mib: int) -> dict[str, Any]:
+    server = Path(stateful_server.__file__).read_text()
+    return {
+        "name": "server",
+        "image": POD_IMAGE,
+        "command": ["python3.11", "-u", "-c", server, str(state_mib)],
+        "ports": [{"containerPort": PORT}],
+        "resources": {"requests": {"cpu": "100m", "memory": f"{state_mib + 64}Mi"}},
+    }
 
 
 def wait_running(api: client.ApiClient, timeout: float = 60, *, name: str = POD) -> dict[str, Any]:
