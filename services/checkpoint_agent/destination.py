@@ -201,22 +201,9 @@ class DestinationSide:
         packages = sorted(p for p in incoming.iterdir() if p.is_dir())
         self.expected_transfers.pop(uid, None)
         started = time.perf_counter()
-        # Post-copy: each container's daemon reaches the source's pages through a tunnel.
-        tunnels: dict[str, Fill] = {}
-        try:
-            for package in packages if pages_address else []:
-                assert pages_address is not None
-                tunnels[package.name] = await self.fills.tunnel(
-                    uid,
-                    name=package.name,
-                    images=package / "criu",
-                    pages_address=pages_address,
-                    tls=self.config.require_tls(),
-                )
-        except (OSError, ConnectionError) as exc:
-            await self.fills.cancel(uid)
-            self.expected_transfers[uid] = incoming
-            raise StepFailed(f"the page tunnel to {command.source_node} cannot open: {exc}") from None
+        tunnels = (
+            await self._page_tunnels(command, packages, pages_address, incoming) if pages_address else {}
+        )
         offers = [
             self.handler.offer(
                 source=source,
@@ -349,6 +336,28 @@ class DestinationSide:
     @staticmethod
     def _post_copy(command: CheckpointCommand) -> bool:
         return command.strategy == MigrationStrategy.POST_COPY
+
+    async def _page_tunnels(
+        self, command: CheckpointCommand, packages: list[Path], pages_address: str, incoming: Path
+    ) -> dict[str, Fill]:
+        """Post-copy: each container's lazy-pages daemon reaches the source's pages through a
+        tunnel of its own, opened before the offer."""
+        uid = command.migration.uid
+        tunnels: dict[str, Fill] = {}
+        try:
+            for package in packages:
+                tunnels[package.name] = await self.fills.tunnel(
+                    uid,
+                    name=package.name,
+                    images=package / "criu",
+                    pages_address=pages_address,
+                    tls=self.config.require_tls(),
+                )
+        except (OSError, ConnectionError) as exc:
+            await self.fills.cancel(uid)
+            self.expected_transfers[uid] = incoming
+            raise StepFailed(f"the page tunnel to {command.source_node} cannot open: {exc}") from None
+        return tunnels
 
     async def _pages_address(self, command: CheckpointCommand) -> str:
         source = await self.capabilities(command.source_node)
