@@ -119,6 +119,7 @@ class CapabilityPublisher:
             extra={
                 "probe_ok": found.get("probe_ok"),
                 "transfer_address": self.transfer_address,
+                "pages_address": self.pages_address,
                 "post_copy": found.get("post_copy_problem") or "available",
                 # Why the probe failed, when it did (the labeler then leaves the node unlabeled).
                 "problems": found.get("problems"),

@@ -14,6 +14,9 @@ holding one connection. The faults, from a matrix, each at a random phase of the
                          the node namespaces' traffic to each other dropped, until the move ends
     packet-loss          5 % of the agents' channel packets dropped until the move ends
     disk-full            the destination's image directory on a 4 MiB tmpfs
+    pages-cut            (post-copy and mixed only) the source agent's page traffic slowed to a
+                         trickle, and the agent killed as soon as the move is committed: the
+                         page stream breaks inside the risk window
 
 After each move: every Migration is terminal with a reason; exactly one copy of each pod
 runs, where the outcome says (destination if Finished, source if Failed); its player still
@@ -70,10 +73,19 @@ KILLS = [
     "kill:ip-handover-agent@destination",
 ]
 FAULTS = [*KILLS, "restart:nats", "restart:api", "partition", "packet-loss", "disk-full"]
+# Faults of post-copy's risk window: the default kinds only where a move goes post-copy.
+POST_COPY_FAULTS = ["pages-cut"]
+# The page stream of a pages-cut move: slow enough that the kill lands seconds before its end.
+PAGES_CUT_BYTES_PER_SECOND = 4 << 20
 PHASES = [Phase.PREPARING, Phase.DUMPING, Phase.RESTORING, Phase.FINALIZING]
 # Faults of the image channel and the disk matter before the images move: in place before
 # the Migration is made (Pending), so the move meets them for certain.
-PHASES_OF = {"partition": [Phase.PENDING], "packet-loss": [Phase.PENDING], "disk-full": [Phase.PENDING]}
+PHASES_OF = {
+    "partition": [Phase.PENDING],
+    "packet-loss": [Phase.PENDING],
+    "disk-full": [Phase.PENDING],
+    "pages-cut": [Phase.PENDING],
+}
 MOVE_TIMEOUT = 180.0
 NFT_PREFIX = "clm-soak-"  # + the run's pid: the host's fault rules of one soak run
 # Short leases, waits and timeouts: a fault is noticed and recovered from within seconds.
@@ -172,7 +184,8 @@ class Soak:
         kinds: list[str] | None = None,
         strategy: str = "stop-and-copy",
     ) -> None:
-        self.count, self.rng, self.kinds = faults, random.Random(seed), kinds or FAULTS
+        default = FAULTS if strategy == "stop-and-copy" else [*FAULTS, *POST_COPY_FAULTS]
+        self.count, self.rng, self.kinds = faults, random.Random(seed), kinds or default
         # Its own coin: the fault plan of a seed stays the same whatever the strategy.
         self.strategy, self.coin = strategy, random.Random(seed + 1)
         self.sandbox = Sandbox(
@@ -266,6 +279,20 @@ class Soak:
         recovering: list[threading.Thread] = []
 
         def on_change(status: dict[str, Any]) -> None:
+            if (
+                fault == "pages-cut"
+                and status.get("committed")
+                and "restoreSeconds" in status
+                and not recovering
+            ):
+                # Resumed on the destination (past the commit point), pages still to come: the
+                # page stream breaks. (A StatefulSet's commit point on kubelet nodes comes
+                # before its restore: `committed` alone is too early.)
+                worker = threading.Thread(
+                    target=self.inject_noting, args=("kill:checkpoint-agent@source", source, destination, row)
+                )
+                worker.start()
+                recovering.append(worker)
             if not injected.is_set() and (status.get("phase") == phase or is_terminal(status.get("phase"))):
                 if is_terminal(status.get("phase")) and status.get("phase") != phase:
                     return  # the move ended before the phase came: not injected
@@ -347,13 +374,27 @@ class Soak:
                 self.partition_nodes(source, destination)
         elif fault == "disk-full":
             self.fill_disk(destination)
+        elif fault == "pages-cut":
+            self.slow_pages(source)
 
-    def transfer_port(self, node: str) -> int:
+    def transfer_port(self, node: str, what: str = "transfer_address") -> int:
         log = self.sandbox.state_dir / "logs" / f"checkpoint-agent@{node}.log"
         for line in reversed(log.read_text(errors="replace").splitlines()):
-            if '"transfer_address"' in line:
-                return int(json.loads(line)["transfer_address"].rsplit(":", 1)[1])
-        raise RuntimeError(f"{node}'s agent has not said where it receives images")
+            if f'"{what}"' in line and (address := json.loads(line).get(what)):
+                return int(address.rsplit(":", 1)[1])
+        raise RuntimeError(f"{node}'s agent has not said its {what}")
+
+    def slow_pages(self, source: str) -> None:
+        """The source agent's page traffic (post-copy's page server) down to a trickle."""
+        port = self.transfer_port(source, "pages_address")
+        rate = f"{PAGES_CUT_BYTES_PER_SECOND // 1024} kbytes/second"
+        script = (
+            f"add table inet {self.nft_table}\n"
+            f"add chain inet {self.nft_table} out {{ type filter hook output priority 0 ; }}\n"
+            f"add rule inet {self.nft_table} out tcp sport {port} limit rate over {rate} drop\n"
+        )
+        subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True)
+        self.faults_active.append("nft-host")
 
     def block_agents(self, destination: str, *, loss: int | None) -> None:
         port = self.transfer_port(destination)
@@ -618,7 +659,7 @@ def _belongs(pid: int, words: list[str], state_dir: Path, nodes: list[str]) -> b
 
 def table(rows: list[Row]) -> list[dict[str, Any]]:
     out = []
-    for fault in [*FAULTS, "all"]:
+    for fault in [*FAULTS, *POST_COPY_FAULTS, "all"]:
         mine = [r for r in rows if fault in ("all", r.fault)]
         if not mine:
             continue
@@ -687,9 +728,10 @@ def run(
     kinds: list[str] | None = None,
     strategy: str = "stop-and-copy",
 ) -> list[tuple[str, list[dict[str, Any]]]]:
-    unknown = sorted(set(kinds or []) - set(FAULTS))
+    every = [*FAULTS, *POST_COPY_FAULTS]
+    unknown = sorted(set(kinds or []) - set(every))
     if unknown:
-        raise SystemExit(f"unknown fault {', '.join(unknown)}: choose from {', '.join(FAULTS)}")
+        raise SystemExit(f"unknown fault {', '.join(unknown)}: choose from {', '.join(every)}")
     if strategy not in STRATEGIES:
         raise SystemExit(f"unknown strategy {strategy}: choose from {', '.join(STRATEGIES)}")
     count = faults or (30 if quick else 100)
