@@ -463,6 +463,9 @@ class DestinationSide:
             return {"containers": 0, "risk_window_seconds": 0.0}
         details, problems = await self.fills.wait(uid, self.progress.for_step(command, total=0))
         await self._drop_images(uid)
+        if problems and self.handler is not None and self.runtime.restores_through_handler:
+            # The clone's stopped containers: kubelet restarting them is refused at once.
+            self.handler.withdraw(f"{command.pod.namespace}/{command.pod.name}")
         if problems:
             where = (
                 f"stopped arriving from {command.source_node}"

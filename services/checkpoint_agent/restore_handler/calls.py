@@ -22,6 +22,8 @@ CONTAINER_TYPE = "io.kubernetes.cri.container-type"
 CONTAINER_NAME = "io.kubernetes.cri.container-name"
 SANDBOX_NAMESPACE = "io.kubernetes.cri.sandbox-namespace"
 SANDBOX_NAME = "io.kubernetes.cri.sandbox-name"
+# The pod sandbox a container is made in: a restarted container of a clone comes back in it.
+SANDBOX_ID = "io.kubernetes.cri.sandbox-id"
 RESTORE = "cast.ai/restore"
 
 

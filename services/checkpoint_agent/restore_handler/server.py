@@ -24,6 +24,7 @@ from pathlib import Path
 
 from services.checkpoint_agent.containerd import apply_empty_dirs, apply_rootfs_diff
 from services.checkpoint_agent.restore_handler.calls import (
+    SANDBOX_ID,
     CallError,
     Exit,
     Run,
@@ -105,6 +106,11 @@ class RestoreHandlerServer:
         # Sources (namespace/name) whose clone has a container create waiting for its images.
         self.parked: dict[str, int] = {}
         self._parked = asyncio.Event()
+        # Pod sandboxes of clones whose move this node gave up (a failed restore or fill, an
+        # abort): kubelet restarting their containers is refused at once, not parked for
+        # `create_wait_seconds` (which held up the clone pod's teardown as long).
+        self.given_up: set[str] = set()
+        self._sandboxes: dict[str, set[str]] = {}
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> RestoreHandlerServer:
@@ -147,11 +153,15 @@ class RestoreHandlerServer:
         return True
 
     def withdraw(self, source: str) -> None:
-        """A rolled back move: its clone's containers are refused from now on."""
+        """A move given up here (rolled back, or its fill failed): its clone's containers are
+        refused from now on, those waiting for their images at once."""
         for key in [k for k in self.offers if k[0] == source]:
             offer = self.offers.pop(key)
             if not offer.result.done():
                 offer.result.cancel()
+        self.given_up |= self._sandboxes.pop(source, set())
+        self._offered.set()
+        self._offered = asyncio.Event()
 
     # ----- clm-runc's side -----
 
@@ -193,15 +203,23 @@ class RestoreHandlerServer:
             return await self._run(as_asked(call, argv), reader, writer)
         if isinstance(target, Exit):
             return target
+        # None where the runtime names no sandbox: nothing is then given up by it.
+        sandbox = annotations.get(SANDBOX_ID) or None
+        if self._gave_up(sandbox):
+            return self._given_up(target)
+        if sandbox is not None:
+            self._sandboxes.setdefault(target[0], set()).add(sandbox)
         self.parked[target[0]] = self.parked.get(target[0], 0) + 1
         self._parked.set()
         self._parked = asyncio.Event()
         try:
-            offer = await self._wait_for_offer(target)
+            offer = await self._wait_for_offer(target, sandbox)
         finally:
             self.parked[target[0]] -= 1
             if not self.parked[target[0]]:
                 del self.parked[target[0]]
+        if self._gave_up(sandbox):
+            return self._given_up(target)
         if offer is None:
             return Exit(
                 1,
@@ -275,9 +293,20 @@ class RestoreHandlerServer:
         daemon.wait()
         return code or 1, None
 
-    async def _wait_for_offer(self, target: tuple[str, str]) -> Offer | None:
+    def _gave_up(self, sandbox: str | None) -> bool:
+        return sandbox is not None and sandbox in self.given_up
+
+    @staticmethod
+    def _given_up(target: tuple[str, str]) -> Exit:
+        return Exit(
+            1,
+            f"the move of {target[0]} was given up on this node: container {target[1]} of its clone is "
+            "not restored again (the clone pod is being deleted)",
+        )
+
+    async def _wait_for_offer(self, target: tuple[str, str], sandbox: str | None) -> Offer | None:
         deadline = time.monotonic() + self.create_wait_seconds
-        while True:
+        while not self._gave_up(sandbox):
             offer = self.offers.get(target)
             if offer is not None and not offer.taken and not offer.result.done():
                 return offer
@@ -286,6 +315,7 @@ class RestoreHandlerServer:
                 return None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._offered.wait(), remaining)
+        return None
 
     async def _run(
         self,

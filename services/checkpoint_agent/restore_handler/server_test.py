@@ -139,6 +139,60 @@ async def test_a_clone_without_a_checkpoint_never_starts_fresh(clm_runc: Path, t
     assert not (tmp_path / "calls").exists()  # runc never ran
 
 
+async def test_a_given_up_clones_containers_are_refused_at_once_others_still_wait(
+    clm_runc: Path, tmp_path: Path
+) -> None:
+    # A fill that failed stopped the clone's container; kubelet starts it again in the same
+    # sandbox. Parked for create_wait_seconds, that held the clone pod's teardown as long.
+    runc = fake_runc(tmp_path)
+    server = await RestoreHandlerServer(tmp_path / "h.sock", create_wait_seconds=30).start()
+    dead = {**CLONE, "io.kubernetes.cri.sandbox-id": "sandbox-of-the-clone"}
+    try:
+        waiting = asyncio.create_task(
+            call(
+                clm_runc,
+                server.socket_path,
+                runc,
+                "create",
+                "--bundle",
+                str(bundle(tmp_path / "c1", dead)),
+                "c1",
+            )
+        )
+        assert await server.wait_parked("games/mc-0", 10)
+        server.withdraw("games/mc-0")
+        code, out = await asyncio.wait_for(waiting, 5)  # woken, not after 30 s
+        assert code == 1 and "was given up on this node" in out, out
+        again = bundle(tmp_path / "c2", dead)
+        code, out = await asyncio.wait_for(
+            call(clm_runc, server.socket_path, runc, "create", "--bundle", str(again), "c2"), 5
+        )
+        assert code == 1 and "was given up on this node" in out, out
+        # The next move's clone (another sandbox) still waits for its images, and gets them.
+        package = tmp_path / "package"
+        (package / "criu").mkdir(parents=True)
+        fresh = {**CLONE, "io.kubernetes.cri.sandbox-id": "sandbox-of-the-next-clone"}
+        creating = asyncio.create_task(
+            call(
+                clm_runc,
+                server.socket_path,
+                runc,
+                "create",
+                "--bundle",
+                str(bundle(tmp_path / "c3", fresh)),
+                "c3",
+            )
+        )
+        assert await server.wait_parked("games/mc-0", 10)
+        offer = server.offer(source="games/mc-0", container="server", package=package)
+        code, out = await asyncio.wait_for(creating, 10)
+        assert code == 0, out
+        assert (await asyncio.wait_for(offer.result, 5)).code == 0
+    finally:
+        await server.stop()
+    assert "c1" not in (tmp_path / "calls").read_text()  # runc never ran for the given up clone
+
+
 async def restore_lazily(
     clm_runc: Path,
     tmp_path: Path,
