@@ -377,7 +377,8 @@ class Soak:
         elif fault == "pages-cut":
             self.slow_pages(source)
 
-    def transfer_port(self, node: str, what: str = "transfer_address") -> int:
+    def agent_port(self, node: str, what: str = "transfer_address") -> int:
+        """The port of an address the node's checkpoint agent logged (it says where it listens)."""
         log = self.sandbox.state_dir / "logs" / f"checkpoint-agent@{node}.log"
         for line in reversed(log.read_text(errors="replace").splitlines()):
             if f'"{what}"' in line and (address := json.loads(line).get(what)):
@@ -386,19 +387,17 @@ class Soak:
 
     def slow_pages(self, source: str) -> None:
         """The source agent's page traffic (post-copy's page server) down to a trickle."""
-        port = self.transfer_port(source, "pages_address")
+        port = self.agent_port(source, "pages_address")
         rate = f"{PAGES_CUT_BYTES_PER_SECOND // 1024} kbytes/second"
-        script = (
-            f"add table inet {self.nft_table}\n"
-            f"add chain inet {self.nft_table} out {{ type filter hook output priority 0 ; }}\n"
-            f"add rule inet {self.nft_table} out tcp sport {port} limit rate over {rate} drop\n"
-        )
-        subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True)
-        self.faults_active.append("nft-host")
+        self.drop_on_host(f"tcp sport {port} limit rate over {rate}")
 
     def block_agents(self, destination: str, *, loss: int | None) -> None:
-        port = self.transfer_port(destination)
+        port = self.agent_port(destination)
         match = f"tcp dport {port}" if loss is None else f"tcp dport {port} numgen random mod 100 < {loss}"
+        self.drop_on_host(match)
+
+    def drop_on_host(self, match: str) -> None:
+        """The host's outgoing packets that `match` dropped (the agents talk over loopback)."""
         script = (
             f"add table inet {self.nft_table}\n"
             f"add chain inet {self.nft_table} out {{ type filter hook output priority 0 ; }}\n"

@@ -8,7 +8,9 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -148,41 +150,23 @@ async def test_a_given_up_clones_containers_are_refused_at_once_others_still_wai
     server = await RestoreHandlerServer(tmp_path / "h.sock", create_wait_seconds=30).start()
     dead = {**CLONE, "io.kubernetes.cri.sandbox-id": "sandbox-of-the-clone"}
     try:
-        waiting = asyncio.create_task(
-            call(
-                clm_runc,
-                server.socket_path,
-                runc,
-                "create",
-                "--bundle",
-                str(bundle(tmp_path / "c1", dead)),
-                "c1",
-            )
-        )
+
+        def create(name: str, annotations: dict[str, str]) -> Coroutine[Any, Any, tuple[int, str]]:
+            clone = bundle(tmp_path / name, annotations)
+            return call(clm_runc, server.socket_path, runc, "create", "--bundle", str(clone), name)
+
+        waiting = asyncio.create_task(create("c1", dead))
         assert await server.wait_parked("games/mc-0", 10)
         server.withdraw("games/mc-0")
         code, out = await asyncio.wait_for(waiting, 5)  # woken, not after 30 s
         assert code == 1 and "was given up on this node" in out, out
-        again = bundle(tmp_path / "c2", dead)
-        code, out = await asyncio.wait_for(
-            call(clm_runc, server.socket_path, runc, "create", "--bundle", str(again), "c2"), 5
-        )
+        code, out = await asyncio.wait_for(create("c2", dead), 5)
         assert code == 1 and "was given up on this node" in out, out
         # The next move's clone (another sandbox) still waits for its images, and gets them.
         package = tmp_path / "package"
         (package / "criu").mkdir(parents=True)
         fresh = {**CLONE, "io.kubernetes.cri.sandbox-id": "sandbox-of-the-next-clone"}
-        creating = asyncio.create_task(
-            call(
-                clm_runc,
-                server.socket_path,
-                runc,
-                "create",
-                "--bundle",
-                str(bundle(tmp_path / "c3", fresh)),
-                "c3",
-            )
-        )
+        creating = asyncio.create_task(create("c3", fresh))
         assert await server.wait_parked("games/mc-0", 10)
         offer = server.offer(source="games/mc-0", container="server", package=package)
         code, out = await asyncio.wait_for(creating, 10)
